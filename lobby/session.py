@@ -1,0 +1,62 @@
+"""The session record as the stores keep it, and its public view.
+
+Both stores hold a session as this plain dict (in Redis: one JSON string, so the
+Lua scripts can decode, change and re-encode it atomically). The record carries
+the password salt and hash; only `public_session()` leaves the server.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+SessionState = Literal["WAITING", "CONNECTING", "IN_PROGRESS"]
+LIVE_STATES: tuple[str, ...] = ("WAITING", "CONNECTING", "IN_PROGRESS")
+
+
+class Member(TypedDict):
+    id: str  # player id
+    name: str
+    joined: int  # ms since the epoch; members are kept in join order
+
+
+class PasswordHash(TypedDict):
+    salt: str  # hex
+    hash: str  # hex, hashlib.scrypt
+
+
+class SessionRecord(TypedDict):
+    id: str
+    name: str
+    host: str  # player id of the host
+    state: SessionState
+    max: int
+    members: list[Member]  # never empty: the session is deleted with its last member
+    pw: PasswordHash | None
+    server_id: str | None
+    endpoint: str | None
+    seq: int  # creation sequence number: orders the open-sessions index, newest first
+    v: int  # version, +1 on every change; orders events and DynamoDB writes
+    created: int  # ms since the epoch
+    updated: int  # ms since the epoch, last change
+    active: int  # ms since the epoch, last player activity (idle timeout)
+
+
+def public_session(rec: SessionRecord | dict[str, Any]) -> dict[str, Any]:
+    """The session object of the wire protocol (protocol.md, "Session object")."""
+    members = rec["members"]
+    ids = [m["id"] for m in members]
+    return {
+        "session_id": rec["id"],
+        "name": rec["name"],
+        "host_id": rec["host"],
+        "session_state": rec["state"],
+        "player_count": len(ids),
+        "max_players": rec["max"],
+        "connected_players": ids,
+        "players": [{"player_id": m["id"], "name": m["name"]} for m in members],
+        "has_password": rec["pw"] is not None,
+        "server_id": rec["server_id"],
+        "server_endpoint": rec["endpoint"],
+        "created_at": rec["created"] / 1000,
+        "version": rec["v"],
+    }
