@@ -1,0 +1,627 @@
+"""A local stand-in for the GameLift FleetIQ API (the game-server subset).
+
+moto does not implement GameLift, so this serves the six FleetIQ game-server
+operations over the AWS JSON 1.1 protocol well enough that the real boto3
+``gamelift`` client, pointed at it with ``endpoint_url``, works unchanged:
+laptops and tests exercise the very code path production uses.
+
+Only the stdlib is used so it can run anywhere the package is importable.
+Signatures and credentials are ignored.
+
+Test hooks (not part of the AWS API):
+
+* ``POST /_local/faults`` with ``{"<Operation>": [fault, ...]}`` queues one
+  fault per upcoming call of that operation. A fault is an object with
+  optional keys ``type`` (error ``__type``), ``status`` (HTTP status, default
+  400), ``message``, ``delay`` (seconds to wait before answering) and
+  ``disconnect`` (close the connection without answering). An entry without
+  ``type`` and ``disconnect`` only delays; the call is then served normally.
+* ``DELETE /_local/faults`` clears every queued fault.
+* ``GET /_local/health`` answers 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import itertools
+import json
+import logging
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+logger = logging.getLogger("lobby.fleetiq_local")
+
+READY_PREFIX = "FLEETIQ_LOCAL_LISTENING"
+JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
+TARGET_PREFIX = "GameLift."
+# Fixed fake account/region: ARNs only need to look like ARNs to callers.
+ARN_PREFIX = "arn:aws:gamelift:us-east-1:123456789012:gameservergroup/"
+
+# Constraints copied from botocore's gamelift service model (2015-10-01) so
+# the server rejects what real GameLift rejects. botocore only checks minimum
+# lengths client-side, so e.g. an oversized GameServerData reaches the server.
+_GROUP_RE = re.compile(r"[a-zA-Z0-9\-.]+")
+_GROUP_ARN_RE = re.compile(r"arn:.*:gameservergroup/([a-zA-Z0-9\-.]+)")
+_SERVER_ID_RE = re.compile(r"[a-zA-Z0-9\-.]+")
+_INSTANCE_ID_RE = re.compile(r"i-[0-9a-zA-Z]{17}")
+_NON_BLANK_RE = re.compile(r".*\S.*", re.DOTALL)
+MAX_GAME_SERVER_DATA = 1024
+MAX_CONNECTION_INFO = 512
+
+AVAILABLE = "AVAILABLE"
+UTILIZED = "UTILIZED"
+
+
+class ApiError(Exception):
+    """An error reply: HTTP status plus the ``__type`` botocore maps to an exception."""
+
+    def __init__(self, error_type: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.status = status
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError("InvalidRequestException", message)
+
+
+@dataclass
+class GameServer:
+    group: str
+    server_id: str
+    instance_id: str
+    connection_info: str | None
+    data: str | None
+    registration_time: float
+    # Registration order; list pagination resumes after a sequence number so
+    # deregistrations between pages neither skip nor repeat servers.
+    seq: int
+    utilization: str = AVAILABLE
+    # time.monotonic() deadline; wall-clock jumps must not end or extend claims.
+    claim_expires_at: float | None = None
+    last_claim_time: float | None = None
+    last_health_check_time: float | None = None
+
+    def is_claimed(self, now: float) -> bool:
+        if self.claim_expires_at is None:
+            return False
+        if now >= self.claim_expires_at:
+            self.claim_expires_at = None
+            return False
+        return True
+
+    def to_api(self, now: float) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "GameServerGroupName": self.group,
+            "GameServerGroupArn": ARN_PREFIX + self.group,
+            "GameServerId": self.server_id,
+            "InstanceId": self.instance_id,
+            "UtilizationStatus": self.utilization,
+            "RegistrationTime": self.registration_time,
+        }
+        if self.connection_info is not None:
+            out["ConnectionInfo"] = self.connection_info
+        if self.data is not None:
+            out["GameServerData"] = self.data
+        if self.is_claimed(now):
+            out["ClaimStatus"] = "CLAIMED"
+        if self.last_claim_time is not None:
+            out["LastClaimTime"] = self.last_claim_time
+        if self.last_health_check_time is not None:
+            out["LastHealthCheckTime"] = self.last_health_check_time
+        return out
+
+
+@dataclass
+class _State:
+    claim_ttl_seconds: float
+    # group name -> server id -> server; dicts keep registration order, which
+    # makes "first claimable server" deterministic.
+    groups: dict[str, dict[str, GameServer]] = field(default_factory=dict)
+    faults: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+    seq: Iterator[int] = field(default_factory=itertools.count)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _str_param(
+    body: dict[str, Any],
+    name: str,
+    *,
+    required: bool = False,
+    min_len: int = 1,
+    max_len: int | None = None,
+    pattern: re.Pattern[str] | None = None,
+    enum: tuple[str, ...] | None = None,
+) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise _invalid(f"Missing required parameter: {name}")
+        return None
+    if not isinstance(value, str):
+        raise _invalid(f"{name} must be a string")
+    if len(value) < min_len or (max_len is not None and len(value) > max_len):
+        bound = f"{min_len}..{max_len}" if max_len is not None else f">= {min_len}"
+        raise _invalid(f"{name} length {len(value)} is outside {bound}")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise _invalid(f"{name} does not match pattern {pattern.pattern}")
+    if enum is not None and value not in enum:
+        raise _invalid(f"{name} must be one of {', '.join(enum)}")
+    return value
+
+
+def _group_param(body: dict[str, Any]) -> str:
+    raw = _str_param(body, "GameServerGroupName", required=True, max_len=256)
+    assert raw is not None
+    arn = _GROUP_ARN_RE.fullmatch(raw)
+    if arn:
+        return arn.group(1)
+    if not _GROUP_RE.fullmatch(raw) or len(raw) > 128:
+        raise _invalid("GameServerGroupName is not a valid name or ARN")
+    return raw
+
+
+def _server_id_param(body: dict[str, Any], *, required: bool) -> str | None:
+    return _str_param(
+        body, "GameServerId", required=required, min_len=3, max_len=128, pattern=_SERVER_ID_RE
+    )
+
+
+def _data_param(body: dict[str, Any]) -> str | None:
+    return _str_param(
+        body, "GameServerData", max_len=MAX_GAME_SERVER_DATA, pattern=_NON_BLANK_RE
+    )
+
+
+class FleetIQService:
+    """The API semantics, independent of HTTP; every method runs under the state lock."""
+
+    def __init__(self, claim_ttl_seconds: float = 60.0, groups: Iterable[str] = ()) -> None:
+        self._state = _State(claim_ttl_seconds=claim_ttl_seconds)
+        for name in groups:
+            self._state.groups.setdefault(name, {})
+        self.operations: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "RegisterGameServer": self.register_game_server,
+            "DeregisterGameServer": self.deregister_game_server,
+            "ClaimGameServer": self.claim_game_server,
+            "UpdateGameServer": self.update_game_server,
+            "DescribeGameServer": self.describe_game_server,
+            "ListGameServers": self.list_game_servers,
+        }
+
+    # -- fault injection -------------------------------------------------
+
+    def add_faults(self, spec: Any) -> None:
+        if not isinstance(spec, dict):
+            raise _invalid("faults must be an object mapping operation -> list of faults")
+        parsed: dict[str, list[dict[str, Any]]] = {}
+        for op, entries in spec.items():
+            if op not in self.operations:
+                raise _invalid(f"unknown operation {op!r}")
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise _invalid(f"faults for {op} must be a list of objects")
+            for entry in entries:
+                if "status" in entry and not isinstance(entry["status"], int):
+                    raise _invalid("fault status must be an integer")
+                if "delay" in entry and not isinstance(entry["delay"], int | float):
+                    raise _invalid("fault delay must be a number")
+            parsed[op] = entries
+        with self._state.lock:
+            for op, entries in parsed.items():
+                self._state.faults.setdefault(op, deque()).extend(entries)
+
+    def clear_faults(self) -> None:
+        with self._state.lock:
+            self._state.faults.clear()
+
+    def next_fault(self, op: str) -> dict[str, Any] | None:
+        with self._state.lock:
+            queue = self._state.faults.get(op)
+            return queue.popleft() if queue else None
+
+    # -- operations ------------------------------------------------------
+
+    def call(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        handler = self.operations.get(op)
+        if handler is None:
+            raise ApiError("UnknownOperationException", f"Unknown operation {op!r}")
+        with self._state.lock:
+            return handler(body)
+
+    def _group(self, name: str) -> dict[str, GameServer]:
+        servers = self._state.groups.get(name)
+        if servers is None:
+            raise ApiError("NotFoundException", f"Game server group {name} not found")
+        return servers
+
+    def _server(self, body: dict[str, Any]) -> GameServer:
+        group = _group_param(body)
+        server_id = _server_id_param(body, required=True)
+        assert server_id is not None
+        server = self._group(group).get(server_id)
+        if server is None:
+            raise ApiError(
+                "NotFoundException", f"Game server {server_id} not found in group {group}"
+            )
+        return server
+
+    def register_game_server(self, body: dict[str, Any]) -> dict[str, Any]:
+        group = _group_param(body)
+        server_id = _server_id_param(body, required=True)
+        instance_id = _str_param(
+            body, "InstanceId", required=True, min_len=19, max_len=19, pattern=_INSTANCE_ID_RE
+        )
+        connection_info = _str_param(
+            body, "ConnectionInfo", max_len=MAX_CONNECTION_INFO, pattern=_NON_BLANK_RE
+        )
+        data = _data_param(body)
+        assert server_id is not None and instance_id is not None
+        # Real FleetIQ groups are created by CreateGameServerGroup; implicit
+        # creation keeps local setup to "register some servers".
+        servers = self._state.groups.setdefault(group, {})
+        if server_id in servers:
+            raise ApiError(
+                "ConflictException", f"Game server {server_id} is already registered in {group}"
+            )
+        server = GameServer(
+            group=group,
+            server_id=server_id,
+            instance_id=instance_id,
+            connection_info=connection_info,
+            data=data,
+            registration_time=time.time(),
+            seq=next(self._state.seq),
+        )
+        servers[server_id] = server
+        return {"GameServer": server.to_api(time.monotonic())}
+
+    def deregister_game_server(self, body: dict[str, Any]) -> dict[str, Any]:
+        server = self._server(body)
+        del self._state.groups[server.group][server.server_id]
+        return {}
+
+    def claim_game_server(self, body: dict[str, Any]) -> dict[str, Any]:
+        group = _group_param(body)
+        server_id = _server_id_param(body, required=False)
+        data = _data_param(body)
+        # FilterOption.InstanceStatuses filters on instance draining state,
+        # which this stand-in does not model; accepted and ignored.
+        servers = self._group(group)
+        now = time.monotonic()
+        if server_id is not None:
+            server = servers.get(server_id)
+            if server is None:
+                raise ApiError(
+                    "NotFoundException", f"Game server {server_id} not found in group {group}"
+                )
+            if server.utilization != AVAILABLE or server.is_claimed(now):
+                raise ApiError(
+                    "ConflictException", f"Game server {server_id} is already claimed or utilized"
+                )
+        else:
+            server = next(
+                (
+                    s
+                    for s in servers.values()
+                    if s.utilization == AVAILABLE and not s.is_claimed(now)
+                ),
+                None,
+            )
+            if server is None:
+                raise ApiError(
+                    "OutOfCapacityException", f"No available game servers in group {group}"
+                )
+        server.claim_expires_at = now + self._state.claim_ttl_seconds
+        server.last_claim_time = time.time()
+        if data is not None:
+            server.data = data
+        return {"GameServer": server.to_api(now)}
+
+    def update_game_server(self, body: dict[str, Any]) -> dict[str, Any]:
+        server = self._server(body)
+        utilization = _str_param(body, "UtilizationStatus", enum=(AVAILABLE, UTILIZED))
+        health = _str_param(body, "HealthCheck", enum=("HEALTHY",))
+        data = _data_param(body)
+        now = time.monotonic()
+        if utilization == UTILIZED:
+            # A game that is running must not be handed out again when the
+            # 60 s claim window lapses, so a live claim becomes permanent.
+            server.utilization = UTILIZED
+            if server.is_claimed(now):
+                server.claim_expires_at = float("inf")
+        elif utilization == AVAILABLE:
+            server.utilization = AVAILABLE
+            server.claim_expires_at = None
+        if health is not None:
+            server.last_health_check_time = time.time()
+        if data is not None:
+            server.data = data
+        return {"GameServer": server.to_api(now)}
+
+    def describe_game_server(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"GameServer": self._server(body).to_api(time.monotonic())}
+
+    def list_game_servers(self, body: dict[str, Any]) -> dict[str, Any]:
+        group = _group_param(body)
+        order = _str_param(body, "SortOrder", enum=("ASCENDING", "DESCENDING")) or "ASCENDING"
+        limit = body.get("Limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+            raise _invalid("Limit must be an integer")
+        if limit is not None and limit < 1:
+            raise _invalid("Limit must be >= 1")
+        token = _str_param(body, "NextToken", max_len=1024)
+        servers = sorted(self._group(group).values(), key=lambda s: s.seq)
+        descending = order == "DESCENDING"
+        if descending:
+            servers.reverse()
+        if token is not None:
+            after = _decode_token(token, group, order)
+            servers = [s for s in servers if (s.seq < after if descending else s.seq > after)]
+        page = servers if limit is None else servers[:limit]
+        out: dict[str, Any] = {"GameServers": [s.to_api(time.monotonic()) for s in page]}
+        if len(page) < len(servers):
+            out["NextToken"] = _encode_token(page[-1].seq, group, order)
+        return out
+
+
+def _encode_token(seq: int, group: str, order: str) -> str:
+    raw = json.dumps({"after": seq, "group": group, "order": order}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_token(token: str, group: str, order: str) -> int:
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+        after = decoded["after"]
+        ok = decoded["group"] == group and decoded["order"] == order and isinstance(after, int)
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise _invalid("Invalid NextToken")
+    return int(after)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1 keeps connections alive, so boto3's urllib3 pool reuses them
+    # instead of paying a TCP handshake per call.
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without NODELAY, Nagle
+        # plus the peer's delayed ACK stalls keep-alive replies by ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def _send_json(self, status: int, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", JSON_CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_error(self, err: ApiError) -> None:
+        self._send_json(err.status, {"__type": err.error_type, "message": err.message})
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _read_json(self) -> Any:
+        raw = self._read_body()
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ApiError("SerializationException", f"Body is not valid JSON: {exc}") from exc
+
+    def do_GET(self) -> None:
+        self._read_body()
+        if self.path == "/_local/health":
+            self._send_json(200, {"status": "ok"})
+        else:
+            self._send_error(ApiError("NotFoundException", f"No route for GET {self.path}", 404))
+
+    def do_DELETE(self) -> None:
+        self._read_body()
+        if self.path == "/_local/faults":
+            self.server.service.clear_faults()
+            self._send_json(200, {})
+        else:
+            self._send_error(ApiError("NotFoundException", f"No route for DELETE {self.path}", 404))
+
+    def do_POST(self) -> None:
+        service = self.server.service
+        try:
+            if self.path == "/_local/faults":
+                service.add_faults(self._read_json())
+                self._send_json(200, {})
+                return
+            if self.path != "/":
+                self._read_body()
+                raise ApiError("NotFoundException", f"No route for POST {self.path}", 404)
+            self._api_call(service)
+        except ApiError as err:
+            self._send_error(err)
+
+    def _api_call(self, service: FleetIQService) -> None:
+        target = self.headers.get("X-Amz-Target", "")
+        body = self._read_json()
+        op = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
+        if op not in service.operations:
+            raise ApiError("UnknownOperationException", f"Unknown operation {target!r}")
+        if not isinstance(body, dict):
+            raise ApiError("SerializationException", "Body must be a JSON object")
+        group = body.get("GameServerGroupName")
+        fault = service.next_fault(op)
+        if fault is not None:
+            delay = float(fault.get("delay", 0))
+            if delay > 0:
+                # Sleeps in this connection's thread only; other clients go on.
+                time.sleep(delay)
+            if fault.get("disconnect"):
+                logger.info("%s group=%s -> injected disconnect", op, group)
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if "type" in fault:
+                err = ApiError(
+                    str(fault["type"]),
+                    str(fault.get("message", "injected fault")),
+                    int(fault.get("status", 400)),
+                )
+                logger.info("%s group=%s -> injected %s %s", op, group, err.status, err.error_type)
+                raise err
+        try:
+            result = service.call(op, body)
+        except ApiError as err:
+            logger.info("%s group=%s -> %s %s", op, group, err.status, err.error_type)
+            raise
+        server_id = result.get("GameServer", {}).get("GameServerId", "")
+        logger.info("%s group=%s -> 200 %s", op, group, server_id)
+        self._send_json(200, result)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # A burst of hundreds of new connections must not overflow the accept
+    # backlog; dropped SYNs cost the client a 1 s retransmit each.
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], service: FleetIQService) -> None:
+        self.service = service
+        super().__init__(address, _Handler)
+
+
+class FleetIQLocal:
+    """The local endpoint as an object: ``start()`` serves from a background thread."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9090,
+        claim_ttl_seconds: float = 60.0,
+        groups: Iterable[str] = (),
+    ) -> None:
+        self.host = host
+        self.service = FleetIQService(claim_ttl_seconds=claim_ttl_seconds, groups=groups)
+        self._requested_port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def bind(self) -> None:
+        if self._server is None:
+            self._server = _Server((self.host, self._requested_port), self.service)
+
+    def start(self) -> None:
+        self.bind()
+        assert self._server is not None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fleetiq-local",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def serve_forever(self) -> None:
+        self.bind()
+        assert self._server is not None
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+        self._server = None
+
+    def __enter__(self) -> FleetIQLocal:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lobby fleetiq-local",
+        description="Serve a local GameLift FleetIQ endpoint for the boto3 gamelift client.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9090, help="0 picks a free port")
+    parser.add_argument("--claim-ttl-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="create this game server group up front (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    if args.claim_ttl_seconds <= 0:
+        parser.error("--claim-ttl-seconds must be positive")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    local = FleetIQLocal(
+        host=args.host,
+        port=args.port,
+        claim_ttl_seconds=args.claim_ttl_seconds,
+        groups=args.group,
+    )
+    local.bind()
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (what supervisors and test fixtures send) shuts down like ^C.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+    # Supervisors wait for this exact line on stdout before using the port.
+    print(f"{READY_PREFIX} port={local.port}", flush=True)
+    try:
+        local.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        local.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
