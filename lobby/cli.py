@@ -1,0 +1,108 @@
+"""`lobby` command line: serve, fleetiq-local, init-table.
+
+Every flag of `serve` can also be set with a LOBBY_* environment variable
+(flag name upper-cased, dashes to underscores: --redis-url -> LOBBY_REDIS_URL);
+a flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from lobby.config import Settings
+
+DEFAULTS = Settings()
+
+
+def _env(flag: str) -> str:
+    return "LOBBY_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, type_: Callable[[str], Any], default: Any,
+         help_: str) -> None:
+    env = _env(flag)
+    raw = os.environ.get(env)
+    value = type_(raw) if raw not in (None, "") else default
+    parser.add_argument(
+        flag, type=type_, default=value, help=f"{help_} (env {env}; default {default!r})"
+    )
+
+
+def _optional_float(raw: str) -> float | None:
+    return None if raw.lower() in ("", "none", "0", "off") else float(raw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lobby", description="WebSocket lobby server for multiplayer games"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run a lobby node")
+    d = DEFAULTS
+    _add(serve, "--host", str, d.host, "interface to listen on")
+    _add(serve, "--port", int, d.port, "TCP port for ws://HOST:PORT/ws and the HTTP endpoints")
+    _add(serve, "--redis-url", str, d.redis_url,
+         "Redis URL; unset = embedded single-node mode with state in memory")
+    _add(serve, "--redis-prefix", str, d.redis_prefix, "prefix of every Redis key and channel")
+    _add(serve, "--game-server", str, d.game_server, "HOST:PORT handed out by the static allocator")
+    _add(serve, "--seat-hold-seconds", float, d.seat_hold_seconds,
+         "how long a dropped player's seat in a WAITING session is held for resume")
+    _add(serve, "--max-message-bytes", int, d.max_message_bytes,
+         "largest accepted frame; bigger ones close the socket with 1009")
+    _add(serve, "--max-players-cap", int, d.max_players_cap,
+         "largest max_players a session may ask")
+    _add(serve, "--default-max-players", int, d.default_max_players,
+         "max_players when create_session gives none")
+    _add(serve, "--rate-limit-per-second", float, d.rate_limit_per_second,
+         "requests per second allowed per connection")
+    _add(serve, "--rate-limit-burst", int, d.rate_limit_burst,
+         "request burst allowed per connection")
+    _add(serve, "--sweep-interval-seconds", float, d.sweep_interval_seconds,
+         "how often this node expires seat holds and timeouts")
+    _add(serve, "--ping-interval-seconds", _optional_float, d.ping_interval_seconds,
+         "WebSocket keepalive ping interval and timeout; 0 disables")
+    _add(serve, "--node-id", str, d.node_id, "this node's id (random when unset)")
+    _add(serve, "--log-level", str, d.log_level, "DEBUG, INFO, WARNING, ERROR")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    fields = Settings.__dataclass_fields__
+    return Settings(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "fleetiq-local":
+        from lobby.fleetiq_local import main as fleetiq_main
+
+        return fleetiq_main(argv[1:]) or 0
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        settings = settings_from_args(args)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        # websockets logs every open and close at INFO: noise at thousands of players.
+        logging.getLogger("websockets").setLevel(
+            max(logging.WARNING, logging.getLogger().level))
+        from lobby.app import LobbyNode
+
+        try:
+            asyncio.run(LobbyNode(settings).serve_forever())
+        except KeyboardInterrupt:
+            pass
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The rules of the session lifecycle: one method per request type.
+
+Knows nothing of sockets (it talks to `hub.Client`) nor of Redis keys (it talks
+to a `SessionStore`). Each handler validates what the store cannot, makes one
+atomic store call, and returns the reply's fields; the store publishes events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from lobby import protocol as p
+from lobby.allocators.base import Allocator, NoServerAvailable
+from lobby.config import Settings
+from lobby.errors import ErrorCode, LobbyError
+from lobby.hub import Client, Hub
+from lobby.passwords import hash_password, verify_password
+from lobby.session import SessionRecord, public_session
+from lobby.store.base import Change, PasswordRequired, SessionStore
+
+log = logging.getLogger("lobby")
+
+# What a handler returns: the reply's fields, and (session id, version) when the
+# client becomes a member whose queued events are released after the reply.
+Result = tuple[dict[str, Any], tuple[str, int] | None]
+OnChange = Callable[[Change], None]
+
+PASSWORD_FAILURES_ALLOWED = 5  # per connection per minute: scrypt is costly
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def token_hash(token: str) -> str:
+    # Only the hash is stored, so a leaked store does not leak resume tokens.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Lobby:
+    def __init__(
+        self, settings: Settings, store: SessionStore, hub: Hub, allocator: Allocator,
+        on_change: OnChange | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.allocator = allocator
+        self._on_change = on_change or (lambda change: None)
+        self._hold_ms = int(settings.seat_hold_seconds * 1000)
+        # scrypt gets its own small pool so password guessing cannot starve the rest.
+        self._pw_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lobby-scrypt")
+        self._handlers: dict[str, Callable[[Client, Any], Awaitable[Result]]] = {
+            "hello": self.hello,
+            "create_session": self.create_session,
+            "list_sessions": self.list_sessions,
+            "join_session": self.join_session,
+            "leave_session": self.leave_session,
+            "start_session": self.start_session,
+            "kick_player": self.kick_player,
+            "ping": self.ping,
+        }
+
+    def changed(self, record: SessionRecord | None, session_id: str, reason: str | None = None
+                ) -> None:
+        self._on_change(Change(session_id, record, reason))
+
+    # dispatch ----------------------------------------------------------------
+    async def handle(self, client: Client, req: Any) -> None:
+        try:
+            if client.player_id is None and req.type != "hello":
+                raise LobbyError(ErrorCode.NOT_AUTHENTICATED, "send hello first")
+            result, membership = await self._handlers[req.type](client, req)
+        except LobbyError as err:
+            client.push(p.encode(p.reply_for_error(req.type, req.id, err)))
+            return
+        except Exception:
+            log.exception("request %s failed", req.type)
+            client.push(p.encode(p.error_reply(
+                req.type, req.id, ErrorCode.INTERNAL, "internal error")))
+            return
+        client.push(p.encode(p.ok_reply(req.type, req.id, result)))
+        if membership is not None:
+            self.hub.activate(membership[0], client, membership[1])
+
+    async def disconnected(self, client: Client) -> None:
+        self.hub.remove_client(client)
+        if client.player_id is None:
+            return
+        await self.hub.detach(client.session_id, client)
+        await self.store.disconnect(client.player_id, client.conn_id, now_ms(), self._hold_ms)
+
+    async def sweep(self) -> int:
+        changes = await self.store.sweep(now_ms())
+        for change in changes:
+            self._on_change(change)
+        return len(changes)
+
+    # requests ----------------------------------------------------------------
+    async def hello(self, client: Client, req: p.Hello) -> Result:
+        if client.player_id is not None:
+            raise LobbyError(ErrorCode.BAD_REQUEST, "hello was already sent on this connection")
+        if req.resume_token:
+            resumed = await self._resume(client, req.resume_token)
+            if resumed is not None:
+                return resumed
+        player_id = "p_" + secrets.token_urlsafe(8)
+        resume_token = f"{player_id}.{secrets.token_urlsafe(24)}"
+        name = req.name or f"Player-{player_id[2:6]}"
+        await self.store.new_player(
+            player_id, name, token_hash(resume_token), client.conn_id, now_ms()
+        )
+        client.player_id = player_id
+        return {"player_id": player_id, "name": name, "resume_token": resume_token,
+                "resumed": False, "session": None}, None
+
+    async def _resume(self, client: Client, resume_token: str) -> Result | None:
+        player_id = resume_token.split(".", 1)[0]
+        res = await self.store.resume(
+            player_id, token_hash(resume_token), client.conn_id, now_ms()
+        )
+        if res is None:
+            return None
+        client.player_id = player_id
+        reply = {"player_id": player_id, "name": res.player.name, "resume_token": resume_token,
+                 "resumed": True, "session": None}
+        sid = res.player.session_id
+        if sid is None:
+            return reply, None
+        # Subscribe first, then read the session: the snapshot then covers every
+        # event this node could have missed before it was listening.
+        await self.hub.attach(sid, client)
+        rec = await self.store.get_session(sid)
+        if rec is None or all(m["id"] != player_id for m in rec["members"]):
+            await self.hub.detach(sid, client)
+            return reply, None
+        reply["session"] = public_session(rec)
+        return reply, (sid, rec["v"])
+
+    async def create_session(self, client: Client, req: p.CreateSession) -> Result:
+        assert client.player_id is not None
+        self._not_in_session(client)
+        cap = self.settings.max_players_cap
+        max_players = req.max_players or min(self.settings.default_max_players, cap)
+        if max_players > cap:
+            raise LobbyError(ErrorCode.BAD_REQUEST, f"max_players must be between 2 and {cap}")
+        pw = None
+        if req.password:
+            pw = await asyncio.get_running_loop().run_in_executor(
+                self._pw_pool, hash_password, req.password)
+        session_id = secrets.token_urlsafe(8)
+        await self.hub.attach(session_id, client)
+        try:
+            rec = await self.store.create_session(
+                client.player_id, session_id, req.name or "", max_players, pw, now_ms()
+            )
+        except BaseException:
+            await self.hub.detach(session_id, client)
+            raise
+        self.changed(rec, session_id)
+        return {"session": public_session(rec)}, (session_id, rec["v"])
+
+    async def list_sessions(self, client: Client, req: p.ListSessions) -> Result:
+        cursor = req.cursor or None
+        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) < 19):
+            raise LobbyError(ErrorCode.BAD_REQUEST, "cursor: not a cursor from list_sessions")
+        records, nxt = await self.store.list_sessions(req.limit or 20, cursor)
+        return {"sessions": [public_session(r) for r in records], "next_cursor": nxt}, None
+
+    async def join_session(self, client: Client, req: p.JoinSession) -> Result:
+        assert client.player_id is not None
+        self._not_in_session(client)
+        sid = req.session_id
+        await self.hub.attach(sid, client)
+        try:
+            try:
+                rec = await self.store.join_session(client.player_id, sid, None, now_ms())
+            except PasswordRequired as need:
+                await self._check_password(client, req.password, need)
+                rec = await self.store.join_session(client.player_id, sid, need.pw, now_ms())
+        except BaseException:
+            await self.hub.detach(sid, client)
+            raise
+        self.changed(rec, sid)
+        return {"session": public_session(rec)}, (sid, rec["v"])
+
+    async def _check_password(
+        self, client: Client, password: str | None, need: PasswordRequired
+    ) -> None:
+        if not password:
+            raise LobbyError(ErrorCode.WRONG_PASSWORD, "this session needs a password")
+        failures: list[float] = getattr(client, "password_failures", [])
+        now = time.monotonic()
+        failures[:] = [t for t in failures if now - t < 60]
+        if len(failures) >= PASSWORD_FAILURES_ALLOWED:
+            raise LobbyError(ErrorCode.RATE_LIMITED, "too many wrong passwords, wait a minute")
+        good = await asyncio.get_running_loop().run_in_executor(
+            self._pw_pool, verify_password, password, need.pw)
+        if not good:
+            failures.append(now)
+            client.password_failures = failures  # type: ignore[attr-defined]
+            raise LobbyError(ErrorCode.WRONG_PASSWORD, "wrong password")
+
+    async def leave_session(self, client: Client, req: p.LeaveSession) -> Result:
+        assert client.player_id is not None
+        sid = client.session_id
+        rec = await self.store.leave_session(client.player_id, now_ms())
+        await self.hub.detach(sid, client)
+        if sid is not None:
+            self.changed(rec, sid, None if rec else "abandoned")
+        return {}, None
+
+    async def kick_player(self, client: Client, req: p.KickPlayer) -> Result:
+        assert client.player_id is not None
+        rec = await self.store.kick(client.player_id, req.player_id, now_ms())
+        self.changed(rec, rec["id"])
+        return {}, None
+
+    async def start_session(self, client: Client, req: p.StartSession) -> Result:
+        assert client.player_id is not None
+        rec = await self.store.begin_start(client.player_id, now_ms())
+        sid = rec["id"]
+        self.changed(rec, sid)
+        try:
+            alloc = await self.allocator.allocate(sid, [m["id"] for m in rec["members"]])
+        except Exception as exc:
+            # Whatever went wrong, the session must not stay in CONNECTING.
+            if not isinstance(exc, NoServerAvailable):
+                log.exception("allocator failed for session %s", sid)
+            message = "no game server is available, try again"
+            back = await self.store.fail_start(
+                sid, ErrorCode.NO_SERVER_AVAILABLE, message, now_ms(), self._hold_ms)
+            if back is not None:
+                self.changed(back, sid)
+            raise LobbyError(ErrorCode.NO_SERVER_AVAILABLE, message) from None
+        started = await self.store.finish_start(sid, alloc.server_id, alloc.endpoint, now_ms())
+        if started is None:
+            raise LobbyError(ErrorCode.SESSION_NOT_FOUND, "the session ended while starting")
+        self.changed(started, sid)
+        return {"session": public_session(started)}, None
+
+    async def ping(self, client: Client, req: p.Ping) -> Result:
+        return {}, None
+
+    @staticmethod
+    def _not_in_session(client: Client) -> None:
+        if client.session_id is not None:
+            raise LobbyError(ErrorCode.ALREADY_IN_SESSION, "leave your current session first")
+
+    async def close(self) -> None:
+        self._pw_pool.shutdown(wait=False, cancel_futures=True)

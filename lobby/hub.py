@@ -1,0 +1,214 @@
+"""A node's local fan-out: which of its sockets are in which session.
+
+Events arrive from the bus as JSON text (one per store change, in version
+order). Each is turned into its public wire form and encoded once, then pushed
+to every local member of the session in one broadcast.
+
+A player who is joining (or creating, or resuming) is registered *before* the
+store call, as pending: the node is then subscribed before the change happens,
+so nothing published after it can be missed. Events reaching a pending member
+are queued, and released after its reply, skipping those its reply's snapshot
+already contains (version <= the snapshot's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lobby.bus import Bus
+from lobby.protocol import encode
+from lobby.session import public_session
+
+log = logging.getLogger("lobby.hub")
+
+CLOSE_REPLACED = 4001  # a newer socket resumed this player
+
+
+class Client(Protocol):
+    """One player socket, as the socket layer presents it to the domain."""
+
+    conn_id: str
+    player_id: str | None
+    session_id: str | None
+
+    def push(self, text: str) -> None:
+        """Queue a text frame without waiting (no backpressure)."""
+        ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+PushMany = Callable[[Iterable[Client], str], None]
+
+
+@dataclass(slots=True)
+class _Member:
+    client: Client
+    min_version: int = 0
+    pending: list[tuple[int, str]] | None = field(default_factory=list)
+
+
+class Hub:
+    def __init__(self, bus: Bus, push_many: PushMany) -> None:
+        self._bus = bus
+        self._push_many = push_many
+        self._sessions: dict[str, dict[str, _Member]] = {}
+        self._clients: dict[str, Client] = {}  # conn id -> client, for node messages
+        self.events_in = 0
+        self.frames_out = 0
+
+    # connections -------------------------------------------------------------
+    def add_client(self, client: Client) -> None:
+        self._clients[client.conn_id] = client
+
+    def remove_client(self, client: Client) -> None:
+        self._clients.pop(client.conn_id, None)
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    # membership --------------------------------------------------------------
+    async def attach(self, session_id: str, client: Client) -> None:
+        """Register a pending member and make sure this node is subscribed."""
+        assert client.player_id is not None
+        members = self._sessions.get(session_id)
+        if members is None:
+            members = self._sessions[session_id] = {}
+            members[client.player_id] = _Member(client)
+            await self._bus.subscribe(session_id)
+        else:
+            members[client.player_id] = _Member(client)
+
+    def activate(self, session_id: str, client: Client, version: int) -> None:
+        """The client has its reply with the snapshot at `version`: release the rest."""
+        member = self._member(session_id, client)
+        if member is None:
+            return
+        client.session_id = session_id
+        queued, member.pending, member.min_version = member.pending or [], None, version
+        for v, text in queued:
+            if v > version:
+                client.push(text)
+
+    async def detach(self, session_id: str | None, client: Client) -> None:
+        if session_id is None:
+            return
+        if client.session_id == session_id:
+            client.session_id = None
+        members = self._sessions.get(session_id)
+        if members is None or client.player_id is None:
+            return
+        member = members.get(client.player_id)
+        if member is not None and member.client is client:
+            del members[client.player_id]
+        if not members:
+            del self._sessions[session_id]
+            await self._bus.unsubscribe(session_id)
+
+    def _member(self, session_id: str, client: Client) -> _Member | None:
+        members = self._sessions.get(session_id)
+        if members is None or client.player_id is None:
+            return None
+        member = members.get(client.player_id)
+        return member if member is not None and member.client is client else None
+
+    def _forget(self, session_id: str, player_id: str) -> None:
+        """Drop a member the store has already removed (no await: runs in delivery)."""
+        members = self._sessions.get(session_id)
+        if members is None:
+            return
+        member = members.pop(player_id, None)
+        if member is not None and member.client.session_id == session_id:
+            member.client.session_id = None
+        if not members:
+            del self._sessions[session_id]
+            # Unsubscribing is fire-and-forget: a late event for an unknown
+            # session is simply dropped by on_message.
+            asyncio.get_running_loop().create_task(self._bus.unsubscribe(session_id))
+
+    # delivery ----------------------------------------------------------------
+    def on_message(self, raw: bytes | str) -> None:
+        try:
+            ev = json.loads(raw)
+            self._dispatch(ev)
+        except Exception:
+            log.exception("bad bus message dropped: %.200r", raw)
+
+    def _dispatch(self, ev: dict[str, Any]) -> None:
+        self.events_in += 1
+        kind = ev["e"]
+        if kind == "replaced":
+            client = self._clients.get(ev["conn"])
+            if client is not None and client.player_id == ev["player_id"]:
+                if client.session_id is not None:
+                    self._forget(client.session_id, ev["player_id"])
+                client.player_id = None
+                client.close(CLOSE_REPLACED, "replaced by a newer connection")
+            return
+        sid = ev["sid"]
+        members = self._sessions.get(sid)
+        if not members:
+            return
+        if kind == "session_deleted":
+            for pid in list(members):
+                self._forget(sid, pid)
+            return
+        out, exclude = _public_event(ev)
+        if kind == "player_left":
+            gone = members.get(ev["player_id"])
+            if gone is not None and ev["reason"] == "kicked":
+                gone.client.push(encode({"type": "kicked", "session_id": sid}))
+                self.frames_out += 1
+        text = encode(out)
+        version = ev["v"]
+        ready = []
+        for pid, member in members.items():
+            if pid == exclude:
+                continue
+            if member.pending is not None:
+                member.pending.append((version, text))
+            elif version > member.min_version:
+                ready.append(member.client)
+        if ready:
+            self._push_many(ready, text)
+            self.frames_out += len(ready)
+        if kind == "player_left" and ev["player_id"] in members:
+            self._forget(sid, ev["player_id"])
+        elif kind == "session_closed":
+            for pid in list(members):
+                self._forget(sid, pid)
+
+
+def _public_event(ev: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The wire event for a bus event, and the player it must not be sent to."""
+    kind = ev["e"]
+    sid = ev["sid"]
+    out: dict[str, Any] = {"type": kind, "session_id": sid}
+    exclude = None
+    if kind == "player_joined":
+        out.update(player_id=ev["player_id"], name=ev["name"])
+        exclude = ev["player_id"]  # the joiner learns from its reply
+    elif kind == "player_left":
+        out.update(player_id=ev["player_id"], reason=ev["reason"])
+        exclude = ev["player_id"]  # the leaver has its reply, the kicked its `kicked`
+    elif kind == "host_changed":
+        out["host_id"] = ev["host_id"]
+    elif kind == "session_started":
+        out.update(server_id=ev["server_id"], server_endpoint=ev["server_endpoint"])
+    elif kind == "session_start_failed":
+        out["error"] = ev["error"]
+    elif kind == "session_closed":
+        out["reason"] = ev["reason"]
+    if ev.get("s") is not None:
+        out["session"] = public_session(ev["s"])
+    return out, exclude

@@ -1,0 +1,176 @@
+"""Wire messages: request models, reply/event builders, and request parsing.
+
+protocol.md is the contract; this module is its executable form. A test checks
+that every request and event type named here is documented there.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from lobby.errors import ErrorCode, LobbyError
+
+# Bounds on client-supplied values: a lobby's fields are short, and every byte a
+# client can make us store or echo to other players is a byte of abuse surface.
+MAX_NAME_CHARS = 64
+MAX_ID_CHARS = 64
+MAX_PASSWORD_CHARS = 128
+MAX_TOKEN_CHARS = 512
+MAX_CURSOR_CHARS = 64
+
+RequestId = int | Annotated[str, Field(max_length=MAX_ID_CHARS)] | None
+# Names are shown to other players: no control characters, no blank names.
+_NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=_NAME_PATTERN)]
+
+
+class _Request(BaseModel):
+    # strict: "8" is not a number and 1 is not a string; extra fields are ignored
+    # so that newer clients can talk to older servers.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    id: RequestId = None
+
+
+class Hello(_Request):
+    type: Literal["hello"]
+    name: Name | None = None
+    token: Annotated[str, Field(max_length=MAX_TOKEN_CHARS)] | None = None
+    resume_token: Annotated[str, Field(max_length=MAX_TOKEN_CHARS)] | None = None
+
+
+class CreateSession(_Request):
+    type: Literal["create_session"]
+    name: Name | None = None
+    max_players: int | None = Field(default=None, ge=2, le=1_000)
+    password: Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD_CHARS)] | None = None
+
+
+class ListSessions(_Request):
+    type: Literal["list_sessions"]
+    limit: int | None = Field(default=None, ge=1, le=100)
+    cursor: Annotated[str, Field(max_length=MAX_CURSOR_CHARS)] | None = None
+
+
+class JoinSession(_Request):
+    type: Literal["join_session"]
+    session_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+    password: Annotated[str, Field(max_length=MAX_PASSWORD_CHARS)] | None = None
+
+
+class LeaveSession(_Request):
+    type: Literal["leave_session"]
+
+
+class StartSession(_Request):
+    type: Literal["start_session"]
+
+
+class KickPlayer(_Request):
+    type: Literal["kick_player"]
+    player_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class Ping(_Request):
+    type: Literal["ping"]
+
+
+Request = Annotated[
+    Hello | CreateSession | ListSessions | JoinSession | LeaveSession | StartSession
+    | KickPlayer | Ping,
+    Field(discriminator="type"),
+]
+_request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
+
+REQUEST_TYPES: tuple[str, ...] = (
+    "hello", "create_session", "list_sessions", "join_session", "leave_session",
+    "start_session", "kick_player", "ping",
+)
+EVENT_TYPES: tuple[str, ...] = (
+    "player_joined", "player_left", "host_changed", "session_started",
+    "session_start_failed", "session_closed", "kicked",
+)
+LEAVE_REASONS: tuple[str, ...] = ("left", "kicked", "timeout")
+
+
+class _Envelope(BaseModel):
+    """Just enough of a frame to address an error reply to it."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Any = None
+    id: Any = None
+
+
+class BadFrame(Exception):
+    """A frame that is not a valid request; carries the reply to send."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        self.reply = reply
+        super().__init__(reply["error"]["message"])
+
+
+def parse_request(raw: str | bytes) -> Request:
+    """Validate one text frame into a request model, or raise BadFrame.
+
+    The fast path parses once (pydantic's JSON parser straight into the model);
+    only a frame that fails is parsed again, leniently, to find its type and id.
+    """
+    try:
+        return _request_adapter.validate_json(raw)
+    except ValidationError as exc:
+        failure = exc
+    try:
+        env = _Envelope.model_validate_json(raw)
+    except ValidationError:
+        raise BadFrame(
+            error_reply("error", None, ErrorCode.BAD_REQUEST, "frame is not a JSON object")
+        ) from None
+    rtype = env.type if isinstance(env.type, str) and len(env.type) <= MAX_ID_CHARS else "error"
+    rid = env.id if _is_valid_id(env.id) else None
+    if rtype not in REQUEST_TYPES:
+        what = f"unknown request type {env.type!r}" if env.type is not None else "missing 'type'"
+        raise BadFrame(error_reply(rtype, rid, ErrorCode.BAD_REQUEST, what))
+    raise BadFrame(error_reply(rtype, rid, ErrorCode.BAD_REQUEST, _describe(failure)))
+
+
+def _is_valid_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and len(value) <= MAX_ID_CHARS)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        # loc starts with the union tag ("join_session"); the field is what helps.
+        loc = [str(p) for p in err["loc"][1:]] or [str(p) for p in err["loc"]]
+        msg = err["msg"]
+        if err["type"] == "string_pattern_mismatch":
+            msg = "must have a visible character and no control characters"
+        parts.append(f"{'.'.join(loc)}: {msg}")
+    return "; ".join(parts) or "invalid request"
+
+
+def ok_reply(rtype: str, rid: Any, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    reply: dict[str, Any] = {"type": rtype, "id": rid, "ok": True}
+    if result:
+        reply.update(result)
+    return reply
+
+
+def error_reply(rtype: str, rid: Any, code: ErrorCode | str, message: str) -> dict[str, Any]:
+    return {
+        "type": rtype, "id": rid, "ok": False,
+        "error": {"code": str(code), "message": message},
+    }
+
+
+def reply_for_error(rtype: str, rid: Any, err: LobbyError) -> dict[str, Any]:
+    return error_reply(rtype, rid, err.code, err.message)
+
+
+def encode(message: dict[str, Any]) -> str:
+    # Compact separators: frames are tiny and sent to many sockets.
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)

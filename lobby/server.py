@@ -1,0 +1,127 @@
+"""The socket layer: WebSocket connections and the HTTP endpoints on the same port.
+
+It turns frames into validated requests for the handlers and pushes their
+replies and the hub's events back; it knows nothing of how sessions are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from http import HTTPStatus
+
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from lobby import protocol as p
+from lobby.errors import ErrorCode
+from lobby.handlers import Lobby
+from lobby.hub import Client
+
+log = logging.getLogger("lobby.server")
+
+WS_PATH = "/ws"
+_BINARY_REFUSED = p.encode(p.error_reply(
+    "error", None, ErrorCode.BAD_REQUEST,
+    "binary frames are not supported: send JSON as a text frame"))
+HttpRoute = Callable[[ServerConnection, Request], Awaitable[Response] | Response]
+
+
+class WsClient:
+    """A player socket as the domain sees it (satisfies `hub.Client`)."""
+
+    __slots__ = ("_last", "_tokens", "conn_id", "password_failures", "player_id", "session_id",
+                 "ws")
+
+    def __init__(self, ws: ServerConnection, conn_id: str, burst: int) -> None:
+        self.ws = ws
+        self.conn_id = conn_id
+        self.player_id: str | None = None
+        self.session_id: str | None = None
+        self.password_failures: list[float] = []
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+
+    def push(self, text: str) -> None:
+        # broadcast() writes without awaiting the peer: replies and events never
+        # stall the reader of this socket or the fan-out to others.
+        broadcast((self.ws,), text)
+
+    def close(self, code: int, reason: str) -> None:
+        asyncio.get_running_loop().create_task(self.ws.close(code, reason))
+
+    def allow(self, rate: float, burst: int) -> bool:
+        """Token bucket: `rate` requests a second, bursts up to `burst`."""
+        now = time.monotonic()
+        self._tokens = min(float(burst), self._tokens + (now - self._last) * rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+def push_many(clients: Iterable[Client], text: str) -> None:
+    broadcast([c.ws for c in clients], text)  # type: ignore[attr-defined]
+
+
+class SocketServer:
+    def __init__(self, lobby: Lobby, node_id: str, *, rate: float, burst: int) -> None:
+        self.lobby = lobby
+        self.node_id = node_id
+        self.rate = rate
+        self.burst = burst
+        self._ids = itertools.count(1)
+        self.routes: dict[str, HttpRoute] = {"/healthz": self._healthz}
+
+    async def process_request(self, connection: ServerConnection, request: Request
+                              ) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == WS_PATH:
+            return None
+        route = self.routes.get(path)
+        if route is None:
+            # Prefix routes ("/servers/") match the longest registered prefix.
+            for prefix, handler in self.routes.items():
+                if prefix.endswith("/") and path.startswith(prefix):
+                    route = handler
+                    break
+        if route is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found; the WebSocket is at /ws\n")
+        result = route(connection, request)
+        if asyncio.iscoroutine(result):
+            return await result
+        return result  # type: ignore[return-value]
+
+    def _healthz(self, connection: ServerConnection, request: Request) -> Response:
+        return connection.respond(HTTPStatus.OK, "ok\n")
+
+    async def handle(self, ws: ServerConnection) -> None:
+        client = WsClient(ws, f"{self.node_id}.{next(self._ids)}", self.burst)
+        self.lobby.hub.add_client(client)
+        try:
+            async for frame in ws:
+                if isinstance(frame, bytes):
+                    client.push(_BINARY_REFUSED)
+                    continue
+                try:
+                    req = p.parse_request(frame)
+                except p.BadFrame as bad:
+                    client.push(p.encode(bad.reply))
+                    continue
+                if not client.allow(self.rate, self.burst):
+                    client.push(p.encode(p.error_reply(
+                        req.type, req.id, ErrorCode.RATE_LIMITED, "too many requests, slow down")))
+                    continue
+                await self.lobby.handle(client, req)
+        except ConnectionClosed:
+            pass
+        finally:
+            try:
+                await self.lobby.disconnected(client)
+            except Exception:
+                log.exception("cleanup of %s failed", client.conn_id)

@@ -1,0 +1,83 @@
+-- Shared by every script (lobby/store/redis.py prepends it). ARGV[1] is the key
+-- prefix and ARGV[2] the caller's clock in ms; the rest belong to each script.
+-- Keys are derived here rather than passed in KEYS because a session's member
+-- list decides which player keys a change touches; the store therefore targets
+-- a single Redis (or one with all keys in one slot), not Redis Cluster.
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local NULL = cjson.null
+local OPEN = P .. 'open'
+local HOLDS = P .. 'holds'
+local SEQ = P .. 'seq'
+
+local function skey(sid) return P .. 's:' .. sid end
+local function pkey(pid) return P .. 'p:' .. pid end
+
+local function load(key)
+  local raw = redis.call('GET', key)
+  if raw then return cjson.decode(raw) end
+  return nil
+end
+
+local function save(key, t) redis.call('SET', key, cjson.encode(t)) end
+
+local function fail(code) return {'ERR', code} end
+local function ok(s) return {'OK', cjson.encode(s)} end
+
+-- Every change of a session bumps its version; events carry it so that a
+-- client snapshot can be ordered against the pushes that follow it.
+local function touch(s)
+  s.v = s.v + 1
+  s.updated = NOW
+end
+
+local function publish(s, ev)
+  ev.sid = s.id
+  ev.v = s.v
+  ev.s = s
+  redis.call('PUBLISH', P .. 'ev:' .. s.id, cjson.encode(ev))
+end
+
+-- The open index lists exactly the WAITING sessions with a free seat.
+local function index_open(s)
+  if s.state == 'WAITING' and #s.members < s.max then
+    redis.call('ZADD', OPEN, s.seq, s.id)
+  else
+    redis.call('ZREM', OPEN, s.id)
+  end
+end
+
+local function member_index(s, pid)
+  for i, m in ipairs(s.members) do
+    if m.id == pid then return i end
+  end
+  return nil
+end
+
+-- Removes a member, migrating the host to the longest-present player and
+-- deleting the session with its last member. Returns the record, nil if deleted.
+local function remove_member(s, pid, reason)
+  local i = member_index(s, pid)
+  if not i then return s end
+  table.remove(s.members, i)
+  redis.call('ZREM', HOLDS, pid)
+  if #s.members == 0 then
+    redis.call('DEL', skey(s.id))
+    redis.call('ZREM', OPEN, s.id)
+    redis.call('PUBLISH', P .. 'ev:' .. s.id,
+      cjson.encode({e = 'session_deleted', sid = s.id, v = s.v + 1, reason = reason}))
+    return nil
+  end
+  touch(s)
+  s.active = NOW
+  local host_changed = false
+  if s.host == pid then
+    s.host = s.members[1].id
+    host_changed = true
+  end
+  index_open(s)
+  save(skey(s.id), s)
+  publish(s, {e = 'player_left', player_id = pid, reason = reason})
+  if host_changed then publish(s, {e = 'host_changed', host_id = s.host}) end
+  return s
+end

@@ -1,0 +1,328 @@
+"""The in-process session store of embedded mode (one node, no Redis).
+
+It mirrors the Lua scripts of `redis.py` rule for rule; the conformance suite
+holds both to the same behaviour. Each method runs without awaiting in the
+middle, so on one event loop every change is atomic, as a script is in Redis.
+Records are kept as JSON text, exactly as Redis holds them, so no caller can
+alias a stored record and events are the same bytes a Redis node would receive.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Callable
+from typing import Any
+
+from lobby.errors import ErrorCode, LobbyError
+from lobby.session import PasswordHash, SessionRecord
+from lobby.store.base import Change, PasswordRequired, PlayerInfo, ResumeResult
+from lobby.store.redis import raise_script_error
+
+Publish = Callable[[str, str], None]  # (channel, message): channel is a session id or "node:ID"
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class MemoryStore:
+    def __init__(self, publish: Publish) -> None:
+        self._publish = publish
+        self._sessions: dict[str, str] = {}
+        self._players: dict[str, dict[str, Any]] = {}
+        self._player_expiry: dict[str, int] = {}  # session-less disconnected players
+        self._holds: dict[str, int] = {}  # player id -> deadline ms
+        self._open: list[tuple[int, str]] = []  # (seq, session id), ascending
+        self._seq = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # helpers mirroring prelude.lua ------------------------------------------
+    def _load(self, sid: str | None) -> dict[str, Any] | None:
+        raw = self._sessions.get(sid) if sid else None
+        return json.loads(raw) if raw else None
+
+    def _save(self, s: dict[str, Any]) -> None:
+        self._sessions[s["id"]] = _dump(s)
+
+    def _player(self, pid: str, now: int) -> dict[str, Any] | None:
+        expiry = self._player_expiry.get(pid)
+        if expiry is not None and expiry <= now:
+            self._drop_player(pid)
+        return self._players.get(pid)
+
+    def _drop_player(self, pid: str) -> None:
+        self._players.pop(pid, None)
+        self._player_expiry.pop(pid, None)
+
+    def _event(self, s: dict[str, Any], ev: dict[str, Any]) -> None:
+        ev.update(sid=s["id"], v=s["v"], s=s)
+        self._publish(s["id"], _dump(ev))
+
+    def _index_open(self, s: dict[str, Any]) -> None:
+        entry = (s["seq"], s["id"])
+        i = bisect.bisect_left(self._open, entry)
+        present = i < len(self._open) and self._open[i] == entry
+        should = s["state"] == "WAITING" and len(s["members"]) < s["max"]
+        if should and not present:
+            self._open.insert(i, entry)
+        elif present and not should:
+            del self._open[i]
+
+    @staticmethod
+    def _touch(s: dict[str, Any], now: int) -> None:
+        s["v"] += 1
+        s["updated"] = now
+
+    def _remove_member(
+        self, s: dict[str, Any], pid: str, reason: str, now: int
+    ) -> dict[str, Any] | None:
+        ids = [m["id"] for m in s["members"]]
+        if pid not in ids:
+            return s
+        del s["members"][ids.index(pid)]
+        self._holds.pop(pid, None)
+        if not s["members"]:
+            del self._sessions[s["id"]]
+            s["max"] = 0  # takes it out of the open index
+            self._index_open(s)
+            self._publish(s["id"], _dump(
+                {"e": "session_deleted", "sid": s["id"], "v": s["v"] + 1, "reason": reason}
+            ))
+            return None
+        self._touch(s, now)
+        s["active"] = now
+        host_changed = s["host"] == pid
+        if host_changed:
+            s["host"] = s["members"][0]["id"]
+        self._index_open(s)
+        self._save(s)
+        self._event(s, {"e": "player_left", "player_id": pid, "reason": reason})
+        if host_changed:
+            self._event(s, {"e": "host_changed", "host_id": s["host"]})
+        return s
+
+    def _copy(self, s: dict[str, Any] | None) -> SessionRecord | None:
+        return json.loads(_dump(s)) if s is not None else None
+
+    def _require(self, pid: str, now: int) -> dict[str, Any]:
+        p = self._player(pid, now)
+        if p is None:
+            raise LobbyError(ErrorCode.NOT_AUTHENTICATED)
+        return p
+
+    def _own_session(self, pid: str, now: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        p = self._require(pid, now)
+        s = self._load(p.get("sid"))
+        if s is None:
+            raise LobbyError(ErrorCode.NOT_IN_SESSION)
+        return p, s
+
+    # players -----------------------------------------------------------------
+    async def new_player(
+        self, player_id: str, name: str, token_hash: str, conn: str, now: int
+    ) -> PlayerInfo:
+        self._players[player_id] = {"id": player_id, "name": name, "tokh": token_hash, "conn": conn}
+        return PlayerInfo(player_id, name, None)
+
+    async def resume(
+        self, player_id: str, token_hash: str, conn: str, now: int
+    ) -> ResumeResult | None:
+        p = self._player(player_id, now)
+        if p is None or p["tokh"] != token_hash:
+            return None
+        old = p["conn"]
+        p["conn"] = conn
+        p.pop("disc", None)
+        self._holds.pop(player_id, None)
+        self._player_expiry.pop(player_id, None)
+        if old and old != conn and "." in old:
+            self._publish(
+                "node:" + old.split(".", 1)[0],
+                _dump({"e": "replaced", "player_id": player_id, "conn": old}),
+            )
+        session = self._copy(self._load(p.get("sid")))
+        return ResumeResult(PlayerInfo(p["id"], p["name"], p.get("sid")), session)
+
+    async def disconnect(self, player_id: str, conn: str, now: int, hold_ms: int) -> None:
+        p = self._player(player_id, now)
+        if p is None or p["conn"] != conn:
+            return
+        p["conn"] = ""
+        p["disc"] = now
+        if p.get("sid"):
+            s = self._load(p["sid"])
+            if s is not None and s["state"] == "WAITING":
+                self._holds[player_id] = now + hold_ms
+        else:
+            self._player_expiry[player_id] = now + max(hold_ms, 1)
+
+    # sessions ----------------------------------------------------------------
+    async def create_session(
+        self, player_id: str, session_id: str, name: str, max_players: int,
+        pw: PasswordHash | None, now: int,
+    ) -> SessionRecord:
+        p = self._require(player_id, now)
+        if p.get("sid"):
+            raise_script_error("ALREADY_IN_SESSION")
+        if session_id in self._sessions:
+            raise_script_error("INTERNAL")
+        self._seq += 1
+        s = {
+            "id": session_id, "name": name or f"{p['name']}'s game",
+            "host": player_id, "state": "WAITING",
+            "max": max_players, "members": [{"id": player_id, "name": p["name"], "joined": now}],
+            "pw": dict(pw) if pw else None, "server_id": None, "endpoint": None,
+            "seq": self._seq, "v": 1, "created": now, "updated": now, "active": now,
+        }
+        self._save(s)
+        self._index_open(s)
+        p["sid"] = session_id
+        return self._copy(s)  # type: ignore[return-value]
+
+    async def join_session(
+        self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
+    ) -> SessionRecord:
+        p = self._require(player_id, now)
+        if p.get("sid"):
+            raise_script_error("ALREADY_IN_SESSION")
+        s = self._load(session_id)
+        if s is None:
+            raise_script_error("SESSION_NOT_FOUND")
+        assert s is not None
+        if s["state"] != "WAITING":
+            raise_script_error("SESSION_NOT_WAITING")
+        if len(s["members"]) >= s["max"]:
+            raise_script_error("SESSION_FULL")
+        if s["pw"] is not None and (
+            verified_pw is None
+            or verified_pw["hash"] != s["pw"]["hash"]
+            or verified_pw["salt"] != s["pw"]["salt"]
+        ):
+            raise PasswordRequired(s["pw"])
+        s["members"].append({"id": player_id, "name": p["name"], "joined": now})
+        self._touch(s, now)
+        s["active"] = now
+        self._index_open(s)
+        self._save(s)
+        p["sid"] = session_id
+        self._event(s, {"e": "player_joined", "player_id": player_id, "name": p["name"]})
+        return self._copy(s)  # type: ignore[return-value]
+
+    async def leave_session(self, player_id: str, now: int) -> SessionRecord | None:
+        p = self._require(player_id, now)
+        if not p.get("sid"):
+            raise_script_error("NOT_IN_SESSION")
+        s = self._load(p.pop("sid"))
+        if s is None:
+            raise_script_error("NOT_IN_SESSION")
+        assert s is not None
+        return self._copy(self._remove_member(s, player_id, "left", now))
+
+    async def kick(self, host_id: str, target_id: str, now: int) -> SessionRecord:
+        _, s = self._own_session(host_id, now)
+        if s["host"] != host_id:
+            raise_script_error("NOT_HOST")
+        if s["state"] != "WAITING":
+            raise_script_error("SESSION_NOT_WAITING")
+        if target_id == host_id:
+            raise_script_error("BAD_REQUEST")
+        if target_id not in [m["id"] for m in s["members"]]:
+            raise_script_error("PLAYER_NOT_IN_SESSION", target_id)
+        after = self._remove_member(s, target_id, "kicked", now)
+        tp = self._player(target_id, now)
+        if tp is not None:
+            if tp["conn"] == "":
+                self._drop_player(target_id)
+            else:
+                tp.pop("sid", None)
+        return self._copy(after)  # type: ignore[return-value]
+
+    async def begin_start(self, player_id: str, now: int) -> SessionRecord:
+        _, s = self._own_session(player_id, now)
+        if s["host"] != player_id:
+            raise_script_error("NOT_HOST")
+        if s["state"] != "WAITING":
+            raise_script_error("SESSION_NOT_WAITING")
+        s["state"] = "CONNECTING"
+        self._touch(s, now)
+        s["active"] = now
+        self._index_open(s)
+        for m in s["members"]:
+            self._holds.pop(m["id"], None)
+        self._save(s)
+        return self._copy(s)  # type: ignore[return-value]
+
+    async def finish_start(
+        self, session_id: str, server_id: str, endpoint: str, now: int
+    ) -> SessionRecord | None:
+        s = self._load(session_id)
+        if s is None or s["state"] != "CONNECTING" or s["server_id"] is not None:
+            return None
+        s["server_id"] = server_id
+        s["endpoint"] = endpoint
+        self._touch(s, now)
+        self._save(s)
+        self._event(
+            s, {"e": "session_started", "server_id": server_id, "server_endpoint": endpoint}
+        )
+        return self._copy(s)
+
+    async def fail_start(
+        self, session_id: str, code: str, message: str, now: int, hold_ms: int
+    ) -> SessionRecord | None:
+        s = self._load(session_id)
+        if s is None or s["state"] != "CONNECTING" or s["server_id"] is not None:
+            return None
+        s["state"] = "WAITING"
+        self._touch(s, now)
+        s["active"] = now
+        self._index_open(s)
+        self._save(s)
+        for m in s["members"]:
+            mp = self._players.get(m["id"])
+            if mp is not None and mp["conn"] == "":
+                self._holds[m["id"]] = now + hold_ms
+        self._event(s, {"e": "session_start_failed", "error": {"code": code, "message": message}})
+        return self._copy(s)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        return self._copy(self._load(session_id))
+
+    async def list_sessions(
+        self, limit: int, cursor: str | None
+    ) -> tuple[list[SessionRecord], str | None]:
+        end = len(self._open)
+        if cursor:
+            end = bisect.bisect_left(self._open, (int(cursor), ""))
+        hits = self._open[max(0, end - limit - 1):end][::-1]
+        page = hits[:limit]
+        records = [json.loads(self._sessions[sid]) for _, sid in page]
+        nxt = str(page[-1][0]) if len(hits) > limit else None
+        return records, nxt
+
+    async def sweep(self, now: int, limit: int = 100) -> list[Change]:
+        due = sorted((d, pid) for pid, d in self._holds.items() if d <= now)[:limit]
+        changes: list[Change] = []
+        for _, pid in due:
+            del self._holds[pid]
+            p = self._players.get(pid)
+            if p is None or p["conn"] != "" or not p.get("sid"):
+                continue
+            s = self._load(p["sid"])
+            if s is None or s["state"] != "WAITING":
+                continue
+            after = self._remove_member(s, pid, "timeout", now)
+            self._drop_player(pid)
+            changes.append(Change(s["id"], self._copy(after), None if after else "abandoned"))
+        for pid in [pid for pid, t in self._player_expiry.items() if t <= now]:
+            self._drop_player(pid)
+        return changes
+
+    async def stats(self) -> dict[str, Any]:
+        return {"open_sessions": len(self._open), "held_seats": len(self._holds)}

@@ -1,0 +1,164 @@
+"""The Redis session store: each rule-bearing change is one Lua script call.
+
+Scripts run atomically, so capacity, state, host and password checks cannot
+race across nodes, and each script publishes its own events before it returns,
+so a session's events reach every node in the order its changes happened.
+One EVALSHA per operation is the round-trip budget (join on a password session:
+two, because scrypt runs outside Redis).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from lobby.errors import ErrorCode, LobbyError
+from lobby.session import PasswordHash, SessionRecord
+from lobby.store.base import Change, PasswordRequired, PlayerInfo, ResumeResult
+
+_SCRIPTS = (
+    "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
+    "finish_start", "fail_start", "sweep", "list",
+)
+
+
+def _load_lua(name: str) -> str:
+    return resources.files("lobby.store").joinpath(f"lua/{name}.lua").read_text("utf-8")
+
+
+def raise_script_error(code: str, target: str | None = None) -> None:
+    if code == "PLAYER_NOT_IN_SESSION":
+        raise LobbyError(ErrorCode.NOT_IN_SESSION, f"player {target} is not in your session")
+    if code == "BAD_REQUEST":
+        raise LobbyError(ErrorCode.BAD_REQUEST, "the host cannot kick themselves")
+    if code == "INTERNAL":
+        raise LobbyError(ErrorCode.INTERNAL, "session id collision, try again")
+    raise LobbyError(code)
+
+
+class RedisStore:
+    def __init__(self, client: aioredis.Redis, prefix: str = "lobby:") -> None:
+        self.redis = client
+        self.prefix = prefix
+        prelude = _load_lua("prelude")
+        self._scripts = {
+            name: client.register_script(prelude + "\n" + _load_lua(name)) for name in _SCRIPTS
+        }
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "lobby:") -> RedisStore:
+        return cls(aioredis.from_url(url, decode_responses=False), prefix)
+
+    async def start(self) -> None:
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def _run(self, name: str, *args: Any, now: int) -> Any:
+        # redis-py's Script falls back from EVALSHA to EVAL on NOSCRIPT, which is
+        # what a restarted (emptied) Redis answers.
+        return await self._scripts[name](args=[self.prefix, now, *args])
+
+    async def _run_session(self, name: str, *args: Any, now: int) -> SessionRecord | None:
+        res = await self._run(name, *args, now=now)
+        if res[0] == b"ERR":
+            raise_script_error(res[1].decode(), args[1] if len(args) > 1 else None)
+        return json.loads(res[1]) if res[1] else None
+
+    # players -----------------------------------------------------------------
+    async def new_player(
+        self, player_id: str, name: str, token_hash: str, conn: str, now: int
+    ) -> PlayerInfo:
+        record = {"id": player_id, "name": name, "tokh": token_hash, "conn": conn}
+        await self.redis.set(f"{self.prefix}p:{player_id}", json.dumps(record))
+        return PlayerInfo(player_id, name, None)
+
+    async def resume(
+        self, player_id: str, token_hash: str, conn: str, now: int
+    ) -> ResumeResult | None:
+        res = await self._run("resume", player_id, token_hash, conn, now=now)
+        if res[0] != b"OK":
+            return None
+        p = json.loads(res[1])
+        session = json.loads(res[2]) if len(res) > 2 and res[2] else None
+        return ResumeResult(PlayerInfo(p["id"], p["name"], p.get("sid")), session)
+
+    async def disconnect(self, player_id: str, conn: str, now: int, hold_ms: int) -> None:
+        await self._run("disconnect", player_id, conn, hold_ms, now=now)
+
+    # sessions ----------------------------------------------------------------
+    async def create_session(
+        self, player_id: str, session_id: str, name: str, max_players: int,
+        pw: PasswordHash | None, now: int,
+    ) -> SessionRecord:
+        pw_json = json.dumps(pw) if pw else ""
+        rec = await self._run_session(
+            "create", player_id, session_id, name, max_players, pw_json, now=now
+        )
+        assert rec is not None
+        return rec
+
+    async def join_session(
+        self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
+    ) -> SessionRecord:
+        pw_json = json.dumps(verified_pw) if verified_pw else ""
+        res = await self._run("join", player_id, session_id, pw_json, now=now)
+        if res[0] == b"PW":
+            raise PasswordRequired(json.loads(res[1]))
+        if res[0] == b"ERR":
+            raise_script_error(res[1].decode())
+        return json.loads(res[1])
+
+    async def leave_session(self, player_id: str, now: int) -> SessionRecord | None:
+        return await self._run_session("leave", player_id, now=now)
+
+    async def kick(self, host_id: str, target_id: str, now: int) -> SessionRecord:
+        rec = await self._run_session("kick", host_id, target_id, now=now)
+        assert rec is not None
+        return rec
+
+    async def begin_start(self, player_id: str, now: int) -> SessionRecord:
+        rec = await self._run_session("begin_start", player_id, now=now)
+        assert rec is not None
+        return rec
+
+    async def finish_start(
+        self, session_id: str, server_id: str, endpoint: str, now: int
+    ) -> SessionRecord | None:
+        return await self._run_session("finish_start", session_id, server_id, endpoint, now=now)
+
+    async def fail_start(
+        self, session_id: str, code: str, message: str, now: int, hold_ms: int
+    ) -> SessionRecord | None:
+        return await self._run_session(
+            "fail_start", session_id, code, message, hold_ms, now=now
+        )
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        raw = await self.redis.get(f"{self.prefix}s:{session_id}")
+        return json.loads(raw) if raw else None
+
+    async def list_sessions(
+        self, limit: int, cursor: str | None
+    ) -> tuple[list[SessionRecord], str | None]:
+        nxt, raws = await self._run("list", cursor or "", limit, now=0)
+        return [json.loads(r) for r in raws], (nxt.decode() or None)
+
+    async def sweep(self, now: int, limit: int = 100) -> list[Change]:
+        flat = await self._run("sweep", limit, now=now)
+        return [
+            Change(flat[i].decode(), json.loads(flat[i + 1]) if flat[i + 1] else None,
+                   None if flat[i + 1] else "abandoned")
+            for i in range(0, len(flat), 2)
+        ]
+
+    async def stats(self) -> dict[str, Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(f"{self.prefix}open")
+        pipe.zcard(f"{self.prefix}holds")
+        open_count, holds = await pipe.execute()
+        return {"open_sessions": open_count, "held_seats": holds}
