@@ -33,7 +33,7 @@ class RedisServer:
     def __init__(self) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
-            raise RuntimeError("redis-server is not installed: run ./scripts/test, which installs it")
+            raise RuntimeError("redis-server is missing: ./scripts/test installs it")
         self.exe = exe
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="lobby-redis-")
