@@ -146,11 +146,11 @@ class Lobby:
 
     async def create_session(self, client: Client, req: p.CreateSession) -> Result:
         assert client.player_id is not None
-        self._not_in_session(client)
         cap = self.settings.max_players_cap
         max_players = req.max_players or min(self.settings.default_max_players, cap)
         if max_players > cap:
             raise LobbyError(ErrorCode.BAD_REQUEST, f"max_players must be between 2 and {cap}")
+        self._not_in_session(client)
         pw = None
         if req.password:
             pw = await asyncio.get_running_loop().run_in_executor(

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
+import redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from lobby.allocators.base import Allocator
@@ -83,12 +83,13 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
-    """A clean database of the suite's Redis for each test."""
-    client = aioredis.from_url(redis_server.url)
-    await client.flushall()
-    await client.aclose()
-    yield redis_server.url
+def redis_url(redis_server: RedisServer) -> str:
+    """A clean database of the suite's Redis for each test (sync, so that async
+    fixtures can ask for it with getfixturevalue)."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
 
 
 def test_settings(**overrides: Any) -> Settings:

@@ -1,0 +1,114 @@
+"""Several nodes on one Redis serve the same sessions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import redis.asyncio as aioredis
+
+from lobby.errors import ErrorCode, LobbyError
+from lobby.store.redis import RedisStore
+
+
+async def test_cross_node_pushes(make_node, redis_url, connect_player) -> None:
+    n1 = await make_node(redis_url=redis_url)
+    n2 = await make_node(redis_url=redis_url)
+    host = await connect_player(n1, "host")
+    sid = (await host.ok("create_session", max_players=4))["session"]["session_id"]
+
+    guest = await connect_player(n2, "guest")
+    assert [s["session_id"] for s in (await guest.ok("list_sessions"))["sessions"]] == [sid]
+    await guest.ok("join_session", session_id=sid)
+    joined = await host.event("player_joined")
+    assert joined["player_id"] == guest.player_id
+
+    third = await connect_player(n2, "third")
+    await third.ok("join_session", session_id=sid)
+    for p in (host, guest):
+        assert (await p.event("player_joined"))["player_id"] == third.player_id
+
+    await host.ok("start_session")
+    for p in (host, guest, third):
+        ev = await p.event("session_started")
+        assert ev["server_endpoint"] == "127.0.0.1:6060"
+
+
+async def test_nodes_subscribe_only_to_their_sessions(make_node, redis_url, connect_player
+                                                      ) -> None:
+    n1 = await make_node(redis_url=redis_url)
+    n2 = await make_node(redis_url=redis_url)
+    a = await connect_player(n1, "a")
+    b = await connect_player(n2, "b")
+    sid_a = (await a.ok("create_session"))["session"]["session_id"]
+    sid_b = (await b.ok("create_session"))["session"]["session_id"]
+    client = aioredis.from_url(redis_url)
+    channels = {c.decode() for c in await client.pubsub_channels("lobby:ev:*")}
+    await client.aclose()
+    assert channels == {f"lobby:ev:{sid_a}", f"lobby:ev:{sid_b}"}
+    assert n1.hub.session_count == 1 and n2.hub.session_count == 1
+    # Leaving drops the subscription (the node no longer receives that session).
+    await a.ok("leave_session")
+    assert n1.hub.session_count == 0
+
+
+async def test_forty_racers_for_seven_seats(make_node, redis_url, connect_player) -> None:
+    n1 = await make_node(redis_url=redis_url)
+    n2 = await make_node(redis_url=redis_url)
+    host = await connect_player(n1, "host")
+    sid = (await host.ok("create_session", max_players=8))["session"]["session_id"]
+    racers = [await connect_player(n1 if i % 2 else n2, f"r{i}") for i in range(40)]
+    replies = await asyncio.gather(*(r.request("join_session", session_id=sid) for r in racers))
+    outcome = Counter("ok" if r["ok"] else r["error"]["code"] for r in replies)
+    assert outcome == {"ok": 7, "SESSION_FULL": 33}
+    seen = []
+    for _ in range(7):
+        seen.append((await host.event("player_joined"))["player_id"])
+    winners = {r.player_id for r, rep in zip(racers, replies, strict=True) if rep["ok"]}
+    assert set(seen) == winners
+    listing = await racers[0].ok("list_sessions")
+    assert listing["sessions"] == []
+    session = (await racers[0].request("join_session", session_id=sid))
+    assert session["ok"] is False
+
+
+async def test_two_stores_start_once(redis_url) -> None:
+    """Two nodes' stores race WAITING -> CONNECTING on separate connections."""
+    c1, c2 = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    s1, s2 = RedisStore(c1), RedisStore(c2)
+    for _ in range(20):
+        await s1.new_player("host", "h", "t", "n1.1", 1)
+        await s1.create_session("host", "race", "r", 4, None, 1)
+        results = await asyncio.gather(
+            s1.begin_start("host", 2), s2.begin_start("host", 2), return_exceptions=True
+        )
+        started = [r for r in results if isinstance(r, dict)]
+        refused = [r for r in results if isinstance(r, LobbyError)]
+        assert len(started) == 1 and started[0]["state"] == "CONNECTING"
+        assert len(refused) == 1 and refused[0].code == ErrorCode.SESSION_NOT_WAITING
+        await s1.leave_session("host", 3)
+    await c1.aclose()
+    await c2.aclose()
+
+
+async def test_resume_on_another_node_replaces_old_socket(make_node, redis_url, connect_player
+                                                          ) -> None:
+    n1 = await make_node(redis_url=redis_url)
+    n2 = await make_node(redis_url=redis_url)
+    host = await connect_player(n1, "host")
+    guest = await connect_player(n1, "guest")
+    sid = (await host.ok("create_session"))["session"]["session_id"]
+    await guest.ok("join_session", session_id=sid)
+
+    again = await connect_player(n2, None)
+    reply = await again.ok("hello", resume_token=guest.resume_token)
+    assert reply["resumed"] is True and reply["player_id"] == guest.player_id
+    assert reply["session"]["session_id"] == sid
+    await asyncio.wait_for(guest.ws.wait_closed(), 5)
+    assert guest.ws.close_code == 4001
+
+    # Events now reach the new socket on node 2, and only it.
+    late = await connect_player(n1, "late")
+    await late.ok("join_session", session_id=sid)
+    assert (await again.event("player_joined"))["player_id"] == late.player_id
+    await host.event("player_joined")
