@@ -222,3 +222,22 @@ async def connect_player() -> AsyncIterator[Callable[..., Any]]:
     yield factory
     for player in players:
         await player.close()
+
+
+async def http_request(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, bytes]:
+    """A real HTTP request from a thread (the server runs on this test's loop)."""
+    import http.client
+
+    def call() -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(call)
