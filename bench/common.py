@@ -1,0 +1,276 @@
+"""What every scenario shares: the run's processes and clock (parent side), and
+opening clients and rooms (driver side)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.client import BenchClient, OnEvent, RequestFailed
+from bench.driver import DriverPool, drivers_cpu
+from bench.procs import (
+    LobbyProc,
+    Managed,
+    ProcSample,
+    RedisProc,
+    command_deltas,
+    cpu_percent,
+    machine_info,
+    open_fds,
+    sample,
+)
+from bench.profiling import PySpy, stop_quietly
+from bench.report import write_results
+
+# Beyond this the run is no longer "modest"; on this machine it is also where
+# the per-process open-file limit (20,000) stops a single node.
+MAX_CLIENTS = 20_000
+
+
+class DeadlineExceeded(RuntimeError):
+    pass
+
+
+def share(total: int, shard: int, shards: int) -> int:
+    """This shard's part of `total` items, spread as evenly as possible."""
+    return total // shards + (1 if shard < total % shards else 0)
+
+
+def error_name(exc: BaseException) -> str:
+    if isinstance(exc, RequestFailed):
+        return exc.code
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{type(exc).__name__}[errno {exc.errno}]"
+    return type(exc).__name__
+
+
+# parent side -----------------------------------------------------------------
+@dataclass
+class Snapshot:
+    nodes: dict[str, ProcSample | None]
+    redis: ProcSample | None
+    drivers: list[ProcSample | None]
+    commands: dict[str, int] = field(default_factory=dict)
+
+
+class Run:
+    """One benchmark invocation: its processes, deadline, notes and results file."""
+
+    def __init__(self, scenario: str, args: Any) -> None:
+        self.scenario = scenario
+        self.args = args
+        self.mode: str = args.mode
+        self.started = time.monotonic()
+        self.deadline = self.started + args.deadline
+        self.results_dir = Path(args.results_dir)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.log_dir = self.results_dir / f"{scenario}-{self.mode}-{stamp}.logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.redis: RedisProc | None = None
+        self.nodes: list[LobbyProc] = []
+        self.others: list[Managed] = []  # helpers such as fleetiq-local
+        self.pool: DriverPool | None = None
+        self.notes: list[str] = []
+        self.steps: list[dict[str, Any]] = []
+        self.profile: dict[str, Any] | None = None
+        self._profiler: PySpy | None = None
+
+    # time ------------------------------------------------------------------
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def budget(self, wanted_s: float) -> float:
+        left = self.left()
+        if left <= 0:
+            raise DeadlineExceeded(f"the run's --deadline of {self.args.deadline:.0f}s passed")
+        return min(wanted_s, left)
+
+    # processes ---------------------------------------------------------------
+    def start_redis(self) -> RedisProc:
+        self.redis = RedisProc(self.log_dir)
+        return self.redis
+
+    def start_node(self, name: str = "node1", extra: list[str] | None = None,
+                   profiled: bool = False) -> LobbyProc:
+        redis_url = self.redis.url if self.redis is not None else None
+        profiler = None
+        out = None
+        if profiled and self.args.profile and self.args.profiler == "pyinstrument":
+            profiler = "pyinstrument"
+            out = self.results_dir / f"{self.log_dir.stem}-{name}.pyinstrument.txt"
+            self.profile = {"profiler": "pyinstrument", "file": str(out),
+                            "scope": "whole life of the node, set-up included"}
+        node = LobbyProc(name, self.log_dir, redis_url=redis_url,
+                         extra=[*(extra or []), *self.args.server_arg], profiler=profiler,
+                         profile_out=out)
+        self.nodes.append(node)
+        return node
+
+    def stop_node(self, node: LobbyProc) -> None:
+        node.stop()
+        if node in self.nodes:
+            self.nodes.remove(node)
+
+    def start_drivers(self, main: Any, params: dict[str, Any]) -> DriverPool:
+        self.pool = DriverPool(main, params, self.args.drivers,
+                               hard_deadline_s=self.left() + 30)
+        return self.pool
+
+    def stop_drivers(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def close(self) -> None:
+        stop_quietly(self._profiler)
+        self.stop_drivers()
+        for node in list(self.nodes):
+            node.stop()
+        self.nodes.clear()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        for proc in self.others:
+            proc.stop()
+        self.others.clear()
+
+    # profiling ----------------------------------------------------------------
+    def start_profile(self, node: LobbyProc, label: str) -> None:
+        if not self.args.profile or self.args.profiler != "py-spy":
+            return
+        ext = {"raw": "collapsed.txt", "flamegraph": "svg", "speedscope": "speedscope.json"}
+        out = self.results_dir / f"{self.log_dir.stem}-{label}.{ext[self.args.profile_format]}"
+        try:
+            self._profiler = PySpy(node.pid, out, self.args.profile_format)
+        except RuntimeError as exc:
+            self.notes.append(f"profile not taken: {exc}")
+
+    def stop_profile(self, label: str) -> None:
+        if self._profiler is None:
+            return
+        result = stop_quietly(self._profiler)
+        self._profiler = None
+        if result is not None:
+            result["step"] = label
+            self.profile = result
+
+    # measurement --------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            nodes={n.name: sample(n.pid) for n in self.nodes},
+            redis=sample(self.redis.pid) if self.redis is not None else None,
+            drivers=self.pool.samples() if self.pool is not None else [],
+            commands=self.redis.command_stats() if self.redis is not None else {},
+        )
+
+    def usage(self, before: Snapshot, after: Snapshot) -> dict[str, Any]:
+        """CPU of every process between two snapshots (% of one core), RSS after."""
+        out: dict[str, Any] = {"seconds": None}
+        for name, a in after.nodes.items():
+            b = before.nodes.get(name)
+            out[f"{name}_cpu_pct"] = _r(cpu_percent(b, a))
+            out[f"{name}_rss_mib"] = round(a.rss_kib / 1024, 1) if a else None
+            if b is not None and a is not None:
+                out["seconds"] = round(a.t - b.t, 2)
+        if after.redis is not None:
+            out["redis_cpu_pct"] = _r(cpu_percent(before.redis, after.redis))
+            out["redis_rss_mib"] = round(after.redis.rss_kib / 1024, 1)
+        if after.drivers:
+            cpus = drivers_cpu(before.drivers, after.drivers)
+            out["driver_cpu_pct"] = [_r(c) for c in cpus]
+            out["driver_cpu_pct_total"] = _r(sum(c for c in cpus if c is not None))
+        out["redis_commands"] = command_deltas(before.commands, after.commands)
+        return out
+
+    def node_fds(self) -> dict[str, int | None]:
+        return {n.name: open_fds(n.pid) for n in self.nodes}
+
+    # results ------------------------------------------------------------------
+    def finish(self, params: dict[str, Any], summary: list[dict[str, Any]],
+               error: str | None = None) -> Path:
+        doc = {
+            "scenario": self.scenario,
+            "mode": self.mode,
+            "command": "python -m bench " + " ".join(sys.argv[1:]),
+            "params": params,
+            "machine": machine_info(),
+            "drivers": self.args.drivers,
+            "wall_seconds": round(time.monotonic() - self.started, 1),
+            "error": error,
+            "notes": self.notes,
+            "summary": summary,
+            "steps": self.steps,
+            "profile": self.profile,
+            "logs": str(self.log_dir),
+        }
+        return write_results(self.results_dir, self.scenario, self.mode, doc)
+
+
+def _r(value: float | None) -> float | None:
+    return round(value, 1) if value is not None else None
+
+
+# driver side -------------------------------------------------------------------
+class Opener:
+    """Opens clients with a bounded number of handshakes in flight.
+
+    The node's listen backlog is asyncio's default of 100: more simultaneous
+    connects than that and the kernel drops SYNs, which the client only retries
+    after a second, turning set-up time into a measure of TCP retransmits.
+    """
+
+    def __init__(self, url: str, concurrency: int, prefix: str) -> None:
+        self.url = url
+        self._sem = asyncio.Semaphore(concurrency)
+        self._prefix = prefix
+        self._n = 0
+        self.clients: list[BenchClient] = []
+        self.connect_ns: list[int] = []
+
+    async def open(self, on_event: OnEvent | None = None, url: str | None = None
+                   ) -> BenchClient:
+        self._n += 1
+        name = f"{self._prefix}{self._n}"
+        async with self._sem:
+            t0 = time.monotonic_ns()
+            client = await BenchClient.open(url or self.url, name, on_event)
+            self.connect_ns.append(time.monotonic_ns() - t0)
+        self.clients.append(client)
+        return client
+
+    def abort_all(self) -> None:
+        for c in self.clients:
+            c.abort()
+        self.clients.clear()
+
+
+async def make_room(opener: Opener, size: int, max_players: int = 8
+                    ) -> tuple[str, list[BenchClient]]:
+    """A WAITING session with `size` members, host first."""
+    host = await opener.open()
+    _, reply = await host.request("create_session", max_players=max_players)
+    sid = reply["session"]["session_id"]
+    others = await asyncio.gather(*(opener.open() for _ in range(size - 1)))
+    await asyncio.gather(*(c.request("join_session", session_id=sid) for c in others))
+    return sid, [host, *others]
+
+
+async def sleep_until(t_ns: int) -> None:
+    delay = (t_ns - time.monotonic_ns()) / 1e9
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def count_errors(results: Iterable[Any]) -> Counter[str]:
+    errors: Counter[str] = Counter()
+    for r in results:
+        if isinstance(r, BaseException):
+            errors[error_name(r)] += 1
+    return errors

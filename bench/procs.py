@@ -1,0 +1,377 @@
+"""The processes a run starts and watches: redis-server, lobby nodes, fleetiq-local.
+
+Everything listens on 127.0.0.1 on a port picked here; nothing ever talks to
+the machine's own Redis on 6379. Resource figures come straight from /proc so
+that the benchmark needs nothing beyond the project's own dependencies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+LOOPBACK = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StartError(RuntimeError):
+    """A subprocess did not come up; the message carries its log tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile() -> int:
+    """Lift this process's open-file soft limit to its hard limit; return the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def nofile_limits() -> tuple[int, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return int(soft), int(hard)
+
+
+# /proc sampling ---------------------------------------------------------------
+@dataclass(slots=True)
+class ProcSample:
+    t: float  # time.monotonic()
+    rss_kib: int
+    hwm_kib: int
+    cpu_ticks: int  # utime + stime, in clock ticks
+    threads: int
+
+
+def sample(pid: int) -> ProcSample | None:
+    """RSS, peak RSS and CPU ticks of one process, or None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    # comm (field 2) may contain spaces: split after its closing parenthesis.
+    rest = stat[stat.rindex(")") + 2:].split()
+    utime, stime = int(rest[11]), int(rest[12])
+    return ProcSample(
+        t=time.monotonic(),
+        rss_kib=int(fields.get("VmRSS", "0 kB").split()[0]),
+        hwm_kib=int(fields.get("VmHWM", "0 kB").split()[0]),
+        cpu_ticks=utime + stime,
+        threads=int(fields.get("Threads", "1")),
+    )
+
+
+def cpu_percent(before: ProcSample | None, after: ProcSample | None) -> float | None:
+    """CPU use between two samples, in % of one core (200% = both cores busy)."""
+    if before is None or after is None or after.t <= before.t:
+        return None
+    return 100.0 * (after.cpu_ticks - before.cpu_ticks) / CLK_TCK / (after.t - before.t)
+
+
+def open_fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError):
+        m = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+        mem_kib = int(m.group(1)) if m else 0
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for mod in ("websockets", "redis", "pydantic"):
+        with contextlib.suppress(Exception):
+            versions[mod] = __import__(mod).__version__
+    redis_exe = shutil.which("redis-server")
+    if redis_exe:
+        with contextlib.suppress(Exception):
+            out = subprocess.run([redis_exe, "--version"], capture_output=True, text=True,
+                                 timeout=5).stdout
+            m2 = re.search(r"v=(\S+)", out)
+            versions["redis-server"] = m2.group(1) if m2 else out.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "nofile_limits": list(nofile_limits()),
+        "versions": versions,
+    }
+
+
+# subprocesses ---------------------------------------------------------------
+def _child_setup() -> None:
+    # Runs in the child between fork and exec: a node holding 20k sockets needs
+    # the open-file limit lifted. (Its own process group keeps the terminal's ^C
+    # out of it, so that the run's shutdown order stays ours.)
+    raise_nofile()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Subprocesses must import this checkout even when lobby is not installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Managed:
+    """A subprocess with its output in a log file; stop() always reaps it."""
+
+    def __init__(self, name: str, cmd: list[str], log_dir: Path,
+                 stdout: int | IO[str] | None = None) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("w")
+        self.proc: subprocess.Popen[str] = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else self._log, stderr=self._log,
+            text=True, env=_env(), preexec_fn=_child_setup, process_group=0,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_grep(self, pattern: str) -> int:
+        try:
+            return len(re.findall(pattern, self.log_path.read_text(errors="replace")))
+        except OSError:
+            return 0
+
+    def stop(self, sig: int = signal.SIGTERM, wait_s: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class RedisProc(Managed):
+    def __init__(self, log_dir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise StartError("redis-server is not on PATH")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="lobby-bench-redis-")
+        super().__init__("redis", [
+            exe, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
+            "--appendonly", "no", "--dir", self.dir, "--maxclients", "10000",
+        ], log_dir)
+        self._wait_ready()
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not self.alive():
+                break
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise StartError(f"redis-server did not start:\n{self.log_tail()}")
+
+    def command_stats(self) -> dict[str, int]:
+        """Calls per command since start (INFO commandstats), via a raw socket."""
+        with socket.create_connection((LOOPBACK, self.port), timeout=5) as s:
+            s.sendall(b"INFO commandstats\r\n")
+            buf = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                header, _, body = buf.partition(b"\r\n")
+                if header.startswith(b"$") and len(body) >= int(header[1:]):
+                    break
+        stats: dict[str, int] = {}
+        for m in re.finditer(rb"cmdstat_([^:]+):calls=(\d+)", buf):
+            stats[m.group(1).decode()] = int(m.group(2))
+        return stats
+
+    def stop(self, sig: int = signal.SIGTERM, wait_s: float = 10.0) -> None:
+        super().stop(sig, wait_s)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# Commands a lobby node sends itself; everything else in commandstats during a
+# measured phase (GET, SET, PUBLISH, ZADD, ...) is issued by its Lua scripts, so
+# costs Redis CPU but no round trip. (A node also sends GET in resume and SET in
+# hello, neither of which runs in a measured churn, list or storm phase.)
+ROUND_TRIP_COMMANDS = ("evalsha", "eval", "subscribe", "unsubscribe", "ping", "script|load")
+
+
+def command_deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    out = {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}
+    # The benchmark's own INFO calls are not the server's work.
+    out.pop("info", None)
+    return {k: v for k, v in sorted(out.items()) if v}
+
+
+def redis_per_op(deltas: dict[str, int], ops: int) -> dict[str, Any]:
+    if ops <= 0:
+        return {"ops": 0}
+    trips = sum(v for k, v in deltas.items() if k in ROUND_TRIP_COMMANDS)
+    return {
+        "ops": ops,
+        "round_trips_per_op": round(trips / ops, 3),
+        "commands_per_op": {k: round(v / ops, 3) for k, v in deltas.items()},
+    }
+
+
+class LobbyProc(Managed):
+    """One `lobby serve` node, opened up for load: no rate limit, no keepalive pings."""
+
+    def __init__(self, name: str, log_dir: Path, *, redis_url: str | None = None,
+                 extra: list[str] | None = None, profiler: str | None = None,
+                 profile_out: Path | None = None) -> None:
+        self.port = free_port()
+        args = [
+            "serve", "--host", LOOPBACK, "--port", str(self.port),
+            # The bench measures the server, not its per-connection abuse limit.
+            "--rate-limit-per-second", "1000000", "--rate-limit-burst", "1000000",
+            # Idle clients would otherwise each cost a ping every 20 s; the
+            # drivers do not answer slowly, but pings add noise to the figures.
+            "--ping-interval-seconds", "0",
+            "--log-level", "WARNING",
+        ]
+        if redis_url:
+            args += ["--redis-url", redis_url]
+        args += extra or []
+        if profiler == "pyinstrument":
+            assert profile_out is not None
+            cmd = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile_out),
+                   "-m", "lobby.cli", *args]
+        else:
+            cmd = [sys.executable, "-m", "lobby.cli", *args]
+        self.profiler = profiler
+        super().__init__(name, cmd, log_dir)
+        self._wait_ready()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{LOOPBACK}:{self.port}/ws"
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if not self.alive():
+                break
+            try:
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{self.port}/healthz",
+                                            timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        self.stop()
+        raise StartError(f"{self.name} did not start:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, wait_s: float = 10.0) -> None:
+        # pyinstrument writes its report on SIGINT (KeyboardInterrupt), not SIGTERM.
+        super().stop(signal.SIGINT if self.profiler == "pyinstrument" else sig, wait_s)
+
+
+def serve_help() -> str:
+    out = subprocess.run([sys.executable, "-m", "lobby.cli", "serve", "--help"],
+                         capture_output=True, text=True, env=_env(), timeout=30)
+    return out.stdout
+
+
+class FleetIQProc(Managed):
+    """`lobby fleetiq-local` with one group holding `servers` registered game servers."""
+
+    READY = "FLEETIQ_LOCAL_LISTENING port="
+
+    def __init__(self, log_dir: Path, group: str, servers: int) -> None:
+        self.group = group
+        super().__init__("fleetiq", [
+            sys.executable, "-m", "lobby.cli", "fleetiq-local", "--port", "0", "--group", group,
+        ], log_dir, stdout=subprocess.PIPE)
+        self.port = self._read_port()
+        self.endpoint = f"http://{LOOPBACK}:{self.port}"
+        self._register(servers)
+
+    def _read_port(self) -> int:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith(self.READY):
+                return int(line.strip().rsplit("=", 1)[1])
+        self.stop()
+        raise StartError(f"fleetiq-local did not start:\n{self.log_tail()}")
+
+    def _register(self, servers: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from lobby.aws import make_client
+
+        client = make_client("gamelift", endpoint_url=self.endpoint)
+
+        def one(i: int) -> None:
+            client.register_game_server(
+                GameServerGroupName=self.group, GameServerId=f"bench-gs-{i}",
+                InstanceId=f"i-{i:017d}", ConnectionInfo=f"{LOOPBACK}:{7000 + i % 1000}",
+            )
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(servers)))

@@ -1,0 +1,94 @@
+"""Sampling the server during a measured phase, and reading the samples.
+
+py-spy attaches to the running node only for the phase being measured, so set-
+up (thousands of handshakes) does not drown the steady state. `--nonblocking`
+keeps it from pausing the server at each sample. When py-spy cannot attach
+(no ptrace in some sandboxes), the node can instead be started under
+pyinstrument, which profiles the whole life of the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+SAMPLE_RATE = 200  # per second: enough samples in a 10 s phase for a stable top 20
+
+
+class PySpy:
+    def __init__(self, pid: int, out: Path, fmt: str = "raw") -> None:
+        exe = shutil.which("py-spy")
+        if exe is None:
+            raise RuntimeError("py-spy is not installed (pip install py-spy)")
+        self.out = out
+        self.fmt = fmt
+        self.log = out.with_suffix(out.suffix + ".log")
+        self._log = self.log.open("w")
+        self.proc = subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE), "--nonblocking",
+             "--nolineno", "--format", fmt, "-o", str(out)],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> dict[str, Any]:
+        # py-spy writes its output when interrupted, like ^C at a terminal.
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()
+        result: dict[str, Any] = {"profiler": "py-spy", "file": str(self.out)}
+        if not self.out.exists():
+            result["error"] = self.log.read_text(errors="replace")[-2000:]
+            return result
+        if self.fmt == "raw":
+            result.update(summarize_collapsed(self.out.read_text(errors="replace")))
+        return result
+
+
+def summarize_collapsed(text: str, top: int = 20) -> dict[str, Any]:
+    """Top functions by self and by inclusive samples from py-spy's raw output."""
+    self_counts: Counter[str] = Counter()
+    incl_counts: Counter[str] = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        frames = [f.strip() for f in stack.split(";") if f]
+        # py-spy puts the process / thread as the first frame.
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        self_counts[frames[-1]] += count
+        for f in set(frames):
+            incl_counts[f] += count
+
+    def rows(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [{"function": f, "samples": n, "pct": round(100 * n / total, 1)}
+                for f, n in counter.most_common(top)]
+
+    return {
+        "busy_samples": total,
+        "sample_rate": SAMPLE_RATE,
+        "top_self": rows(self_counts) if total else [],
+        "top_inclusive": rows(incl_counts) if total else [],
+    }
+
+
+def stop_quietly(profiler: PySpy | None) -> dict[str, Any] | None:
+    if profiler is None:
+        return None
+    with contextlib.suppress(Exception):
+        return profiler.stop()
+    return {"profiler": "py-spy", "error": "py-spy failed"}
