@@ -17,7 +17,7 @@ from typing import Any
 from bench import churn, fill, listing, storm
 from bench.common import DeadlineExceeded, Run
 from bench.driver import DriverError
-from bench.procs import StartError, raise_nofile
+from bench.procs import StartError, raise_nofile, server_source
 from bench.report import RESULTS_DIR, table
 
 
@@ -44,6 +44,9 @@ def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `lobby serve` (repeatable; use --server-arg=--x)")
     p.add_argument("--results-dir", default=str(RESULTS_DIR))
+    p.add_argument("--server-src", default="worktree", metavar="worktree|head|DIR",
+                   help="lobby code the nodes run: this checkout as it is (default), the "
+                        "committed HEAD (exported to the run's log dir), or a directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--drivers must be at least 1")
     raise_nofile()
     run = Run(args.scenario, args)
+    run.server_source = server_source(args.server_src, run.log_dir / "server-src")
     params = {k: v for k, v in vars(args).items() if k != "results_dir"}
     summary: list[dict[str, Any]] = []
     error = None

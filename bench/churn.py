@@ -63,7 +63,7 @@ class ChurnRoom:
 async def _one(room: ChurnRoom, kind: str, rtype: str, **fields: Any) -> tuple[int, int]:
     """One request whose event all members must see: (fan-out latency, reply latency)."""
     done = room.arm(kind)
-    t_send, fut = await room.joiner.send(rtype, **fields)
+    t_send, fut = room.joiner.send(rtype, **fields)
     t_reply, reply = await fut
     if not reply.get("ok"):
         raise RequestFailed(reply)

@@ -26,7 +26,7 @@ from bench.procs import (
     sample,
 )
 from bench.profiling import PySpy, stop_quietly
-from bench.report import write_results
+from bench.report import run_name, write_results
 
 # Beyond this the run is no longer "modest"; on this machine it is also where
 # the per-process open-file limit (20,000) stops a single node.
@@ -70,8 +70,8 @@ class Run:
         self.deadline = self.started + args.deadline
         self.results_dir = Path(args.results_dir)
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.log_dir = self.results_dir / f"{scenario}-{self.mode}-{stamp}.logs"
+        self.name = run_name(scenario, self.mode)
+        self.log_dir = self.results_dir / f"{self.name}.logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.redis: RedisProc | None = None
         self.nodes: list[LobbyProc] = []
@@ -80,6 +80,7 @@ class Run:
         self.notes: list[str] = []
         self.steps: list[dict[str, Any]] = []
         self.profile: dict[str, Any] | None = None
+        self.server_source: dict[str, Any] = {}
         self._profiler: PySpy | None = None
 
     # time ------------------------------------------------------------------
@@ -104,7 +105,7 @@ class Run:
         out = None
         if profiled and self.args.profile and self.args.profiler == "pyinstrument":
             profiler = "pyinstrument"
-            out = self.results_dir / f"{self.log_dir.stem}-{name}.pyinstrument.txt"
+            out = self.results_dir / f"{self.name}-{name}.pyinstrument.txt"
             self.profile = {"profiler": "pyinstrument", "file": str(out),
                             "scope": "whole life of the node, set-up included"}
         node = LobbyProc(name, self.log_dir, redis_url=redis_url,
@@ -146,7 +147,7 @@ class Run:
         if not self.args.profile or self.args.profiler != "py-spy":
             return
         ext = {"raw": "collapsed.txt", "flamegraph": "svg", "speedscope": "speedscope.json"}
-        out = self.results_dir / f"{self.log_dir.stem}-{label}.{ext[self.args.profile_format]}"
+        out = self.results_dir / f"{self.name}-{label}.{ext[self.args.profile_format]}"
         try:
             self._profiler = PySpy(node.pid, out, self.args.profile_format)
         except RuntimeError as exc:
@@ -202,6 +203,7 @@ class Run:
             "params": params,
             "machine": machine_info(),
             "drivers": self.args.drivers,
+            "server_source": self.server_source,
             "wall_seconds": round(time.monotonic() - self.started, 1),
             "error": error,
             "notes": self.notes,
@@ -210,7 +212,7 @@ class Run:
             "profile": self.profile,
             "logs": str(self.log_dir),
         }
-        return write_results(self.results_dir, self.scenario, self.mode, doc)
+        return write_results(self.results_dir, self.name, doc)
 
 
 def _r(value: float | None) -> float | None:
@@ -223,27 +225,32 @@ class Opener:
 
     The node's listen backlog is asyncio's default of 100: more simultaneous
     connects than that and the kernel drops SYNs, which the client only retries
-    after a second, turning set-up time into a measure of TCP retransmits.
+    after a second, turning set-up time into a measure of TCP retransmits. The
+    same bound covers set-up requests (create, join), so that set-up never has
+    more commands in flight on a node than a measured phase would.
     """
 
     def __init__(self, url: str, concurrency: int, prefix: str) -> None:
         self.url = url
-        self._sem = asyncio.Semaphore(concurrency)
+        self.sem = asyncio.Semaphore(concurrency)
         self._prefix = prefix
         self._n = 0
         self.clients: list[BenchClient] = []
         self.connect_ns: list[int] = []
 
-    async def open(self, on_event: OnEvent | None = None, url: str | None = None
-                   ) -> BenchClient:
+    async def open(self, on_event: OnEvent | None = None) -> BenchClient:
         self._n += 1
         name = f"{self._prefix}{self._n}"
-        async with self._sem:
+        async with self.sem:
             t0 = time.monotonic_ns()
-            client = await BenchClient.open(url or self.url, name, on_event)
+            client = await BenchClient.open(self.url, name, on_event)
             self.connect_ns.append(time.monotonic_ns() - t0)
         self.clients.append(client)
         return client
+
+    async def request(self, client: BenchClient, rtype: str, **fields: Any) -> dict[str, Any]:
+        async with self.sem:
+            return (await client.request(rtype, **fields))[1]
 
     def abort_all(self) -> None:
         for c in self.clients:
@@ -255,10 +262,15 @@ async def make_room(opener: Opener, size: int, max_players: int = 8
                     ) -> tuple[str, list[BenchClient]]:
     """A WAITING session with `size` members, host first."""
     host = await opener.open()
-    _, reply = await host.request("create_session", max_players=max_players)
+    reply = await opener.request(host, "create_session", max_players=max_players)
     sid = reply["session"]["session_id"]
-    others = await asyncio.gather(*(opener.open() for _ in range(size - 1)))
-    await asyncio.gather(*(c.request("join_session", session_id=sid) for c in others))
+
+    async def member() -> BenchClient:
+        client = await opener.open()
+        await opener.request(client, "join_session", session_id=sid)
+        return client
+
+    others = await asyncio.gather(*(member() for _ in range(size - 1)))
     return sid, [host, *others]
 
 

@@ -34,7 +34,7 @@ async def _lister(client: BenchClient, first_ns: int, period_ns: int, warm_ns: i
             fields["cursor"] = cursor
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                t_send, fut = await client.send("list_sessions", **fields)
+                t_send, fut = client.send("list_sessions", **fields)
                 t_reply, reply = await fut
             if not reply.get("ok"):
                 raise RequestFailed(reply)
@@ -70,7 +70,7 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
 
         async def room() -> BenchClient:
             host = await opener.open()
-            await host.request("create_session", max_players=8)
+            await opener.request(host, "create_session", max_players=8)
             return host
 
         hosts.extend(await asyncio.gather(*(room() for _ in range(max(0, want)))))

@@ -141,10 +141,48 @@ def _child_setup() -> None:
     raise_nofile()
 
 
+# Where the lobby nodes import `lobby` from: this checkout unless a run asks for
+# a snapshot of a commit (see server_source).
+_server_src: Path = _REPO_ROOT
+
+
+def server_source(which: str, scratch: Path) -> dict[str, Any]:
+    """Point the nodes at `which` lobby code: "worktree", "head" or a directory.
+
+    "head" exports the committed lobby/ package (git archive) into `scratch`, so
+    that a benchmark measures a commit even while the checkout is being edited.
+    """
+    global _server_src
+    info: dict[str, Any] = {"source": which}
+    with contextlib.suppress(Exception):
+        info["commit"] = subprocess.run(
+            ["git", "-C", str(_REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10).stdout.strip()
+    if which == "worktree":
+        _server_src = _REPO_ROOT
+        with contextlib.suppress(Exception):
+            dirty = subprocess.run(
+                ["git", "-C", str(_REPO_ROOT), "status", "--porcelain", "--", "lobby"],
+                capture_output=True, text=True, timeout=10).stdout.strip()
+            info["uncommitted_lobby_changes"] = bool(dirty)
+    elif which == "head":
+        scratch.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(_REPO_ROOT), "archive", "HEAD", "lobby"],
+                                 capture_output=True, check=True, timeout=60).stdout
+        subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True,
+                       timeout=60)
+        _server_src = scratch
+    else:
+        _server_src = Path(which).resolve()
+    info["path"] = str(_server_src)
+    return info
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    # Subprocesses must import this checkout even when lobby is not installed.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    # PYTHONPATH comes before the editable install's finder, so this chooses
+    # which lobby code the subprocesses run.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_server_src), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -162,6 +200,9 @@ class Managed:
             cmd, stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else self._log, stderr=self._log,
             text=True, env=_env(), preexec_fn=_child_setup, process_group=0,
+            # `python -m` puts the working directory first on sys.path: run in
+            # the chosen lobby source so that it, not the checkout, is imported.
+            cwd=_server_src,
         )
 
     @property

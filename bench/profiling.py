@@ -1,10 +1,13 @@
 """Sampling the server during a measured phase, and reading the samples.
 
-py-spy attaches to the running node only for the phase being measured, so set-
-up (thousands of handshakes) does not drown the steady state. `--nonblocking`
-keeps it from pausing the server at each sample. When py-spy cannot attach
-(no ptrace in some sandboxes), the node can instead be started under
-pyinstrument, which profiles the whole life of the process.
+py-spy attaches to the running node only for the phase being measured, so
+set-up (thousands of handshakes) does not drown the steady state. It samples
+in its default blocking mode: `--nonblocking` would spare the node the pauses,
+but its stacks then come out torn (frames of different moments stitched
+together). Pausing the node 200 times a second costs it some latency, so
+profiled steps are flagged in the results. When py-spy cannot attach (no
+ptrace in some sandboxes), the node can instead be started under pyinstrument,
+which profiles the whole life of the process.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class PySpy:
         self.log = out.with_suffix(out.suffix + ".log")
         self._log = self.log.open("w")
         self.proc = subprocess.Popen(
-            [exe, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE), "--nonblocking",
+            [exe, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE),
              "--nolineno", "--format", fmt, "-o", str(out)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
@@ -54,25 +57,40 @@ class PySpy:
         return result
 
 
+# A sample whose innermost frame is the event loop's poll is the node waiting
+# for work: py-spy cannot always tell that the thread is idle there.
+IDLE_LEAVES = ("EpollSelector.select (selectors.py)", "select (selectors.py)")
+
+
 def summarize_collapsed(text: str, top: int = 20) -> dict[str, Any]:
-    """Top functions by self and by inclusive samples from py-spy's raw output."""
+    """Top functions by self and inclusive samples, from py-spy's raw output.
+
+    Percentages are of the busy samples (idle waits in the loop's poll left
+    out), so they read as shares of the node's CPU time.
+    """
     self_counts: Counter[str] = Counter()
     incl_counts: Counter[str] = Counter()
-    total = 0
+    lobby_counts: Counter[str] = Counter()
+    total = idle = 0
     for line in text.splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
             continue
         count = int(count_s)
-        frames = [f.strip() for f in stack.split(";") if f]
-        # py-spy puts the process / thread as the first frame.
-        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        # py-spy may put the process or thread as the first frame.
+        frames = [f.strip() for f in stack.split(";")
+                  if f and not f.startswith(("process ", "thread "))]
         if not frames:
+            continue
+        if frames[-1] in IDLE_LEAVES:
+            idle += count
             continue
         total += count
         self_counts[frames[-1]] += count
         for f in set(frames):
             incl_counts[f] += count
+            if "(lobby/" in f:
+                lobby_counts[f] += count
 
     def rows(counter: Counter[str]) -> list[dict[str, Any]]:
         return [{"function": f, "samples": n, "pct": round(100 * n / total, 1)}
@@ -80,9 +98,11 @@ def summarize_collapsed(text: str, top: int = 20) -> dict[str, Any]:
 
     return {
         "busy_samples": total,
+        "idle_samples": idle,
         "sample_rate": SAMPLE_RATE,
         "top_self": rows(self_counts) if total else [],
         "top_inclusive": rows(incl_counts) if total else [],
+        "top_lobby_inclusive": rows(lobby_counts) if total else [],
     }
 
 

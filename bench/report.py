@@ -69,13 +69,16 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_results(results_dir: Path, scenario: str, mode: str, doc: dict[str, Any]) -> Path:
+def run_name(scenario: str, mode: str) -> str:
+    return f"{scenario}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_results(results_dir: Path, name: str, doc: dict[str, Any]) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = results_dir / f"{scenario}-{mode}-{stamp}.json"
+    path = results_dir / f"{name}.json"
     n = 1
     while path.exists():
         n += 1
-        path = results_dir / f"{scenario}-{mode}-{stamp}-{n}.json"
+        path = results_dir / f"{name}-{n}.json"
     path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return path

@@ -75,8 +75,9 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
             # Rooms of all shards interleave, so sends are even over the spread.
             gidx = j * shards + shard
             await sleep_until(t0 + spread_ns * gidx // max(1, total))
-            t_send, fut = await room.members[0].send("start_session")
+            t_send = time.monotonic_ns()
             try:
+                t_send, fut = room.members[0].send("start_session")
                 async with asyncio.timeout(max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9)):
                     t_reply, reply = await fut
                     out["reply_ns"].append(t_reply - t_send)

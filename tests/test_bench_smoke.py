@@ -1,0 +1,98 @@
+"""Smoke runs of every benchmark scenario: a few clients for a second or two.
+
+These check that the load generator runs end to end (node and Redis
+subprocesses, driver processes, results file) and produces numbers; they
+assert nothing about the numbers' size, which depends on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.__main__ import main
+from bench.profiling import summarize_collapsed
+
+needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
+                                 reason="redis-server is not installed")
+
+
+def _run(tmp_path: Path, *argv: str) -> dict[str, Any]:
+    code = main([*argv, "--results-dir", str(tmp_path), "--drivers", "2", "--deadline", "60"])
+    files = sorted(tmp_path.glob(f"{argv[0]}-*.json"))
+    assert len(files) == 1, list(tmp_path.iterdir())
+    doc = json.loads(files[0].read_text())
+    assert code == 0, doc["error"]
+    assert doc["error"] is None
+    assert doc["machine"]["nproc"] >= 1
+    assert doc["steps"], doc
+    return doc
+
+
+def test_fill(tmp_path: Path) -> None:
+    doc = _run(tmp_path, "fill", "--clients", "16,32", "--hold", "0.2")
+    assert [s["clients"] for s in doc["steps"]] == [16, 32]
+    for step in doc["steps"]:
+        assert step["held"] is True
+        assert step["answered_ping"] == step["clients"]
+        assert step["rss_held_mib"] > 0
+        assert step["fill_seconds"] > 0
+
+
+def test_churn(tmp_path: Path) -> None:
+    doc = _run(tmp_path, "churn", "--rooms", "4", "--rate", "20,40", "--duration", "1",
+               "--warmup", "0.2")
+    assert len(doc["steps"]) == 2
+    for step in doc["steps"]:
+        assert step["errors"] == {}
+        assert step["joins"] > 0
+        lat = step["join_latency_ms"]
+        assert lat["n"] == step["joins"]
+        assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+        assert step["usage"]["node1_cpu_pct"] is not None
+
+
+def test_list(tmp_path: Path) -> None:
+    doc = _run(tmp_path, "list", "--rooms", "30,60", "--rate", "40", "--duration", "1",
+               "--warmup", "0.2", "--listers", "2", "--page", "10")
+    assert [s["rooms"] for s in doc["steps"]] == [30, 60]
+    for step in doc["steps"]:
+        assert step["errors"] == {}
+        assert step["latency_ms"]["n"] > 0
+        assert step["items_per_page"] > 0
+
+
+def test_storm(tmp_path: Path) -> None:
+    doc = _run(tmp_path, "storm", "--rooms", "6", "--spread", "0.2", "--wait", "10")
+    step = doc["steps"][0]
+    assert step["stuck_rooms"] == 0
+    assert step["latency_ms"]["n"] == 6
+    assert step["all_started_after_s"] is not None
+
+
+@needs_redis
+def test_cross_node_on_redis(tmp_path: Path) -> None:
+    doc = _run(tmp_path, "cross-node", "--rooms", "4", "--rate", "20", "--duration", "1",
+               "--warmup", "0.2")
+    step = doc["steps"][0]
+    assert doc["mode"] == "redis"
+    assert step["errors"] == {}
+    assert step["join_latency_ms"]["n"] > 0
+    # Every join and leave is one script call: a round-trip count must be there.
+    assert step["redis_per_join_leave"]["round_trips_per_op"] > 0
+    assert "node2_cpu_pct" in step["usage"]
+
+
+def test_summarize_collapsed() -> None:
+    text = ("process 1:main (a.py);f (a.py);g (b.py) 3\nprocess 1:main (a.py);f (a.py) 1\n"
+            "main (a.py);EpollSelector.select (selectors.py) 5\n")
+    out = summarize_collapsed(text)
+    assert out["busy_samples"] == 4
+    assert out["idle_samples"] == 5
+    assert out["top_self"][0] == {"function": "g (b.py)", "samples": 3, "pct": 75.0}
+    inclusive = {r["function"]: r["samples"] for r in out["top_inclusive"]}
+    assert inclusive["f (a.py)"] == 4
