@@ -3,8 +3,8 @@
 Every test runs against both stores through the `store` harness, which also
 collects what the store publishes. Channels are normalised to the memory form
 ("<session id>" / "node:<id>") so one set of assertions holds for both. Clocks
-are explicit numbers: a seat hold expires because `sweep` is called with a later
-`now`, never because the test slept.
+are explicit numbers: a seat hold or a session timeout expires because `sweep`
+is called with a later `now`, never because the test slept.
 """
 
 from __future__ import annotations
@@ -20,13 +20,28 @@ import redis.asyncio as aioredis
 
 from lobby.errors import ErrorCode, LobbyError
 from lobby.session import Member, PasswordHash, SessionRecord
-from lobby.store.base import Change, PasswordRequired, PlayerInfo, ResumeResult, SessionStore
+from lobby.store.base import (
+    Change,
+    LiveClient,
+    PasswordRequired,
+    PlayerInfo,
+    ResumeResult,
+    SessionStore,
+    SweepResult,
+    Timeouts,
+)
 from lobby.store.memory import MemoryStore
-from lobby.store.redis import RedisStore
+from lobby.store.redis import RedisStore, StateConflict
 
 T0 = 1_700_000_000_000  # a realistic epoch in ms: Lua's cjson must round-trip it exactly
 HOLD = 30_000
 PW: PasswordHash = {"salt": "a1" * 16, "hash": "b2" * 32}
+# Session timeouts far beyond any clock a hold test reaches, so that those tests
+# see seat holds only.
+QUIET = Timeouts(idle_ms=10**12, connecting_ms=10**12, in_progress_ms=10**12)
+# Distinct windows, none of them the shortest by accident of the test: the sweep
+# derives every state's deadline from the shortest one.
+TO = Timeouts(idle_ms=60_000, connecting_ms=20_000, in_progress_ms=600_000)
 
 Event = tuple[str, dict[str, Any]]  # (normalised channel, decoded message)
 
@@ -39,6 +54,7 @@ class Harness:
 
     kind: str
     store: SessionStore
+    epoch: str | None  # what sweep reports as the store's generation
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -83,6 +99,7 @@ class Harness:
 
 class MemoryHarness(Harness):
     kind = "memory"
+    epoch = "memory"
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,6 +116,7 @@ class RedisHarness(Harness):
 
     def __init__(self, url: str) -> None:
         super().__init__()
+        self.epoch = None  # a fresh prefix has no epoch key until a restore sets it
         self.client = aioredis.from_url(url)
         # A unique prefix proves the store confines itself to the prefix it is given.
         self.prefix = f"conf-{uuid.uuid4().hex[:8]}:"
@@ -195,7 +213,7 @@ def conn(pid: str, node: str = "n1") -> str:
 
 
 def member(pid: str, joined: int) -> Member:
-    return {"id": pid, "name": name(pid), "joined": joined}
+    return {"id": pid, "name": name(pid), "joined": joined, "tokh": tokh(pid)}
 
 
 def ids(rec: SessionRecord | dict[str, Any]) -> list[str]:
@@ -210,6 +228,21 @@ async def add_players(h: Harness, *pids: str, now: int = T0) -> None:
     for pid in pids:
         info = await h.store.new_player(pid, name(pid), tokh(pid), conn(pid), now)
         assert info == PlayerInfo(pid, name(pid), None)
+
+
+async def sweep(
+    h: Harness, now: int, timeouts: Timeouts = QUIET, limit: int = 100
+) -> list[Change]:
+    """The sweep's changes; the epoch it reports must be the store's current one."""
+    result = await h.store.sweep(now, timeouts, limit)
+    assert isinstance(result, SweepResult)
+    assert result.epoch == h.epoch, result
+    return result.changes
+
+
+def ended(rec: SessionRecord, now: int, **fields: Any) -> SessionRecord:
+    """The final record of a session that ended at `now`: one more version."""
+    return {**rec, "v": rec["v"] + 1, "updated": now, **fields}  # type: ignore[typeddict-item]
 
 
 async def fails(code: ErrorCode, call: Awaitable[Any]) -> LobbyError:
@@ -237,8 +270,8 @@ async def test_create_session(store: Harness) -> None:
     assert rec == {
         "id": "s1", "name": "Alice's game", "host": "alice", "state": "WAITING", "max": 4,
         "members": [member("alice", T0 + 5)], "pw": None, "server_id": None,
-        "endpoint": None, "seq": 1, "v": 1, "created": T0 + 5, "updated": T0 + 5,
-        "active": T0 + 5,
+        "endpoint": None, "seq": 1, "v": 1, "started": None, "created": T0 + 5,
+        "updated": T0 + 5, "active": T0 + 5,
     }
     assert await h.store.get_session("s1") == rec
 
@@ -397,16 +430,20 @@ async def test_leave_migrates_host_to_longest_present_and_deletes_with_last(
     await h.store.join_session("bob", "s1", None, T0 + 1)
     await h.store.join_session("carol", "s1", None, T0 + 2)
 
-    rec = await h.store.leave_session("bob", T0 + 3)
-    assert rec is not None and ids(rec) == ["alice", "carol"] and rec["host"] == "alice"
+    change = await h.store.leave_session("bob", T0 + 3)
+    rec = change.record
+    assert (change.session_id, change.ended) == ("s1", None)
+    assert ids(rec) == ["alice", "carol"] and rec["host"] == "alice"
+    assert rec == await h.store.get_session("s1")
     # bob rejoins, so carol is now present longer than him.
     await h.store.join_session("bob", "s1", None, T0 + 4)
     assert summary(await h.drain(4)) == [
         ("s1", "player_joined", 2), ("s1", "player_joined", 3),
         ("s1", "player_left", 4), ("s1", "player_joined", 5)]
 
-    rec = await h.store.leave_session("alice", T0 + 5)
-    assert rec is not None
+    change = await h.store.leave_session("alice", T0 + 5)
+    rec = change.record
+    assert change == Change("s1", rec, None)
     assert rec["members"] == [member("carol", T0 + 2), member("bob", T0 + 4)]
     assert (rec["host"], rec["v"], rec["updated"]) == ("carol", 6, T0 + 5)
     assert await h.drain(2) == [
@@ -415,11 +452,15 @@ async def test_leave_migrates_host_to_longest_present_and_deletes_with_last(
         ("s1", {"e": "host_changed", "host_id": "carol", "sid": "s1", "v": 6, "s": rec}),
     ]
 
-    rec = await h.store.leave_session("carol", T0 + 6)
-    assert rec is not None and rec["host"] == "bob" and ids(rec) == ["bob"]
+    change = await h.store.leave_session("carol", T0 + 6)
+    rec = change.record
+    assert change.ended is None and rec["host"] == "bob" and ids(rec) == ["bob"]
     assert summary(await h.drain(2)) == [("s1", "player_left", 7), ("s1", "host_changed", 7)]
 
-    assert await h.store.leave_session("bob", T0 + 7) is None
+    # The last leave ends the session: the Change carries the final record (no
+    # members, one more version), and session_deleted carries that version.
+    change = await h.store.leave_session("bob", T0 + 7)
+    assert change == Change("s1", ended(rec, T0 + 7, members=[]), "abandoned")
     assert await h.drain(1) == [
         ("s1", {"e": "session_deleted", "sid": "s1", "v": 8, "reason": "left"})]
     assert await h.store.get_session("s1") is None
@@ -479,7 +520,7 @@ async def test_kicking_a_disconnected_member_forgets_the_player(store: Harness) 
     await h.store.kick("alice", "bob", T0 + 3)
     assert await h.store.stats() == {"open_sessions": 1, "held_seats": 0}
     assert await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), T0 + 4) is None
-    assert await h.store.sweep(T0 + 10 * HOLD) == []
+    assert await sweep(h, T0 + 10 * HOLD) == []
     assert [(e["e"], e.get("reason")) for _, e in await h.drain(2)] == [
         ("player_joined", None), ("player_left", "kicked")]
 
@@ -506,16 +547,16 @@ async def test_begin_start_is_host_only_and_exactly_once(store: Harness) -> None
     assert len(started) == 1 and len(refused) == 1, results
     assert refused[0].code == ErrorCode.SESSION_NOT_WAITING
     rec = started[0]
-    assert (rec["state"], rec["v"], rec["server_id"], rec["updated"]) == (
-        "CONNECTING", 3, None, T0 + 10)
+    assert (rec["state"], rec["v"], rec["server_id"], rec["updated"], rec["started"]) == (
+        "CONNECTING", 3, None, T0 + 10, T0 + 10)
     assert await h.store.get_session("s1") == rec
     # begin_start publishes nothing in either store: only the join is on the channel.
     assert summary(await h.drain(1)) == [("s1", "player_joined", 2)]
 
     done = await h.store.finish_start("s1", "gs-1", "10.0.0.7:7777", T0 + 20)
     assert done is not None
-    assert (done["state"], done["server_id"], done["endpoint"], done["v"]) == (
-        "CONNECTING", "gs-1", "10.0.0.7:7777", 4)
+    assert (done["state"], done["server_id"], done["endpoint"], done["v"], done["started"]) == (
+        "CONNECTING", "gs-1", "10.0.0.7:7777", 4, T0 + 10)
     assert await h.drain(1) == [("s1", {
         "e": "session_started", "server_id": "gs-1", "server_endpoint": "10.0.0.7:7777",
         "sid": "s1", "v": 4, "s": done,
@@ -538,12 +579,14 @@ async def test_fail_start_returns_to_waiting(store: Harness) -> None:
     assert await h.store.finish_start("s1", "gs-1", "x:1", T0 + 2) is None
     assert await h.store.fail_start("s1", "NO_SERVER_AVAILABLE", "x", T0 + 2, HOLD) is None
 
-    await h.store.begin_start("alice", T0 + 3)
+    assert (await h.store.begin_start("alice", T0 + 3))["started"] == T0 + 3
     back = await h.store.fail_start(
         "s1", ErrorCode.NO_SERVER_AVAILABLE, "no game server is available", T0 + 4, HOLD)
     assert back is not None
     assert (back["state"], back["v"], back["server_id"], back["endpoint"], back["updated"]) == (
         "WAITING", 4, None, None, T0 + 4)
+    # started is set by begin_start and cleared again by the failure.
+    assert back["started"] is None
     assert await h.store.get_session("s1") == back
     assert (await h.drain(2))[1] == ("s1", {
         "e": "session_start_failed",
@@ -553,7 +596,7 @@ async def test_fail_start_returns_to_waiting(store: Harness) -> None:
     assert await h.store.fail_start("s1", "NO_SERVER_AVAILABLE", "again", T0 + 5, HOLD) is None
 
     again = await h.store.begin_start("alice", T0 + 6)
-    assert (again["state"], again["v"]) == ("CONNECTING", 5)
+    assert (again["state"], again["v"], again["started"]) == ("CONNECTING", 5, T0 + 6)
     await h.drain(0)
 
 
@@ -602,11 +645,11 @@ async def test_seat_hold_expires_and_moves_host(store: Harness) -> None:
 
     await h.store.disconnect("alice", conn("alice"), T0 + 10, HOLD)
     assert (await h.store.stats())["held_seats"] == 1
-    assert await h.store.sweep(T0 + 10 + HOLD - 1) == []
+    assert await sweep(h, T0 + 10 + HOLD - 1) == []
     assert await h.store.get_session("s1") == before
     await h.drain(0)
 
-    changes = await h.store.sweep(T0 + 10 + HOLD)
+    changes = await sweep(h, T0 + 10 + HOLD)
     after = await h.store.get_session("s1")
     assert after is not None
     assert changes == [Change("s1", after, None)]
@@ -620,16 +663,17 @@ async def test_seat_hold_expires_and_moves_host(store: Harness) -> None:
     assert (await h.store.stats())["held_seats"] == 0
     # The player went with the seat: the old token resumes nothing.
     assert await h.store.resume("alice", tokh("alice"), conn("alice", "n2"), T0 + HOLD + 20) is None
-    assert await h.store.sweep(T0 + 100 * HOLD) == []
+    assert await sweep(h, T0 + 100 * HOLD) == []
     await h.drain(0)
 
 
 async def test_seat_hold_of_last_member_deletes_session(store: Harness) -> None:
     h = store
     await add_players(h, "alice")
-    await h.store.create_session("alice", "s1", "", 4, None, T0)
+    rec = await h.store.create_session("alice", "s1", "", 4, None, T0)
     await h.store.disconnect("alice", conn("alice"), T0 + 10, HOLD)
-    assert await h.store.sweep(T0 + 10 + HOLD) == [Change("s1", None, "abandoned")]
+    final = ended(rec, T0 + 10 + HOLD, members=[])
+    assert await sweep(h, T0 + 10 + HOLD) == [Change("s1", final, "abandoned")]
     assert await h.drain(1) == [
         ("s1", {"e": "session_deleted", "sid": "s1", "v": 2, "reason": "timeout"})]
     assert await h.store.get_session("s1") is None
@@ -647,11 +691,10 @@ async def test_sweep_takes_due_holds_in_deadline_order_up_to_limit(store: Harnes
     await h.store.disconnect("carol", conn("carol"), T0 + 20, HOLD)
     await h.store.disconnect("bob", conn("bob"), T0 + 20, HOLD)
 
-    first = await h.store.sweep(T0 + 20 + HOLD, limit=2)
-    assert [ids(c.record or {"members": []}) for c in first] == [
-        ["alice", "bob", "carol"], ["alice", "carol"]]
-    second = await h.store.sweep(T0 + 20 + HOLD, limit=2)
-    assert [ids(c.record or {"members": []}) for c in second] == [["alice"]]
+    first = await sweep(h, T0 + 20 + HOLD, limit=2)
+    assert [ids(c.record) for c in first] == [["alice", "bob", "carol"], ["alice", "carol"]]
+    second = await sweep(h, T0 + 20 + HOLD, limit=2)
+    assert [ids(c.record) for c in second] == [["alice"]]
     # Equal deadlines are taken in player-id order in both stores.
     assert [ev["player_id"] for _, ev in await h.drain(3)] == ["dave", "bob", "carol"]
 
@@ -663,7 +706,7 @@ async def test_concurrent_sweeps_take_each_expired_hold_once(store: Harness) -> 
     await h.store.create_session("alice", "s1", "", 4, None, T0)
     await h.store.join_session("bob", "s1", None, T0 + 1)
     await h.store.disconnect("bob", conn("bob"), T0 + 10, HOLD)
-    results = await asyncio.gather(*(h.store.sweep(T0 + 10 + HOLD) for _ in range(5)))
+    results = await asyncio.gather(*(sweep(h, T0 + 10 + HOLD) for _ in range(5)))
     assert sorted(len(r) for r in results) == [0, 0, 0, 0, 1]
     assert summary(await h.drain(2)) == [("s1", "player_joined", 2), ("s1", "player_left", 3)]
 
@@ -679,7 +722,7 @@ async def test_resume_before_deadline_cancels_hold(store: Harness) -> None:
     session = await h.store.get_session("s1")
     assert res == ResumeResult(PlayerInfo("bob", "Bob", "s1"), session)
     assert (await h.store.stats())["held_seats"] == 0
-    assert await h.store.sweep(T0 + 100 * HOLD) == []
+    assert await sweep(h, T0 + 100 * HOLD) == []
     assert await h.store.get_session("s1") == session
     # The dropped socket's conn was cleared, so nobody is told "replaced".
     assert summary(await h.drain(1)) == [("s1", "player_joined", 2)]
@@ -694,7 +737,7 @@ async def test_disconnect_of_a_stale_conn_is_a_no_op(store: Harness) -> None:
     # The old socket's close is reported after the player moved on.
     await h.store.disconnect("bob", conn("bob", "n1"), T0 + 3, HOLD)
     assert (await h.store.stats())["held_seats"] == 0
-    assert await h.store.sweep(T0 + 100 * HOLD) == []
+    assert await sweep(h, T0 + 100 * HOLD) == []
     assert ids(await h.store.get_session("s1") or {"members": []}) == ["alice", "bob"]
     # Still bound to n2: resuming there again is silent.
     res = await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), T0 + 4)
@@ -712,15 +755,15 @@ async def test_no_seat_expiry_while_connecting_but_again_after_fail_start(
     await h.store.begin_start("alice", T0 + 5)
     await h.store.disconnect("bob", conn("bob"), T0 + 10, HOLD)
     assert (await h.store.stats())["held_seats"] == 0
-    assert await h.store.sweep(T0 + 100 * HOLD) == []
+    assert await sweep(h, T0 + 100 * HOLD) == []
     assert ids(await h.store.get_session("s1") or {"members": []}) == ["alice", "bob"]
 
     back = await h.store.fail_start("s1", "NO_SERVER_AVAILABLE", "none", T0 + 50, HOLD)
     assert back is not None and back["state"] == "WAITING"
     # Only the disconnected member is held again; alice is still connected.
     assert (await h.store.stats())["held_seats"] == 1
-    assert await h.store.sweep(T0 + 50 + HOLD - 1) == []
-    changes = await h.store.sweep(T0 + 50 + HOLD)
+    assert await sweep(h, T0 + 50 + HOLD - 1) == []
+    changes = await sweep(h, T0 + 50 + HOLD)
     after = await h.store.get_session("s1")
     assert after is not None and ids(after) == ["alice"]
     assert changes == [Change("s1", after, None)]
@@ -739,7 +782,7 @@ async def test_begin_start_ends_pending_holds(store: Harness) -> None:
     assert (await h.store.stats())["held_seats"] == 1
     await h.store.begin_start("alice", T0 + 20)
     assert (await h.store.stats())["held_seats"] == 0
-    assert await h.store.sweep(T0 + 10 + HOLD) == []
+    assert await sweep(h, T0 + 10 + HOLD) == []
     assert ids(await h.store.get_session("s1") or {"members": []}) == ["alice", "bob"]
     await h.drain(1)
 
@@ -785,7 +828,7 @@ async def test_sessionless_disconnected_player_expires(store: Harness) -> None:
     await add_players(h, "alice", "bob")
     # 1 ms, because Redis expires the key on its own clock (PX), not on `now`.
     await h.store.disconnect("alice", conn("alice"), T0, 1)
-    await h.store.sweep(T0 + 5)
+    await sweep(h, T0 + 5)
     await h.until_player_expired("alice")
     assert await h.store.resume("alice", tokh("alice"), conn("alice", "n2"), T0 + 5) is None
     await fails(ErrorCode.NOT_AUTHENTICATED, h.store.create_session("alice", "s1", "", 4, None, T0))
@@ -794,7 +837,7 @@ async def test_sessionless_disconnected_player_expires(store: Harness) -> None:
     await h.store.disconnect("bob", conn("bob"), T0, 60_000)
     res = await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), T0 + 1_000)
     assert res == ResumeResult(PlayerInfo("bob", "Bob", None), None)
-    assert await h.store.sweep(T0 + 100 * 60_000) == []
+    assert await sweep(h, T0 + 100 * 60_000) == []
     if isinstance(h, RedisHarness):
         assert await h.client.pttl(f"{h.prefix}p:bob") == -1
     later = await h.store.resume("bob", tokh("bob"), conn("bob", "n3"), T0 + 100 * 60_000)
@@ -831,6 +874,525 @@ async def test_events_of_two_sessions_never_cross(store: Harness) -> None:
     ]
 
 
+# the match: mark_in_progress and complete --------------------------------------
+
+
+async def session_in(
+    h: Harness, state: str, sid: str, host: str, *others: str, now: int = T0
+) -> SessionRecord:
+    """A session of host and others, brought to `state` at now .. now + 3."""
+    rec = await h.store.create_session(host, sid, "", 4, None, now)
+    for pid in others:
+        rec = await h.store.join_session(pid, sid, None, now)
+    if state in ("CONNECTING", "IN_PROGRESS"):
+        rec = await h.store.begin_start(host, now + 1)
+    if state == "IN_PROGRESS":
+        await h.store.finish_start(sid, f"gs-{sid}", "10.0.0.7:7777", now + 2)
+        rec = await h.store.mark_in_progress(sid, now + 3)
+    assert rec["state"] == state
+    return rec
+
+
+async def test_mark_in_progress(store: Harness) -> None:
+    h = store
+    await add_players(h, "alice", "bob", "carol")
+    await h.store.create_session("alice", "s1", "", 4, None, T0)
+    await h.store.join_session("bob", "s1", None, T0 + 1)
+    await h.drain(1)
+
+    # A waiting session has no game server that could report in.
+    err = await fails(ErrorCode.BAD_REQUEST, h.store.mark_in_progress("s1", T0 + 2))
+    assert isinstance(err, StateConflict)
+    await fails(ErrorCode.SESSION_NOT_FOUND, h.store.mark_in_progress("nope", T0 + 2))
+    assert (await h.store.get_session("s1") or {})["v"] == 2
+    await h.drain(0)
+
+    await h.store.begin_start("alice", T0 + 10)
+    done = await h.store.finish_start("s1", "gs-1", "10.0.0.7:7777", T0 + 20)
+    assert done is not None
+    await h.drain(1)
+    rec = await h.store.mark_in_progress("s1", T0 + 30)
+    assert rec == {
+        **done, "state": "IN_PROGRESS", "v": 5, "updated": T0 + 30, "active": T0 + 30}
+    assert (rec["started"], rec["server_id"]) == (T0 + 10, "gs-1")
+    assert await h.store.get_session("s1") == rec
+    assert await h.drain(1) == [
+        ("s1", {"e": "session_in_progress", "sid": "s1", "v": 5, "s": rec})]
+
+    # A retried callback is harmless: same record, no version, no event.
+    assert await h.store.mark_in_progress("s1", T0 + 40) == rec
+    assert await h.store.get_session("s1") == rec
+    await h.drain(0)
+
+    # A running match takes no start transition, join or kick, and is not listed.
+    assert await h.store.finish_start("s1", "gs-2", "x:1", T0 + 41) is None
+    assert await h.store.fail_start("s1", "NO_SERVER_AVAILABLE", "x", T0 + 41, HOLD) is None
+    await fails(ErrorCode.SESSION_NOT_WAITING, h.store.begin_start("alice", T0 + 41))
+    await fails(ErrorCode.SESSION_NOT_WAITING, h.store.join_session("carol", "s1", None, T0 + 41))
+    await fails(ErrorCode.SESSION_NOT_WAITING, h.store.kick("alice", "bob", T0 + 41))
+    assert await open_ids(h) == []
+    # Seats of a running match are held for its life: a dropped member keeps his.
+    await h.store.disconnect("bob", conn("bob"), T0 + 50, HOLD)
+    assert await h.store.stats() == {"open_sessions": 0, "held_seats": 0}
+    assert await sweep(h, T0 + 100 * HOLD) == []
+    assert await h.store.get_session("s1") == rec
+    await h.drain(0)
+
+
+async def test_complete_ends_a_running_match(store: Harness) -> None:
+    h = store
+    await add_players(h, "alice", "bob", "carol")
+    rec = await session_in(h, "IN_PROGRESS", "s1", "alice", "bob", "carol")
+    await h.store.disconnect("carol", conn("carol"), T0 + 40, HOLD)
+    await h.drain()
+
+    change = await h.store.complete("s1", "completed", T0 + 50)
+    final = ended(rec, T0 + 50)
+    # The final record still names who played; the session itself is gone.
+    assert change == Change("s1", final, "completed")
+    assert ids(final) == ["alice", "bob", "carol"] and final["state"] == "IN_PROGRESS"
+    assert await h.drain(1) == [("s1", {
+        "e": "session_closed", "reason": "completed", "sid": "s1", "v": final["v"], "s": final,
+    })]
+    assert await h.store.get_session("s1") is None
+    await fails(ErrorCode.SESSION_NOT_FOUND, h.store.complete("s1", "completed", T0 + 51))
+    await fails(ErrorCode.SESSION_NOT_FOUND, h.store.complete("nope", "completed", T0 + 51))
+    await fails(ErrorCode.SESSION_NOT_FOUND, h.store.mark_in_progress("s1", T0 + 51))
+    assert await h.store.finish_start("s1", "gs-2", "x:1", T0 + 51) is None
+    await h.drain(0)
+
+    # carol had dropped: she goes with the session.
+    assert await h.store.resume("carol", tokh("carol"), conn("carol", "n2"), T0 + 52) is None
+    await fails(ErrorCode.NOT_AUTHENTICATED, h.store.create_session("carol", "s9", "", 4, None, T0))
+    # alice and bob are still connected: in no session, free to create and join.
+    await fails(ErrorCode.NOT_IN_SESSION, h.store.leave_session("alice", T0 + 53))
+    await h.store.create_session("bob", "s2", "", 4, None, T0 + 54)
+    again = await h.store.join_session("alice", "s2", None, T0 + 55)
+    assert ids(again) == ["bob", "alice"]
+    assert await open_ids(h) == ["s2"]
+    assert await h.store.stats() == {"open_sessions": 1, "held_seats": 0}
+    assert summary(await h.drain(1)) == [("s2", "player_joined", 2)]
+
+
+async def test_complete_in_any_state_releases_seats_and_unlists(store: Harness) -> None:
+    h = store
+    for i, state in enumerate(("WAITING", "CONNECTING", "IN_PROGRESS")):
+        host, dropped, sid, now = f"h{i}", f"d{i}", f"s{i}", T0 + 1000 * i
+        await add_players(h, host, dropped, now=now)
+        rec = await session_in(h, state, sid, host, dropped, now=now)
+        await h.store.disconnect(dropped, conn(dropped), now + 10, HOLD)
+        assert (await h.store.stats())["held_seats"] == (1 if state == "WAITING" else 0)
+        assert (sid in await open_ids(h)) == (state == "WAITING")
+        await h.drain()
+
+        change = await h.store.complete(sid, "cancelled", now + 20)
+        assert change == Change(sid, ended(rec, now + 20), "cancelled")
+        assert [(ch, ev["e"], ev["reason"]) for ch, ev in await h.drain(1)] == [
+            (sid, "session_closed", "cancelled")]
+        assert await h.store.get_session(sid) is None
+        assert await open_ids(h) == []
+        assert await h.store.stats() == {"open_sessions": 0, "held_seats": 0}
+        assert await h.store.resume(dropped, tokh(dropped), conn(dropped, "n2"), now + 30) is None
+        # A late start callback finds nothing to act on.
+        assert await h.store.finish_start(sid, "gs-x", "x:1", now + 30) is None
+        assert await h.store.fail_start(sid, "NO_SERVER_AVAILABLE", "x", now + 30, HOLD) is None
+        # The hold ended with the session: sweeping later changes nothing.
+        assert await sweep(h, now + 10 + HOLD) == []
+        assert (await h.store.create_session(host, f"n{i}", "", 4, None, now + 40))["host"] == host
+        await h.store.leave_session(host, now + 41)
+        await h.drain(1)
+
+
+# session timeouts --------------------------------------------------------------
+
+
+async def test_idle_waiting_session_closes_at_its_deadline(store: Harness) -> None:
+    h = store
+    await add_players(h, "alice", "bob")
+    await h.store.create_session("alice", "s1", "", 4, None, T0)
+    rec = await h.store.join_session("bob", "s1", None, T0 + 1)
+    # bob drops with a hold longer than the idle window: the session ends first.
+    await h.store.disconnect("bob", conn("bob"), T0 + 2, 10 * TO.idle_ms)
+    await h.drain(1)
+
+    for t in (T0, T0 + TO.connecting_ms, T0 + TO.idle_ms, T0 + 1 + TO.idle_ms - 1):
+        assert await sweep(h, t, TO) == [], t
+    assert await h.store.get_session("s1") == rec
+    await h.drain(0)
+
+    changes = await sweep(h, T0 + 1 + TO.idle_ms, TO)
+    final = ended(rec, T0 + 1 + TO.idle_ms)
+    assert changes == [Change("s1", final, "idle")]
+    assert await h.drain(1) == [("s1", {
+        "e": "session_closed", "reason": "idle", "sid": "s1", "v": 3, "s": final})]
+    assert await h.store.get_session("s1") is None
+    assert await h.store.stats() == {"open_sessions": 0, "held_seats": 0}
+    assert await sweep(h, T0 + 10 * TO.idle_ms, TO) == []
+    # The dropped member went with it; the connected host is free.
+    assert await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), T0 + TO.idle_ms + 5) is None
+    assert (await h.store.create_session("alice", "s2", "", 4, None, T0 + TO.idle_ms + 6))["v"] == 1
+    await h.drain(0)
+
+
+async def test_activity_pushes_the_idle_deadline_later(store: Harness) -> None:
+    h = store
+    await add_players(h, "alice", "bob", "carol")
+    await h.store.create_session("alice", "s1", "", 4, None, T0)
+    s = h.store
+    # Each of these is activity, less than an idle window after the one before.
+    activity = {
+        40_000: lambda t: s.join_session("bob", "s1", None, t),
+        90_000: lambda t: s.leave_session("bob", t),
+        140_000: lambda t: s.join_session("carol", "s1", None, t),
+        145_000: lambda t: s.kick("alice", "carol", t),
+        # CONNECTING for less than its window, then back to WAITING.
+        190_000: lambda t: s.begin_start("alice", t),
+        205_000: lambda t: s.fail_start("s1", "NO_SERVER_AVAILABLE", "x", t, HOLD),
+    }
+    last = 205_000
+    for dt in range(0, last + TO.idle_ms, 2_500):
+        if dt in activity:
+            await activity[dt](T0 + dt)
+        assert await sweep(h, T0 + dt, TO) == [], dt
+    assert await sweep(h, T0 + last + TO.idle_ms - 1, TO) == []
+    rec = await h.store.get_session("s1")
+    assert rec is not None and rec["active"] == T0 + last and ids(rec) == ["alice"]
+
+    changes = await sweep(h, T0 + last + TO.idle_ms, TO)
+    assert changes == [Change("s1", ended(rec, T0 + last + TO.idle_ms), "idle")]
+    events = await h.drain(6)
+    assert [(ev["e"], ev.get("reason")) for _, ev in events] == [
+        ("player_joined", None), ("player_left", "left"), ("player_joined", None),
+        ("player_left", "kicked"), ("session_start_failed", None), ("session_closed", "idle")]
+
+
+async def test_connecting_session_times_out_from_started(store: Harness) -> None:
+    h = store
+    await add_players(h, "alice", "bob", "carol", "dan")
+    await h.store.create_session("alice", "s1", "", 4, None, T0)
+    await h.store.join_session("bob", "s1", None, T0 + 1)
+    await h.store.join_session("dan", "s1", None, T0 + 1)
+    # Started just before it would have gone idle: the CONNECTING window counts now.
+    start = T0 + 1 + TO.idle_ms - 1
+    await h.store.begin_start("alice", start)
+    await h.store.disconnect("bob", conn("bob"), start + 5, HOLD)
+    # A server was allocated but never reported in.
+    await h.store.finish_start("s1", "gs-1", "10.0.0.7:7777", start + 10)
+    # A leave is activity, but the CONNECTING window runs from begin_start.
+    rec = (await h.store.leave_session("dan", start + 15)).record
+    assert (rec["started"], rec["active"]) == (start, start + 15)
+    for t in (T0 + 1 + TO.idle_ms, start + TO.connecting_ms - 1):
+        assert await sweep(h, t, TO) == [], t
+
+    changes = await sweep(h, start + TO.connecting_ms, TO)
+    final = ended(rec, start + TO.connecting_ms)
+    assert changes == [Change("s1", final, "server_timeout")]
+    assert (await h.drain(5))[-1] == ("s1", {
+        "e": "session_closed", "reason": "server_timeout", "sid": "s1", "v": final["v"],
+        "s": final})
+    assert await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), start + 10**6) is None
+    await h.store.create_session("alice", "s2", "", 4, None, start + 10**6)
+
+    # A failed start and a second try: the window runs from the second begin_start.
+    await h.store.create_session("carol", "s3", "", 4, None, T0)
+    await h.store.begin_start("carol", T0 + 1_000)
+    await h.store.fail_start("s3", "NO_SERVER_AVAILABLE", "x", T0 + 10_000, HOLD)
+    again = await h.store.begin_start("carol", T0 + 15_000)
+    assert again["started"] == T0 + 15_000
+    for t in (T0 + 1_000 + TO.connecting_ms, T0 + 15_000 + TO.connecting_ms - 1):
+        assert [c.session_id for c in await sweep(h, t, TO)] == [], t
+    changes = await sweep(h, T0 + 15_000 + TO.connecting_ms, TO)
+    assert [(c.session_id, c.ended) for c in changes] == [("s3", "server_timeout")]
+    assert summary(await h.drain(2)) == [
+        ("s3", "session_start_failed", 3), ("s3", "session_closed", 5)]
+
+
+async def test_in_progress_session_expires_from_mark_in_progress(store: Harness) -> None:
+    h = store
+    await add_players(h, "alice", "bob")
+    await h.store.create_session("alice", "s1", "", 4, None, T0)
+    joined = await h.store.join_session("bob", "s1", None, T0 + 1)
+    await h.store.begin_start("alice", T0 + 2)
+    # The game server reports in just before the connecting window closes.
+    running = T0 + 2 + TO.connecting_ms - 1
+    rec = await h.store.mark_in_progress("s1", running)
+    assert rec["active"] == running
+    for t in (T0 + 2 + TO.connecting_ms, T0 + 1 + TO.idle_ms, running + TO.in_progress_ms - 1):
+        assert await sweep(h, t, TO) == [], t
+    assert await h.store.get_session("s1") == rec
+
+    changes = await sweep(h, running + TO.in_progress_ms, TO)
+    final = ended(rec, running + TO.in_progress_ms)
+    assert changes == [Change("s1", final, "expired")]
+    assert await h.drain(3) == [
+        ("s1", {"e": "player_joined", "player_id": "bob", "name": "Bob", "sid": "s1", "v": 2,
+                "s": joined}),
+        ("s1", {"e": "session_in_progress", "sid": "s1", "v": 4, "s": rec}),
+        ("s1", {"e": "session_closed", "reason": "expired", "sid": "s1", "v": 5, "s": final}),
+    ]
+    assert await h.store.get_session("s1") is None
+    # Both players were connected: both are free again.
+    for pid in ("alice", "bob"):
+        await h.store.create_session(pid, f"{pid}-2", "", 4, None, running + TO.in_progress_ms)
+
+
+async def test_concurrent_sweeps_close_each_timed_out_session_once(store: Harness) -> None:
+    # Every node sweeps; a session closed twice would publish session_closed twice.
+    h = store
+    states = ("WAITING", "CONNECTING", "IN_PROGRESS")
+    expected = {}
+    for i in range(12):
+        state = states[i % 3]
+        host, sid = f"p{i:02d}", f"s{i:02d}"
+        await add_players(h, host)
+        await session_in(h, state, sid, host, now=T0 + i)
+        expected[sid] = {"WAITING": "idle", "CONNECTING": "server_timeout",
+                         "IN_PROGRESS": "expired"}[state]
+    await add_players(h, "fresh")
+    now = T0 + 20 + TO.in_progress_ms
+    await h.store.create_session("fresh", "s-fresh", "", 4, None, now - 1)
+    await h.drain()
+
+    # With a small limit, several sweeps must each take their own share.
+    results = await asyncio.gather(*(sweep(h, now, TO, limit=2) for _ in range(10)))
+    taken = [(c.session_id, c.ended) for r in results for c in r]
+    assert sorted(taken) == sorted(expected.items())
+    assert all(len(r) <= 2 for r in results)
+    events = await h.drain(12)
+    assert sorted((ch, ev["e"], ev["reason"]) for ch, ev in events) == sorted(
+        (sid, "session_closed", reason) for sid, reason in expected.items())
+    assert await sweep(h, now, TO) == []
+    assert await open_ids(h) == ["s-fresh"]
+
+
+# rebuilding an emptied Redis: restore and rebind ---------------------------------
+
+
+async def persisted(h: RedisHarness) -> tuple[RedisStore, str]:
+    """Another generation of the store (its own prefix) to take records from."""
+    prefix = f"src-{uuid.uuid4().hex[:8]}:"
+    return RedisStore(h.client, prefix), prefix
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_restore_then_resume_with_the_original_token(store: Harness) -> None:
+    h = store
+    assert isinstance(h, RedisHarness)
+    src, _ = await persisted(h)
+    for pid in ("alice", "bob", "carol", "dave", "erin", "x1", "x2", "x3"):
+        await src.new_player(pid, name(pid), tokh(pid), conn(pid), T0)
+    # Throw-away sessions push the counter up, so that "above" means something.
+    for pid in ("x1", "x2", "x3"):
+        await src.create_session(pid, f"t-{pid}", "", 4, None, T0)
+        await src.leave_session(pid, T0)
+    await src.create_session("alice", "s1", "", 4, None, T0 + 1)
+    waiting = await src.join_session("bob", "s1", None, T0 + 2)
+    await src.create_session("carol", "s2", "", 4, None, T0 + 3)
+    await src.join_session("dave", "s2", None, T0 + 4)
+    await src.begin_start("carol", T0 + 5)
+    await src.finish_start("s2", "gs-1", "10.0.0.7:7777", T0 + 6)
+    running = await src.mark_in_progress("s2", T0 + 7)
+    await src.create_session("erin", "s3", "", 4, None, T0 + 8)
+    connecting = await src.begin_start("erin", T0 + 9)
+    records = [waiting, running, connecting]
+    assert [r["seq"] for r in records] == [4, 5, 6]
+    assert all("tokh" in m for r in records for m in r["members"])
+
+    # The store under test sits on a flushed db: no epoch, nobody to resume.
+    t1 = T0 + 1_000
+    assert await sweep(h, t1) == []
+    assert await h.store.resume("alice", tokh("alice"), conn("alice", "n2"), t1) is None
+    assert await h.store.restore("gen-1", records, HOLD, t1) == ("gen-1", 3)
+    h.epoch = "gen-1"
+    assert await sweep(h, t1 + 1) == []
+    for rec in records:
+        assert await h.store.get_session(rec["id"]) == rec
+    assert await open_ids(h) == ["s1"]
+    # Waiting members hold their seats as if they had just dropped; seats of a
+    # started session are held for its life.
+    assert await h.store.stats() == {"open_sessions": 1, "held_seats": 2}
+
+    assert await h.store.resume("alice", tokh("bob"), conn("alice", "n2"), t1 + 2) is None
+    res = await h.store.resume("alice", tokh("alice"), conn("alice", "n2"), t1 + 2)
+    assert res == ResumeResult(PlayerInfo("alice", "Alice", "s1"), waiting)
+    res = await h.store.resume("dave", tokh("dave"), conn("dave", "n2"), t1 + 3)
+    assert res == ResumeResult(PlayerInfo("dave", "Dave", "s2"), running)
+    res = await h.store.resume("erin", tokh("erin"), conn("erin", "n2"), t1 + 4)
+    assert res == ResumeResult(PlayerInfo("erin", "Erin", "s3"), connecting)
+    assert (await h.store.stats())["held_seats"] == 1
+    # Restored players are players like any other: carol's match goes on.
+    assert (await h.store.complete("s2", "completed", t1 + 5)).ended == "completed"
+    # bob did not come back: his hold runs out like any other.
+    changes = await sweep(h, t1 + HOLD)
+    after = await h.store.get_session("s1")
+    assert after is not None and ids(after) == ["alice"]
+    assert changes == [Change("s1", after, None)]
+    assert summary(await h.drain(2)) == [("s2", "session_closed", 6), ("s1", "player_left", 3)]
+    assert await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), t1 + HOLD + 1) is None
+
+    # Another node (or a retry) gets the existing epoch and restores nothing.
+    assert await h.store.restore("gen-2", records, HOLD, t1 + HOLD + 2) == ("gen-1", 0)
+    assert await h.store.get_session("s1") == after
+    assert await h.store.get_session("s2") is None
+    assert await sweep(h, t1 + HOLD + 3) == []
+
+    # New sessions are numbered after the restored ones, so they list first.
+    await add_players(h, "frank", now=t1 + HOLD + 4)
+    new = await h.store.create_session("frank", "s4", "", 4, None, t1 + HOLD + 4)
+    assert new["seq"] == 7
+    assert await open_ids(h) == ["s4", "s1"]
+    await h.drain(0)
+
+    # Emptied again: the epoch is gone until the next restore sets a new one.
+    keys = [k async for k in h.client.scan_iter(match=f"{h.prefix}*")]
+    await h.client.delete(*keys)
+    h.epoch = None
+    assert await sweep(h, t1 + HOLD + 5) == []
+    assert await h.store.restore("gen-3", [connecting], HOLD, t1 + HOLD + 6) == ("gen-3", 1)
+    h.epoch = "gen-3"
+    assert await sweep(h, t1 + HOLD + 7) == []
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_restore_writes_only_sessions_that_do_not_exist(store: Harness) -> None:
+    h = store
+    assert isinstance(h, RedisHarness)
+    src, _ = await persisted(h)
+    await src.new_player("gina", "Gina", tokh("gina"), conn("gina"), T0)
+    await src.new_player("hugo", "Hugo", tokh("hugo"), conn("hugo"), T0)
+    stale = await src.create_session("gina", "s1", "", 4, None, T0)
+    kept = await src.create_session("hugo", "s2", "", 4, None, T0)
+    # Before any node restored, a player created a session on the empty Redis.
+    await add_players(h, "zed", now=T0 + 5)
+    own = await h.store.create_session("zed", "s1", "", 4, None, T0 + 5)
+    assert await h.store.restore("gen-1", [stale, kept], HOLD, T0 + 6) == ("gen-1", 1)
+    h.epoch = "gen-1"
+    assert await h.store.get_session("s1") == own
+    assert await h.store.get_session("s2") == kept
+    assert await h.store.stats() == {"open_sessions": 2, "held_seats": 1}
+    # The counter keeps to the highest of both, so ids stay ordered by creation.
+    await add_players(h, "ivan", now=T0 + 7)
+    assert (await h.store.create_session("ivan", "s3", "", 4, None, T0 + 7))["seq"] == 3
+    assert await open_ids(h) == ["s3", "s2", "s1"]
+    res = await h.store.resume("hugo", tokh("hugo"), conn("hugo", "n2"), T0 + 8)
+    assert res == ResumeResult(PlayerInfo("hugo", "Hugo", "s2"), kept)
+    await h.drain(0)
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_concurrent_restores_rebuild_once(store: Harness) -> None:
+    # Every node finds the epoch missing at about the same time; one rebuilds.
+    h = store
+    assert isinstance(h, RedisHarness)
+    src, _ = await persisted(h)
+    records = []
+    for i in range(6):
+        pid = f"p{i}"
+        await src.new_player(pid, name(pid), tokh(pid), conn(pid), T0)
+        records.append(await src.create_session(pid, f"s{i}", "", 4, None, T0 + i))
+    results = await asyncio.gather(
+        *(h.store.restore(f"gen-{n}", records, HOLD, T0 + 100) for n in range(8)))
+    winner = results[0][0]
+    assert all(epoch == winner for epoch, _ in results), results
+    assert sorted(count for _, count in results) == [0] * 7 + [6]
+    h.epoch = winner
+    assert await sweep(h, T0 + 101) == []
+    assert await open_ids(h) == [f"s{i}" for i in reversed(range(6))]
+    # One hold per restored member, not one per restore call.
+    assert await h.store.stats() == {"open_sessions": 6, "held_seats": 6}
+    await h.drain(0)
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_restore_of_nothing_starts_a_generation(store: Harness) -> None:
+    # A fresh deployment (or no persistence): nothing to rebuild, but the epoch
+    # is set, and what was created before the first sweep stays as it was.
+    h = store
+    await add_players(h, "alice")
+    rec = await h.store.create_session("alice", "s1", "", 4, None, T0)
+    assert await sweep(h, T0 + 1) == []
+    assert await h.store.restore("gen-1", [], HOLD, T0 + 2) == ("gen-1", 0)
+    h.epoch = "gen-1"
+    assert await sweep(h, T0 + 3) == []
+    assert await h.store.get_session("s1") == rec
+    assert await h.store.stats() == {"open_sessions": 1, "held_seats": 0}
+    await add_players(h, "bob", now=T0 + 4)
+    assert (await h.store.create_session("bob", "s2", "", 4, None, T0 + 4))["seq"] == 2
+    assert await h.store.restore("gen-2", [], HOLD, T0 + 5) == ("gen-1", 0)
+    await h.drain(0)
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_rebind_gives_connected_players_their_sockets_back(store: Harness) -> None:
+    h = store
+    assert isinstance(h, RedisHarness)
+    src, _ = await persisted(h)
+    for pid in ("alice", "bob", "olga"):
+        await src.new_player(pid, name(pid), tokh(pid), conn(pid), T0)
+    await src.create_session("alice", "s1", "", 5, None, T0)
+    await src.join_session("bob", "s1", None, T0 + 1)
+    rec = await src.join_session("olga", "s1", None, T0 + 2)
+    # Persisted before members carried token hashes: olga's record has none,
+    # so the restore cannot recreate her; only her live socket can.
+    del rec["members"][2]["tokh"]  # type: ignore[misc]
+    t1 = T0 + 1_000
+    assert await h.store.restore("gen-1", [rec], HOLD, t1) == ("gen-1", 1)
+    h.epoch = "gen-1"
+    assert await h.store.stats() == {"open_sessions": 1, "held_seats": 2}
+
+    live = [
+        LiveClient("alice", "Alice", tokh("alice"), conn("alice"), "s1"),  # restored, conn ''
+        LiveClient("olga", "Olga", tokh("olga"), conn("olga"), "s1"),  # missing: a member
+        LiveClient("hank", "Hank", tokh("hank"), conn("hank"), None),  # was in no session
+        LiveClient("ivy", "Ivy", tokh("ivy"), conn("ivy"), "s1"),  # claims s1, not a member
+        LiveClient("jack", "Jack", tokh("jack"), conn("jack"), "gone"),  # session not restored
+    ]
+    assert await h.store.rebind(live, t1 + 1) == 5
+    # alice is connected again, so her hold is gone; bob (not on this node) keeps his.
+    assert await h.store.stats() == {"open_sessions": 1, "held_seats": 1}
+    # Everyone here already has a socket now: a second rebind changes nothing.
+    assert await h.store.rebind(live, t1 + 2) == 0
+    assert await h.store.rebind([], t1 + 2) == 0
+    await h.drain(0)
+
+    # bob's hold runs out; alice and olga are connected and stay.
+    changes = await sweep(h, t1 + HOLD, TO)
+    after = await h.store.get_session("s1")
+    assert after is not None and ids(after) == ["alice", "olga"]
+    assert changes == [Change("s1", after, None)]
+    assert summary(await h.drain(1)) == [("s1", "player_left", 4)]
+
+    # Each got its socket back: a resume elsewhere tells this node to drop the old one.
+    sessions = {"alice": "s1", "olga": "s1", "hank": None, "ivy": None, "jack": None}
+    for c in live:
+        res = await h.store.resume(c.player_id, c.token_hash, conn(c.player_id, "n2"), t1 + HOLD)
+        sid = sessions[c.player_id]
+        assert res == ResumeResult(
+            PlayerInfo(c.player_id, c.name, sid), after if sid else None), c.player_id
+    assert await h.drain(5) == [
+        ("node:n1", {"e": "replaced", "player_id": c.player_id, "conn": c.conn}) for c in live]
+    # And each is a full player: olga can leave the session, ivy and jack can create one.
+    assert ids((await h.store.leave_session("olga", t1 + HOLD + 1)).record) == ["alice"]
+    await h.store.create_session("ivy", "s2", "", 4, None, t1 + HOLD + 2)
+    await h.store.create_session("jack", "s3", "", 4, None, t1 + HOLD + 3)
+    await h.drain(1)
+
+
+@pytest.mark.parametrize("store", ["memory"], indirect=True)
+async def test_memory_store_has_nothing_to_rebuild(store: Harness) -> None:
+    h = store
+    await add_players(h, "alice")
+    rec = await h.store.create_session("alice", "s1", "", 4, None, T0)
+    other = {**rec, "id": "s2", "seq": 9}
+    assert await h.store.restore("gen-1", [other], HOLD, T0 + 1) == ("memory", 0)  # type: ignore[list-item]
+    assert await h.store.get_session("s2") is None
+    live = [LiveClient("bob", "Bob", tokh("bob"), conn("bob"), None)]
+    assert await h.store.rebind(live, T0 + 2) == 0
+    assert await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), T0 + 3) is None
+    assert await sweep(h, T0 + 4, TO) == []  # the epoch stays "memory"
+    await h.drain(0)
+
+
 # the two stores side by side -------------------------------------------------
 
 
@@ -851,6 +1413,8 @@ async def scripted_run(h: Harness) -> list[Any]:
     players = {"zoe": "Zoë 🎮", "li": "李", "max": "Max \"the\" /Ω\\", "ann": "Ann"}
     for pid, pname in players.items():
         trace.append(await s.new_player(pid, pname, tokh(pid), conn(pid), T0))
+    B = T0 + 20 + HOLD
+    C = B + 20 + TO.idle_ms
     steps: list[Awaitable[Any]] = [
         s.create_session("zoe", "s1", "", 3, None, T0 + 1),
         s.create_session("li", "s2", "Ünï «room»", 2, PW, T0 + 2),
@@ -863,7 +1427,7 @@ async def scripted_run(h: Harness) -> list[Any]:
         s.kick("li", "max", T0 + 7),
         s.join_session("max", "s1", None, T0 + 8),
         s.disconnect("zoe", conn("zoe"), T0 + 9, HOLD),
-        s.sweep(T0 + 9 + HOLD),
+        sweep(h, T0 + 9 + HOLD),
         s.begin_start("ann", T0 + 10 + HOLD),
         s.disconnect("max", conn("max"), T0 + 11 + HOLD, HOLD),
         s.fail_start("s1", ErrorCode.NO_SERVER_AVAILABLE, "¡sin servidor!", T0 + 12 + HOLD, HOLD),
@@ -871,8 +1435,27 @@ async def scripted_run(h: Harness) -> list[Any]:
         s.begin_start("ann", T0 + 14 + HOLD),
         s.finish_start("s1", "gs-9", "[::1]:7777", T0 + 15 + HOLD),
         s.leave_session("li", T0 + 16 + HOLD),
+        s.mark_in_progress("s2", B),
+        s.create_session("li", "s3", "", 2, None, B + 1),
+        s.mark_in_progress("s3", B + 2),
+        s.mark_in_progress("s1", B + 3),
+        s.mark_in_progress("s1", B + 4),
+        s.disconnect("ann", conn("ann"), B + 5, HOLD),
+        sweep(h, B + 6, TO),
+        s.complete("s1", "completed", B + 7),
+        s.resume("ann", tokh("ann"), conn("ann", "n2"), B + 8),
+        s.join_session("max", "s3", None, B + 9),
+        sweep(h, B + 1 + TO.idle_ms, TO),
+        sweep(h, B + 9 + TO.idle_ms, TO),
+        s.complete("s3", "completed", B + 10 + TO.idle_ms),
+        s.create_session("max", "s4", "", 4, None, C),
+        s.begin_start("max", C + 1),
+        sweep(h, C + TO.connecting_ms, TO),
+        sweep(h, C + 1 + TO.connecting_ms, TO),
         s.get_session("s1"),
         s.get_session("s2"),
+        s.get_session("s3"),
+        s.get_session("s4"),
         s.stats(),
     ]
     for step in steps:
@@ -895,3 +1478,9 @@ async def test_memory_and_redis_agree_step_by_step(request: pytest.FixtureReques
         assert red == mem, f"trace entry {i} differs (memory first)"
     # The scenario must have exercised the paths it names, not failed early.
     assert expected[-2] == ("ok", {"open_sessions": 0, "held_seats": 0})
+    results = [entry[1] for entry in expected if isinstance(entry, tuple) and entry[0] == "ok"]
+    changes = [c for r in results for c in (r if isinstance(r, list) else [r])]
+    assert [c.ended for c in changes if isinstance(c, Change)] == [
+        None, "abandoned", "completed", "idle", "server_timeout"]
+    errors = [entry[1:] for entry in expected if isinstance(entry, tuple) and entry[0] == "error"]
+    assert (ErrorCode.BAD_REQUEST, "the session is not CONNECTING") in errors
