@@ -230,6 +230,7 @@ def run(run: Run, cross_node: bool) -> list[dict[str, Any]]:
             row["redis cpu%"] = usage.get("redis_cpu_pct")
             row["rt/join+leave"] = step["redis_per_join_leave"].get("round_trips_per_op")
         row["driver cpu%"] = usage.get("driver_cpu_pct_total")
+        row["others cpu%"] = usage.get("other_processes_cpu_pct")
         summary.append(row)
         if errors:
             run.notes.append(f"rate {rate}: errors {errors}; stopping the ramp")

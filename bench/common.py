@@ -15,6 +15,7 @@ from typing import Any
 from bench.client import BenchClient, OnEvent, RequestFailed
 from bench.driver import DriverPool, drivers_cpu
 from bench.procs import (
+    CLK_TCK,
     LobbyProc,
     Managed,
     ProcSample,
@@ -22,6 +23,7 @@ from bench.procs import (
     command_deltas,
     cpu_percent,
     machine_info,
+    machine_ticks,
     open_fds,
     sample,
 )
@@ -57,6 +59,7 @@ class Snapshot:
     redis: ProcSample | None
     drivers: list[ProcSample | None]
     commands: dict[str, int] = field(default_factory=dict)
+    machine: tuple[float, int, int] = (0.0, 0, 0)
 
 
 class Run:
@@ -169,6 +172,7 @@ class Run:
             redis=sample(self.redis.pid) if self.redis is not None else None,
             drivers=self.pool.samples() if self.pool is not None else [],
             commands=self.redis.command_stats() if self.redis is not None else {},
+            machine=machine_ticks(),
         )
 
     def usage(self, before: Snapshot, after: Snapshot) -> dict[str, Any]:
@@ -187,6 +191,18 @@ class Run:
             cpus = drivers_cpu(before.drivers, after.drivers)
             out["driver_cpu_pct"] = [_r(c) for c in cpus]
             out["driver_cpu_pct_total"] = _r(sum(c for c in cpus if c is not None))
+        # Whatever else ran on the machine meanwhile (other test suites, say)
+        # competes for the same cores: the results say how much there was.
+        t0, busy0, irq0 = before.machine
+        t1, busy1, irq1 = after.machine
+        if t1 > t0:
+            scale = 100.0 / CLK_TCK / (t1 - t0)
+            machine = (busy1 - busy0) * scale
+            ours = sum(v for k, v in out.items()
+                       if k.endswith(("_cpu_pct", "_cpu_pct_total")) and isinstance(v, float))
+            out["machine_busy_pct"] = _r(machine)
+            out["irq_softirq_pct"] = _r((irq1 - irq0) * scale)
+            out["other_processes_cpu_pct"] = _r(max(0.0, machine - ours - (irq1 - irq0) * scale))
         out["redis_commands"] = command_deltas(before.commands, after.commands)
         return out
 

@@ -94,6 +94,14 @@ def cpu_percent(before: ProcSample | None, after: ProcSample | None) -> float | 
     return 100.0 * (after.cpu_ticks - before.cpu_ticks) / CLK_TCK / (after.t - before.t)
 
 
+def machine_ticks() -> tuple[float, int, int]:
+    """(time, busy ticks, softirq+irq ticks) of all CPUs together, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    steal = fields[7] if len(fields) > 7 else 0
+    return time.monotonic(), user + nice + system + irq + softirq + steal, irq + softirq
+
+
 def open_fds(pid: int) -> int | None:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -123,7 +131,11 @@ def machine_info() -> dict[str, Any]:
                                  timeout=5).stdout
             m2 = re.search(r"v=(\S+)", out)
             versions["redis-server"] = m2.group(1) if m2 else out.strip()
+    load = ""
+    with contextlib.suppress(OSError):
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return {
+        "loadavg": load,
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "mem_gib": round(mem_kib / 1024 / 1024, 1),
@@ -371,7 +383,8 @@ class LobbyProc(Managed):
 
 def serve_help() -> str:
     out = subprocess.run([sys.executable, "-m", "lobby.cli", "serve", "--help"],
-                         capture_output=True, text=True, env=_env(), timeout=30)
+                         capture_output=True, text=True, env=_env(), cwd=_server_src,
+                         timeout=30)
     return out.stdout
 
 

@@ -18,10 +18,11 @@ from bench.client import BenchClient
 from bench.common import MAX_CLIENTS, Opener, Run, error_name, make_room, share, sleep_until
 from bench.driver import Channel, quiet_gc, serve_commands
 from bench.procs import FleetIQProc, redis_per_op, serve_help
-from bench.report import latency_ms
+from bench.report import latency_ms, merge_counts
 
 ROOM_SIZE = 8
 GROUP = "bench-group"
+RETRY_WAIT_S = 5.0
 
 
 class StormRoom:
@@ -75,7 +76,6 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
             # Rooms of all shards interleave, so sends are even over the spread.
             gidx = j * shards + shard
             await sleep_until(t0 + spread_ns * gidx // max(1, total))
-            t_send = time.monotonic_ns()
             try:
                 t_send, fut = room.members[0].send("start_session")
                 async with asyncio.timeout(max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9)):
@@ -83,6 +83,8 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
                     out["reply_ns"].append(t_reply - t_send)
                     if not reply.get("ok"):
                         out["reply_errors"][reply.get("error", {}).get("code", "?")] += 1
+                        out["stuck"] += 1
+                        return
                     last = await room.done
             except (TimeoutError, ConnectionError) as exc:
                 out["stuck"] += 1
@@ -95,7 +97,31 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
         await asyncio.gather(*(one(j, r) for j, r in enumerate(rooms)))
         out["start_failed_events"] = sum(r.failed for r in rooms)
         out["reply_errors"] = dict(out["reply_errors"])
+        out["retry"] = await retry([r for r in rooms if not r.done.done()])
         return out
+
+    async def retry(failed: list[StormRoom]) -> dict[str, int]:
+        """Start each failed room once more, calmly: can it still start, or is it wedged?"""
+        outcomes: Counter[str] = Counter()
+        sem = asyncio.Semaphore(8)
+        deadline = time.monotonic() + RETRY_WAIT_S * 2
+
+        async def again(room: StormRoom) -> None:
+            async with sem:
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        _, fut = room.members[0].send("start_session")
+                        _, reply = await fut
+                        if not reply.get("ok"):
+                            outcomes[reply.get("error", {}).get("code", "?")] += 1
+                            return
+                        await room.done
+                        outcomes["started"] += 1
+                except (TimeoutError, ConnectionError) as exc:
+                    outcomes[error_name(exc)] += 1
+
+        await asyncio.gather(*(again(r) for r in failed))
+        return dict(outcomes)
 
     try:
         await serve_commands(ch, {"setup": setup, "storm": storm})
@@ -136,7 +162,7 @@ def run(run: Run) -> list[dict[str, Any]]:
     run.start_profile(node, "storm")
     before = run.snapshot()
     try:
-        results = pool.gather("storm", run.budget(args.wait + 15))
+        results = pool.gather("storm", run.budget(args.wait + RETRY_WAIT_S * 4 + 15))
     finally:
         after = run.snapshot()
         run.stop_profile("storm")
@@ -158,6 +184,10 @@ def run(run: Run) -> list[dict[str, Any]]:
         "stuck_rooms": stuck,
         "start_reply_errors": dict(reply_errors),
         "session_start_failed_events": sum(r["start_failed_events"] for r in results),
+        # Rooms that did not start, sent start_session once more after the storm:
+        # "started" is a room that recovers, SESSION_NOT_WAITING one left wedged
+        # in CONNECTING by a start that failed half-way.
+        "retry_after_storm": merge_counts(r["retry"] for r in results),
         "usage": usage,
     }
     if run.redis is not None:
@@ -168,9 +198,11 @@ def run(run: Run) -> list[dict[str, Any]]:
         "p50 ms": lat.get("p50"), "p99 ms": lat.get("p99"), "max ms": lat.get("max"),
         "all started s": all_done_s, "stuck": stuck,
         "errors": sum(reply_errors.values()),
+        "retry ok": step["retry_after_storm"].get("started", 0) if stuck else None,
         "node cpu%": usage.get("node1_cpu_pct"),
     }
     if run.redis is not None:
         row["redis cpu%"] = usage.get("redis_cpu_pct")
     row["driver cpu%"] = usage.get("driver_cpu_pct_total")
+    row["others cpu%"] = usage.get("other_processes_cpu_pct")
     return [row]

@@ -1,0 +1,19 @@
+#!/bin/sh
+# The runs behind docs/benchmarks.md, one after another (never in parallel: the
+# machine has 2 cores and every run wants both). About 15 minutes.
+# Usage: bench/run_all.sh [extra options for every run, e.g. --server-src head]
+set -u
+cd "$(dirname "$0")/.."
+run() { echo "== python -m bench $*"; python -m bench "$@"; echo; }
+
+for mode in embedded redis; do
+  run fill --mode "$mode" --clients 2000,5000,10000,20000 --deadline 400 "$@"
+  run churn --mode "$mode" --rooms 250 --rate 200,500,1000,2000 --duration 10 "$@"
+  run list --mode "$mode" --rooms 1000,10000 --rate 500 --duration 10 "$@"
+  run storm --mode "$mode" --rooms 500 --spread 1 "$@"
+  run storm --mode "$mode" --rooms 500 --spread 0 "$@"
+done
+run cross-node --rooms 250 --rate 200,500,1000,2000 --duration 10 "$@"
+# Profiles of the churn peak that the node sustains, in both modes.
+run churn --mode embedded --rooms 250 --rate 2000 --duration 10 --profile "$@"
+run churn --mode redis --rooms 250 --rate 1000 --duration 10 --profile "$@"
