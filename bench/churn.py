@@ -74,6 +74,7 @@ async def _one(room: ChurnRoom, kind: str, rtype: str, **fields: Any) -> tuple[i
 class _Tally:
     def __init__(self) -> None:
         self.join_ns: list[int] = []
+        self.join_at_ns: list[int] = []  # when each sampled join was sent
         self.join_reply_ns: list[int] = []
         self.leave_ns: list[int] = []
         self.late = 0
@@ -98,6 +99,7 @@ async def _room_loop(room: ChurnRoom, first_ns: int, period_ns: int, warm_ns: in
             return
         if slot >= warm_ns:
             tally.join_ns.append(join)
+            tally.join_at_ns.append(slot)
             tally.join_reply_ns.append(join_reply)
             tally.leave_ns.append(leave)
         slot += period_ns
@@ -130,7 +132,7 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
         live = [r for r in rooms if not r.broken]
         n = len(live)
         if n == 0:
-            return {"join_ns": [], "join_reply_ns": [], "leave_ns": [], "late": 0,
+            return {"join_ns": [], "join_at_ns": [], "join_reply_ns": [], "leave_ns": [], "late": 0,
                     "errors": {"no_rooms_left": 1}}
         period_ns = int(n / rate * 1e9)
         start_ns = data["start_ns"]
@@ -143,7 +145,8 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
             _room_loop(room, start_ns + off, period_ns, warm_ns, end_ns, tally)
             for room, off in zip(live, offsets, strict=True)
         ))
-        return {"join_ns": tally.join_ns, "join_reply_ns": tally.join_reply_ns,
+        return {"join_ns": tally.join_ns, "join_at_ns": tally.join_at_ns,
+                "join_reply_ns": tally.join_reply_ns,
                 "leave_ns": tally.leave_ns, "late": tally.late, "errors": dict(tally.errors)}
 
     try:
@@ -151,6 +154,16 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
     finally:
         member_opener.abort_all()
         joiner_opener.abort_all()
+
+
+def _by_second(at_ns: list[int], lat_ns: list[int], start_ns: int, args: Any) -> list[float]:
+    """p99 of the joins sent in each second of the window: one bad second (a
+    stall) reads differently from a tail spread over the whole run."""
+    warm_ns = start_ns + int(args.warmup * 1e9)
+    buckets: dict[int, list[int]] = {}
+    for at, lat in zip(at_ns, lat_ns, strict=True):
+        buckets.setdefault(int((at - warm_ns) // 1_000_000_000), []).append(lat)
+    return [latency_ms(buckets[k]).get("p99", 0.0) for k in sorted(buckets)]
 
 
 def run(run: Run, cross_node: bool) -> list[dict[str, Any]]:
@@ -208,6 +221,8 @@ def run(run: Run, cross_node: bool) -> list[dict[str, Any]]:
             "late": late,
             "errors": errors,
             "join_latency_ms": latency_ms(join_ns),
+            "join_p99_ms_by_second": _by_second(
+                [a for r in results for a in r["join_at_ns"]], join_ns, start_ns, args),
             "join_reply_ms": latency_ms(x for r in results for x in r["join_reply_ns"]),
             "leave_latency_ms": latency_ms(x for r in results for x in r["leave_ns"]),
             "usage": usage,

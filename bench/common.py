@@ -195,6 +195,8 @@ class Run:
         # competes for the same cores: the results say how much there was.
         t0, busy0, irq0 = before.machine
         t1, busy1, irq1 = after.machine
+        # CLOCK_MONOTONIC bounds of the window, to line up with other logs.
+        out["window_monotonic_s"] = [round(t0, 3), round(t1, 3)]
         if t1 > t0:
             scale = 100.0 / CLK_TCK / (t1 - t0)
             machine = (busy1 - busy0) * scale

@@ -22,7 +22,7 @@ from bench.common import (
     share,
 )
 from bench.driver import Channel, quiet_gc, serve_commands
-from bench.procs import nofile_limits, redis_per_op, sample
+from bench.procs import listen_overflows, nofile_limits, redis_per_op, sample
 from bench.report import latency_ms, merge_counts
 
 ROOM_SIZE = 8
@@ -118,7 +118,9 @@ def run(run: Run) -> list[dict[str, Any]]:
             base = run.snapshot()
             if args.profile:
                 run.start_profile(node, f"fill{clients}")
+            overflows = listen_overflows()
             fills = pool.command("fill", wait_s=run.budget(150))
+            after_overflows = listen_overflows()
             t_fill = (max(f["t_end"] for f in fills) - min(f["t_start"] for f in fills)) / 1e9
             filled = run.snapshot()
             time.sleep(min(args.hold, max(0.0, run.left() - 30)))
@@ -145,6 +147,10 @@ def run(run: Run) -> list[dict[str, Any]]:
             "held": ok,
             "fill_seconds": round(t_fill, 2),
             "connect_ms": [f["connect"] for f in fills],
+            # A full accept queue drops the SYN; the client retries 1 s later.
+            "listen_overflows": (after_overflows - overflows
+                                 if overflows is not None and after_overflows is not None
+                                 else None),
             "rss_base_mib": round(b_rss / 1024, 1),
             "rss_held_mib": round(h_rss / 1024, 1),
             "rss_peak_mib": round(after.hwm_kib / 1024, 1) if after else None,
@@ -163,6 +169,7 @@ def run(run: Run) -> list[dict[str, Any]]:
             "clients/s": round(clients / t_fill) if t_fill else None,
             "rss base MiB": step["rss_base_mib"], "rss held MiB": step["rss_held_mib"],
             "KiB/client": step["rss_per_client_kib"],
+            "connect p99 ms": max((f["connect"].get("p99", 0.0) for f in fills), default=None),
             "node cpu% (fill)": usage.get("node1_cpu_pct"),
             "driver cpu% (fill)": usage.get("driver_cpu_pct_total"),
         })

@@ -102,6 +102,19 @@ def machine_ticks() -> tuple[float, int, int]:
     return time.monotonic(), user + nice + system + irq + softirq + steal, irq + softirq
 
 
+def listen_overflows() -> int | None:
+    """TcpExt ListenOverflows: connections dropped because an accept queue was full."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table["ListenOverflows"]) if "ListenOverflows" in table else None
+    return None
+
+
 def open_fds(pid: int) -> int | None:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -207,6 +220,10 @@ class Managed:
         self.name = name
         self.cmd = cmd
         self.log_path = log_dir / f"{name}.log"
+        n = 1
+        while self.log_path.exists():  # a later step's node keeps the earlier log
+            n += 1
+            self.log_path = log_dir / f"{name}-{n}.log"
         self._log = self.log_path.open("w")
         self.proc: subprocess.Popen[str] = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL,
