@@ -6,18 +6,26 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from websockets.asyncio.server import Server, serve
 
 from lobby.allocators.base import Allocator
 from lobby.allocators.static import StaticAllocator
 from lobby.bus import Bus, MemoryBus, RedisBus
+from lobby.callbacks import PREFIX as CALLBACKS_PREFIX
+from lobby.callbacks import GameServerAPI
 from lobby.config import Settings
-from lobby.handlers import Lobby
+from lobby.handlers import Lobby, now_ms
 from lobby.hub import Hub
+from lobby.persistence.dynamodb import PersistenceQueue, SessionTable
 from lobby.server import SocketServer, push_many
-from lobby.store.base import SessionStore
+from lobby.store.base import Change, LiveClient, SessionStore
 from lobby.store.memory import MemoryStore
 from lobby.store.redis import RedisStore
 
@@ -30,12 +38,27 @@ class LobbyNode:
     def __init__(self, settings: Settings, allocator: Allocator | None = None) -> None:
         self.settings = settings
         self.node_id = settings.node_id or secrets.token_hex(4)
-        self.allocator = allocator or StaticAllocator(settings.game_server)
+        self.allocator = allocator or _make_allocator(settings)
+        self.table: SessionTable | None = None
+        self.persistence: PersistenceQueue | None = None
+        if settings.dynamodb:
+            self.table = SessionTable(
+                settings.dynamodb_table, region=settings.aws_region,
+                endpoint_url=settings.dynamodb_endpoint_url or settings.aws_endpoint_url,
+            )
+            self.persistence = PersistenceQueue(self.table)
         self.store: SessionStore
         self.bus: Bus
         self._redis: aioredis.Redis | None = None
         if settings.redis_url:
-            self._redis = aioredis.from_url(settings.redis_url, decode_responses=False)
+            self._redis = aioredis.from_url(
+                settings.redis_url, decode_responses=False,
+                # A pooled connection found dead (Redis restarted) is retried on a
+                # fresh one instead of failing the player's request.
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                socket_connect_timeout=2,
+            )
             self.store = RedisStore(self._redis, settings.redis_prefix)
             self.bus = RedisBus(self._redis, settings.redis_prefix)
         else:
@@ -43,13 +66,24 @@ class LobbyNode:
             self.store = MemoryStore(memory_bus.publish)
             self.bus = memory_bus
         self.hub = Hub(self.bus, push_many)
-        self.lobby = Lobby(settings, self.store, self.hub, self.allocator)
+        self.lobby = Lobby(
+            settings, self.store, self.hub, self.allocator,
+            on_change=self._persist, recover=self.check_store,
+        )
         self.sockets = SocketServer(
             self.lobby, self.node_id,
             rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst,
         )
+        self.sockets.routes[CALLBACKS_PREFIX] = GameServerAPI(self.lobby, settings.server_key).route
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._epoch: str | None = None  # the store generation this node has synced with
+        self._epoch_lock = asyncio.Lock()
+        self.recoveries = 0
+
+    def _persist(self, change: Change) -> None:
+        if self.persistence is not None:
+            self.persistence.submit(change.record, ended_reason=change.ended)
 
     @property
     def mode(self) -> str:
@@ -63,7 +97,11 @@ class LobbyNode:
     async def start(self) -> None:
         s = self.settings
         await self.store.start()
+        if self.table is not None and self.persistence is not None:
+            await asyncio.to_thread(self.table.init_table)
+            self.persistence.start()
         await self.bus.start(self.node_id, self.hub.on_message)
+        await self.check_store()
         self._server = await serve(
             self.sockets.handle, s.host, s.port,
             process_request=self.sockets.process_request,
@@ -83,6 +121,12 @@ class LobbyNode:
             )
         else:
             log.info("redis mode: sessions in %s (prefix %r)", _redact(s.redis_url), s.redis_prefix)
+        if self.table is not None:
+            log.info("persisting sessions to DynamoDB table %s", s.dynamodb_table)
+        else:
+            log.warning("no DynamoDB persistence (--dynamodb): sessions are not durable")
+        if not s.server_key:
+            log.warning("no --server-key: game-server callbacks are refused")
         log.info("node %s listening on ws://%s:%d/ws", self.node_id, s.host, self.port)
 
     async def _sweeper(self) -> None:
@@ -90,10 +134,45 @@ class LobbyNode:
         while True:
             await asyncio.sleep(interval)
             try:
-                while await self.lobby.sweep() > 0:
-                    pass
+                await self.check_store()
             except Exception:
                 log.exception("sweep failed; retrying in %.1fs", interval)
+
+    async def check_store(self) -> bool:
+        """Sweep expiries, and rebuild the store if it came back empty.
+
+        Returns whether this call found the store in a new generation (a Redis
+        restarted empty: rebuilt from DynamoDB, this node's sockets re-registered).
+        """
+        result = await self.lobby.sweep()
+        while len(result.changes) >= 100:  # a backlog: keep taking it
+            result = await self.lobby.sweep()
+        if result.epoch is not None and result.epoch == self._epoch:
+            return False
+        async with self._epoch_lock:
+            epoch = result.epoch
+            if epoch is None:
+                records = []
+                if self.table is not None:
+                    records = await asyncio.to_thread(self.table.load_live_records)
+                epoch, restored = await self.store.restore(
+                    secrets.token_hex(8), records, self.lobby.hold_ms, now_ms())
+                if self._epoch is not None or restored:
+                    log.warning(
+                        "the store came back empty: restored %d live sessions from %s",
+                        restored, "DynamoDB" if self.table else "nowhere (no --dynamodb)")
+            if epoch == self._epoch:
+                return False
+            if self._epoch is not None:
+                clients = [
+                    LiveClient(c.player_id, c.name, c.token_hash, c.conn_id, c.session_id)
+                    for c in self.hub.clients() if c.player_id is not None
+                ]
+                rebound = await self.store.rebind(clients, now_ms())
+                self.recoveries += 1
+                log.warning("store generation changed: %d local players re-registered", rebound)
+            self._epoch = epoch
+            return True
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -102,13 +181,16 @@ class LobbyNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        # Each step is bounded: a dead Redis or AWS endpoint must not hang shutdown.
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-        await self.bus.close()
+            await _bounded("closing sockets", self._server.wait_closed(), 10)
+        await _bounded("closing pub/sub", self.bus.close(), 5)
+        if self.persistence is not None:
+            await _bounded("flushing DynamoDB writes", self.persistence.close(), 15)
         await self.lobby.close()
-        await self.allocator.close()
-        await self.store.close()
+        await _bounded("closing the allocator", self.allocator.close(), 5)
+        await _bounded("closing the store", self.store.close(), 5)
 
     async def serve_forever(self) -> None:
         await self.start()
@@ -116,6 +198,28 @@ class LobbyNode:
             await asyncio.Future()
         finally:
             await self.stop()
+
+
+async def _bounded(what: str, aw: Any, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(aw, seconds)
+    except TimeoutError:
+        log.error("shutdown: %s took over %.0fs; going on", what, seconds)
+    except Exception:
+        log.exception("shutdown: %s failed", what)
+
+
+def _make_allocator(settings: Settings) -> Allocator:
+    if settings.fleetiq_group:
+        from lobby.allocators.fleetiq import FleetIQAllocator
+
+        log.info("allocating game servers from FleetIQ group %s", settings.fleetiq_group)
+        return FleetIQAllocator(
+            settings.fleetiq_group, region=settings.aws_region,
+            endpoint_url=settings.aws_endpoint_url,
+        )
+    log.info("static allocator: every session gets %s", settings.game_server)
+    return StaticAllocator(settings.game_server)
 
 
 def _redact(url: str | None) -> str:

@@ -9,16 +9,19 @@ adding nodes adds capacity. One pub/sub connection per node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 log = logging.getLogger("lobby.bus")
 
 Handler = Callable[[bytes | str], None]
+SUBSCRIBE_TIMEOUT = 5.0
 
 
 class Bus(Protocol):
@@ -62,69 +65,113 @@ class MemoryBus:
 
 
 class RedisBus:
+    """One pub/sub connection per node, rebuilt whole when it breaks.
+
+    redis-py's PubSub cannot reconnect while another coroutine reads from it, so
+    the listener task owns the connection: when it breaks, the listener opens a
+    new one and subscribes to every wanted channel in one command before
+    declaring itself ready; (un)subscribes asked meanwhile only edit that set.
+    """
+
     def __init__(self, client: aioredis.Redis, prefix: str = "lobby:") -> None:
         self._client = client
         self._prefix = prefix
-        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
+        self._pubsub: PubSub | None = None
         self._handler: Handler | None = None
         self._task: asyncio.Task[None] | None = None
+        self._node_channel = ""
+        self._wanted: set[str] = set()
+        self._ready = asyncio.Event()
         # Confirmations arrive in command order, so each channel's waiters are FIFO.
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = defaultdict(deque)
-        self._session_prefix = f"{prefix}ev:".encode()
 
     def _channel(self, session_id: str) -> str:
         return f"{self._prefix}ev:{session_id}"
 
     async def start(self, node_id: str, handler: Handler) -> None:
         self._handler = handler
-        await self._subscribe_channel(f"{self._prefix}node:{node_id}", wait=False)
+        self._node_channel = f"{self._prefix}node:{node_id}"
+        await self._connect()
         self._task = asyncio.create_task(self._listen(), name="lobby-bus")
 
-    async def _subscribe_channel(self, channel: str, wait: bool = True) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[channel.encode()].append(fut)
-        await self._pubsub.subscribe(channel)
-        if wait:
-            await fut
+    async def _connect(self) -> None:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self._node_channel, *self._wanted)
+        self._pubsub = pubsub
+        self._ready.set()
 
     async def subscribe(self, session_id: str) -> None:
-        await self._subscribe_channel(self._channel(session_id))
+        channel = self._channel(session_id)
+        self._wanted.add(channel)
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+            # Bounded: with Redis gone, the request fails instead of hanging.
+            await self._ready.wait()
+            pubsub = self._pubsub
+            assert pubsub is not None
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters[channel.encode()].append(fut)
+            await pubsub.subscribe(channel)
+            await fut
 
     async def unsubscribe(self, session_id: str) -> None:
-        await self._pubsub.unsubscribe(self._channel(session_id))
+        channel = self._channel(session_id)
+        self._wanted.discard(channel)
+        if self._ready.is_set() and self._pubsub is not None:
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except Exception as exc:  # the listener is about to rebuild the connection
+                log.debug("unsubscribe %s failed: %s", channel, exc)
+
+    def _confirm(self, channel: bytes) -> None:
+        waiters = self._waiters.get(channel)
+        if waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+            if not waiters:
+                del self._waiters[channel]
 
     async def _listen(self) -> None:
         while True:
             try:
-                async for msg in self._pubsub.listen():
-                    kind = msg["type"]
-                    if kind == b"message" or kind == "message":
-                        if self._handler is not None:
-                            self._handler(msg["data"])
-                    elif kind in (b"subscribe", "subscribe"):
-                        waiters = self._waiters.get(msg["channel"])
-                        if waiters:
-                            fut = waiters.popleft()
+                if self._pubsub is None:
+                    await self._connect()
+                    log.warning("pub/sub connection restored (%d channels)", len(self._wanted))
+                    # A subscribe caught by the break is covered by the full resubscribe.
+                    for waiters in self._waiters.values():
+                        for fut in waiters:
                             if not fut.done():
                                 fut.set_result(None)
-                            if not waiters:
-                                del self._waiters[msg["channel"]]
+                    self._waiters.clear()
+                assert self._pubsub is not None
+                while True:
+                    msg = await self._pubsub.parse_response(block=True)
+                    if msg is None:
+                        continue
+                    kind = msg[0]
+                    if kind == b"message":
+                        if self._handler is not None:
+                            self._handler(msg[2])
+                    elif kind == b"subscribe":
+                        self._confirm(msg[1])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # redis-py reconnects and re-subscribes on the next read; events
-                # published while the link was down are lost, which resume covers.
+                # Events published while the link is down are lost; clients
+                # recover them through resume (a fresh snapshot).
                 log.warning("pub/sub connection lost (%s); reconnecting", exc)
+                self._ready.clear()
+                broken, self._pubsub = self._pubsub, None
+                if broken is not None:
+                    with contextlib.suppress(Exception):
+                        await broken.aclose()
                 await asyncio.sleep(0.2)
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-        try:
-            await self._pubsub.aclose()
-        except Exception:
-            pass
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pubsub.aclose(), 2)

@@ -34,6 +34,10 @@ def _add(parser: argparse.ArgumentParser, flag: str, type_: Callable[[str], Any]
     )
 
 
+def _flag(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
 def _optional_float(raw: str) -> float | None:
     return None if raw.lower() in ("", "none", "0", "off") else float(raw)
 
@@ -68,8 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
          "how often this node expires seat holds and timeouts")
     _add(serve, "--ping-interval-seconds", _optional_float, d.ping_interval_seconds,
          "WebSocket keepalive ping interval and timeout; 0 disables")
+    _add(serve, "--waiting-idle-seconds", float, d.waiting_idle_seconds,
+         "close a WAITING session after this long without activity (reason idle)")
+    _add(serve, "--connecting-timeout-seconds", float, d.connecting_timeout_seconds,
+         "close a CONNECTING session whose game server never reports in (server_timeout)")
+    _add(serve, "--in-progress-max-seconds", float, d.in_progress_max_seconds,
+         "safety limit of an IN_PROGRESS session without the complete callback (expired)")
+    _add(serve, "--server-key", str, d.server_key,
+         "shared secret of the game-server HTTP callbacks; unset = callbacks refused")
+    _add(serve, "--fleetiq-group", str, d.fleetiq_group,
+         "GameLift FleetIQ game server group to claim servers from; unset = static allocator")
+    _add(serve, "--aws-region", str, d.aws_region, "AWS region (else AWS_REGION, us-east-1)")
+    _add(serve, "--aws-endpoint-url", str, d.aws_endpoint_url,
+         "GameLift endpoint override, e.g. http://127.0.0.1:9090 for lobby fleetiq-local")
+    serve.add_argument(
+        "--dynamodb", action="store_true", default=_flag(os.environ.get("LOBBY_DYNAMODB", "")),
+        help="persist sessions to DynamoDB (env LOBBY_DYNAMODB=1; default off)",
+    )
+    _add(serve, "--dynamodb-table", str, d.dynamodb_table, "DynamoDB table of sessions")
+    _add(serve, "--dynamodb-endpoint-url", str, d.dynamodb_endpoint_url,
+         "DynamoDB endpoint override (a local DynamoDB-compatible server)")
     _add(serve, "--node-id", str, d.node_id, "this node's id (random when unset)")
     _add(serve, "--log-level", str, d.log_level, "DEBUG, INFO, WARNING, ERROR")
+
+    init = sub.add_parser("init-table", help="create the DynamoDB sessions table (idempotent)")
+    _add(init, "--dynamodb-table", str, d.dynamodb_table, "table name")
+    _add(init, "--aws-region", str, d.aws_region, "AWS region")
+    _add(init, "--dynamodb-endpoint-url", str, d.dynamodb_endpoint_url, "endpoint override")
+
+    sub.add_parser("fleetiq-local", help="run a local GameLift FleetIQ endpoint (--help for more)")
     return parser
 
 
@@ -100,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(LobbyNode(settings).serve_forever())
         except KeyboardInterrupt:
             pass
+        return 0
+    if args.command == "init-table":
+        logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+        from lobby.persistence.dynamodb import SessionTable
+
+        table = SessionTable(
+            args.dynamodb_table, region=args.aws_region, endpoint_url=args.dynamodb_endpoint_url
+        )
+        print(table.init_table())
         return 0
     return 2
 

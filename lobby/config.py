@@ -20,5 +20,17 @@ class Settings:
     rate_limit_burst: int = 40
     sweep_interval_seconds: float = 1.0
     ping_interval_seconds: float | None = 20.0
+    waiting_idle_seconds: float = 600.0
+    connecting_timeout_seconds: float = 120.0
+    in_progress_max_seconds: float = 6 * 3600.0  # safety net if "complete" never comes
+    server_key: str | None = None  # shared secret of the game-server callbacks
+    # GameLift FleetIQ (unset: the static allocator)
+    fleetiq_group: str | None = None
+    aws_region: str | None = None
+    aws_endpoint_url: str | None = None  # FleetIQ endpoint override (lobby fleetiq-local)
+    # DynamoDB persistence (off unless dynamodb is set)
+    dynamodb: bool = False
+    dynamodb_table: str = "lobby_sessions"
+    dynamodb_endpoint_url: str | None = None  # defaults to aws_endpoint_url
     node_id: str | None = None  # random when unset
     log_level: str = "INFO"

@@ -23,7 +23,7 @@ from lobby.errors import ErrorCode, LobbyError
 from lobby.hub import Client, Hub
 from lobby.passwords import hash_password, verify_password
 from lobby.session import SessionRecord, public_session
-from lobby.store.base import Change, PasswordRequired, SessionStore
+from lobby.store.base import Change, PasswordRequired, SessionStore, SweepResult, Timeouts
 
 log = logging.getLogger("lobby")
 
@@ -31,6 +31,7 @@ log = logging.getLogger("lobby")
 # client becomes a member whose queued events are released after the reply.
 Result = tuple[dict[str, Any], tuple[str, int] | None]
 OnChange = Callable[[Change], None]
+Recover = Callable[[], Awaitable[bool]]
 
 PASSWORD_FAILURES_ALLOWED = 5  # per connection per minute: scrypt is costly
 
@@ -47,14 +48,22 @@ def token_hash(token: str) -> str:
 class Lobby:
     def __init__(
         self, settings: Settings, store: SessionStore, hub: Hub, allocator: Allocator,
-        on_change: OnChange | None = None,
+        on_change: OnChange | None = None, recover: Recover | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.hub = hub
         self.allocator = allocator
+        # Every change goes here (DynamoDB persistence when configured).
         self._on_change = on_change or (lambda change: None)
-        self._hold_ms = int(settings.seat_hold_seconds * 1000)
+        # Asked when a resume token is unknown: was the store emptied and rebuilt?
+        self._recover = recover
+        self.hold_ms = int(settings.seat_hold_seconds * 1000)
+        self.timeouts = Timeouts(
+            idle_ms=int(settings.waiting_idle_seconds * 1000),
+            connecting_ms=int(settings.connecting_timeout_seconds * 1000),
+            in_progress_ms=int(settings.in_progress_max_seconds * 1000),
+        )
         # scrypt gets its own small pool so password guessing cannot starve the rest.
         self._pw_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lobby-scrypt")
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Result]]] = {
@@ -68,9 +77,8 @@ class Lobby:
             "ping": self.ping,
         }
 
-    def changed(self, record: SessionRecord | None, session_id: str, reason: str | None = None
-                ) -> None:
-        self._on_change(Change(session_id, record, reason))
+    def changed(self, record: SessionRecord) -> None:
+        self._on_change(Change(record["id"], record))
 
     # dispatch ----------------------------------------------------------------
     async def handle(self, client: Client, req: Any) -> None:
@@ -95,13 +103,24 @@ class Lobby:
         if client.player_id is None:
             return
         await self.hub.detach(client.session_id, client)
-        await self.store.disconnect(client.player_id, client.conn_id, now_ms(), self._hold_ms)
+        await self.store.disconnect(client.player_id, client.conn_id, now_ms(), self.hold_ms)
 
-    async def sweep(self) -> int:
-        changes = await self.store.sweep(now_ms())
-        for change in changes:
+    async def sweep(self) -> SweepResult:
+        result = await self.store.sweep(now_ms(), self.timeouts)
+        for change in result.changes:
             self._on_change(change)
-        return len(changes)
+        return result
+
+    # game-server callbacks ---------------------------------------------------
+    async def mark_in_progress(self, session_id: str) -> SessionRecord:
+        rec = await self.store.mark_in_progress(session_id, now_ms())
+        self.changed(rec)
+        return rec
+
+    async def complete(self, session_id: str, reason: str = "completed") -> SessionRecord:
+        change = await self.store.complete(session_id, reason, now_ms())
+        self._on_change(change)
+        return change.record
 
     # requests ----------------------------------------------------------------
     async def hello(self, client: Client, req: p.Hello) -> Result:
@@ -109,6 +128,8 @@ class Lobby:
             raise LobbyError(ErrorCode.BAD_REQUEST, "hello was already sent on this connection")
         if req.resume_token:
             resumed = await self._resume(client, req.resume_token)
+            if resumed is None and self._recover is not None and await self._recover():
+                resumed = await self._resume(client, req.resume_token)
             if resumed is not None:
                 return resumed
         player_id = "p_" + secrets.token_urlsafe(8)
@@ -118,6 +139,8 @@ class Lobby:
             player_id, name, token_hash(resume_token), client.conn_id, now_ms()
         )
         client.player_id = player_id
+        client.name = name
+        client.token_hash = token_hash(resume_token)
         return {"player_id": player_id, "name": name, "resume_token": resume_token,
                 "resumed": False, "session": None}, None
 
@@ -129,6 +152,8 @@ class Lobby:
         if res is None:
             return None
         client.player_id = player_id
+        client.name = res.player.name
+        client.token_hash = token_hash(resume_token)
         reply = {"player_id": player_id, "name": res.player.name, "resume_token": resume_token,
                  "resumed": True, "session": None}
         sid = res.player.session_id
@@ -164,7 +189,7 @@ class Lobby:
         except BaseException:
             await self.hub.detach(session_id, client)
             raise
-        self.changed(rec, session_id)
+        self.changed(rec)
         return {"session": public_session(rec)}, (session_id, rec["v"])
 
     async def list_sessions(self, client: Client, req: p.ListSessions) -> Result:
@@ -188,7 +213,7 @@ class Lobby:
         except BaseException:
             await self.hub.detach(sid, client)
             raise
-        self.changed(rec, sid)
+        self.changed(rec)
         return {"session": public_session(rec)}, (sid, rec["v"])
 
     async def _check_password(
@@ -211,23 +236,22 @@ class Lobby:
     async def leave_session(self, client: Client, req: p.LeaveSession) -> Result:
         assert client.player_id is not None
         sid = client.session_id
-        rec = await self.store.leave_session(client.player_id, now_ms())
+        change = await self.store.leave_session(client.player_id, now_ms())
         await self.hub.detach(sid, client)
-        if sid is not None:
-            self.changed(rec, sid, None if rec else "abandoned")
+        self._on_change(change)
         return {}, None
 
     async def kick_player(self, client: Client, req: p.KickPlayer) -> Result:
         assert client.player_id is not None
         rec = await self.store.kick(client.player_id, req.player_id, now_ms())
-        self.changed(rec, rec["id"])
+        self.changed(rec)
         return {}, None
 
     async def start_session(self, client: Client, req: p.StartSession) -> Result:
         assert client.player_id is not None
         rec = await self.store.begin_start(client.player_id, now_ms())
         sid = rec["id"]
-        self.changed(rec, sid)
+        self.changed(rec)
         try:
             alloc = await self.allocator.allocate(sid, [m["id"] for m in rec["members"]])
         except Exception as exc:
@@ -236,14 +260,14 @@ class Lobby:
                 log.exception("allocator failed for session %s", sid)
             message = "no game server is available, try again"
             back = await self.store.fail_start(
-                sid, ErrorCode.NO_SERVER_AVAILABLE, message, now_ms(), self._hold_ms)
+                sid, ErrorCode.NO_SERVER_AVAILABLE, message, now_ms(), self.hold_ms)
             if back is not None:
-                self.changed(back, sid)
+                self.changed(back)
             raise LobbyError(ErrorCode.NO_SERVER_AVAILABLE, message) from None
         started = await self.store.finish_start(sid, alloc.server_id, alloc.endpoint, now_ms())
         if started is None:
             raise LobbyError(ErrorCode.SESSION_NOT_FOUND, "the session ended while starting")
-        self.changed(started, sid)
+        self.changed(started)
         return {"session": public_session(started)}, None
 
     async def ping(self, client: Client, req: p.Ping) -> Result:

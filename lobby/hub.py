@@ -35,6 +35,8 @@ class Client(Protocol):
     conn_id: str
     player_id: str | None
     session_id: str | None
+    name: str  # set by hello, with token_hash: what a store rebuild needs
+    token_hash: str
 
     def push(self, text: str) -> None:
         """Queue a text frame without waiting (no backpressure)."""
@@ -68,6 +70,9 @@ class Hub:
 
     def remove_client(self, client: Client) -> None:
         self._clients.pop(client.conn_id, None)
+
+    def clients(self) -> list[Client]:
+        return list(self._clients.values())
 
     @property
     def client_count(self) -> int:
@@ -209,6 +214,7 @@ def _public_event(ev: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         out["error"] = ev["error"]
     elif kind == "session_closed":
         out["reason"] = ev["reason"]
+        return out, None  # the session is gone: no snapshot to mirror
     if ev.get("s") is not None:
         out["session"] = public_session(ev["s"])
     return out, exclude

@@ -90,8 +90,9 @@ REQUEST_TYPES: tuple[str, ...] = (
 )
 EVENT_TYPES: tuple[str, ...] = (
     "player_joined", "player_left", "host_changed", "session_started",
-    "session_start_failed", "session_closed", "kicked",
+    "session_start_failed", "session_closed", "kicked", "session_in_progress",
 )
+CLOSE_REASONS: tuple[str, ...] = ("completed", "idle", "server_timeout", "expired")
 LEAVE_REASONS: tuple[str, ...] = ("left", "kicked", "timeout")
 
 

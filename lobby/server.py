@@ -34,14 +34,16 @@ HttpRoute = Callable[[ServerConnection, Request], Awaitable[Response] | Response
 class WsClient:
     """A player socket as the domain sees it (satisfies `hub.Client`)."""
 
-    __slots__ = ("_last", "_tokens", "conn_id", "password_failures", "player_id", "session_id",
-                 "ws")
+    __slots__ = ("_last", "_tokens", "conn_id", "name", "password_failures", "player_id",
+                 "session_id", "token_hash", "ws")
 
     def __init__(self, ws: ServerConnection, conn_id: str, burst: int) -> None:
         self.ws = ws
         self.conn_id = conn_id
         self.player_id: str | None = None
         self.session_id: str | None = None
+        self.name = ""
+        self.token_hash = ""
         self.password_failures: list[float] = []
         self._tokens = float(burst)
         self._last = time.monotonic()

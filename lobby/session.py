@@ -7,7 +7,7 @@ the password salt and hash; only `public_session()` leaves the server.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 SessionState = Literal["WAITING", "CONNECTING", "IN_PROGRESS"]
 LIVE_STATES: tuple[str, ...] = ("WAITING", "CONNECTING", "IN_PROGRESS")
@@ -17,6 +17,9 @@ class Member(TypedDict):
     id: str  # player id
     name: str
     joined: int  # ms since the epoch; members are kept in join order
+    # sha256 of the member's resume token: lets a Redis rebuilt from DynamoDB
+    # accept the resume of players who were in the session.
+    tokh: NotRequired[str]
 
 
 class PasswordHash(TypedDict):
@@ -36,6 +39,7 @@ class SessionRecord(TypedDict):
     endpoint: str | None
     seq: int  # creation sequence number: orders the open-sessions index, newest first
     v: int  # version, +1 on every change; orders events and DynamoDB writes
+    started: NotRequired[int | None]  # ms since the epoch of WAITING -> CONNECTING
     created: int  # ms since the epoch
     updated: int  # ms since the epoch, last change
     active: int  # ms since the epoch, last player activity (idle timeout)

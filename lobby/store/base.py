@@ -39,11 +39,37 @@ class PasswordRequired(Exception):
 
 @dataclass(slots=True)
 class Change:
-    """A change a sweep made, for persistence: the new record, or None if deleted."""
+    """A change to persist: the session's record after it, and why it ended if it did."""
 
     session_id: str
-    record: SessionRecord | None
-    reason: str | None = None  # why it ended, when record is None
+    record: SessionRecord
+    ended: str | None = None  # "abandoned", "completed", "idle", "server_timeout", "expired"
+
+
+@dataclass(slots=True)
+class Timeouts:
+    """How long a session may stay in each state without the change that moves it on."""
+
+    idle_ms: int  # WAITING without activity (join, leave, start failure)
+    connecting_ms: int  # CONNECTING without the game server reporting in
+    in_progress_ms: int  # IN_PROGRESS without the complete callback (safety net)
+
+
+@dataclass(slots=True)
+class SweepResult:
+    epoch: str | None  # the store's generation; None means Redis came back empty
+    changes: list[Change]
+
+
+@dataclass(slots=True)
+class LiveClient:
+    """A socket this node still holds, to re-register after a store rebuild."""
+
+    player_id: str
+    name: str
+    token_hash: str
+    conn: str
+    session_id: str | None
 
 
 class SessionStore(Protocol):
@@ -82,8 +108,8 @@ class SessionStore(Protocol):
         caller has not verified (verified_pw must equal the stored hash)."""
         ...
 
-    async def leave_session(self, player_id: str, now: int) -> SessionRecord | None:
-        """Returns the session after the leave, None if it was deleted."""
+    async def leave_session(self, player_id: str, now: int) -> Change:
+        """The session after the leave; `ended` is "abandoned" if it was the last member."""
         ...
 
     async def kick(self, host_id: str, target_id: str, now: int) -> SessionRecord: ...
@@ -104,15 +130,34 @@ class SessionStore(Protocol):
         """CONNECTING -> WAITING; publishes session_start_failed."""
         ...
 
+    async def mark_in_progress(self, session_id: str, now: int) -> SessionRecord:
+        """CONNECTING -> IN_PROGRESS (the game server reports in); idempotent."""
+        ...
+
+    async def complete(self, session_id: str, reason: str, now: int) -> Change:
+        """End the session in any state; members get session_closed with `reason`."""
+        ...
+
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
 
     async def list_sessions(
         self, limit: int, cursor: str | None
     ) -> tuple[list[SessionRecord], str | None]: ...
 
-    async def sweep(self, now: int, limit: int = 100) -> list[Change]:
-        """Remove players whose seat hold ran out. Safe to run on every node at once:
-        each expired hold is taken by exactly one caller."""
+    async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100) -> SweepResult:
+        """Remove players whose seat hold ran out and close sessions past their
+        state's timeout. Safe on every node at once: each expiry is taken once."""
+        ...
+
+    async def restore(
+        self, epoch: str, records: list[SessionRecord], hold_ms: int, now: int
+    ) -> tuple[str, int]:
+        """Rebuild an emptied store from persisted records, unless another node
+        already did: returns the store's epoch and how many sessions were restored."""
+        ...
+
+    async def rebind(self, clients: list[LiveClient], now: int) -> int:
+        """Give players still connected to this node their sockets back."""
         ...
 
     async def stats(self) -> dict[str, Any]: ...

@@ -16,7 +16,15 @@ from typing import Any
 
 from lobby.errors import ErrorCode, LobbyError
 from lobby.session import PasswordHash, SessionRecord
-from lobby.store.base import Change, PasswordRequired, PlayerInfo, ResumeResult
+from lobby.store.base import (
+    Change,
+    LiveClient,
+    PasswordRequired,
+    PlayerInfo,
+    ResumeResult,
+    SweepResult,
+    Timeouts,
+)
 from lobby.store.redis import raise_script_error
 
 Publish = Callable[[str, str], None]  # (channel, message): channel is a session id or "node:ID"
@@ -34,6 +42,7 @@ class MemoryStore:
         self._player_expiry: dict[str, int] = {}  # session-less disconnected players
         self._holds: dict[str, int] = {}  # player id -> deadline ms
         self._open: list[tuple[int, str]] = []  # (seq, session id), ascending
+        self._deadlines: dict[str, int] = {}  # session id -> time of last state change
         self._seq = 0
 
     async def start(self) -> None:
@@ -79,22 +88,29 @@ class MemoryStore:
         s["v"] += 1
         s["updated"] = now
 
+    def _delete(self, s: dict[str, Any]) -> None:
+        self._sessions.pop(s["id"], None)
+        self._deadlines.pop(s["id"], None)
+        entry = (s["seq"], s["id"])
+        i = bisect.bisect_left(self._open, entry)
+        if i < len(self._open) and self._open[i] == entry:
+            del self._open[i]
+
     def _remove_member(
         self, s: dict[str, Any], pid: str, reason: str, now: int
-    ) -> dict[str, Any] | None:
+    ) -> tuple[dict[str, Any], bool]:
         ids = [m["id"] for m in s["members"]]
         if pid not in ids:
-            return s
+            return s, False
         del s["members"][ids.index(pid)]
         self._holds.pop(pid, None)
         if not s["members"]:
-            del self._sessions[s["id"]]
-            s["max"] = 0  # takes it out of the open index
-            self._index_open(s)
+            self._touch(s, now)
+            self._delete(s)
             self._publish(s["id"], _dump(
-                {"e": "session_deleted", "sid": s["id"], "v": s["v"] + 1, "reason": reason}
+                {"e": "session_deleted", "sid": s["id"], "v": s["v"], "reason": reason}
             ))
-            return None
+            return s, True
         self._touch(s, now)
         s["active"] = now
         host_changed = s["host"] == pid
@@ -105,6 +121,20 @@ class MemoryStore:
         self._event(s, {"e": "player_left", "player_id": pid, "reason": reason})
         if host_changed:
             self._event(s, {"e": "host_changed", "host_id": s["host"]})
+        return s, False
+
+    def _close(self, s: dict[str, Any], reason: str, now: int) -> dict[str, Any]:
+        for m in s["members"]:
+            self._holds.pop(m["id"], None)
+            p = self._players.get(m["id"])
+            if p is not None and p.get("sid") == s["id"]:
+                if p["conn"] == "":
+                    self._drop_player(m["id"])
+                else:
+                    p.pop("sid", None)
+        self._touch(s, now)
+        self._delete(s)
+        self._event(s, {"e": "session_closed", "reason": reason})
         return s
 
     def _copy(self, s: dict[str, Any] | None) -> SessionRecord | None:
@@ -143,7 +173,7 @@ class MemoryStore:
         self._player_expiry.pop(player_id, None)
         if old and old != conn and "." in old:
             self._publish(
-                "node:" + old.split(".", 1)[0],
+                "node:" + old.rsplit(".", 1)[0],
                 _dump({"e": "replaced", "player_id": player_id, "conn": old}),
             )
         session = self._copy(self._load(p.get("sid")))
@@ -178,10 +208,13 @@ class MemoryStore:
             "host": player_id, "state": "WAITING",
             "max": max_players, "members": [{"id": player_id, "name": p["name"], "joined": now}],
             "pw": dict(pw) if pw else None, "server_id": None, "endpoint": None,
-            "seq": self._seq, "v": 1, "created": now, "updated": now, "active": now,
+            "seq": self._seq, "v": 1, "started": None,
+            "created": now, "updated": now, "active": now,
         }
+        s["members"][0]["tokh"] = p["tokh"]
         self._save(s)
         self._index_open(s)
+        self._deadlines[session_id] = now
         p["sid"] = session_id
         return self._copy(s)  # type: ignore[return-value]
 
@@ -205,7 +238,9 @@ class MemoryStore:
             or verified_pw["salt"] != s["pw"]["salt"]
         ):
             raise PasswordRequired(s["pw"])
-        s["members"].append({"id": player_id, "name": p["name"], "joined": now})
+        s["members"].append(
+            {"id": player_id, "name": p["name"], "joined": now, "tokh": p["tokh"]}
+        )
         self._touch(s, now)
         s["active"] = now
         self._index_open(s)
@@ -214,7 +249,7 @@ class MemoryStore:
         self._event(s, {"e": "player_joined", "player_id": player_id, "name": p["name"]})
         return self._copy(s)  # type: ignore[return-value]
 
-    async def leave_session(self, player_id: str, now: int) -> SessionRecord | None:
+    async def leave_session(self, player_id: str, now: int) -> Change:
         p = self._require(player_id, now)
         if not p.get("sid"):
             raise_script_error("NOT_IN_SESSION")
@@ -222,7 +257,8 @@ class MemoryStore:
         if s is None:
             raise_script_error("NOT_IN_SESSION")
         assert s is not None
-        return self._copy(self._remove_member(s, player_id, "left", now))
+        after, ended = self._remove_member(s, player_id, "left", now)
+        return Change(s["id"], self._copy(after), "abandoned" if ended else None)  # type: ignore[arg-type]
 
     async def kick(self, host_id: str, target_id: str, now: int) -> SessionRecord:
         _, s = self._own_session(host_id, now)
@@ -234,7 +270,7 @@ class MemoryStore:
             raise_script_error("BAD_REQUEST")
         if target_id not in [m["id"] for m in s["members"]]:
             raise_script_error("PLAYER_NOT_IN_SESSION", target_id)
-        after = self._remove_member(s, target_id, "kicked", now)
+        after, _ = self._remove_member(s, target_id, "kicked", now)  # the host stays
         tp = self._player(target_id, now)
         if tp is not None:
             if tp["conn"] == "":
@@ -252,6 +288,8 @@ class MemoryStore:
         s["state"] = "CONNECTING"
         self._touch(s, now)
         s["active"] = now
+        s["started"] = now
+        self._deadlines[s["id"]] = now
         self._index_open(s)
         for m in s["members"]:
             self._holds.pop(m["id"], None)
@@ -282,6 +320,8 @@ class MemoryStore:
         s["state"] = "WAITING"
         self._touch(s, now)
         s["active"] = now
+        s["started"] = None
+        self._deadlines[s["id"]] = now
         self._index_open(s)
         self._save(s)
         for m in s["members"]:
@@ -290,6 +330,30 @@ class MemoryStore:
                 self._holds[m["id"]] = now + hold_ms
         self._event(s, {"e": "session_start_failed", "error": {"code": code, "message": message}})
         return self._copy(s)
+
+    async def mark_in_progress(self, session_id: str, now: int) -> SessionRecord:
+        s = self._load(session_id)
+        if s is None:
+            raise_script_error("SESSION_NOT_FOUND")
+        assert s is not None
+        if s["state"] == "IN_PROGRESS":
+            return self._copy(s)  # type: ignore[return-value]
+        if s["state"] != "CONNECTING":
+            raise_script_error("SESSION_NOT_CONNECTING")
+        s["state"] = "IN_PROGRESS"
+        self._touch(s, now)
+        s["active"] = now
+        self._deadlines[session_id] = now
+        self._save(s)
+        self._event(s, {"e": "session_in_progress"})
+        return self._copy(s)  # type: ignore[return-value]
+
+    async def complete(self, session_id: str, reason: str, now: int) -> Change:
+        s = self._load(session_id)
+        if s is None:
+            raise_script_error("SESSION_NOT_FOUND")
+        assert s is not None
+        return Change(session_id, self._copy(self._close(s, reason, now)), reason)  # type: ignore[arg-type]
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         return self._copy(self._load(session_id))
@@ -306,7 +370,7 @@ class MemoryStore:
         nxt = str(page[-1][0]) if len(hits) > limit else None
         return records, nxt
 
-    async def sweep(self, now: int, limit: int = 100) -> list[Change]:
+    async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100) -> SweepResult:
         due = sorted((d, pid) for pid, d in self._holds.items() if d <= now)[:limit]
         changes: list[Change] = []
         for _, pid in due:
@@ -317,12 +381,43 @@ class MemoryStore:
             s = self._load(p["sid"])
             if s is None or s["state"] != "WAITING":
                 continue
-            after = self._remove_member(s, pid, "timeout", now)
+            after, ended = self._remove_member(s, pid, "timeout", now)
             self._drop_player(pid)
-            changes.append(Change(s["id"], self._copy(after), None if after else "abandoned"))
+            changes.append(Change(s["id"], self._copy(after), "abandoned" if ended else None))  # type: ignore[arg-type]
         for pid in [pid for pid, t in self._player_expiry.items() if t <= now]:
             self._drop_player(pid)
-        return changes
+        windows = {
+            "WAITING": (timeouts.idle_ms, "idle"),
+            "CONNECTING": (timeouts.connecting_ms, "server_timeout"),
+            "IN_PROGRESS": (timeouts.in_progress_ms, "expired"),
+        }
+        shortest = min(w for w, _ in windows.values())
+        stale = sorted((t, sid) for sid, t in self._deadlines.items() if t <= now - shortest)
+        for _, sid in stale[:limit]:
+            s = self._load(sid)
+            if s is None:
+                self._deadlines.pop(sid, None)
+                continue
+            window, reason = windows[s["state"]]
+            since = s["active"]
+            if s["state"] == "CONNECTING" and s.get("started"):
+                since = s["started"]
+            if since + window <= now:
+                changes.append(Change(sid, self._copy(self._close(s, reason, now)), reason))  # type: ignore[arg-type]
+            else:
+                self._deadlines[sid] = since + window - shortest
+        return SweepResult(self.epoch, changes)
+
+    # A process's memory is never emptied under it: there is nothing to rebuild.
+    epoch = "memory"
+
+    async def restore(
+        self, epoch: str, records: list[SessionRecord], hold_ms: int, now: int
+    ) -> tuple[str, int]:
+        return self.epoch, 0
+
+    async def rebind(self, clients: list[LiveClient], now: int) -> int:
+        return 0
 
     async def stats(self) -> dict[str, Any]:
         return {"open_sessions": len(self._open), "held_seats": len(self._holds)}

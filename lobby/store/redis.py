@@ -17,11 +17,20 @@ import redis.asyncio as aioredis
 
 from lobby.errors import ErrorCode, LobbyError
 from lobby.session import PasswordHash, SessionRecord
-from lobby.store.base import Change, PasswordRequired, PlayerInfo, ResumeResult
+from lobby.store.base import (
+    Change,
+    LiveClient,
+    PasswordRequired,
+    PlayerInfo,
+    ResumeResult,
+    SweepResult,
+    Timeouts,
+)
 
 _SCRIPTS = (
     "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
-    "finish_start", "fail_start", "sweep", "list",
+    "finish_start", "fail_start", "in_progress", "complete", "sweep", "list",
+    "restore", "rebind",
 )
 
 
@@ -36,7 +45,24 @@ def raise_script_error(code: str, target: str | None = None) -> None:
         raise LobbyError(ErrorCode.BAD_REQUEST, "the host cannot kick themselves")
     if code == "INTERNAL":
         raise LobbyError(ErrorCode.INTERNAL, "session id collision, try again")
+    if code == "SESSION_NOT_CONNECTING":
+        raise StateConflict("the session is not CONNECTING")
     raise LobbyError(code)
+
+
+class StateConflict(LobbyError):
+    """A game-server callback that does not fit the session's state (HTTP 409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.BAD_REQUEST, message)
+
+
+def ended_record(raw: bytes) -> SessionRecord:
+    rec = json.loads(raw)
+    # cjson encodes an empty Lua table as {}: the last member has left.
+    if not rec["members"]:
+        rec["members"] = []
+    return rec
 
 
 class RedisStore:
@@ -113,8 +139,24 @@ class RedisStore:
             raise_script_error(res[1].decode())
         return json.loads(res[1])
 
-    async def leave_session(self, player_id: str, now: int) -> SessionRecord | None:
-        return await self._run_session("leave", player_id, now=now)
+    async def _run_change(self, name: str, *args: Any, now: int, reason: str) -> Change:
+        res = await self._run(name, *args, now=now)
+        if res[0] == b"ERR":
+            raise_script_error(res[1].decode())
+        ended = res[0] == b"DEL"
+        rec = ended_record(res[1])
+        return Change(rec["id"], rec, reason if ended else None)
+
+    async def leave_session(self, player_id: str, now: int) -> Change:
+        return await self._run_change("leave", player_id, now=now, reason="abandoned")
+
+    async def mark_in_progress(self, session_id: str, now: int) -> SessionRecord:
+        rec = await self._run_session("in_progress", session_id, now=now)
+        assert rec is not None
+        return rec
+
+    async def complete(self, session_id: str, reason: str, now: int) -> Change:
+        return await self._run_change("complete", session_id, reason, now=now, reason=reason)
 
     async def kick(self, host_id: str, target_id: str, now: int) -> SessionRecord:
         rec = await self._run_session("kick", host_id, target_id, now=now)
@@ -148,13 +190,36 @@ class RedisStore:
         nxt, raws = await self._run("list", cursor or "", limit, now=0)
         return [json.loads(r) for r in raws], (nxt.decode() or None)
 
-    async def sweep(self, now: int, limit: int = 100) -> list[Change]:
-        flat = await self._run("sweep", limit, now=now)
-        return [
-            Change(flat[i].decode(), json.loads(flat[i + 1]) if flat[i + 1] else None,
-                   None if flat[i + 1] else "abandoned")
-            for i in range(0, len(flat), 2)
-        ]
+    async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100) -> SweepResult:
+        flat = await self._run(
+            "sweep", limit, timeouts.idle_ms, timeouts.connecting_ms, timeouts.in_progress_ms,
+            now=now,
+        )
+        epoch = flat[0].decode() if flat[0] else None
+        changes = []
+        for i in range(1, len(flat), 3):
+            tag = flat[i + 2].decode()
+            changes.append(Change(flat[i].decode(), ended_record(flat[i + 1]),
+                                  None if tag == "OK" else tag))
+        return SweepResult(epoch, changes)
+
+    async def restore(
+        self, epoch: str, records: list[SessionRecord], hold_ms: int, now: int
+    ) -> tuple[str, int]:
+        current, restored = await self._run(
+            "restore", epoch, json.dumps(records) if records else "[]", hold_ms, now=now
+        )
+        return current.decode(), int(restored)
+
+    async def rebind(self, clients: list[LiveClient], now: int) -> int:
+        if not clients:
+            return 0
+        payload = json.dumps([
+            {"id": c.player_id, "name": c.name, "tokh": c.token_hash, "conn": c.conn,
+             **({"sid": c.session_id} if c.session_id else {})}
+            for c in clients
+        ])
+        return int(await self._run("rebind", payload, now=now))
 
     async def stats(self) -> dict[str, Any]:
         pipe = self.redis.pipeline(transaction=False)

@@ -10,6 +10,8 @@ if s.state ~= 'WAITING' then return fail('SESSION_NOT_WAITING') end
 s.state = 'CONNECTING'
 touch(s)
 s.active = NOW
+s.started = NOW
+redis.call('ZADD', DEADLINES, NOW, s.id)
 index_open(s)
 -- Seats of a starting session are held for its life, so pending holds end here.
 for _, m in ipairs(s.members) do redis.call('ZREM', HOLDS, m.id) end

@@ -10,12 +10,13 @@ local name = ARGV[5]
 if name == '' then name = p.name .. "'s game" end
 local s = {
   id = sid, name = name, host = pid, state = 'WAITING', max = tonumber(ARGV[6]),
-  members = {{id = pid, name = p.name, joined = NOW}}, pw = pw,
-  server_id = NULL, endpoint = NULL, seq = redis.call('INCR', SEQ), v = 1,
+  members = {{id = pid, name = p.name, joined = NOW, tokh = p.tokh}}, pw = pw,
+  server_id = NULL, endpoint = NULL, seq = redis.call('INCR', SEQ), v = 1, started = NULL,
   created = NOW, updated = NOW, active = NOW,
 }
 save(skey(sid), s)
 index_open(s)
+redis.call('ZADD', DEADLINES, NOW, sid)
 p.sid = sid
 save(pkey(pid), p)
 return ok(s)

@@ -4,6 +4,8 @@ if not s or s.state ~= 'CONNECTING' or s.server_id ~= NULL then return {'OK', fa
 s.state = 'WAITING'
 touch(s)
 s.active = NOW
+s.started = NULL
+redis.call('ZADD', DEADLINES, NOW, s.id)
 index_open(s)
 save(skey(s.id), s)
 -- Back in the waiting room, players who dropped meanwhile get their hold again.

@@ -14,7 +14,8 @@ if s.pw ~= NULL then
   local vp = cjson.decode(ARGV[5])
   if vp.hash ~= s.pw.hash or vp.salt ~= s.pw.salt then return {'PW', cjson.encode(s.pw)} end
 end
-table.insert(s.members, {id = pid, name = p.name, joined = NOW})
+-- The token hash rides along so that a Redis rebuilt from DynamoDB can resume.
+table.insert(s.members, {id = pid, name = p.name, joined = NOW, tokh = p.tokh})
 touch(s)
 s.active = NOW
 index_open(s)

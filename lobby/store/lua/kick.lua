@@ -9,7 +9,7 @@ if s.host ~= pid then return fail('NOT_HOST') end
 if s.state ~= 'WAITING' then return fail('SESSION_NOT_WAITING') end
 if target == pid then return fail('BAD_REQUEST') end
 if not member_index(s, target) then return fail('PLAYER_NOT_IN_SESSION') end
-local after = remove_member(s, target, 'kicked')
+local after = remove_member(s, target, 'kicked') -- the host stays: never deletes
 local tp = load(pkey(target))
 if tp then
   if tp.conn == '' then

@@ -7,6 +7,4 @@ local s = load(skey(p.sid))
 p.sid = nil
 save(pkey(pid), p)
 if not s then return fail('NOT_IN_SESSION') end
-local after = remove_member(s, pid, 'left')
-if after then return ok(after) end
-return {'OK', false}
+return outcome(remove_member(s, pid, 'left'))

@@ -9,6 +9,9 @@ local NULL = cjson.null
 local OPEN = P .. 'open'
 local HOLDS = P .. 'holds'
 local SEQ = P .. 'seq'
+-- Sessions by the time of their last state change; the sweep derives each
+-- session's real deadline (idle, connecting, in-progress) from its record.
+local DEADLINES = P .. 'deadlines'
 
 local function skey(sid) return P .. 's:' .. sid end
 local function pkey(pid) return P .. 'p:' .. pid end
@@ -54,19 +57,33 @@ local function member_index(s, pid)
   return nil
 end
 
+local function delete_session(s)
+  redis.call('DEL', skey(s.id))
+  redis.call('ZREM', OPEN, s.id)
+  redis.call('ZREM', DEADLINES, s.id)
+end
+
+-- The reply of a change that may have ended the session: 'DEL' and the final
+-- record (for the persisted ENDED item), or 'OK' and the record.
+local function outcome(s, ended)
+  if ended then return {'DEL', cjson.encode(s)} end
+  return ok(s)
+end
+
 -- Removes a member, migrating the host to the longest-present player and
--- deleting the session with its last member. Returns the record, nil if deleted.
+-- deleting the session with its last member. Returns the record and whether
+-- the session was deleted.
 local function remove_member(s, pid, reason)
   local i = member_index(s, pid)
-  if not i then return s end
+  if not i then return s, false end
   table.remove(s.members, i)
   redis.call('ZREM', HOLDS, pid)
   if #s.members == 0 then
-    redis.call('DEL', skey(s.id))
-    redis.call('ZREM', OPEN, s.id)
+    touch(s)
+    delete_session(s)
     redis.call('PUBLISH', P .. 'ev:' .. s.id,
-      cjson.encode({e = 'session_deleted', sid = s.id, v = s.v + 1, reason = reason}))
-    return nil
+      cjson.encode({e = 'session_deleted', sid = s.id, v = s.v, reason = reason}))
+    return s, true
   end
   touch(s)
   s.active = NOW
@@ -79,5 +96,26 @@ local function remove_member(s, pid, reason)
   save(skey(s.id), s)
   publish(s, {e = 'player_left', player_id = pid, reason = reason})
   if host_changed then publish(s, {e = 'host_changed', host_id = s.host}) end
+  return s, false
+end
+
+-- Ends a session whatever its state: members are released (a disconnected
+-- one is forgotten), and connected members are told why.
+local function close_session(s, reason)
+  for _, m in ipairs(s.members) do
+    redis.call('ZREM', HOLDS, m.id)
+    local p = load(pkey(m.id))
+    if p and p.sid == s.id then
+      if p.conn == '' then
+        redis.call('DEL', pkey(m.id))
+      else
+        p.sid = nil
+        save(pkey(m.id), p)
+      end
+    end
+  end
+  touch(s)
+  delete_session(s)
+  publish(s, {e = 'session_closed', reason = reason})
   return s
 end

@@ -8,7 +8,7 @@ p.disc = nil
 redis.call('ZREM', HOLDS, pid)
 save(pkey(pid), p) -- a plain SET also drops the expiry of a session-less player
 if old ~= '' and old ~= conn then
-  local node = string.match(old, '^([^.]+)%.')
+  local node = string.match(old, '^(.+)%.[^.]*$')
   if node then
     redis.call('PUBLISH', P .. 'node:' .. node,
       cjson.encode({e = 'replaced', player_id = pid, conn = old}))

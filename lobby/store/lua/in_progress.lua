@@ -1,0 +1,12 @@
+-- ARGV: 3 session_id. The game server reports that the match runs.
+local s = load(skey(ARGV[3]))
+if not s then return fail('SESSION_NOT_FOUND') end
+if s.state == 'IN_PROGRESS' then return ok(s) end -- a retried callback is harmless
+if s.state ~= 'CONNECTING' then return fail('SESSION_NOT_CONNECTING') end
+s.state = 'IN_PROGRESS'
+touch(s)
+s.active = NOW
+redis.call('ZADD', DEADLINES, NOW, s.id)
+save(skey(s.id), s)
+publish(s, {e = 'session_in_progress'})
+return ok(s)
