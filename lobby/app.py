@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import signal
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -193,9 +194,16 @@ class LobbyNode:
         await _bounded("closing the store", self.store.close(), 5)
 
     async def serve_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down cleanly: sockets closed,
+        pending DynamoDB writes flushed (a container's `docker stop` sends SIGTERM)."""
         await self.start()
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
         try:
-            await asyncio.Future()
+            await stopping.wait()
+            log.info("shutting down")
         finally:
             await self.stop()
 
