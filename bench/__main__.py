@@ -17,7 +17,7 @@ from typing import Any
 from bench import churn, fill, listing, storm
 from bench.common import DeadlineExceeded, Run
 from bench.driver import DriverError
-from bench.procs import StartError, raise_nofile, server_source
+from bench.procs import StartError, raise_nofile, server_patches, server_source
 from bench.report import RESULTS_DIR, table
 
 
@@ -47,6 +47,9 @@ def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
     p.add_argument("--server-src", default="worktree", metavar="worktree|head|DIR",
                    help="lobby code the nodes run: this checkout as it is (default), the "
                         "committed HEAD (exported to the run's log dir), or a directory")
+    p.add_argument("--server-patch", default="", metavar="NAMES",
+                   help="try proposed server changes from bench/patches/sitecustomize.py on "
+                        "the nodes, comma-separated: pool, nogc, gcfreeze")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile()
     run = Run(args.scenario, args)
     run.server_source = server_source(args.server_src, run.log_dir / "server-src")
+    if args.server_patch:
+        server_patches(args.server_patch)
+        run.server_source["patches"] = args.server_patch
+        run.notes.append(f"nodes patched with bench/patches: {args.server_patch}")
     params = {k: v for k, v in vars(args).items() if k != "results_dir"}
     summary: list[dict[str, Any]] = []
     error = None

@@ -203,11 +203,25 @@ def server_source(which: str, scratch: Path) -> dict[str, Any]:
     return info
 
 
-def _env() -> dict[str, str]:
+_server_patches = ""
+_PATCH_DIR = Path(__file__).resolve().parent / "patches"
+
+
+def server_patches(names: str) -> None:
+    """Apply bench/patches/sitecustomize.py's named patches to the nodes started later."""
+    global _server_patches
+    _server_patches = names
+
+
+def _env(patched: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     # PYTHONPATH comes before the editable install's finder, so this chooses
     # which lobby code the subprocesses run.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_server_src), env.get("PYTHONPATH")]))
+    path = [str(_server_src), env.get("PYTHONPATH")]
+    if patched and _server_patches:
+        path.insert(0, str(_PATCH_DIR))
+        env["BENCH_SERVER_PATCH"] = _server_patches
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -216,7 +230,7 @@ class Managed:
     """A subprocess with its output in a log file; stop() always reaps it."""
 
     def __init__(self, name: str, cmd: list[str], log_dir: Path,
-                 stdout: int | IO[str] | None = None) -> None:
+                 stdout: int | IO[str] | None = None, patched: bool = False) -> None:
         self.name = name
         self.cmd = cmd
         self.log_path = log_dir / f"{name}.log"
@@ -228,7 +242,7 @@ class Managed:
         self.proc: subprocess.Popen[str] = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else self._log, stderr=self._log,
-            text=True, env=_env(), preexec_fn=_child_setup, process_group=0,
+            text=True, env=_env(patched), preexec_fn=_child_setup, process_group=0,
             # `python -m` puts the working directory first on sys.path: run in
             # the chosen lobby source so that it, not the checkout, is imported.
             cwd=_server_src,
@@ -371,7 +385,7 @@ class LobbyProc(Managed):
         else:
             cmd = [sys.executable, "-m", "lobby.cli", *args]
         self.profiler = profiler
-        super().__init__(name, cmd, log_dir)
+        super().__init__(name, cmd, log_dir, patched=True)
         self._wait_ready()
 
     @property

@@ -1,0 +1,38 @@
+"""Proposed server changes, tried on a node without editing lobby/ (--server-patch).
+
+Python imports `sitecustomize` at start-up from sys.path; the bench puts this
+directory on the path of lobby nodes only, with BENCH_SERVER_PATCH naming the
+patches to apply (comma-separated). Each patch mimics a change suggested in
+docs/benchmarks.md, so its gain can be measured before anyone writes it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from typing import Any
+
+_patches = {p for p in os.environ.get("BENCH_SERVER_PATCH", "").split(",") if p}
+
+if "pool" in _patches:
+    # A blocking pool: a burst of requests waits for a free Redis connection
+    # instead of failing with MaxConnectionsError (redis-py's default pool
+    # holds 100 connections and raises on the 101st concurrent command).
+    import redis.asyncio as aioredis
+
+    def _from_url(url: str, **kwargs: Any) -> aioredis.Redis:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=10, **kwargs)
+        return aioredis.Redis(connection_pool=pool)
+
+    aioredis.from_url = _from_url  # type: ignore[assignment]
+
+if "nogc" in _patches:
+    # The upper bound of what GC tuning (gc.freeze, higher thresholds) can give.
+    gc.disable()
+
+if "gcfreeze" in _patches:
+    # Fewer, cheaper collections: start-up objects leave the collector's sight
+    # and the young generation is collected 70x less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
