@@ -1,6 +1,6 @@
 #!/bin/sh
 # The runs behind docs/benchmarks.md, one after another (never in parallel: the
-# machine has 2 cores and every run wants both). About 15 minutes.
+# machine has 2 cores and every run wants both). About 20 minutes.
 # Usage: bench/run_all.sh [extra options for every run, e.g. --server-src head]
 set -u
 cd "$(dirname "$0")/.."
@@ -14,6 +14,11 @@ for mode in embedded redis; do
   run storm --mode "$mode" --rooms 500 --spread 0 "$@"
 done
 run cross-node --rooms 250 --rate 200,500,1000,2000 --duration 10 "$@"
-# Profiles of the churn peak that the node sustains, in both modes.
+# Profiles of the churn peak, in both modes.
 run churn --mode embedded --rooms 250 --rate 2000 --duration 10 --profile "$@"
 run churn --mode redis --rooms 250 --rate 1000 --duration 10 --profile "$@"
+# The proposed fixes, tried on the nodes through bench/patches (lobby/ untouched).
+run storm --mode redis --rooms 500 --spread 0 --server-patch pool "$@"
+run churn --mode redis --rooms 250 --rate 1000,2000 --duration 10 --server-patch pool "$@"
+run cross-node --rooms 250 --rate 1000,2000 --duration 10 --server-patch pool "$@"
+run churn --mode redis --rooms 250 --rate 1000,2000 --duration 10 --server-patch pool,gcfreeze "$@"
