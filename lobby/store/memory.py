@@ -146,12 +146,24 @@ class MemoryStore:
             raise LobbyError(ErrorCode.NOT_AUTHENTICATED)
         return p
 
-    def _own_session(self, pid: str, now: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _hosted_waiting_session(self, pid: str, now: int) -> dict[str, Any]:
+        """Mirrors hosted_waiting_session() in prelude.lua."""
         p = self._require(pid, now)
         s = self._load(p.get("sid"))
         if s is None:
             raise LobbyError(ErrorCode.NOT_IN_SESSION)
-        return p, s
+        if s["host"] != pid:
+            raise_script_error("NOT_HOST")
+        if s["state"] != "WAITING":
+            raise_script_error("SESSION_NOT_WAITING")
+        return s
+
+    def _existing(self, session_id: str) -> dict[str, Any]:
+        s = self._load(session_id)
+        if s is None:
+            raise_script_error("SESSION_NOT_FOUND")
+        assert s is not None
+        return s
 
     # players -----------------------------------------------------------------
     async def new_player(
@@ -261,11 +273,7 @@ class MemoryStore:
         return Change(s["id"], self._copy(after), "abandoned" if ended else None)  # type: ignore[arg-type]
 
     async def kick(self, host_id: str, target_id: str, now: int) -> SessionRecord:
-        _, s = self._own_session(host_id, now)
-        if s["host"] != host_id:
-            raise_script_error("NOT_HOST")
-        if s["state"] != "WAITING":
-            raise_script_error("SESSION_NOT_WAITING")
+        s = self._hosted_waiting_session(host_id, now)
         if target_id == host_id:
             raise_script_error("BAD_REQUEST")
         if target_id not in [m["id"] for m in s["members"]]:
@@ -280,11 +288,7 @@ class MemoryStore:
         return self._copy(after)  # type: ignore[return-value]
 
     async def begin_start(self, player_id: str, now: int) -> SessionRecord:
-        _, s = self._own_session(player_id, now)
-        if s["host"] != player_id:
-            raise_script_error("NOT_HOST")
-        if s["state"] != "WAITING":
-            raise_script_error("SESSION_NOT_WAITING")
+        s = self._hosted_waiting_session(player_id, now)
         s["state"] = "CONNECTING"
         self._touch(s, now)
         s["active"] = now
@@ -332,10 +336,7 @@ class MemoryStore:
         return self._copy(s)
 
     async def mark_in_progress(self, session_id: str, now: int) -> SessionRecord:
-        s = self._load(session_id)
-        if s is None:
-            raise_script_error("SESSION_NOT_FOUND")
-        assert s is not None
+        s = self._existing(session_id)
         if s["state"] == "IN_PROGRESS":
             return self._copy(s)  # type: ignore[return-value]
         if s["state"] != "CONNECTING":
@@ -349,10 +350,7 @@ class MemoryStore:
         return self._copy(s)  # type: ignore[return-value]
 
     async def complete(self, session_id: str, reason: str, now: int) -> Change:
-        s = self._load(session_id)
-        if s is None:
-            raise_script_error("SESSION_NOT_FOUND")
-        assert s is not None
+        s = self._existing(session_id)
         return Change(session_id, self._copy(self._close(s, reason, now)), reason)  # type: ignore[arg-type]
 
     async def get_session(self, session_id: str) -> SessionRecord | None:

@@ -1,12 +1,7 @@
 -- ARGV: 3 player_id
 local pid = ARGV[3]
-local p = load(pkey(pid))
-if not p then return fail('NOT_AUTHENTICATED') end
-if not p.sid then return fail('NOT_IN_SESSION') end
-local s = load(skey(p.sid))
-if not s then return fail('NOT_IN_SESSION') end
-if s.host ~= pid then return fail('NOT_HOST') end
-if s.state ~= 'WAITING' then return fail('SESSION_NOT_WAITING') end
+local s, refused = hosted_waiting_session(pid)
+if refused then return fail(refused) end
 s.state = 'CONNECTING'
 touch(s)
 s.active = NOW

@@ -50,6 +50,19 @@ local function index_open(s)
   end
 end
 
+-- The session a host-only request acts on: the caller's own WAITING session,
+-- or the error code that refuses the request.
+local function hosted_waiting_session(pid)
+  local p = load(pkey(pid))
+  if not p then return nil, 'NOT_AUTHENTICATED' end
+  if not p.sid then return nil, 'NOT_IN_SESSION' end
+  local s = load(skey(p.sid))
+  if not s then return nil, 'NOT_IN_SESSION' end
+  if s.host ~= pid then return nil, 'NOT_HOST' end
+  if s.state ~= 'WAITING' then return nil, 'SESSION_NOT_WAITING' end
+  return s, nil
+end
+
 local function member_index(s, pid)
   for i, m in ipairs(s.members) do
     if m.id == pid then return i end
