@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "--dynamodb-table", str, d.dynamodb_table, "DynamoDB table of sessions")
     _add(serve, "--dynamodb-endpoint-url", str, d.dynamodb_endpoint_url,
          "DynamoDB endpoint override (a local DynamoDB-compatible server)")
+    serve.add_argument(
+        "--ws-compression", action="store_true",
+        default=_flag(os.environ.get("LOBBY_WS_COMPRESSION", "")),
+        help="offer permessage-deflate (env LOBBY_WS_COMPRESSION=1; default off: it costs "
+             "memory per socket and lobby frames are tiny)",
+    )
     _add(serve, "--node-id", str, d.node_id, "this node's id (random when unset)")
     _add(serve, "--log-level", str, d.log_level, "DEBUG, INFO, WARNING, ERROR")
 

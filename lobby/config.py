@@ -20,6 +20,9 @@ class Settings:
     rate_limit_burst: int = 40
     sweep_interval_seconds: float = 1.0
     ping_interval_seconds: float | None = 20.0
+    # permessage-deflate is off: it costs ~43 KiB per socket (57 vs 15 KiB RSS per idle
+    # client, measured) to shrink frames of a few hundred bytes (docs/benchmarks.md).
+    ws_compression: bool = False
     waiting_idle_seconds: float = 600.0
     connecting_timeout_seconds: float = 120.0
     in_progress_max_seconds: float = 6 * 3600.0  # safety net if "complete" never comes
