@@ -80,7 +80,6 @@ class LobbyNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._epoch: str | None = None  # the store generation this node has synced with
         self._epoch_lock = asyncio.Lock()
-        self.recoveries = 0
 
     def _persist(self, change: Change) -> None:
         if self.persistence is not None:
@@ -139,17 +138,15 @@ class LobbyNode:
             except Exception:
                 log.exception("sweep failed; retrying in %.1fs", interval)
 
-    async def check_store(self) -> bool:
-        """Sweep expiries, and rebuild the store if it came back empty.
-
-        Returns whether this call found the store in a new generation (a Redis
-        restarted empty: rebuilt from DynamoDB, this node's sockets re-registered).
-        """
+    async def check_store(self) -> int:
+        """Sweep expiries, and rebuild the store if it came back empty (from
+        DynamoDB, and re-register this node's sockets). Returns the store
+        generation this node is on: it grows with every rebuild it has seen."""
         result = await self.lobby.sweep()
         while len(result.changes) >= 100:  # a backlog: keep taking it
             result = await self.lobby.sweep()
         if result.epoch is not None and result.epoch == self._epoch:
-            return False
+            return self.lobby.store_generation
         async with self._epoch_lock:
             epoch = result.epoch
             if epoch is None:
@@ -163,17 +160,17 @@ class LobbyNode:
                         "the store came back empty: restored %d live sessions from %s",
                         restored, "DynamoDB" if self.table else "nowhere (no --dynamodb)")
             if epoch == self._epoch:
-                return False
+                return self.lobby.store_generation
             if self._epoch is not None:
                 clients = [
                     LiveClient(c.player_id, c.name, c.token_hash, c.conn_id, c.session_id)
                     for c in self.hub.clients() if c.player_id is not None
                 ]
                 rebound = await self.store.rebind(clients, now_ms())
-                self.recoveries += 1
                 log.warning("store generation changed: %d local players re-registered", rebound)
             self._epoch = epoch
-            return True
+            self.lobby.store_generation += 1
+            return self.lobby.store_generation
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -31,7 +31,7 @@ log = logging.getLogger("lobby")
 # client becomes a member whose queued events are released after the reply.
 Result = tuple[dict[str, Any], tuple[str, int] | None]
 OnChange = Callable[[Change], None]
-Recover = Callable[[], Awaitable[bool]]
+Recover = Callable[[], Awaitable[int]]
 
 PASSWORD_FAILURES_ALLOWED = 5  # per connection per minute: scrypt is costly
 
@@ -56,8 +56,10 @@ class Lobby:
         self.allocator = allocator
         # Every change goes here (DynamoDB persistence when configured).
         self._on_change = on_change or (lambda change: None)
-        # Asked when a resume token is unknown: was the store emptied and rebuilt?
+        # Asked when a resume token is unknown: rebuilds the store if it was emptied
+        # and returns its generation, which changes with every rebuild.
         self._recover = recover
+        self.store_generation = 0
         self.hold_ms = int(settings.seat_hold_seconds * 1000)
         self.timeouts = Timeouts(
             idle_ms=int(settings.waiting_idle_seconds * 1000),
@@ -127,8 +129,12 @@ class Lobby:
         if client.player_id is not None:
             raise LobbyError(ErrorCode.BAD_REQUEST, "hello was already sent on this connection")
         if req.resume_token:
+            generation = self.store_generation
             resumed = await self._resume(client, req.resume_token)
-            if resumed is None and self._recover is not None and await self._recover():
+            # Unknown token: maybe Redis lost it and was (or is now being) rebuilt.
+            rebuilt = resumed is None and self._recover is not None and (
+                await self._recover() != generation)
+            if rebuilt:
                 resumed = await self._resume(client, req.resume_token)
             if resumed is not None:
                 return resumed
