@@ -117,7 +117,7 @@ async def make_node() -> AsyncIterator[NodeFactory]:
 
     yield factory
     for node in reversed(nodes):
-        await node.stop()
+        await asyncio.wait_for(node.stop(), 60)
 
 
 @pytest.fixture(params=["embedded", "redis"])
@@ -221,7 +221,7 @@ async def connect_player() -> AsyncIterator[Callable[..., Any]]:
 
     yield factory
     for player in players:
-        await player.close()
+        await asyncio.wait_for(player.close(), 15)
 
 
 async def http_request(
