@@ -67,6 +67,11 @@ class WsClient:
         return True
 
 
+def _rate_limited(rtype: str, rid: object) -> str:
+    return p.encode(
+        p.error_reply(rtype, rid, ErrorCode.RATE_LIMITED, "too many requests, slow down"))
+
+
 def push_many(clients: Iterable[Client], text: str) -> None:
     broadcast([c.ws for c in clients], text)  # type: ignore[attr-defined]
 
@@ -110,14 +115,18 @@ class SocketServer:
                 if isinstance(frame, bytes):
                     client.push(_BINARY_REFUSED)
                     continue
+                # Bad frames count against the limit too: they cost a parse and a reply.
+                allowed = client.allow(self.rate, self.burst)
                 try:
                     req = p.parse_request(frame)
                 except p.BadFrame as bad:
-                    client.push(p.encode(bad.reply))
+                    if allowed:
+                        client.push(p.encode(bad.reply))
+                    else:
+                        client.push(_rate_limited(bad.reply["type"], bad.reply["id"]))
                     continue
-                if not client.allow(self.rate, self.burst):
-                    client.push(p.encode(p.error_reply(
-                        req.type, req.id, ErrorCode.RATE_LIMITED, "too many requests, slow down")))
+                if not allowed:
+                    client.push(_rate_limited(req.type, req.id))
                     continue
                 await self.lobby.handle(client, req)
         except ConnectionClosed:
