@@ -134,6 +134,10 @@ async def test_request_rate_limit(make_node, connect_player) -> None:
     await player.ok("ping")
     reply = await player.error("ping", "RATE_LIMITED")
     assert reply["type"] == "ping"
+    # Garbage is no way around the limit.
+    await player.ws.send("not json")
+    garbage = await asyncio.wait_for(player.orphans.get(), 5)
+    assert garbage["error"]["code"] == "RATE_LIMITED" and garbage["type"] == "error"
 
 
 async def test_host_migration_on_leave(node: LobbyNode, connect_player) -> None:
