@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import signal
+from http import HTTPStatus
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -14,13 +15,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from websockets.asyncio.server import Server, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from lobby.allocators.base import Allocator
 from lobby.allocators.static import StaticAllocator
 from lobby.bus import Bus, MemoryBus, RedisBus
 from lobby.callbacks import PREFIX as CALLBACKS_PREFIX
-from lobby.callbacks import GameServerAPI
+from lobby.callbacks import GameServerAPI, json_response
 from lobby.config import Settings
 from lobby.handlers import Lobby, now_ms
 from lobby.hub import Hub
@@ -76,10 +78,30 @@ class LobbyNode:
             rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst,
         )
         self.sockets.routes[CALLBACKS_PREFIX] = GameServerAPI(self.lobby, settings.server_key).route
+        self.sockets.routes["/metrics"] = self._metrics_route
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._epoch: str | None = None  # the store generation this node has synced with
         self._epoch_lock = asyncio.Lock()
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters of this node, for operators (GET /metrics) and the benchmarks."""
+        allocator = {k: getattr(self.allocator, k) for k in ("claims", "retries", "failures")
+                     if hasattr(self.allocator, k)}
+        return {
+            "node_id": self.node_id,
+            "mode": self.mode,
+            "clients": self.hub.client_count,
+            "local_sessions": self.hub.session_count,
+            "events_in": self.hub.events_in,
+            "frames_out": self.hub.frames_out,
+            "store_generation": self.lobby.store_generation,
+            "allocator": allocator,
+            "persistence": self.persistence.metrics if self.persistence is not None else None,
+        }
+
+    def _metrics_route(self, connection: ServerConnection, request: Request) -> Response:
+        return json_response(HTTPStatus.OK, self.metrics())
 
     def _persist(self, change: Change) -> None:
         if self.persistence is not None:
