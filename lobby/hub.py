@@ -63,6 +63,7 @@ class Hub:
         self._clients: dict[str, Client] = {}  # conn id -> client, for node messages
         self.events_in = 0
         self.frames_out = 0
+        self._background: set[asyncio.Task[None]] = set()
 
     # connections -------------------------------------------------------------
     def add_client(self, client: Client) -> None:
@@ -138,8 +139,11 @@ class Hub:
         if not members:
             del self._sessions[session_id]
             # Unsubscribing is fire-and-forget: a late event for an unknown
-            # session is simply dropped by on_message.
-            asyncio.get_running_loop().create_task(self._bus.unsubscribe(session_id))
+            # session is simply dropped by on_message. The task is kept
+            # referenced until done, as asyncio holds tasks only weakly.
+            task = asyncio.get_running_loop().create_task(self._bus.unsubscribe(session_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # delivery ----------------------------------------------------------------
     def on_message(self, raw: bytes | str) -> None:
