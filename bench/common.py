@@ -167,8 +167,9 @@ class Run:
 
     # measurement --------------------------------------------------------------
     def snapshot(self) -> Snapshot:
+        procs = [*self.nodes, *self.others]
         return Snapshot(
-            nodes={n.name: sample(n.pid) for n in self.nodes},
+            nodes={p.name: sample(p.pid) for p in procs},
             redis=sample(self.redis.pid) if self.redis is not None else None,
             drivers=self.pool.samples() if self.pool is not None else [],
             commands=self.redis.command_stats() if self.redis is not None else {},

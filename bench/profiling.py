@@ -65,13 +65,13 @@ IDLE_LEAVES = ("EpollSelector.select (selectors.py)", "select (selectors.py)")
 def summarize_collapsed(text: str, top: int = 20) -> dict[str, Any]:
     """Top functions by self and inclusive samples, from py-spy's raw output.
 
-    Percentages are of the busy samples (idle waits in the loop's poll left
-    out), so they read as shares of the node's CPU time.
+    Percentages are of the event loop thread's busy samples (its idle waits in
+    the poll left out), so they read as shares of the loop's CPU time.
     """
     self_counts: Counter[str] = Counter()
     incl_counts: Counter[str] = Counter()
     lobby_counts: Counter[str] = Counter()
-    total = idle = 0
+    total = idle = threads = 0
     for line in text.splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
@@ -84,6 +84,11 @@ def summarize_collapsed(text: str, top: int = 20) -> dict[str, Any]:
             continue
         if frames[-1] in IDLE_LEAVES:
             idle += count
+            continue
+        if frames[0].startswith("_bootstrap (threading.py)"):
+            # Pool threads (boto3 calls, scrypt) mostly wait on sockets, which
+            # py-spy cannot tell from work here: counted apart from the loop.
+            threads += count
             continue
         total += count
         self_counts[frames[-1]] += count
@@ -99,6 +104,7 @@ def summarize_collapsed(text: str, top: int = 20) -> dict[str, Any]:
     return {
         "busy_samples": total,
         "idle_samples": idle,
+        "pool_thread_samples": threads,
         "sample_rate": SAMPLE_RATE,
         "top_self": rows(self_counts) if total else [],
         "top_inclusive": rows(incl_counts) if total else [],

@@ -203,6 +203,8 @@ def run(run: Run) -> list[dict[str, Any]]:
     }
     if run.redis is not None:
         row["redis cpu%"] = usage.get("redis_cpu_pct")
+    if use_fleetiq:
+        row["fleetiq cpu%"] = usage.get("fleetiq_cpu_pct")
     row["driver cpu%"] = usage.get("driver_cpu_pct_total")
     row["others cpu%"] = usage.get("other_processes_cpu_pct")
     return [row]

@@ -89,10 +89,12 @@ def test_cross_node_on_redis(tmp_path: Path) -> None:
 
 def test_summarize_collapsed() -> None:
     text = ("process 1:main (a.py);f (a.py);g (b.py) 3\nprocess 1:main (a.py);f (a.py) 1\n"
-            "main (a.py);EpollSelector.select (selectors.py) 5\n")
+            "main (a.py);EpollSelector.select (selectors.py) 5\n"
+            "_bootstrap (threading.py);_worker (concurrent/futures/thread.py) 2\n")
     out = summarize_collapsed(text)
     assert out["busy_samples"] == 4
     assert out["idle_samples"] == 5
+    assert out["pool_thread_samples"] == 2
     assert out["top_self"][0] == {"function": "g (b.py)", "samples": 3, "pct": 75.0}
     inclusive = {r["function"]: r["samples"] for r in out["top_inclusive"]}
     assert inclusive["f (a.py)"] == 4
