@@ -44,9 +44,9 @@ def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `lobby serve` (repeatable; use --server-arg=--x)")
     p.add_argument("--results-dir", default=str(RESULTS_DIR))
-    p.add_argument("--server-src", default="worktree", metavar="worktree|head|DIR",
-                   help="lobby code the nodes run: this checkout as it is (default), the "
-                        "committed HEAD (exported to the run's log dir), or a directory")
+    p.add_argument("--server-src", default="worktree", metavar="worktree|head|git:REV|DIR",
+                   help="lobby code the nodes run: this checkout as it is (default), a "
+                        "commit (exported to the run's log dir), or a directory")
     p.add_argument("--server-patch", default="", metavar="NAMES",
                    help="try proposed server changes from bench/patches/sitecustomize.py on "
                         "the nodes, comma-separated: pool, nogc, gcfreeze")

@@ -172,10 +172,11 @@ _server_src: Path = _REPO_ROOT
 
 
 def server_source(which: str, scratch: Path) -> dict[str, Any]:
-    """Point the nodes at `which` lobby code: "worktree", "head" or a directory.
+    """Point the nodes at `which` lobby code: "worktree", "head", "git:REV" or a directory.
 
-    "head" exports the committed lobby/ package (git archive) into `scratch`, so
-    that a benchmark measures a commit even while the checkout is being edited.
+    "head" and "git:REV" export that commit's lobby/ package (git archive) into
+    `scratch`, so that a benchmark measures one commit even while the checkout
+    is being edited and committed to.
     """
     global _server_src
     info: dict[str, Any] = {"source": which}
@@ -190,9 +191,13 @@ def server_source(which: str, scratch: Path) -> dict[str, Any]:
                 ["git", "-C", str(_REPO_ROOT), "status", "--porcelain", "--", "lobby"],
                 capture_output=True, text=True, timeout=10).stdout.strip()
             info["uncommitted_lobby_changes"] = bool(dirty)
-    elif which == "head":
+    elif which == "head" or which.startswith("git:"):
+        rev = "HEAD" if which == "head" else which[4:]
+        info["commit"] = subprocess.run(
+            ["git", "-C", str(_REPO_ROOT), "rev-parse", "--short", rev],
+            capture_output=True, text=True, check=True, timeout=10).stdout.strip()
         scratch.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(_REPO_ROOT), "archive", "HEAD", "lobby"],
+        archive = subprocess.run(["git", "-C", str(_REPO_ROOT), "archive", rev, "lobby"],
                                  capture_output=True, check=True, timeout=60).stdout
         subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True,
                        timeout=60)
