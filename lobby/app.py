@@ -54,14 +54,17 @@ class LobbyNode:
         self.bus: Bus
         self._redis: aioredis.Redis | None = None
         if settings.redis_url:
-            self._redis = aioredis.from_url(
-                settings.redis_url, decode_responses=False,
+            # A blocking pool: a burst (hundreds of hosts starting at once) waits
+            # for a free connection instead of failing on the pool's limit.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=64, timeout=10,
                 # A pooled connection found dead (Redis restarted) is retried on a
                 # fresh one instead of failing the player's request.
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
                 retry_on_error=[RedisConnectionError, RedisTimeoutError],
                 socket_connect_timeout=2,
             )
+            self._redis = aioredis.Redis(connection_pool=pool)
             self.store = RedisStore(self._redis, settings.redis_prefix)
             self.bus = RedisBus(self._redis, settings.redis_prefix)
         else:
