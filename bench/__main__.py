@@ -49,7 +49,7 @@ def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
                         "commit (exported to the run's log dir), or a directory")
     p.add_argument("--server-patch", default="", metavar="NAMES",
                    help="try proposed server changes from bench/patches/sitecustomize.py on "
-                        "the nodes, comma-separated: pool, nogc, gcfreeze")
+                        "the nodes, comma-separated: pool, backlog, gcfreeze, nogc")
 
 
 def build_parser() -> argparse.ArgumentParser:

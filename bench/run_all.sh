@@ -1,6 +1,6 @@
 #!/bin/sh
 # The runs behind docs/benchmarks.md, one after another (never in parallel: the
-# machine has 2 cores and every run wants both). About 20 minutes.
+# machine has 2 cores and every run wants both). About 22 minutes.
 # Usage: bench/run_all.sh [extra options for every run, e.g. --server-src head]
 set -u
 cd "$(dirname "$0")/.."
@@ -22,3 +22,7 @@ run storm --mode redis --rooms 500 --spread 0 --server-patch pool "$@"
 run churn --mode redis --rooms 250 --rate 1000,2000 --duration 10 --server-patch pool "$@"
 run cross-node --rooms 250 --rate 1000,2000 --duration 10 --server-patch pool "$@"
 run churn --mode redis --rooms 250 --rate 1000,2000 --duration 10 --server-patch pool,gcfreeze "$@"
+# A reconnect storm: 1,000 handshakes in flight, with asyncio's listen backlog
+# of 100 and with 4,096.
+run fill --mode embedded --clients 10000 --connect-concurrency 500 "$@"
+run fill --mode embedded --clients 10000 --connect-concurrency 500 --server-patch backlog "$@"

@@ -36,3 +36,18 @@ if "gcfreeze" in _patches:
     # and the young generation is collected 70x less often.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+if "backlog" in _patches:
+    # serve(..., backlog=4096): asyncio's default listen backlog is 100, and a
+    # full accept queue drops SYNs that the client only retries a second later.
+    import asyncio.base_events
+    import functools
+
+    _create_server = asyncio.base_events.BaseEventLoop.create_server
+
+    @functools.wraps(_create_server)
+    async def _create_server_backlog(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("backlog", 4096)
+        return await _create_server(self, *args, **kwargs)
+
+    asyncio.base_events.BaseEventLoop.create_server = _create_server_backlog  # type: ignore[method-assign]
