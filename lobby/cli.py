@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
          "how long a dropped player's seat in a WAITING session is held for resume")
     _add(serve, "--max-message-bytes", int, d.max_message_bytes,
          "largest accepted frame; bigger ones close the socket with 1009")
+    _add(serve, "--max-clients", int, d.max_clients,
+         "sockets this node accepts before answering 503 (default: open-file limit - 256)")
     _add(serve, "--max-players-cap", int, d.max_players_cap,
          "largest max_players a session may ask")
     _add(serve, "--default-max-players", int, d.default_max_players,
@@ -115,6 +117,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def _raise_open_file_limit() -> None:
+    """One socket per player: take all the file descriptors the system allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "fleetiq-local":
@@ -123,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return fleetiq_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     if args.command == "serve":
+        _raise_open_file_limit()
         settings = settings_from_args(args)
         logging.basicConfig(
             level=settings.log_level.upper(),

@@ -14,6 +14,7 @@ class Settings:
     game_server: str = "127.0.0.1:6060"  # static allocator's endpoint
     seat_hold_seconds: float = 60.0
     max_message_bytes: int = 64 * 1024
+    max_clients: int | None = None  # None: what the open-file limit allows
     max_players_cap: int = 16
     default_max_players: int = 8
     rate_limit_per_second: float = 20.0

@@ -270,7 +270,18 @@ class Lobby:
             if back is not None:
                 self.changed(back)
             raise LobbyError(ErrorCode.NO_SERVER_AVAILABLE, message) from None
-        started = await self.store.finish_start(sid, alloc.server_id, alloc.endpoint, now_ms())
+        try:
+            started = await self.store.finish_start(
+                sid, alloc.server_id, alloc.endpoint, now_ms())
+        except Exception:
+            # The claim stands but the session did not record it: give the room
+            # back (the unused claim lapses by FleetIQ's own expiry).
+            log.exception("recording the game server of session %s failed", sid)
+            back = await self.store.fail_start(
+                sid, ErrorCode.INTERNAL, "the start failed, try again", now_ms(), self.hold_ms)
+            if back is not None:
+                self.changed(back)
+            raise LobbyError(ErrorCode.INTERNAL, "the start failed, try again") from None
         if started is None:
             raise LobbyError(ErrorCode.SESSION_NOT_FOUND, "the session ended while starting")
         self.changed(started)

@@ -77,8 +77,10 @@ def push_many(clients: Iterable[Client], text: str) -> None:
 
 
 class SocketServer:
-    def __init__(self, lobby: Lobby, node_id: str, *, rate: float, burst: int) -> None:
+    def __init__(self, lobby: Lobby, node_id: str, *, rate: float, burst: int,
+                 max_clients: int | None = None) -> None:
         self.lobby = lobby
+        self.max_clients = max_clients
         self.node_id = node_id
         self.rate = rate
         self.burst = burst
@@ -89,6 +91,10 @@ class SocketServer:
                               ) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == WS_PATH:
+            if self.max_clients is not None and self.lobby.hub.client_count >= self.max_clients:
+                # Refuse cleanly while there are file descriptors left to do so;
+                # the client (or its load balancer) tries another node.
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "lobby node full\n")
             return None
         route = self.routes.get(path)
         if route is None:

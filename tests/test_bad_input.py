@@ -104,3 +104,14 @@ async def test_http_endpoints(node: LobbyNode) -> None:
     status, body = await http_request(node.port, "GET", "/metrics")
     metrics = json.loads(body)
     assert status == 200 and metrics["mode"] == node.mode and metrics["clients"] == 0
+
+
+async def test_full_node_refuses_with_503(make_node, connect_player) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    node = await make_node(max_clients=2)
+    await connect_player(node, "a")
+    await connect_player(node, "b")
+    with pytest.raises(InvalidStatus) as info:
+        await connect(ws_url(node))
+    assert info.value.response.status_code == 503
