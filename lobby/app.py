@@ -215,6 +215,7 @@ class LobbyNode:
         if self._server is not None:
             self._server.close()
             await _bounded("closing sockets", self._server.wait_closed(), 10)
+        self.hub.close()
         await _bounded("closing pub/sub", self.bus.close(), 5)
         if self.persistence is not None:
             await _bounded("flushing DynamoDB writes", self.persistence.close(), 15)

@@ -31,7 +31,9 @@ class Bus(Protocol):
         """Returns once every event published after this call will be delivered."""
         ...
 
-    async def unsubscribe(self, session_id: str) -> None: ...
+    def unsubscribe(self, session_id: str) -> None:
+        """Takes effect in call order relative to subscribe() (never awaits)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -57,7 +59,7 @@ class MemoryBus:
     async def subscribe(self, session_id: str) -> None:
         self._subscribed.add(session_id)
 
-    async def unsubscribe(self, session_id: str) -> None:
+    def unsubscribe(self, session_id: str) -> None:
         self._subscribed.discard(session_id)
 
     async def close(self) -> None:
@@ -71,6 +73,10 @@ class RedisBus:
     the listener task owns the connection: when it breaks, the listener opens a
     new one and subscribes to every wanted channel in one command before
     declaring itself ready; (un)subscribes asked meanwhile only edit that set.
+
+    SUBSCRIBE and UNSUBSCRIBE go through one queue, written by one task, so they
+    reach Redis in the order they were asked: an unsubscribe of a session's last
+    local member followed at once by a new local join must end subscribed.
     """
 
     def __init__(self, client: aioredis.Redis, prefix: str = "lobby:") -> None:
@@ -84,6 +90,8 @@ class RedisBus:
         self._ready = asyncio.Event()
         # Confirmations arrive in command order, so each channel's waiters are FIFO.
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = defaultdict(deque)
+        self._outbox: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
 
     def _channel(self, session_id: str) -> str:
         return f"{self._prefix}ev:{session_id}"
@@ -93,6 +101,7 @@ class RedisBus:
         self._node_channel = f"{self._prefix}node:{node_id}"
         await self._connect()
         self._task = asyncio.create_task(self._listen(), name="lobby-bus")
+        self._writer_task = asyncio.create_task(self._write(), name="lobby-bus-writer")
 
     async def _connect(self) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -103,33 +112,41 @@ class RedisBus:
     async def subscribe(self, session_id: str) -> None:
         channel = self._channel(session_id)
         self._wanted.add(channel)
-        async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
-            # Bounded: with Redis gone, the request fails instead of hanging.
-            await self._ready.wait()
-            pubsub = self._pubsub
-            assert pubsub is not None
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters[channel.encode()].append(fut)
-            await pubsub.subscribe(channel)
-            await fut
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[channel.encode()].append(fut)
+        self._outbox.put_nowait((True, channel))
+        # Bounded: with Redis gone, the request fails instead of hanging.
+        await asyncio.wait_for(fut, SUBSCRIBE_TIMEOUT)
 
-    async def unsubscribe(self, session_id: str) -> None:
+    def unsubscribe(self, session_id: str) -> None:
         channel = self._channel(session_id)
         self._wanted.discard(channel)
-        if self._ready.is_set() and self._pubsub is not None:
+        self._outbox.put_nowait((False, channel))
+
+    async def _write(self) -> None:
+        while True:
+            subscribe, channel = await self._outbox.get()
+            await self._ready.wait()
+            pubsub = self._pubsub
+            if pubsub is None:
+                continue  # the rebuilt connection subscribes to exactly what is wanted
             try:
-                await self._pubsub.unsubscribe(channel)
-            except Exception as exc:  # the listener is about to rebuild the connection
-                log.debug("unsubscribe %s failed: %s", channel, exc)
+                if subscribe:
+                    await pubsub.subscribe(channel)
+                else:
+                    await pubsub.unsubscribe(channel)
+            except Exception as exc:  # the listener is rebuilding the connection
+                log.debug("pub/sub command on %s failed: %s", channel, exc)
 
     def _confirm(self, channel: bytes) -> None:
         waiters = self._waiters.get(channel)
-        if waiters:
+        while waiters:
             fut = waiters.popleft()
-            if not fut.done():
+            if not fut.done():  # a waiter that timed out is skipped, not confirmed
                 fut.set_result(None)
-            if not waiters:
-                del self._waiters[channel]
+                break
+        if not waiters:
+            self._waiters.pop(channel, None)
 
     async def _listen(self) -> None:
         while True:
@@ -168,10 +185,11 @@ class RedisBus:
                 await asyncio.sleep(0.2)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._writer_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pubsub.aclose(), 2)

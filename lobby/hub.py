@@ -27,6 +27,7 @@ from lobby.session import public_session
 log = logging.getLogger("lobby.hub")
 
 CLOSE_REPLACED = 4001  # a newer socket resumed this player
+SUBSCRIPTION_LINGER_SECONDS = 5.0
 
 
 class Client(Protocol):
@@ -63,7 +64,8 @@ class Hub:
         self._clients: dict[str, Client] = {}  # conn id -> client, for node messages
         self.events_in = 0
         self.frames_out = 0
-        self._background: set[asyncio.Task[None]] = set()
+        self.linger_seconds = SUBSCRIPTION_LINGER_SECONDS
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
 
     # connections -------------------------------------------------------------
     def add_client(self, client: Client) -> None:
@@ -91,7 +93,11 @@ class Hub:
         if members is None:
             members = self._sessions[session_id] = {}
             members[client.player_id] = _Member(client)
-            await self._bus.subscribe(session_id)
+            lingering = self._lingering.pop(session_id, None)
+            if lingering is not None:
+                lingering.cancel()  # still subscribed: no round trip
+            else:
+                await self._bus.subscribe(session_id)
         else:
             members[client.player_id] = _Member(client)
 
@@ -119,7 +125,7 @@ class Hub:
             del members[client.player_id]
         if not members:
             del self._sessions[session_id]
-            await self._bus.unsubscribe(session_id)
+            self._release(session_id)
 
     def _member(self, session_id: str, client: Client) -> _Member | None:
         members = self._sessions.get(session_id)
@@ -138,12 +144,32 @@ class Hub:
             member.client.session_id = None
         if not members:
             del self._sessions[session_id]
-            # Unsubscribing is fire-and-forget: a late event for an unknown
-            # session is simply dropped by on_message. The task is kept
-            # referenced until done, as asyncio holds tasks only weakly.
-            task = asyncio.get_running_loop().create_task(self._bus.unsubscribe(session_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._release(session_id)
+
+    def _release(self, session_id: str) -> None:
+        """The last local member is gone: unsubscribe, after a grace period.
+
+        Players hop between rooms (join, leave, join again; browse from another
+        node): keeping the subscription a few seconds saves a SUBSCRIBE and an
+        UNSUBSCRIBE per hop and the wait for the confirmation on the next join.
+        Events of a session without local members are dropped on arrival.
+        """
+        if self.linger_seconds <= 0:
+            self._bus.unsubscribe(session_id)
+            return
+        handle = asyncio.get_running_loop().call_later(
+            self.linger_seconds, self._expire, session_id)
+        self._lingering[session_id] = handle
+
+    def close(self) -> None:
+        for handle in self._lingering.values():
+            handle.cancel()
+        self._lingering.clear()
+
+    def _expire(self, session_id: str) -> None:
+        self._lingering.pop(session_id, None)
+        if session_id not in self._sessions:
+            self._bus.unsubscribe(session_id)
 
     # delivery ----------------------------------------------------------------
     def on_message(self, raw: bytes | str) -> None:

@@ -112,3 +112,72 @@ async def test_resume_on_another_node_replaces_old_socket(make_node, redis_url, 
     await late.ok("join_session", session_id=sid)
     assert (await again.event("player_joined"))["player_id"] == late.player_id
     await host.event("player_joined")
+
+
+async def _channels(redis_url: str) -> set[str]:
+    client = aioredis.from_url(redis_url)
+    try:
+        return {c.decode() for c in await client.pubsub_channels("lobby:ev:*")}
+    finally:
+        await client.aclose()
+
+
+async def _subscribe_calls(redis_url: str) -> int:
+    client = aioredis.from_url(redis_url)
+    try:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_subscribe", {}).get("calls", 0))
+    finally:
+        await client.aclose()
+
+
+async def test_subscription_lingers_for_room_hoppers(make_node, redis_url, connect_player
+                                                     ) -> None:
+    n1 = await make_node(redis_url=redis_url)
+    n2 = await make_node(redis_url=redis_url)
+    n1.hub.linger_seconds = n2.hub.linger_seconds = 0.3
+    host = await connect_player(n1, "host")
+    hopper = await connect_player(n2, "hopper")
+    sid = (await host.ok("create_session"))["session"]["session_id"]
+    await hopper.ok("join_session", session_id=sid)
+    subscribes = await _subscribe_calls(redis_url)
+    await hopper.ok("leave_session")
+    await hopper.ok("join_session", session_id=sid)
+    # The hop back within the grace period cost no SUBSCRIBE (nor UNSUBSCRIBE)...
+    assert await _subscribe_calls(redis_url) == subscribes
+    second = await connect_player(n1, "second")
+    await second.ok("join_session", session_id=sid)
+    # ...and events still reach the hopper on node 2.
+    assert (await hopper.event("player_joined"))["player_id"] == second.player_id
+    await hopper.ok("leave_session")
+    await host.ok("leave_session")
+    await second.ok("leave_session")
+    # Once nobody local is left, every node lets go of the channel after the grace.
+    # Redis's own subscription list is polled: there is no event to await for it.
+    async with asyncio.timeout(10):
+        while f"lobby:ev:{sid}" in await _channels(redis_url):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_unsubscribe_then_resubscribe_keeps_order(make_node, redis_url, connect_player
+                                                       ) -> None:
+    """The last local member goes and a new one arrives at once: still subscribed."""
+    n1 = await make_node(redis_url=redis_url)
+    n2 = await make_node(redis_url=redis_url)
+    n2.hub.linger_seconds = 0  # unsubscribe at once: the racy path
+    host = await connect_player(n1, "host")
+    sid = (await host.ok("create_session"))["session"]["session_id"]
+    a = await connect_player(n2, "a")
+    b = await connect_player(n2, "b")
+    for _ in range(10):
+        await a.ok("join_session", session_id=sid)
+        # b's join is on the wire before a's leave reply: unsubscribe and subscribe
+        # are asked back to back on node 2.
+        leave, join = await asyncio.gather(a.request("leave_session"),
+                                           b.request("join_session", session_id=sid))
+        assert leave["ok"] and join["ok"]
+        newcomer = await connect_player(n1, "c")
+        await newcomer.ok("join_session", session_id=sid)
+        assert (await b.event("player_joined"))["player_id"] == newcomer.player_id
+        await newcomer.ok("leave_session")
+        await b.ok("leave_session")
