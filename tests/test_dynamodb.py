@@ -15,11 +15,7 @@ import pytest
 from lobby.aws import make_client
 from lobby.persistence.dynamodb import PersistenceQueue, SessionTable
 from lobby.session import SessionRecord
-
-try:  # `python -m pytest` puts the repo root on sys.path; bare `pytest` only tests/
-    from tests.aws_fixtures import dead_endpoint, moto_endpoint
-except ImportError:  # pragma: no cover
-    from aws_fixtures import dead_endpoint, moto_endpoint  # type: ignore[no-redef]
+from tests.aws_fixtures import dead_endpoint, moto_endpoint
 
 __all__ = ["dead_endpoint", "moto_endpoint"]  # fixtures, used by name
 

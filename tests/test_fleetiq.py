@@ -24,35 +24,19 @@ from lobby.allocators.base import Allocation, NoServerAvailable
 from lobby.allocators.fleetiq import MAX_GAME_SERVER_DATA, FleetIQAllocator
 from lobby.aws import make_client
 from lobby.fleetiq_local import FleetIQLocal
-
-try:  # `python -m pytest` puts the repo root on sys.path; bare `pytest` only tests/
-    from tests.fleetiq_fixtures import (
-        PREDECLARED_GROUP,
-        FleetIQProcess,
-        _fleetiq_long_ttl,
-        _fleetiq_short_ttl,
-        fleetiq_local,
-        fleetiq_local_short_ttl,
-        fleetiq_url,
-        gamelift,
-        group_name,
-        instance_id,
-        register_servers,
-    )
-except ImportError:  # pragma: no cover
-    from fleetiq_fixtures import (  # type: ignore[no-redef]
-        PREDECLARED_GROUP,
-        FleetIQProcess,
-        _fleetiq_long_ttl,
-        _fleetiq_short_ttl,
-        fleetiq_local,
-        fleetiq_local_short_ttl,
-        fleetiq_url,
-        gamelift,
-        group_name,
-        instance_id,
-        register_servers,
-    )
+from tests.fleetiq_fixtures import (
+    PREDECLARED_GROUP,
+    FleetIQProcess,
+    _fleetiq_long_ttl,
+    _fleetiq_short_ttl,
+    fleetiq_local,
+    fleetiq_local_short_ttl,
+    fleetiq_url,
+    gamelift,
+    group_name,
+    instance_id,
+    register_servers,
+)
 
 __all__ = [  # fixtures, used by name
     "_fleetiq_long_ttl",

@@ -83,6 +83,14 @@ class MemoryStore:
         elif present and not should:
             del self._open[i]
 
+    def _change_state(self, s: dict[str, Any], state: str, now: int) -> None:
+        """Mirrors change_state() in prelude.lua."""
+        s["state"] = state
+        self._touch(s, now)
+        s["active"] = now
+        self._deadlines[s["id"]] = now
+        self._index_open(s)
+
     @staticmethod
     def _touch(s: dict[str, Any], now: int) -> None:
         s["v"] += 1
@@ -289,12 +297,8 @@ class MemoryStore:
 
     async def begin_start(self, player_id: str, now: int) -> SessionRecord:
         s = self._hosted_waiting_session(player_id, now)
-        s["state"] = "CONNECTING"
-        self._touch(s, now)
-        s["active"] = now
+        self._change_state(s, "CONNECTING", now)
         s["started"] = now
-        self._deadlines[s["id"]] = now
-        self._index_open(s)
         for m in s["members"]:
             self._holds.pop(m["id"], None)
         self._save(s)
@@ -321,12 +325,8 @@ class MemoryStore:
         s = self._load(session_id)
         if s is None or s["state"] != "CONNECTING" or s["server_id"] is not None:
             return None
-        s["state"] = "WAITING"
-        self._touch(s, now)
-        s["active"] = now
+        self._change_state(s, "WAITING", now)
         s["started"] = None
-        self._deadlines[s["id"]] = now
-        self._index_open(s)
         self._save(s)
         for m in s["members"]:
             mp = self._players.get(m["id"])
@@ -341,10 +341,7 @@ class MemoryStore:
             return self._copy(s)  # type: ignore[return-value]
         if s["state"] != "CONNECTING":
             raise_script_error("SESSION_NOT_CONNECTING")
-        s["state"] = "IN_PROGRESS"
-        self._touch(s, now)
-        s["active"] = now
-        self._deadlines[session_id] = now
+        self._change_state(s, "IN_PROGRESS", now)
         self._save(s)
         self._event(s, {"e": "session_in_progress"})
         return self._copy(s)  # type: ignore[return-value]

@@ -2,12 +2,8 @@
 local pid = ARGV[3]
 local s, refused = hosted_waiting_session(pid)
 if refused then return fail(refused) end
-s.state = 'CONNECTING'
-touch(s)
-s.active = NOW
+change_state(s, 'CONNECTING')
 s.started = NOW
-redis.call('ZADD', DEADLINES, NOW, s.id)
-index_open(s)
 -- Seats of a starting session are held for its life, so pending holds end here.
 for _, m in ipairs(s.members) do redis.call('ZREM', HOLDS, m.id) end
 save(skey(s.id), s)

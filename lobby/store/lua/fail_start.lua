@@ -1,12 +1,8 @@
 -- ARGV: 3 session_id, 4 error code, 5 message, 6 hold ms
 local s = load(skey(ARGV[3]))
 if not s or s.state ~= 'CONNECTING' or s.server_id ~= NULL then return {'OK', false} end
-s.state = 'WAITING'
-touch(s)
-s.active = NOW
+change_state(s, 'WAITING')
 s.started = NULL
-redis.call('ZADD', DEADLINES, NOW, s.id)
-index_open(s)
 save(skey(s.id), s)
 -- Back in the waiting room, players who dropped meanwhile get their hold again.
 for _, m in ipairs(s.members) do

@@ -3,10 +3,7 @@ local s = load(skey(ARGV[3]))
 if not s then return fail('SESSION_NOT_FOUND') end
 if s.state == 'IN_PROGRESS' then return ok(s) end -- a retried callback is harmless
 if s.state ~= 'CONNECTING' then return fail('SESSION_NOT_CONNECTING') end
-s.state = 'IN_PROGRESS'
-touch(s)
-s.active = NOW
-redis.call('ZADD', DEADLINES, NOW, s.id)
+change_state(s, 'IN_PROGRESS')
 save(skey(s.id), s)
 publish(s, {e = 'session_in_progress'})
 return ok(s)

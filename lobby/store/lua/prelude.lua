@@ -63,6 +63,16 @@ local function hosted_waiting_session(pid)
   return s, nil
 end
 
+-- A state change is versioned, counts as activity, restarts the new state's
+-- timeout and decides whether the session is browsable.
+local function change_state(s, state)
+  s.state = state
+  touch(s)
+  s.active = NOW
+  redis.call('ZADD', DEADLINES, NOW, s.id)
+  index_open(s)
+end
+
 local function member_index(s, pid)
   for i, m in ipairs(s.members) do
     if m.id == pid then return i end
