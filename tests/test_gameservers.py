@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from lobby.allocators.base import NoServerAvailable
 from lobby.aws import make_client
 from lobby.persistence.dynamodb import SessionTable
 from tests.aws_fixtures import moto_endpoint  # noqa: F401  (fixture)
@@ -257,10 +258,14 @@ async def test_idle_and_connecting_timeouts_two_nodes(make_node, redis_url, conn
                 "connecting_timeout_seconds": 0.4}
 
     class Stuck:
-        """A claim that never answers: the session stays CONNECTING."""
+        """A claim that does not answer until released: the session stays CONNECTING."""
+
+        def __init__(self) -> None:
+            self.release = asyncio.Event()
 
         async def allocate(self, session_id: str, player_ids: list[str]) -> Any:
-            await asyncio.Event().wait()
+            await self.release.wait()
+            raise NoServerAvailable("released")
 
         async def close(self) -> None:
             return None
@@ -278,7 +283,8 @@ async def test_idle_and_connecting_timeouts_two_nodes(make_node, redis_url, conn
 
     # CONNECTING that never reaches IN_PROGRESS: the game server went silent.
     n3 = await make_node(**settings)
-    n3.allocator = n3.lobby.allocator = Stuck()  # type: ignore[assignment]
+    stuck = Stuck()
+    n3.allocator = n3.lobby.allocator = stuck  # type: ignore[assignment]
     c = await connect_player(n3, "c")
     d = await connect_player(n1, "d")
     sid2 = (await c.ok("create_session"))["session"]["session_id"]
@@ -290,3 +296,7 @@ async def test_idle_and_connecting_timeouts_two_nodes(make_node, redis_url, conn
     # Exactly one node closed it: no duplicate pushes.
     await asyncio.sleep(0.3)
     assert d.no_event()
+    # The claim answering late finds the session gone and changes nothing.
+    stuck.release.set()
+    late = await asyncio.wait_for(c.orphans.get(), 5)
+    assert late["id"] == 99 and late["error"]["code"] == "NO_SERVER_AVAILABLE"
