@@ -83,6 +83,7 @@ class LobbyNode:
             rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst,
             max_clients=settings.max_clients if settings.max_clients is not None
             else _fd_budget(),
+            max_buffered=settings.max_buffered_bytes,
         )
         self.sockets.routes[CALLBACKS_PREFIX] = GameServerAPI(self.lobby, settings.server_key).route
         self.sockets.routes["/metrics"] = self._metrics_route
@@ -102,6 +103,7 @@ class LobbyNode:
             "local_sessions": self.hub.session_count,
             "events_in": self.hub.events_in,
             "frames_out": self.hub.frames_out,
+            "slow_drops": self.sockets.stats["slow_drops"],
             "store_generation": self.lobby.store_generation,
             "allocator": allocator,
             "persistence": self.persistence.metrics if self.persistence is not None else None,

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
          "largest accepted frame; bigger ones close the socket with 1009")
     _add(serve, "--max-clients", int, d.max_clients,
          "sockets this node accepts before answering 503 (default: open-file limit - 256)")
+    _add(serve, "--max-buffered-bytes", int, d.max_buffered_bytes,
+         "unsent bytes after which a socket that stopped reading is dropped")
     _add(serve, "--max-players-cap", int, d.max_players_cap,
          "largest max_players a session may ask")
     _add(serve, "--default-max-players", int, d.default_max_players,

@@ -15,6 +15,7 @@ class Settings:
     seat_hold_seconds: float = 60.0
     max_message_bytes: int = 64 * 1024
     max_clients: int | None = None  # None: what the open-file limit allows
+    max_buffered_bytes: int = 1 << 20  # unsent bytes after which a socket is dropped
     max_players_cap: int = 16
     default_max_players: int = 8
     rate_limit_per_second: float = 20.0

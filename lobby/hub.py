@@ -43,6 +43,10 @@ class Client(Protocol):
         """Queue a text frame without waiting (no backpressure)."""
         ...
 
+    def writable(self) -> bool:
+        """Whether pushes may still be queued (a peer that stopped reading is dropped)."""
+        ...
+
     def close(self, code: int, reason: str) -> None: ...
 
 

@@ -34,11 +34,14 @@ HttpRoute = Callable[[ServerConnection, Request], Awaitable[Response] | Response
 class WsClient:
     """A player socket as the domain sees it (satisfies `hub.Client`)."""
 
-    __slots__ = ("_last", "_tokens", "conn_id", "name", "password_failures", "player_id",
-                 "session_id", "token_hash", "ws")
+    __slots__ = ("_last", "_tokens", "conn_id", "max_buffered", "name", "password_failures",
+                 "player_id", "session_id", "stats", "token_hash", "ws")
 
-    def __init__(self, ws: ServerConnection, conn_id: str, burst: int) -> None:
+    def __init__(self, ws: ServerConnection, conn_id: str, burst: int,
+                 max_buffered: int = 1 << 20, stats: dict[str, int] | None = None) -> None:
         self.ws = ws
+        self.max_buffered = max_buffered
+        self.stats = stats if stats is not None else {}
         self.conn_id = conn_id
         self.player_id: str | None = None
         self.session_id: str | None = None
@@ -51,7 +54,27 @@ class WsClient:
     def push(self, text: str) -> None:
         # broadcast() writes without awaiting the peer: replies and events never
         # stall the reader of this socket or the fan-out to others.
-        broadcast((self.ws,), text)
+        if self.writable():
+            broadcast((self.ws,), text)
+
+    def writable(self) -> bool:
+        """False, and the socket dropped, once a peer has stopped reading.
+
+        Pushes have no backpressure, so a socket whose peer does not read would
+        buffer every event of its session forever. Lobby frames are small: far
+        more than a lobby's worth of unsent data means the peer is gone or stuck.
+        It is aborted (a close frame could not get through) and may resume.
+        """
+        transport = self.ws.transport
+        if transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() <= self.max_buffered:
+            return True
+        log.warning("dropping %s: %d bytes unsent", self.conn_id,
+                    transport.get_write_buffer_size())
+        self.stats["slow_drops"] = self.stats.get("slow_drops", 0) + 1
+        transport.abort()
+        return False
 
     def close(self, code: int, reason: str) -> None:
         asyncio.get_running_loop().create_task(self.ws.close(code, reason))
@@ -73,14 +96,16 @@ def _rate_limited(rtype: str, rid: object) -> str:
 
 
 def push_many(clients: Iterable[Client], text: str) -> None:
-    broadcast([c.ws for c in clients], text)  # type: ignore[attr-defined]
+    broadcast([c.ws for c in clients if c.writable()], text)  # type: ignore[attr-defined]
 
 
 class SocketServer:
     def __init__(self, lobby: Lobby, node_id: str, *, rate: float, burst: int,
-                 max_clients: int | None = None) -> None:
+                 max_clients: int | None = None, max_buffered: int = 1 << 20) -> None:
         self.lobby = lobby
         self.max_clients = max_clients
+        self.max_buffered = max_buffered
+        self.stats: dict[str, int] = {"slow_drops": 0}
         self.node_id = node_id
         self.rate = rate
         self.burst = burst
@@ -114,7 +139,8 @@ class SocketServer:
         return connection.respond(HTTPStatus.OK, "ok\n")
 
     async def handle(self, ws: ServerConnection) -> None:
-        client = WsClient(ws, f"{self.node_id}.{next(self._ids)}", self.burst)
+        client = WsClient(ws, f"{self.node_id}.{next(self._ids)}", self.burst,
+                          self.max_buffered, self.stats)
         self.lobby.hub.add_client(client)
         try:
             async for frame in ws:

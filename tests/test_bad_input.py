@@ -115,3 +115,44 @@ async def test_full_node_refuses_with_503(make_node, connect_player) -> None:
     with pytest.raises(InvalidStatus) as info:
         await connect(ws_url(node))
     assert info.value.response.status_code == 503
+
+
+async def test_peer_that_stops_reading_is_dropped(make_node, connect_player) -> None:
+    """A socket that never reads cannot make the node buffer its session's pushes forever."""
+    import socket as socketlib
+
+    node = await make_node(max_buffered_bytes=8 * 1024, rate_limit_burst=100_000,
+                           rate_limit_per_second=100_000.0, max_players_cap=16)
+    host = await connect_player(node, "h" * 64)
+    sid = (await host.ok("create_session", max_players=16))["session"]["session_id"]
+    for i in range(12):  # long names make every snapshot pushed below ~2 KiB
+        await (await connect_player(node, f"{i:02d}" + "n" * 62)).ok(
+            "join_session", session_id=sid)
+
+    # A real client with a tiny receive window that stops reading after joining:
+    # websockets pauses the transport once max_queue frames wait unread.
+    raw = socketlib.socket()
+    raw.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_RCVBUF, 1024)
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", node.port))
+    stuck = await connect(ws_url(node), sock=raw, max_queue=1, compression=None)
+    await stuck.send(json.dumps({"type": "hello", "id": 1, "name": "stuck"}))
+    await stuck.recv()
+    await stuck.send(json.dumps({"type": "join_session", "id": 2, "session_id": sid}))
+    await stuck.recv()
+
+    hopper = await connect_player(node, "p" * 64)
+    # The kernel's send buffer (a few MiB) fills first; bounded either way.
+    for _ in range(3000):
+        if node.metrics()["slow_drops"]:
+            break
+        await hopper.ok("join_session", session_id=sid)
+        await hopper.ok("leave_session")
+    assert node.metrics()["slow_drops"] == 1
+    # Everyone else carries on; the stuck player's seat is held for a resume.
+    await hopper.ok("join_session", session_id=sid)
+    ev = await host.event("player_joined")
+    while ev["player_id"] != hopper.player_id or ev["session"]["player_count"] != 15:
+        ev = await host.event("player_joined")
+    await host.ok("ping")
+    stuck.transport.abort()
