@@ -103,11 +103,14 @@ class RedisBus:
         self._task = asyncio.create_task(self._listen(), name="lobby-bus")
         self._writer_task = asyncio.create_task(self._write(), name="lobby-bus-writer")
 
-    async def _connect(self) -> None:
+    async def _connect(self) -> set[str]:
+        """Open the connection subscribed to every wanted channel; returns those."""
+        channels = set(self._wanted)
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self._node_channel, *self._wanted)
+        await pubsub.subscribe(self._node_channel, *channels)
         self._pubsub = pubsub
         self._ready.set()
+        return channels
 
     async def subscribe(self, session_id: str) -> None:
         channel = self._channel(session_id)
@@ -152,14 +155,14 @@ class RedisBus:
         while True:
             try:
                 if self._pubsub is None:
-                    await self._connect()
-                    log.warning("pub/sub connection restored (%d channels)", len(self._wanted))
-                    # A subscribe caught by the break is covered by the full resubscribe.
-                    for waiters in self._waiters.values():
-                        for fut in waiters:
+                    channels = await self._connect()
+                    log.warning("pub/sub connection restored (%d channels)", len(channels))
+                    # Subscribes caught by the break are covered by the full resubscribe;
+                    # ones asked during it are still queued and confirmed as usual.
+                    for channel in channels:
+                        for fut in self._waiters.pop(channel.encode(), ()):
                             if not fut.done():
                                 fut.set_result(None)
-                    self._waiters.clear()
                 assert self._pubsub is not None
                 while True:
                     msg = await self._pubsub.parse_response(block=True)
