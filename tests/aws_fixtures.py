@@ -9,7 +9,6 @@ parsing, the same code paths it takes against AWS.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,14 +19,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import free_port, stop_process
+
 STARTUP_DEADLINE_S = 20.0
 
 
-def free_port() -> int:
-    """A port nothing listens on (the OS picked it and we closed it again)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(url: str) -> bool:
@@ -65,12 +61,7 @@ def moto_endpoint() -> Iterator[str]:
                 time.sleep(0.05)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 @pytest.fixture

@@ -22,9 +22,20 @@ from lobby.config import Settings
 
 
 def free_port() -> int:
+    """A port nothing listens on (the OS picked it and we closed it again)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """Terminate a helper process the suite started; kill it if it lingers."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 class RedisServer:
@@ -62,8 +73,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+            stop_process(self.proc)
             self.proc = None
 
     def restart_empty(self) -> None:

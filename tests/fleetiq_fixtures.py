@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import pytest
 
 from lobby.aws import make_client
+from tests.conftest import stop_process
 
 READY_PREFIX = "FLEETIQ_LOCAL_LISTENING port="
 STARTUP_TIMEOUT = 15.0
@@ -102,12 +103,7 @@ def run_fleetiq_local(
                 proc=proc,
             )
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            stop_process(proc)
 
 
 def _wait_ready(
