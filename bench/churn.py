@@ -200,16 +200,9 @@ def run(run: Run, cross_node: bool) -> list[dict[str, Any]]:
         # CPU is sampled over the measured part only, after the warm-up.
         time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9 + args.warmup))
         profiled = i == len(rates) - 1
-        if profiled:
-            run.start_profile(node1, label)
-        before = run.snapshot()
-        try:
-            results = pool.gather("measure", run.budget(args.duration + CYCLE_TIMEOUT_S + 15))
-        finally:
-            after = run.snapshot()
-            if profiled:
-                run.stop_profile(label)
-        usage = run.usage(before, after)
+        results, usage = run.gather_measured(
+            pool, "measure", run.budget(args.duration + CYCLE_TIMEOUT_S + 15),
+            profile=(node1, label) if profiled else None)
         join_ns = [x for r in results for x in r["join_ns"]]
         joins = len(join_ns)
         errors = merge_counts(r["errors"] for r in results)

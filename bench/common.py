@@ -166,6 +166,23 @@ class Run:
             self.profile = result
 
     # measurement --------------------------------------------------------------
+    def gather_measured(
+        self, pool: DriverPool, phase: str, wait_s: float,
+        profile: tuple[LobbyProc, str] | None = None,
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Collect the drivers' `phase` results, with every process's CPU over the
+        wait (and a profile of `profile`'s node, labelled, when asked)."""
+        if profile is not None:
+            self.start_profile(*profile)
+        before = self.snapshot()
+        try:
+            results = pool.gather(phase, wait_s)
+        finally:
+            after = self.snapshot()
+            if profile is not None:
+                self.stop_profile(profile[1])
+        return results, self.usage(before, after)
+
     def snapshot(self) -> Snapshot:
         procs = [*self.nodes, *self.others]
         return Snapshot(

@@ -129,16 +129,9 @@ def run(run: Run) -> list[dict[str, Any]]:
         })
         time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9 + args.warmup))
         profiled = i == len(args.rooms) - 1
-        if profiled:
-            run.start_profile(node, label)
-        before = run.snapshot()
-        try:
-            results = pool.gather("measure", run.budget(args.duration + REQUEST_TIMEOUT_S + 15))
-        finally:
-            after = run.snapshot()
-            if profiled:
-                run.stop_profile(label)
-        usage = run.usage(before, after)
+        results, usage = run.gather_measured(
+            pool, "measure", run.budget(args.duration + REQUEST_TIMEOUT_S + 15),
+            profile=(node, label) if profiled else None)
         lat_ns = [x for r in results for x in r["lat"]]
         errors = merge_counts(r["errors"] for r in results)
         lat = latency_ms(lat_ns)

@@ -159,14 +159,8 @@ def run(run: Run) -> list[dict[str, Any]]:
     t0_ns = time.monotonic_ns() + 300_000_000
     pool.broadcast("storm", {"t0_ns": t0_ns, "spread_s": args.spread, "rooms_total": rooms,
                              "wait_s": args.wait})
-    run.start_profile(node, "storm")
-    before = run.snapshot()
-    try:
-        results = pool.gather("storm", run.budget(args.wait + RETRY_WAIT_S * 4 + 15))
-    finally:
-        after = run.snapshot()
-        run.stop_profile("storm")
-    usage = run.usage(before, after)
+    results, usage = run.gather_measured(
+        pool, "storm", run.budget(args.wait + RETRY_WAIT_S * 4 + 15), profile=(node, "storm"))
     lat = latency_ms(x for r in results for x in r["latency_ns"])
     last_rel = [x for r in results for x in r["last_rel_ns"]]
     stuck = sum(r["stuck"] for r in results)
