@@ -136,12 +136,23 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def node(make_node: NodeFactory, mode: str, request: pytest.FixtureRequest) -> LobbyNode:
+def make_mode_node(make_node: NodeFactory, mode: str, request: pytest.FixtureRequest
+                   ) -> NodeFactory:
+    """Start nodes in this test's mode: embedded, or on the suite's (flushed) Redis."""
+    url = request.getfixturevalue("redis_url") if mode == "redis" else None
+
+    async def factory(allocator: Allocator | None = None, **overrides: Any) -> LobbyNode:
+        if url is not None:
+            overrides.setdefault("redis_url", url)
+        return await make_node(allocator=allocator, **overrides)
+
+    return factory
+
+
+@pytest.fixture
+async def node(make_mode_node: NodeFactory) -> LobbyNode:
     """One node, in embedded mode and in Redis mode (each test runs in both)."""
-    if mode == "redis":
-        url = request.getfixturevalue("redis_url")
-        return await make_node(redis_url=url)
-    return await make_node()
+    return await make_mode_node()
 
 
 class Player:

@@ -155,9 +155,8 @@ async def test_fleetiq_throttling_is_retried(make_node, redis_url, fleetiq: Flee
         gamelift.close()
 
 
-async def test_callbacks_need_the_key(make_node, mode, request, connect_player) -> None:
-    extra = {"redis_url": request.getfixturevalue("redis_url")} if mode == "redis" else {}
-    node = await make_node(server_key=KEY, **extra)
+async def test_callbacks_need_the_key(make_mode_node, connect_player) -> None:
+    node = await make_mode_node(server_key=KEY)
     host = await connect_player(node, "host")
     await host.ok("create_session")
     sid = (await host.ok("start_session"))["session"]["session_id"]

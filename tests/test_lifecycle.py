@@ -190,7 +190,7 @@ async def test_list_pagination(node: LobbyNode, connect_player) -> None:
     await browser.error("list_sessions", "BAD_REQUEST", limit=101)
 
 
-async def test_start_failure_returns_to_waiting(make_node, mode, request, connect_player) -> None:
+async def test_start_failure_returns_to_waiting(make_mode_node, connect_player) -> None:
     from lobby.allocators.base import Allocation, NoServerAvailable
 
     class Exhausted:
@@ -208,8 +208,7 @@ async def test_start_failure_returns_to_waiting(make_node, mode, request, connec
             return None
 
     allocator = Exhausted()
-    extra = {"redis_url": request.getfixturevalue("redis_url")} if mode == "redis" else {}
-    node = await make_node(allocator=allocator, **extra)
+    node = await make_mode_node(allocator=allocator)
     host = await connect_player(node, "host")
     guest = await connect_player(node, "guest")
     sid = (await host.ok("create_session"))["session"]["session_id"]

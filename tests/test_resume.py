@@ -7,14 +7,8 @@ import asyncio
 from lobby.app import LobbyNode
 
 
-async def _two_node_or_one(make_node, mode: str, request, **settings):
-    if mode == "redis":
-        settings["redis_url"] = request.getfixturevalue("redis_url")
-    return await make_node(**settings)
-
-
-async def test_resume_within_hold_restores_seat(make_node, mode, request, connect_player) -> None:
-    node = await _two_node_or_one(make_node, mode, request, seat_hold_seconds=30)
+async def test_resume_within_hold_restores_seat(make_mode_node, connect_player) -> None:
+    node = await make_mode_node(seat_hold_seconds=30)
     host = await connect_player(node, "host")
     guest = await connect_player(node, "guest")
     sid = (await host.ok("create_session"))["session"]["session_id"]
@@ -33,8 +27,8 @@ async def test_resume_within_hold_restores_seat(make_node, mode, request, connec
     assert ev["server_endpoint"] == "127.0.0.1:6060"
 
 
-async def test_seat_hold_timeout_removes_player(make_node, mode, request, connect_player) -> None:
-    node = await _two_node_or_one(make_node, mode, request, seat_hold_seconds=0.3)
+async def test_seat_hold_timeout_removes_player(make_mode_node, connect_player) -> None:
+    node = await make_mode_node(seat_hold_seconds=0.3)
     host = await connect_player(node, "host")
     guest = await connect_player(node, "guest")
     sid = (await host.ok("create_session"))["session"]["session_id"]
@@ -53,9 +47,9 @@ async def test_seat_hold_timeout_removes_player(make_node, mode, request, connec
     assert reply["player_id"] != host.player_id
 
 
-async def test_started_session_holds_seat_for_its_life(make_node, mode, request, connect_player
+async def test_started_session_holds_seat_for_its_life(make_mode_node, connect_player
                                                        ) -> None:
-    node = await _two_node_or_one(make_node, mode, request, seat_hold_seconds=0.1)
+    node = await make_mode_node(seat_hold_seconds=0.1)
     host = await connect_player(node, "host")
     guest = await connect_player(node, "guest")
     sid = (await host.ok("create_session"))["session"]["session_id"]
