@@ -31,7 +31,7 @@ def test_every_error_code_is_documented(code: str) -> None:
     assert f"| `{code}` |" in DOC
 
 
-@pytest.mark.parametrize("reason", protocol.LEAVE_REASONS)
+@pytest.mark.parametrize("reason", protocol.LEAVE_REASONS + protocol.CLOSE_REASONS)
 def test_leave_reasons_are_documented(reason: str) -> None:
     assert f"`{reason}`" in DOC
 

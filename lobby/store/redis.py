@@ -74,10 +74,6 @@ class RedisStore:
             name: client.register_script(prelude + "\n" + _load_lua(name)) for name in _SCRIPTS
         }
 
-    @classmethod
-    def from_url(cls, url: str, prefix: str = "lobby:") -> RedisStore:
-        return cls(aioredis.from_url(url, decode_responses=False), prefix)
-
     async def start(self) -> None:
         await self.redis.ping()
 
