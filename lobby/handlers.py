@@ -8,11 +8,12 @@ atomic store call, and returns the reply's fields; the store publishes events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -187,16 +188,11 @@ class Lobby:
             pw = await asyncio.get_running_loop().run_in_executor(
                 self._pw_pool, hash_password, req.password)
         session_id = secrets.token_urlsafe(8)
-        await self.hub.attach(session_id, client)
-        try:
+        async with self._becoming_member(session_id, client):
             rec = await self.store.create_session(
                 client.player_id, session_id, req.name or "", max_players, pw, now_ms()
             )
-        except BaseException:
-            await self.hub.detach(session_id, client)
-            raise
-        self.changed(rec)
-        return {"session": public_session(rec)}, (session_id, rec["v"])
+        return self._member_result(rec)
 
     async def list_sessions(self, client: Client, req: p.ListSessions) -> Result:
         cursor = req.cursor or None
@@ -209,18 +205,28 @@ class Lobby:
         assert client.player_id is not None
         self._not_in_session(client)
         sid = req.session_id
-        await self.hub.attach(sid, client)
-        try:
+        async with self._becoming_member(sid, client):
             try:
                 rec = await self.store.join_session(client.player_id, sid, None, now_ms())
             except PasswordRequired as need:
                 await self._check_password(client, req.password, need)
                 rec = await self.store.join_session(client.player_id, sid, need.pw, now_ms())
+        return self._member_result(rec)
+
+    @contextlib.asynccontextmanager
+    async def _becoming_member(self, session_id: str, client: Client) -> AsyncIterator[None]:
+        """Register the client as a pending member (node subscribed) before the
+        store call that makes it one; undo that if the call fails."""
+        await self.hub.attach(session_id, client)
+        try:
+            yield
         except BaseException:
-            await self.hub.detach(sid, client)
+            await self.hub.detach(session_id, client)
             raise
+
+    def _member_result(self, rec: SessionRecord) -> Result:
         self.changed(rec)
-        return {"session": public_session(rec)}, (sid, rec["v"])
+        return {"session": public_session(rec)}, (rec["id"], rec["v"])
 
     async def _check_password(
         self, client: Client, password: str | None, need: PasswordRequired
