@@ -233,7 +233,7 @@ class Lobby:
     ) -> None:
         if not password:
             raise LobbyError(ErrorCode.WRONG_PASSWORD, "this session needs a password")
-        failures: list[float] = getattr(client, "password_failures", [])
+        failures = client.password_failures
         now = time.monotonic()
         failures[:] = [t for t in failures if now - t < 60]
         if len(failures) >= PASSWORD_FAILURES_ALLOWED:
@@ -242,7 +242,6 @@ class Lobby:
             self._pw_pool, verify_password, password, need.pw)
         if not good:
             failures.append(now)
-            client.password_failures = failures  # type: ignore[attr-defined]
             raise LobbyError(ErrorCode.WRONG_PASSWORD, "wrong password")
 
     async def leave_session(self, client: Client, req: p.LeaveSession) -> Result:

@@ -38,6 +38,7 @@ class Client(Protocol):
     session_id: str | None
     name: str  # set by hello, with token_hash: what a store rebuild needs
     token_hash: str
+    password_failures: list[float]  # monotonic times of wrong passwords
 
     def push(self, text: str) -> None:
         """Queue a text frame without waiting (no backpressure)."""
