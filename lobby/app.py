@@ -160,7 +160,8 @@ class LobbyNode:
         else:
             log.warning("no DynamoDB persistence (--dynamodb): sessions are not durable")
         if not s.server_key:
-            log.warning("no --server-key: game-server callbacks are refused")
+            log.warning("no --server-key: game-server callbacks are refused and "
+                        "join_ticket answers TICKETS_DISABLED")
         log.info("node %s listening on ws://%s:%d/ws", self.node_id, s.host, self.port)
 
     async def _sweeper(self) -> None:

@@ -42,6 +42,16 @@ def _optional_float(raw: str) -> float | None:
     return None if raw.lower() in ("", "none", "0", "off") else float(raw)
 
 
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, not {raw!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lobby", description="WebSocket lobby server for multiplayer games"
@@ -83,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "--in-progress-max-seconds", float, d.in_progress_max_seconds,
          "safety limit of an IN_PROGRESS session without the complete callback (expired)")
     _add(serve, "--server-key", str, d.server_key,
-         "shared secret of the game-server HTTP callbacks; unset = callbacks refused")
+         "shared secret of the game-server HTTP callbacks and join tickets; "
+         "unset = callbacks refused, no tickets")
+    _add(serve, "--ticket-ttl-seconds", _positive_int, d.ticket_ttl_seconds,
+         "lifetime of a join ticket (join_ticket) before the game server refuses it")
     _add(serve, "--fleetiq-group", str, d.fleetiq_group,
          "GameLift FleetIQ game server group to claim servers from; unset = static allocator")
     _add(serve, "--aws-region", str, d.aws_region, "AWS region (else AWS_REGION, us-east-1)")

@@ -28,7 +28,8 @@ class Settings:
     waiting_idle_seconds: float = 600.0
     connecting_timeout_seconds: float = 120.0
     in_progress_max_seconds: float = 6 * 3600.0  # safety net if "complete" never comes
-    server_key: str | None = None  # shared secret of the game-server callbacks
+    server_key: str | None = None  # shared secret of the game-server callbacks and tickets
+    ticket_ttl_seconds: int = 300  # how long a join ticket lets its player into the game server
     # GameLift FleetIQ (unset: the static allocator)
     fleetiq_group: str | None = None
     aws_region: str | None = None

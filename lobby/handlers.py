@@ -25,6 +25,7 @@ from lobby.hub import Client, Hub
 from lobby.passwords import hash_password, verify_password
 from lobby.session import SessionRecord, public_session
 from lobby.store.base import Change, PasswordRequired, SessionStore, SweepResult, Timeouts
+from lobby.tickets import make_ticket
 
 log = logging.getLogger("lobby")
 
@@ -78,6 +79,7 @@ class Lobby:
             "start_session": self.start_session,
             "kick_player": self.kick_player,
             "ping": self.ping,
+            "join_ticket": self.join_ticket,
         }
 
     def changed(self, record: SessionRecord) -> None:
@@ -139,6 +141,8 @@ class Lobby:
                 resumed = await self._resume(client, req.resume_token)
             if resumed is not None:
                 return resumed
+        # URL-safe base64 has no '.', which resume tokens and join tickets use
+        # as their separator.
         player_id = "p_" + secrets.token_urlsafe(8)
         resume_token = f"{player_id}.{secrets.token_urlsafe(24)}"
         name = req.name or f"Player-{player_id[2:6]}"
@@ -187,7 +191,7 @@ class Lobby:
         if req.password:
             pw = await asyncio.get_running_loop().run_in_executor(
                 self._pw_pool, hash_password, req.password)
-        session_id = secrets.token_urlsafe(8)
+        session_id = secrets.token_urlsafe(8)  # no '.': join tickets separate fields with it
         async with self._becoming_member(session_id, client):
             rec = await self.store.create_session(
                 client.player_id, session_id, req.name or "", max_players, pw, now_ms()
@@ -294,6 +298,28 @@ class Lobby:
 
     async def ping(self, client: Client, req: p.Ping) -> Result:
         return {}, None
+
+    async def join_ticket(self, client: Client, req: p.JoinTicket) -> Result:
+        assert client.player_id is not None
+        key = self.settings.server_key
+        # First, so that a client learns at once that this lobby's game servers
+        # take no tickets, whatever state its session is in.
+        if not key:
+            raise LobbyError(ErrorCode.TICKETS_DISABLED,
+                             "this lobby has no server key, so it issues no tickets")
+        # The store, not the socket's view, decides membership: a ticket must
+        # never outlive a kick, a leave or the end of the session.
+        sid = client.session_id
+        rec = await self.store.get_session(sid) if sid is not None else None
+        if rec is None or all(m["id"] != client.player_id for m in rec["members"]):
+            raise LobbyError(ErrorCode.NOT_IN_SESSION)
+        endpoint = rec["endpoint"]
+        if rec["state"] == "WAITING" or endpoint is None:
+            raise LobbyError(ErrorCode.SESSION_NOT_STARTED,
+                             "the session has no game server yet: wait for session_started")
+        expires_at = now_ms() // 1000 + self.settings.ticket_ttl_seconds
+        ticket = make_ticket(key, rec["id"], client.player_id, expires_at)
+        return {"ticket": ticket, "server_endpoint": endpoint, "expires_at": expires_at}, None
 
     @staticmethod
     def _not_in_session(client: Client) -> None:

@@ -77,16 +77,20 @@ class Ping(_Request):
     type: Literal["ping"]
 
 
+class JoinTicket(_Request):
+    type: Literal["join_ticket"]
+
+
 Request = Annotated[
     Hello | CreateSession | ListSessions | JoinSession | LeaveSession | StartSession
-    | KickPlayer | Ping,
+    | KickPlayer | Ping | JoinTicket,
     Field(discriminator="type"),
 ]
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
 
 REQUEST_TYPES: tuple[str, ...] = (
     "hello", "create_session", "list_sessions", "join_session", "leave_session",
-    "start_session", "kick_player", "ping",
+    "start_session", "kick_player", "ping", "join_ticket",
 )
 EVENT_TYPES: tuple[str, ...] = (
     "player_joined", "player_left", "host_changed", "session_started",
