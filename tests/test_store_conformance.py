@@ -1003,6 +1003,71 @@ async def test_complete_in_any_state_releases_seats_and_unlists(store: Harness) 
         await h.drain(1)
 
 
+# game servers: get_session_by_server -------------------------------------------
+
+
+async def test_session_by_server_follows_the_session(store: Harness) -> None:
+    h = store
+    await add_players(h, "alice", "bob", "carol")
+    assert await h.store.get_session_by_server("gs-1") is None
+    await h.store.create_session("alice", "s1", "", 4, None, T0)
+    await h.store.join_session("bob", "s1", None, T0 + 1)
+    await h.store.join_session("carol", "s1", None, T0 + 1)
+    await h.store.begin_start("alice", T0 + 2)
+    # Starting, but no server recorded yet.
+    assert await h.store.get_session_by_server("gs-1") is None
+    done = await h.store.finish_start("s1", "gs-1", "10.0.0.7:7777", T0 + 3)
+    assert done is not None
+    assert await h.store.get_session_by_server("gs-1") == done
+    assert await h.store.get_session_by_server("gs-2") is None
+    assert await h.store.get_session_by_server("s1") is None  # a session id is no server id
+    # Always the session as it is now.
+    running = await h.store.mark_in_progress("s1", T0 + 4)
+    assert await h.store.get_session_by_server("gs-1") == running
+    left = (await h.store.leave_session("carol", T0 + 5)).record
+    assert await h.store.get_session_by_server("gs-1") == left
+    await h.store.complete("s1", "completed", T0 + 6)
+    assert await h.store.get_session_by_server("gs-1") is None
+
+    # A failed start leaves no server behind.
+    await h.store.create_session("alice", "s2", "", 4, None, T0 + 7)
+    await h.store.begin_start("alice", T0 + 8)
+    await h.store.fail_start("s2", "NO_SERVER_AVAILABLE", "x", T0 + 9, HOLD)
+    assert await h.store.get_session_by_server("gs-1") is None
+    await h.drain()
+
+
+async def start_on(h: Harness, sid: str, host: str, server_id: str, now: int) -> SessionRecord:
+    await h.store.create_session(host, sid, "", 4, None, now)
+    await h.store.begin_start(host, now + 1)
+    rec = await h.store.finish_start(sid, server_id, "10.0.0.7:7777", now + 2)
+    assert rec is not None
+    return rec
+
+
+async def test_a_reused_server_serves_its_latest_session(store: Harness) -> None:
+    h = store
+    await add_players(h, "alice", "bob", "carol", "dave")
+    await start_on(h, "s1", "alice", "gs-1", T0)
+    s2 = await start_on(h, "s2", "bob", "gs-1", T0 + 10)
+    assert await h.store.get_session_by_server("gs-1") == s2
+    # The earlier session ending must not take the later one's entry with it.
+    await h.store.complete("s1", "completed", T0 + 20)
+    assert await h.store.get_session_by_server("gs-1") == s2
+    # Every way a session ends removes its own entry: the last member leaving...
+    assert (await h.store.leave_session("bob", T0 + 21)).ended == "abandoned"
+    assert await h.store.get_session_by_server("gs-1") is None
+    # ...and a timeout.
+    s3 = await start_on(h, "s3", "carol", "gs-1", T0 + 30)
+    await start_on(h, "s4", "dave", "gs-2", T0 + 30 + TO.connecting_ms)
+    assert await h.store.get_session_by_server("gs-1") == s3
+    changes = await sweep(h, T0 + 31 + TO.connecting_ms, TO)
+    assert [(c.session_id, c.ended) for c in changes] == [("s3", "server_timeout")]
+    assert await h.store.get_session_by_server("gs-1") is None
+    assert (await h.store.get_session_by_server("gs-2") or {"id": None})["id"] == "s4"
+    await h.drain()
+
+
 # session timeouts --------------------------------------------------------------
 
 
@@ -1254,6 +1319,39 @@ async def test_restore_then_resume_with_the_original_token(store: Harness) -> No
 
 
 @pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_restore_rebuilds_the_server_index(store: Harness) -> None:
+    h = store
+    assert isinstance(h, RedisHarness)
+    src, _ = await persisted(h)
+    for pid in ("alice", "bob", "carol", "dave"):
+        await src.new_player(pid, name(pid), tokh(pid), conn(pid), T0)
+    records: dict[str, SessionRecord] = {}
+    for sid, host, server_id, now in (("s1", "alice", "gs-1", T0), ("s2", "bob", "gs-2", T0),
+                                      ("s3", "carol", "gs-1", T0 + 10)):
+        await src.create_session(host, sid, "", 4, None, now)
+        await src.begin_start(host, now + 1)
+        done = await src.finish_start(sid, server_id, "10.0.0.7:7777", now + 2)
+        assert done is not None
+        records[sid] = done
+    records["s4"] = await src.create_session("dave", "s4", "", 4, None, T0)
+    assert await src.get_session_by_server("gs-1") == records["s3"]
+
+    # gs-1 was given to s1, then s3: whatever the order of the records, the
+    # rebuilt index names s3, as it did before.
+    order = [records[sid] for sid in ("s3", "s4", "s1", "s2")]
+    assert await h.store.restore("gen-1", order, HOLD, T0 + 100) == ("gen-1", 4)
+    h.epoch = "gen-1"
+    assert await h.store.get_session_by_server("gs-1") == records["s3"]
+    assert await h.store.get_session_by_server("gs-2") == records["s2"]
+    assert await h.client.hlen(f"{h.prefix}servers") == 2
+    await h.store.complete("s1", "completed", T0 + 101)
+    assert await h.store.get_session_by_server("gs-1") == records["s3"]
+    await h.store.complete("s3", "completed", T0 + 102)
+    assert await h.store.get_session_by_server("gs-1") is None
+    await h.drain(2)
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
 async def test_restore_writes_only_sessions_that_do_not_exist(store: Harness) -> None:
     h = store
     assert isinstance(h, RedisHarness)
@@ -1434,6 +1532,7 @@ async def scripted_run(h: Harness) -> list[Any]:
         s.resume("max", tokh("max"), conn("max", "n2"), T0 + 13 + HOLD),
         s.begin_start("ann", T0 + 14 + HOLD),
         s.finish_start("s1", "gs-9", "[::1]:7777", T0 + 15 + HOLD),
+        s.get_session_by_server("gs-9"),
         s.leave_session("li", T0 + 16 + HOLD),
         s.mark_in_progress("s2", B),
         s.create_session("li", "s3", "", 2, None, B + 1),
@@ -1456,6 +1555,7 @@ async def scripted_run(h: Harness) -> list[Any]:
         s.get_session("s2"),
         s.get_session("s3"),
         s.get_session("s4"),
+        s.get_session_by_server("gs-9"),
         s.stats(),
     ]
     for step in steps:

@@ -140,6 +140,12 @@ class SessionStore(Protocol):
 
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
 
+    async def get_session_by_server(self, server_id: str) -> SessionRecord | None:
+        """The live session whose game server is `server_id` (set by finish_start).
+        A server is reused by later sessions: the latest one to be given it wins,
+        and the end of an earlier one leaves the later one's entry alone."""
+        ...
+
     async def list_sessions(
         self, limit: int, cursor: str | None
     ) -> tuple[list[SessionRecord], str | None]: ...

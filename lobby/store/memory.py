@@ -43,6 +43,7 @@ class MemoryStore:
         self._holds: dict[str, int] = {}  # player id -> deadline ms
         self._open: list[tuple[int, str]] = []  # (seq, session id), ascending
         self._deadlines: dict[str, int] = {}  # session id -> time of last state change
+        self._servers: dict[str, str] = {}  # game server id -> session id (SERVERS in Lua)
         self._seq = 0
 
     async def start(self) -> None:
@@ -107,6 +108,10 @@ class MemoryStore:
     def _delete(self, s: dict[str, Any]) -> None:
         self._sessions.pop(s["id"], None)
         self._deadlines.pop(s["id"], None)
+        server_id = s.get("server_id")
+        # Only our own entry: the server may already serve a later session.
+        if server_id is not None and self._servers.get(server_id) == s["id"]:
+            del self._servers[server_id]
         entry = (s["seq"], s["id"])
         i = bisect.bisect_left(self._open, entry)
         if i < len(self._open) and self._open[i] == entry:
@@ -321,6 +326,7 @@ class MemoryStore:
         s["endpoint"] = endpoint
         self._touch(s, now)
         saved = self._save(s)
+        self._servers[server_id] = session_id
         self._event(
             s, {"e": "session_started", "server_id": server_id, "server_endpoint": endpoint},
             saved,
@@ -362,6 +368,9 @@ class MemoryStore:
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         return self._copy(self._load(session_id))
+
+    async def get_session_by_server(self, server_id: str) -> SessionRecord | None:
+        return self._copy(self._load(self._servers.get(server_id)))
 
     async def list_sessions(
         self, limit: int, cursor: str | None

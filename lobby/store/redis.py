@@ -30,7 +30,7 @@ from lobby.store.base import (
 _SCRIPTS = (
     "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
     "finish_start", "fail_start", "in_progress", "complete", "sweep", "list",
-    "restore", "rebind",
+    "restore", "rebind", "by_server",
 )
 
 
@@ -178,6 +178,11 @@ class RedisStore:
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         raw = await self.redis.get(f"{self.prefix}s:{session_id}")
+        return json.loads(raw) if raw else None
+
+    async def get_session_by_server(self, server_id: str) -> SessionRecord | None:
+        # One script, so the index entry and the record are read at one moment.
+        raw = await self._run("by_server", server_id, now=0)
         return json.loads(raw) if raw else None
 
     async def list_sessions(

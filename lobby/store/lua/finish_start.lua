@@ -5,5 +5,6 @@ s.server_id = ARGV[4]
 s.endpoint = ARGV[5]
 touch(s)
 save(skey(s.id), s)
+redis.call('HSET', SERVERS, s.server_id, s.id)
 publish(s, {e = 'session_started', server_id = s.server_id, server_endpoint = s.endpoint})
 return ok(s)

@@ -12,6 +12,9 @@ local SEQ = P .. 'seq'
 -- Sessions by the time of their last state change; the sweep derives each
 -- session's real deadline (idle, connecting, in-progress) from its record.
 local DEADLINES = P .. 'deadlines'
+-- Game server id -> id of the live session it serves, for game servers that
+-- know only their own (FleetIQ) id.
+local SERVERS = P .. 'servers'
 
 local function skey(sid) return P .. 's:' .. sid end
 local function pkey(pid) return P .. 'p:' .. pid end
@@ -84,6 +87,10 @@ local function delete_session(s)
   redis.call('DEL', skey(s.id))
   redis.call('ZREM', OPEN, s.id)
   redis.call('ZREM', DEADLINES, s.id)
+  -- Only our own entry: the server may already serve a later session.
+  if type(s.server_id) == 'string' and redis.call('HGET', SERVERS, s.server_id) == s.id then
+    redis.call('HDEL', SERVERS, s.server_id)
+  end
 end
 
 -- The reply of a change that may have ended the session: 'DEL' and the final
