@@ -1,0 +1,450 @@
+# SessionManager (autoload): the lobby WebSocket, its requests and events, the
+# mirrored current session, and resume after a dropped socket.
+# Godot 3 edition; the Godot 4 one (clients/godot) has the same API.
+# The wire contract is protocol.md; the API is clients/godot/API.md.
+extends Node
+
+# connection
+signal connection_state_changed(state)
+signal connected()
+signal authenticated(player_id, resumed)
+signal reconnecting(attempt, delay)
+signal reconnected(resumed)
+signal disconnected(code, reason)
+# protocol events
+signal player_joined(player_id, player_name)
+signal player_left(player_id, reason)
+signal host_changed(host_id)
+signal session_started(server_endpoint, server_id)
+signal session_start_failed(code, message)
+signal session_in_progress()
+signal session_closed(reason)
+signal kicked()
+# mirror
+signal session_changed(session)
+signal event_received(event)
+signal request_completed(request)
+
+const LobbyRequestScript = preload("lobby_request.gd")
+const CLOSE_REPLACED := 4001
+const TOKEN_SECTION := "lobby"
+const TOKEN_KEY := "resume_token"
+
+var request_timeout := 10.0
+var reconnect_base_delay := 0.5
+var reconnect_max_delay := 15.0
+var max_reconnect_attempts := 12
+var token_path := "user://lobby_resume.cfg"
+var persist_token := true
+var url := ""
+var connection_state := "disconnected"
+var player_id := ""
+var player_name := ""
+var session := {}
+
+var _ws: WebSocketClient = null
+var _socket_open := false
+var _resume_token := ""
+var _authenticated_once := false
+var _next_id := 0
+var _pending := {}
+var _attempt := 0
+var _reconnect_at_msec := 0
+var _close_code := -1
+var _close_reason := ""
+var _closing_on_purpose := false
+var _resume_hello_id := -1
+var _rng := RandomNumberGenerator.new()
+
+
+func _ready() -> void:
+	_rng.randomize()
+
+
+func _process(_delta: float) -> void:
+	if _ws != null:
+		_ws.poll()
+	var now := OS.get_ticks_msec()
+	if connection_state == "reconnecting" and _ws == null and now >= _reconnect_at_msec:
+		_open_socket()
+	for id in _pending.keys():
+		var req = _pending[id]
+		if req.deadline_msec > 0 and now >= req.deadline_msec:
+			_finish(req, _client_error(req, "TIMEOUT", "no reply from the lobby in time"))
+
+
+# connection ------------------------------------------------------------------
+
+func connect_to_lobby(lobby_url: String) -> int:
+	url = lobby_url
+	_closing_on_purpose = false
+	_attempt = 0
+	_drop_socket()
+	return _open_socket()
+
+
+func disconnect_from_lobby() -> void:
+	_closing_on_purpose = true
+	if _ws != null and _socket_open:
+		_ws.disconnect_from_host(1000, "bye")
+		return
+	_drop_socket()
+	_lost(1000, "disconnected")
+
+
+func _open_socket() -> int:
+	_ws = WebSocketClient.new()
+	_ws.connect("connection_established", self, "_on_established")
+	_ws.connect("connection_closed", self, "_on_closed")
+	_ws.connect("connection_error", self, "_on_error")
+	_ws.connect("server_close_request", self, "_on_close_request")
+	_ws.connect("data_received", self, "_on_data")
+	_close_code = -1
+	_close_reason = ""
+	if connection_state != "reconnecting":
+		_set_state("connecting")
+	var err := _ws.connect_to_url(url)
+	if err != OK:
+		_ws = null
+		_lost(-1, "cannot connect to %s (error %d)" % [url, err])
+	return err
+
+
+func _drop_socket() -> void:
+	if _ws != null:
+		_ws.disconnect("connection_closed", self, "_on_closed")
+		_ws.disconnect("connection_error", self, "_on_error")
+		_ws.disconnect_from_host()
+	_ws = null
+	_socket_open = false
+
+
+func _on_established(_protocol: String) -> void:
+	# Text frames: the lobby refuses binary ones.
+	_ws.get_peer(1).set_write_mode(WebSocketPeer.WRITE_MODE_TEXT)
+	_socket_open = true
+	var was_reconnecting := connection_state == "reconnecting"
+	_set_state("online")
+	emit_signal("connected")
+	if was_reconnecting and _authenticated_once:
+		var req = hello(player_name)
+		_resume_hello_id = req.id
+
+
+func _on_close_request(code: int, reason: String) -> void:
+	_close_code = code
+	_close_reason = reason
+
+
+func _on_closed(_was_clean: bool) -> void:
+	_ws = null
+	_socket_open = false
+	_lost(_close_code, _close_reason)
+
+
+func _on_error() -> void:
+	_ws = null
+	_socket_open = false
+	_lost(-1, "connection failed")
+
+
+# The socket is gone: fail what waits for a reply, then reconnect unless the
+# game closed it or the lobby said another socket replaced this one.
+func _lost(code: int, reason: String) -> void:
+	for id in _pending.keys():
+		_finish(_pending[id], _client_error(_pending[id], "DISCONNECTED", "the socket dropped"))
+	if _closing_on_purpose or code == CLOSE_REPLACED:
+		_set_state("disconnected")
+		emit_signal("disconnected", code, reason)
+		return
+	_attempt += 1
+	if _attempt > max_reconnect_attempts:
+		_set_state("disconnected")
+		emit_signal("disconnected", code, "gave up after %d attempts" % max_reconnect_attempts)
+		return
+	# Exponential backoff with jitter, so that a lobby restart is not met by
+	# every client at the same instant.
+	var ceiling := min(reconnect_max_delay, reconnect_base_delay * pow(2, _attempt - 1))
+	var delay := ceiling * _rng.randf_range(0.5, 1.0)
+	_reconnect_at_msec = OS.get_ticks_msec() + int(delay * 1000)
+	_set_state("reconnecting")
+	emit_signal("reconnecting", _attempt, delay)
+
+
+func _set_state(state: String) -> void:
+	if state != connection_state:
+		connection_state = state
+		emit_signal("connection_state_changed", state)
+
+
+# requests --------------------------------------------------------------------
+
+func hello(display_name := "") -> Reference:
+	var fields := {}
+	if display_name != "":
+		fields["name"] = display_name
+	if _resume_token == "" and persist_token:
+		_resume_token = _load_token()
+	if _resume_token != "":
+		fields["resume_token"] = _resume_token
+	return send_request("hello", fields)
+
+
+func create_session(session_name := "", max_players := 0, password := "") -> Reference:
+	var fields := {}
+	if session_name != "":
+		fields["name"] = session_name
+	if max_players > 0:
+		fields["max_players"] = max_players
+	if password != "":
+		fields["password"] = password
+	return send_request("create_session", fields)
+
+
+func list_sessions(limit := 20, cursor := "") -> Reference:
+	var fields := {"limit": limit}
+	if cursor != "":
+		fields["cursor"] = cursor
+	return send_request("list_sessions", fields)
+
+
+func join_session(session_id: String, password := "") -> Reference:
+	var fields := {"session_id": session_id}
+	if password != "":
+		fields["password"] = password
+	return send_request("join_session", fields)
+
+
+func leave_session() -> Reference:
+	return send_request("leave_session")
+
+
+func start_session() -> Reference:
+	return send_request("start_session")
+
+
+func kick_player(target_id: String) -> Reference:
+	return send_request("kick_player", {"player_id": target_id})
+
+
+func join_ticket() -> Reference:
+	return send_request("join_ticket")
+
+
+func ping() -> Reference:
+	return send_request("ping")
+
+
+func send_request(type: String, fields := {}) -> Reference:
+	var req = LobbyRequestScript.new()
+	_next_id += 1
+	req.type = type
+	req.id = _next_id
+	_pending[req.id] = req
+	if not _socket_open:
+		_finish(req, _client_error(req, "NOT_CONNECTED", "not connected to the lobby"))
+		return req
+	var message: Dictionary = fields.duplicate()
+	message["type"] = type
+	message["id"] = req.id
+	if _ws.get_peer(1).put_packet(JSON.print(message).to_utf8()) != OK:
+		_finish(req, _client_error(req, "DISCONNECTED", "could not send"))
+		return req
+	req.deadline_msec = OS.get_ticks_msec() + int(request_timeout * 1000)
+	return req
+
+
+# Completion is deferred: a caller that yields on `completed` right after the
+# call must not have missed it.
+func _finish(req, reply: Dictionary) -> void:
+	_pending.erase(req.id)
+	req.deadline_msec = 0
+	call_deferred("_deliver", req, reply)
+
+
+func _deliver(req, reply: Dictionary) -> void:
+	if req.complete_with(reply):
+		emit_signal("request_completed", req)
+
+
+func _client_error(req, code: String, message: String) -> Dictionary:
+	return {"type": req.type, "id": req.id, "ok": false,
+			"error": {"code": code, "message": message}}
+
+
+func forget_identity() -> void:
+	_resume_token = ""
+	_authenticated_once = false
+	if persist_token:
+		var dir := Directory.new()
+		if dir.file_exists(token_path):
+			dir.remove(token_path)
+
+
+# incoming --------------------------------------------------------------------
+
+func _on_data() -> void:
+	var peer := _ws.get_peer(1)
+	while _ws != null and peer.get_available_packet_count() > 0:
+		var text := peer.get_packet().get_string_from_utf8()
+		var parsed := JSON.parse(text)
+		if parsed.error != OK or typeof(parsed.result) != TYPE_DICTIONARY:
+			push_warning("lobby: unreadable frame: %s" % text)
+			continue
+		var message: Dictionary = parsed.result
+		if message.has("ok"):
+			_on_reply(message)
+		else:
+			_on_event(message)
+
+
+func _on_reply(reply: Dictionary) -> void:
+	var rid = reply.get("id")
+	var req = null
+	if typeof(rid) == TYPE_REAL or typeof(rid) == TYPE_INT:
+		req = _pending.get(int(rid))
+	# A late reply (its request timed out) still carries the truth about the
+	# session, so the mirror takes it even though nobody awaits it any more.
+	_apply_reply(str(reply.get("type", "")), reply, int(rid) if req != null else -1)
+	if req != null:
+		_pending.erase(req.id)
+		req.deadline_msec = 0
+		_deliver(req, reply)
+
+
+func _apply_reply(type: String, reply: Dictionary, rid: int) -> void:
+	if not reply.get("ok", false):
+		return
+	match type:
+		"hello":
+			_on_hello(reply, rid == _resume_hello_id and rid != -1)
+		"create_session", "join_session":
+			_mirror(reply.get("session"), true)
+		"start_session":
+			_mirror(reply.get("session"), false)
+		"leave_session":
+			_clear_mirror()
+
+
+func _on_hello(reply: Dictionary, after_drop: bool) -> void:
+	var had_session := not session.empty()
+	var resumed := bool(reply.get("resumed", false))
+	player_id = str(reply.get("player_id", ""))
+	player_name = str(reply.get("name", ""))
+	_resume_token = str(reply.get("resume_token", ""))
+	_authenticated_once = true
+	_attempt = 0
+	if persist_token:
+		_save_token(_resume_token)
+	var snapshot = reply.get("session")
+	if typeof(snapshot) == TYPE_DICTIONARY:
+		_mirror(snapshot, true)
+	elif had_session:
+		# The session ended (or the seat was lost) while the socket was down.
+		_clear_mirror()
+		emit_signal("session_closed", "lost")
+	emit_signal("authenticated", player_id, resumed)
+	if after_drop:
+		_resume_hello_id = -1
+		emit_signal("reconnected", resumed)
+
+
+func _on_event(event: Dictionary) -> void:
+	var type := str(event.get("type", ""))
+	var sid := str(event.get("session_id", ""))
+	# Events of a session this client is no longer in (in flight when it left)
+	# must not touch the mirror nor reach the game as current news.
+	if session.empty() or sid != str(session.get("session_id", "")):
+		emit_signal("event_received", event)
+		return
+	if typeof(event.get("session")) == TYPE_DICTIONARY:
+		_mirror(event["session"], false)
+	match type:
+		"player_joined":
+			emit_signal("player_joined", str(event.get("player_id", "")),
+					str(event.get("name", "")))
+		"player_left":
+			var who := str(event.get("player_id", ""))
+			if who == player_id:
+				_clear_mirror()
+			emit_signal("player_left", who, str(event.get("reason", "")))
+		"host_changed":
+			emit_signal("host_changed", str(event.get("host_id", "")))
+		"session_started":
+			emit_signal("session_started", str(event.get("server_endpoint", "")),
+					str(event.get("server_id", "")))
+		"session_start_failed":
+			var err = event.get("error", {})
+			if typeof(err) != TYPE_DICTIONARY:
+				err = {}
+			emit_signal("session_start_failed", str(err.get("code", "")),
+					str(err.get("message", "")))
+		"session_in_progress":
+			emit_signal("session_in_progress")
+		"session_closed":
+			_clear_mirror()
+			emit_signal("session_closed", str(event.get("reason", "")))
+		"kicked":
+			_clear_mirror()
+			emit_signal("kicked")
+	emit_signal("event_received", event)
+
+
+# mirror ----------------------------------------------------------------------
+
+# A snapshot older than the mirrored one is stale (protocol.md, `version`);
+# `replace` is for replies that put the player into a (new) session.
+func _mirror(snapshot, replace: bool) -> void:
+	if typeof(snapshot) != TYPE_DICTIONARY:
+		return
+	var same := str(snapshot.get("session_id", "")) == str(session.get("session_id", ""))
+	if same and int(snapshot.get("version", 0)) < int(session.get("version", 0)):
+		return
+	if not same and not replace and not session.empty():
+		return
+	session = snapshot
+	emit_signal("session_changed", session)
+
+
+func _clear_mirror() -> void:
+	if session.empty():
+		return
+	session = {}
+	emit_signal("session_changed", session)
+
+
+func in_session() -> bool:
+	return not session.empty()
+
+
+func is_host() -> bool:
+	return in_session() and str(session.get("host_id", "")) == player_id
+
+
+func members() -> Array:
+	return session.get("players", []) if in_session() else []
+
+
+func session_state() -> String:
+	return str(session.get("session_state", "")) if in_session() else ""
+
+
+func server_endpoint() -> String:
+	var endpoint = session.get("server_endpoint")
+	return str(endpoint) if typeof(endpoint) == TYPE_STRING else ""
+
+
+# resume token ----------------------------------------------------------------
+
+func _load_token() -> String:
+	var cfg := ConfigFile.new()
+	if cfg.load(token_path) != OK:
+		return ""
+	return str(cfg.get_value(TOKEN_SECTION, TOKEN_KEY, ""))
+
+
+func _save_token(token: String) -> void:
+	var cfg := ConfigFile.new()
+	cfg.set_value(TOKEN_SECTION, TOKEN_KEY, token)
+	if cfg.save(token_path) != OK:
+		push_warning("lobby: could not save the resume token to %s" % token_path)

@@ -1,0 +1,52 @@
+# The dedicated game server: ENet on --port, admits players with their join
+# tickets through LobbyGameServer, which reports in-progress once all are in.
+# It reports the match complete when the suite creates --done-file.
+extends "res://tests/harness.gd"
+
+var gs: Node
+var complete_sent := false
+var in_progress_ok := false
+
+
+func setup() -> void:
+	gs = load("res://addons/lobby/lobby_game_server.gd").new()
+	gs.name = "LobbyGameServer"
+	gs.lobby_url = args.get("lobby", "")
+	gs.server_key = args.get("key", "")
+	gs.server_id = args.get("server_id", "")
+	root.add_child(gs)
+	gs.connect("player_admitted", self, "_on_admitted")
+	gs.connect("player_refused", self, "_on_refused")
+	gs.connect("session_loaded", self, "_on_session_loaded")
+	gs.connect("reported", self, "_on_reported")
+	var port := int(args.get("port", "0"))
+	if not check(gs.serve(port) == OK, "ENet server on port %d" % port):
+		return
+	say("SERVER_LISTENING port=%d" % port)
+
+
+func step(_delta: float) -> void:
+	if in_progress_ok and not complete_sent and File.new().file_exists(args.get("done-file")):
+		complete_sent = true
+		gs.report_complete()
+
+
+func _on_session_loaded(session: Dictionary) -> void:
+	say("SERVER_SESSION session=%s players=%d" % [session["session_id"], session["players"].size()])
+
+
+func _on_admitted(peer_id: int, player_id: String) -> void:
+	check(gs.is_admitted(peer_id) and gs.player_of(peer_id) == player_id, "admitted state")
+	say("SERVER_ADMITTED player=%s" % player_id)
+
+
+func _on_refused(_peer_id: int, reason: String) -> void:
+	say("SERVER_REFUSED reason=%s" % reason)
+
+
+func _on_reported(call: String, ok: bool, status: int) -> void:
+	say("SERVER_REPORTED call=%s ok=%s status=%d" % [call, ok, status])
+	if call == "in-progress":
+		in_progress_ok = check(ok, "in-progress report failed")
+	elif call == "complete" and check(ok, "complete report failed"):
+		pass_with("SERVER_OK")

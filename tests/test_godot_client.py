@@ -1,0 +1,80 @@
+"""The Godot 3 addon's pieces in the real headless engine: endpoint parsing,
+join tickets across the two languages, deferred request completion, and a
+crash-restart that resumes from the token kept in user://."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lobby.tickets import make_ticket, verify_ticket
+from tests.godot import godot_runner
+from tests.test_godot_e2e import value
+
+KEY = "unit-server-key"
+
+
+async def test_endpoints_tickets_and_deferred_completion(tmp_path: Path) -> None:
+    now = int(time.time())
+    ticket = make_ticket(KEY, "s_abc-DEF_1", "p_xyz_9-Q", now + 300)
+    expired = make_ticket(KEY, "s_abc-DEF_1", "p_xyz_9-Q", now - 1)
+    async with godot_runner(tmp_path) as godot:
+        unit = await godot.run("unit.gd", "unit", key=KEY, ticket=ticket, expired=expired)
+        await unit.passes("UNIT_OK")
+    lines = unit.lines
+    parsed = {line.split(" ")[1]: line.split(" -> ")[1] for line in lines
+              if line.startswith("ENDPOINT ")}
+    assert parsed == {
+        "127.0.0.1:6060": "[127.0.0.1, 6060]",
+        "[::1]:7000": "[::1, 7000]",
+        "[2001:db8::5]:65535": "[2001:db8::5, 65535]",
+        "game.example:1": "[game.example, 1]",
+        # An IPv6 host must be bracketed, else the port is ambiguous.
+        "::1:6060": "[]",
+        "127.0.0.1": "[]",
+        "127.0.0.1:0": "[]",
+        "127.0.0.1:70000": "[]",
+        ":6060": "[]",
+        "[::1]6060": "[]",
+        "host:port": "[]",
+    }
+    tickets = {line.split(" ")[1]: line for line in lines if line.startswith("TICKET ")}
+    valid = tickets["valid"]
+    assert value(valid, "ok") == "True"
+    assert value(valid, "session") == "s_abc-DEF_1" and value(valid, "player") == "p_xyz_9-Q"
+    assert value(valid, "expires") == str(now + 300)
+    assert tickets["tampered"].endswith(" bad_signature")
+    assert tickets["wrong_key"].endswith(" bad_signature")
+    assert tickets["expired"].endswith(" expired")
+    assert tickets["garbage"].endswith(" malformed")
+    # The other way round: what GDScript signs, the lobby's Python verifies.
+    made = tickets["made"].split(" ")[2]
+    claims = verify_ticket(KEY, made, time.time())
+    assert (claims.session_id, claims.player_id) == ("s_godot", "p_godot")
+    request = next(line for line in lines if line.startswith("REQUEST "))
+    assert request == "REQUEST NOT_CONNECTED NOT_CONNECTED"
+
+
+async def test_a_restarted_game_resumes_from_the_token_in_user_dir(
+    node, connect_player, tmp_path: Path
+) -> None:
+    url = f"ws://127.0.0.1:{node.port}/ws"
+    async with godot_runner(tmp_path) as godot:
+        first = await godot.run("restart.gd", "first", data_dir="carol", url=url, mode="first")
+        await first.passes("FIRST_OK")
+        line = await first.expect("FIRST ")
+        player, sid = value(line, "player"), value(line, "session")
+        token_file = tmp_path / "userdata/carol/godot/app_userdata/lobby-godot3/lobby_resume.cfg"
+        assert player in token_file.read_text()
+
+        # The first process is gone; its seat is held. Another player watches.
+        watcher = await connect_player(node, "watcher")
+        await watcher.ok("join_session", session_id=sid)
+        second = await godot.run("restart.gd", "second", data_dir="carol", url=url,
+                                 mode="second")
+        await second.passes("SECOND_OK")
+        again = await second.expect("SECOND ")
+        assert value(again, "player") == player and value(again, "session") == sid
+        assert value(again, "host") == "True" and value(again, "state") == "WAITING"
+    # Resumed, not replaced: the watcher saw nobody leave.
+    assert watcher.no_event()

@@ -1,0 +1,65 @@
+"""The Godot 3 example menus, loaded in the real headless engine and driven by
+pressing their buttons, against a real lobby node and a real WebSocket player."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lobby.aws import make_client
+from tests.fleetiq_fixtures import FleetIQProcess, instance_id, run_fleetiq_local
+from tests.godot import godot_runner
+from tests.test_godot_e2e import value
+
+
+@pytest.fixture(scope="module")
+def fleetiq() -> Iterator[FleetIQProcess]:
+    with run_fleetiq_local(claim_ttl_seconds=60.0) as server:
+        yield server
+
+
+async def test_waiting_room_scene_follows_the_session(
+    make_node, fleetiq: FleetIQProcess, connect_player, tmp_path: Path
+) -> None:
+    group = f"godot-ui-{os.getpid()}"  # empty until the retry: the first start fails
+    node = await make_node(fleetiq_group=group, aws_endpoint_url=fleetiq.url)
+    retry_file = tmp_path / "retry"
+    async with godot_runner(tmp_path) as godot:
+        ui = await godot.run("ui_waiting_room.gd", "ui", url=f"ws://127.0.0.1:{node.port}/ws",
+                             retry_file=retry_file)
+        sid = value(await ui.expect("UI_HOSTED"), "session")
+
+        guest = await connect_player(node, "ui-guest")
+        await guest.ok("join_session", session_id=sid)
+        members = (await ui.expect("UI_MEMBERS")).split(" ", 1)[1].split("|")
+        assert members == ["ui-host (host) (you)", "ui-guest"]
+
+        # The scene's Kick button removed the guest.
+        kicked = await guest.event("kicked")
+        assert kicked["session_id"] == sid
+        assert value(await ui.expect("UI_KICKED"), "player") == guest.player_id
+
+        await guest.ok("join_session", session_id=sid)
+        await ui.expect("UI_REJOINED")
+        failed = await guest.event("session_start_failed")
+        assert failed["error"]["code"] == "NO_SERVER_AVAILABLE"
+        assert "NO_SERVER_AVAILABLE" in await ui.expect("UI_START_FAILED")
+
+        gamelift = make_client("gamelift", endpoint_url=fleetiq.url)
+        await asyncio.to_thread(
+            gamelift.register_game_server, GameServerGroupName=group,
+            GameServerId="ui-gs", InstanceId=instance_id(7), ConnectionInfo="127.0.0.1:7777")
+        retry_file.write_text("go")
+        started = await guest.event("session_started")
+        assert started["server_endpoint"] == "127.0.0.1:7777"
+        assert value(await ui.expect("UI_STARTED"), "status") == "CONNECTING_server_127.0.0.1:7777"
+
+        await guest.ok("leave_session")
+        await ui.expect("UI_MEMBER_LEFT")
+        await ui.passes("UI_OK")
+    # The scene's Leave button left: the session is gone with its last member.
+    await guest.error("join_session", "SESSION_NOT_FOUND", session_id=sid)
