@@ -23,7 +23,7 @@ from websockets.http11 import Request, Response
 from lobby.allocators.base import Allocator
 from lobby.allocators.static import StaticAllocator
 from lobby.bus import Bus, MemoryBus, RedisBus
-from lobby.callbacks import PREFIX as CALLBACKS_PREFIX
+from lobby.callbacks import PREFIXES as CALLBACKS_PREFIXES
 from lobby.callbacks import GameServerAPI, json_response
 from lobby.config import Settings
 from lobby.handlers import Lobby, now_ms
@@ -85,7 +85,9 @@ class LobbyNode:
             else _fd_budget(),
             max_buffered=settings.max_buffered_bytes,
         )
-        self.sockets.routes[CALLBACKS_PREFIX] = GameServerAPI(self.lobby, settings.server_key).route
+        game_servers = GameServerAPI(self.lobby, settings.server_key)
+        for prefix in CALLBACKS_PREFIXES:
+            self.sockets.routes[prefix] = game_servers.route
         self.sockets.routes["/metrics"] = self._metrics_route
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -3,7 +3,8 @@
 A game server reports that its match runs, and that it is over, with the shared
 server key. websockets' HTTP side reads no request bodies, so every call takes
 its arguments in the path: `POST /v1/sessions/{session_id}/in-progress`,
-`POST /v1/sessions/{session_id}/complete`, `GET /v1/sessions/{session_id}`.
+`POST /v1/sessions/{session_id}/complete`, `GET /v1/sessions/{session_id}`, and
+`GET /v1/servers/{server_id}/session` for a server that knows only its own id.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from lobby.store.redis import StateConflict
 
 log = logging.getLogger("lobby.callbacks")
 
-PREFIX = "/v1/sessions/"
+SESSIONS_PREFIX = "/v1/sessions/"
+SERVERS_PREFIX = "/v1/servers/"
+PREFIXES = (SESSIONS_PREFIX, SERVERS_PREFIX)  # what app.py routes here
 
 
 def json_response(status: HTTPStatus, payload: dict[str, Any],
@@ -71,8 +74,10 @@ class GameServerAPI:
         if denied is not None:
             return denied
         path = request.path.split("?", 1)[0]
-        parts = path[len(PREFIX):].split("/")
         method = getattr(request, "method", "GET")
+        if path.startswith(SERVERS_PREFIX):
+            return await self._server_session(path[len(SERVERS_PREFIX):].split("/"), method)
+        parts = path[len(SESSIONS_PREFIX):].split("/")
         try:
             if len(parts) == 1 and parts[0]:
                 if method != "GET":
@@ -101,3 +106,15 @@ class GameServerAPI:
         if ended:
             session["session_state"] = "ENDED"
         return json_response(HTTPStatus.OK, {"ok": True, "session": session})
+
+    async def _server_session(self, parts: list[str], method: str) -> Response:
+        """GET /v1/servers/{server_id}/session: the session this server serves."""
+        if len(parts) != 2 or not parts[0] or parts[1] != "session":
+            return _error(HTTPStatus.NOT_FOUND, "NOT_FOUND", "no such game-server call")
+        if method != "GET":
+            return _error(HTTPStatus.METHOD_NOT_ALLOWED, "METHOD", "use GET")
+        rec = await self.lobby.store.get_session_by_server(parts[0])
+        if rec is None:
+            return _error(HTTPStatus.NOT_FOUND, ErrorCode.SESSION_NOT_FOUND.value,
+                          "no live session uses this game server")
+        return json_response(HTTPStatus.OK, {"ok": True, "session": public_session(rec)})

@@ -1,8 +1,9 @@
-"""Join tickets: `lobby.tickets` on its own, and `join_ticket` against real nodes.
+"""What a game server relies on: join tickets and finding its session by server id.
 
-Every check of a ticket is made twice: with `lobby.tickets.verify_ticket`, and with
-an HMAC computed here from the format in protocol.md, so that the module and the
-documented contract cannot drift apart together.
+`lobby.tickets` on its own, then `join_ticket` and `GET /v1/servers/{id}/session`
+against real nodes in both modes. Every check of a ticket is made twice: with
+`lobby.tickets.verify_ticket`, and with an HMAC computed here from the format in
+protocol.md, so that the module and the documented contract cannot drift apart together.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import re
 import time
 from pathlib import Path
@@ -280,3 +282,83 @@ async def test_tickets_disabled_without_a_server_key(make_mode_node, connect_pla
     await host.ok("start_session")
     reply = await host.error("join_ticket", "TICKETS_DISABLED")
     assert "server key" in reply["error"]["message"]
+
+
+# GET /v1/servers/{server_id}/session ---------------------------------------------
+
+
+async def server_session(node: Any, server_id: str, headers: dict[str, str] | None = None,
+                         method: str = "GET") -> tuple[int, dict[str, Any]]:
+    status, body = await http_request(
+        node.port, method, f"/v1/servers/{server_id}/session", headers)
+    return status, json.loads(body)
+
+
+async def test_a_game_server_finds_its_session(make_mode_node, connect_player) -> None:
+    node = await make_mode_node(server_key=KEY,
+                                allocator=StaticAllocator(ENDPOINT, server_id="gs-7"))
+    host = await connect_player(node, "host")
+    guest = await connect_player(node, "guest")
+    status, body = await server_session(node, "gs-7", auth())
+    assert (status, body["error"]["code"]) == (404, "SESSION_NOT_FOUND")
+
+    sid = (await host.ok("create_session"))["session"]["session_id"]
+    await guest.ok("join_session", session_id=sid)
+    assert (await server_session(node, "gs-7", auth()))[0] == 404  # waiting: no server yet
+    started = await host.ok("start_session")
+    server_id = (await guest.event("session_started"))["server_id"]
+    assert server_id == "gs-7"
+
+    status, body = await server_session(node, server_id)
+    assert status == 401 and body["error"]["code"] == "UNAUTHORIZED"
+    assert (await server_session(node, server_id, auth("wrong")))[0] == 403
+    assert (await server_session(node, server_id, {"Authorization": "Basic x"}))[0] == 401
+    assert (await server_session(node, "gs-unknown", auth()))[0] == 404
+    assert (await server_session(node, server_id, auth(), method="POST"))[0] == 405
+    for path in ("/v1/servers/gs-7", "/v1/servers/gs-7/", "/v1/servers//session",
+                 "/v1/servers/gs-7/session/x", "/v1/servers/gs-7/players"):
+        status, body = await http_request(node.port, "GET", path, auth())
+        assert (status, json.loads(body)["error"]["code"]) == (404, "NOT_FOUND"), path
+
+    status, body = await server_session(node, server_id, auth())
+    assert status == 200 and body == {"ok": True, "session": started["session"]}
+    assert [p["player_id"] for p in body["session"]["players"]] == [
+        host.player_id, guest.player_id]
+    # The session as it is now, not as it was claimed.
+    await http_request(node.port, "POST", f"/v1/sessions/{sid}/in-progress", auth())
+    status, body = await server_session(node, server_id, auth())
+    assert status == 200 and body["session"]["session_state"] == "IN_PROGRESS"
+
+    status, _ = await http_request(node.port, "POST", f"/v1/sessions/{sid}/complete", auth())
+    assert status == 200
+    status, body = await server_session(node, server_id, auth())
+    assert (status, body["error"]["code"]) == (404, "SESSION_NOT_FOUND")
+
+
+async def test_a_reused_server_answers_its_latest_session(make_mode_node, connect_player
+                                                          ) -> None:
+    node = await make_mode_node(server_key=KEY,
+                                allocator=StaticAllocator(ENDPOINT, server_id="gs-7"))
+    first = await connect_player(node, "first")
+    second = await connect_player(node, "second")
+    sid1 = (await first.ok("create_session"))["session"]["session_id"]
+    await first.ok("start_session")
+    sid2 = (await second.ok("create_session"))["session"]["session_id"]
+    await second.ok("start_session")
+    assert (await server_session(node, "gs-7", auth()))[1]["session"]["session_id"] == sid2
+    # The end of the earlier session leaves the server to the later one.
+    await http_request(node.port, "POST", f"/v1/sessions/{sid1}/complete", auth())
+    assert (await server_session(node, "gs-7", auth()))[1]["session"]["session_id"] == sid2
+    await second.ok("leave_session")  # the last member: the session is deleted
+    assert (await server_session(node, "gs-7", auth()))[0] == 404
+
+
+async def test_server_lookup_refused_without_configured_key(make_mode_node, connect_player
+                                                             ) -> None:
+    node = await make_mode_node(allocator=StaticAllocator(ENDPOINT, server_id="gs-7"))
+    host = await connect_player(node, "host")
+    await host.ok("create_session")
+    await host.ok("start_session")
+    for headers in (None, auth()):
+        status, body = await server_session(node, "gs-7", headers)
+        assert status == 403 and "--server-key" in body["error"]["message"]
