@@ -13,7 +13,7 @@ func setup() -> void:
 	gs.name = "LobbyGameServer"
 	gs.lobby_url = args.get("lobby", "")
 	gs.server_key = args.get("key", "")
-	gs.server_id = args.get("server_id", "")
+	gs.server_id = args.get("server-id", "")
 	root.add_child(gs)
 	gs.connect("player_admitted", self, "_on_admitted")
 	gs.connect("player_refused", self, "_on_refused")

@@ -203,9 +203,12 @@ func _on_answer(what: String, status: int, payload: Dictionary) -> void:
 		if ok and typeof(payload.get("session")) == TYPE_DICTIONARY:
 			session = payload["session"]
 			emit_signal("session_loaded", session)
-		# 404: the lobby knows no session on this server, so the ticket is for
-		# another one; anything else says nothing about the ticket.
-		_recheck_waiting(ok or status == 404)
+		# SESSION_NOT_FOUND: no session uses this server, so the ticket is for
+		# another one; any other failure says nothing about the ticket.
+		var error = payload.get("error")
+		var no_session: bool = status == 404 and typeof(error) == TYPE_DICTIONARY \
+				and error.get("code") == "SESSION_NOT_FOUND"
+		_recheck_waiting(ok or no_session)
 	elif what == "in-progress" and not ok:
 		_in_progress_reported = false
 	emit_signal("reported", what, ok, status)

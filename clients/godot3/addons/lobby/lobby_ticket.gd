@@ -12,12 +12,12 @@ static func verify(ticket: String, key: String, now_unix: int) -> Dictionary:
 		"ok": false, "session_id": "", "player_id": "", "expires_at": 0, "error": "malformed"
 	}
 	var parts := ticket.split(".")
-	if parts.size() != 5 or parts[0] != "v1" or not parts[3].is_valid_integer():
+	if parts.size() != 5 or parts[0] != "v1" or not _is_digits(parts[3]):
 		return result
 	if parts[1].empty() or parts[2].empty() or key.empty():
 		return result
 	var message := "%s.%s.%s.%s" % [parts[0], parts[1], parts[2], parts[3]]
-	if not constant_time_equals(hmac_sha256_hex(key, message), parts[4].to_lower()):
+	if not constant_time_equals(hmac_sha256_hex(key, message), parts[4]):
 		result["error"] = "bad_signature"
 		return result
 	result["session_id"] = parts[1]
@@ -29,6 +29,15 @@ static func verify(ticket: String, key: String, now_unix: int) -> Dictionary:
 	result["ok"] = true
 	result["error"] = ""
 	return result
+
+
+static func _is_digits(text: String) -> bool:
+	if text.empty() or text.length() > 18:
+		return false
+	for i in range(text.length()):
+		if text.ord_at(i) < 48 or text.ord_at(i) > 57:
+			return false
+	return true
 
 
 static func sign(key: String, session_id: String, player_id: String, expires_at: int) -> String:
