@@ -13,7 +13,9 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +23,7 @@ from lobby.aws import make_client
 from lobby.tickets import make_ticket
 from tests.conftest import http_request
 from tests.fleetiq_fixtures import FleetIQProcess, instance_id, run_fleetiq_local
-from tests.godot import TcpProxy, free_udp_port, godot_runner
+from tests.godot import Godot, GodotProcess, TcpProxy, free_udp_port, godot_runner
 
 KEY = "godot-e2e-server-key"
 
@@ -47,82 +49,152 @@ async def session_over_http(port: int, sid: str) -> dict:
     return json.loads(body)["session"]
 
 
+@dataclass
+class Match:
+    """A session in IN_PROGRESS: two Godot players admitted by a Godot game server."""
+
+    node: Any
+    godot: Godot
+    sid: str
+    host: GodotProcess
+    guest: GodotProcess
+    host_id: str
+    guest_id: str
+    server: GodotProcess
+    server_args: dict[str, Any]
+    endpoint: str
+
+
+async def start_server(godot: Godot, name: str, **server_args: Any) -> GodotProcess:
+    server = await godot.run("e2e_game_server.gd", name, **server_args)
+    await server.expect("SERVER_LISTENING")
+    return server
+
+
+def group_for(tmp_path: Path) -> str:
+    # FleetIQ group names allow letters, digits, '-' and '.'.
+    return f"godot-{os.getpid()}-{tmp_path.name}".replace("_", "-")
+
+
+async def play_until_in_progress(node: Any, godot: Godot, fleetiq: FleetIQProcess,
+                                 guest_url: str, tmp_path: Path, lobby_cut: bool) -> Match:
+    """Host creates, guest browses and joins, host starts; both get tickets and
+    are admitted over ENet; the game server reports in-progress."""
+    group = group_for(tmp_path)
+    enet_port = free_udp_port()
+    server_args: dict[str, Any] = {
+        "port": enet_port, "lobby": f"http://127.0.0.1:{node.port}", "key": KEY,
+        "server_id": "godot-gs-1", "done_file": tmp_path / "match-over",
+        "stop_file": tmp_path / "stop"}
+    server = await start_server(godot, "game-server", **server_args)
+    # The game's own registration code does this with boto3 at boot.
+    gamelift = make_client("gamelift", endpoint_url=fleetiq.url)
+    await asyncio.to_thread(
+        gamelift.register_game_server, GameServerGroupName=group,
+        GameServerId="godot-gs-1", InstanceId=instance_id(1),
+        ConnectionInfo=f"127.0.0.1:{enet_port}")
+
+    cut = "yes" if lobby_cut else "no"
+    host = await godot.run("e2e_player.gd", "host", mode="host",
+                           url=f"ws://127.0.0.1:{node.port}/ws", player="alice",
+                           session_name="godot night", lobby_cut="no")
+    sid = value(await host.expect("HOST_CREATED"), "session")
+    guest = await godot.run("e2e_player.gd", "guest", mode="guest", url=guest_url,
+                            player="bob", session=sid, lobby_cut=cut)
+    guest_id = value(await guest.expect("GUEST_HELLO"), "player")
+    host_id = value(await host.expect("HOST_HELLO"), "player")
+    assert value(await guest.expect("GUEST_LISTED"), "players") == "1"
+    assert value(await guest.expect("GUEST_JOINED"), "members") == "2"
+    saw = await host.expect("HOST_SAW_JOIN")
+    assert value(saw, "player") == guest_id and value(saw, "name") == "bob"
+
+    endpoint = f"127.0.0.1:{enet_port}"
+    assert value(await host.expect("HOST_STARTED"), "endpoint") == endpoint
+    for player, tag in ((host, "HOST"), (guest, "GUEST")):
+        assert value(await player.expect(f"{tag}_SESSION_STARTED"), "endpoint") == endpoint
+    assert value(await host.expect("HOST_IN_GAME"), "player") == host_id
+    assert value(await guest.expect("GUEST_IN_GAME"), "player") == guest_id
+    await server.expect("SERVER_ADMITTED player=" + host_id)
+    await server.expect("SERVER_ADMITTED player=" + guest_id)
+    assert value(await server.expect("SERVER_SESSION"), "session") == sid
+    assert "ok=True status=200" in await server.expect("SERVER_REPORTED call=in-progress")
+    await host.expect("HOST_IN_PROGRESS")
+    await guest.expect("GUEST_IN_PROGRESS")
+    state = await session_over_http(node.port, sid)
+    assert state["session_state"] == "IN_PROGRESS" and state["server_id"] == "godot-gs-1"
+    return Match(node, godot, sid, host, guest, host_id, guest_id, server, server_args,
+                 endpoint)
+
+
+async def complete_match(m: Match, server: GodotProcess) -> None:
+    """The game server reports the match over; both players see it closed."""
+    Path(m.server_args["done_file"]).write_text("over")
+    await server.passes("SERVER_OK")
+    assert "ok=True status=200" in await server.expect("SERVER_REPORTED call=complete")
+    await m.host.passes("HOST_OK")
+    await m.guest.passes("GUEST_OK")
+    status, _ = await http_request(m.node.port, "GET", f"/v1/sessions/{m.sid}",
+                                   {"Authorization": f"Bearer {KEY}"})
+    assert status == 404
+
+
 async def test_godot_host_and_guest_play_through_a_ticketed_enet_server(
     make_node, redis_url: str, fleetiq: FleetIQProcess, tmp_path: Path
 ) -> None:
-    group = f"godot-{os.getpid()}"
-    node = await make_node(redis_url=redis_url, fleetiq_group=group,
+    node = await make_node(redis_url=redis_url, fleetiq_group=group_for(tmp_path),
                            aws_endpoint_url=fleetiq.url, server_key=KEY)
-    lobby_ws = f"ws://127.0.0.1:{node.port}/ws"
-    enet_port = free_udp_port()
-    done_file = tmp_path / "match-over"
+    # The guest reaches the lobby through a relay the test can cut.
     proxy = await TcpProxy(node.port).start()
     async with godot_runner(tmp_path) as godot:
-        server = await godot.run(
-            "e2e_game_server.gd", "game-server", port=enet_port,
-            lobby=f"http://127.0.0.1:{node.port}", key=KEY, server_id="godot-gs-1",
-            done_file=done_file)
-        await server.expect("SERVER_LISTENING")
-        # The game's own registration code does this with boto3 at boot.
-        gamelift = make_client("gamelift", endpoint_url=fleetiq.url)
-        await asyncio.to_thread(
-            gamelift.register_game_server, GameServerGroupName=group,
-            GameServerId="godot-gs-1", InstanceId=instance_id(1),
-            ConnectionInfo=f"127.0.0.1:{enet_port}")
-
-        host = await godot.run("e2e_player.gd", "host", mode="host", url=lobby_ws,
-                               player="alice", session_name="godot night")
-        sid = value(await host.expect("HOST_CREATED"), "session")
-        # The guest reaches the lobby through a relay the test can cut.
-        guest = await godot.run("e2e_player.gd", "guest", mode="guest",
-                                url=f"ws://127.0.0.1:{proxy.port}/ws", player="bob", session=sid)
-        guest_id = value(await guest.expect("GUEST_HELLO"), "player")
-        host_id = value(await host.expect("HOST_HELLO"), "player")
-        assert value(await guest.expect("GUEST_LISTED"), "players") == "1"
-        assert value(await guest.expect("GUEST_JOINED"), "members") == "2"
-        saw = await host.expect("HOST_SAW_JOIN")
-        assert value(saw, "player") == guest_id and value(saw, "name") == "bob"
-
-        endpoint = f"127.0.0.1:{enet_port}"
-        assert value(await host.expect("HOST_STARTED"), "endpoint") == endpoint
-        for player, tag in ((host, "HOST"), (guest, "GUEST")):
-            assert value(await player.expect(f"{tag}_SESSION_STARTED"), "endpoint") == endpoint
-        assert value(await host.expect("HOST_IN_GAME"), "player") == host_id
-        assert value(await guest.expect("GUEST_IN_GAME"), "player") == guest_id
-        admitted = {value(line, "player") for line in [
-            await server.expect("SERVER_ADMITTED player=" + host_id),
-            await server.expect("SERVER_ADMITTED player=" + guest_id)]}
-        assert admitted == {host_id, guest_id}
-        assert value(await server.expect("SERVER_SESSION"), "session") == sid
-        assert "ok=True status=200" in await server.expect("SERVER_REPORTED call=in-progress")
-        await host.expect("HOST_IN_PROGRESS")
-        await guest.expect("GUEST_IN_PROGRESS")
-        state = await session_over_http(node.port, sid)
-        assert state["session_state"] == "IN_PROGRESS" and state["server_id"] == "godot-gs-1"
+        m = await play_until_in_progress(node, godot, fleetiq,
+                                         f"ws://127.0.0.1:{proxy.port}/ws", tmp_path, True)
 
         # A ticket signed with another key, for a real session and player.
-        forged = make_ticket(b"not-the-server-key", sid, guest_id, int(time.time()) + 300)
-        intruder = await godot.run("e2e_intruder.gd", "intruder", endpoint=endpoint,
+        forged = make_ticket(b"not-the-server-key", m.sid, m.guest_id, int(time.time()) + 300)
+        intruder = await godot.run("e2e_intruder.gd", "intruder", endpoint=m.endpoint,
                                    ticket=forged)
         assert value(await intruder.expect("INTRUDER_REFUSED"), "reason") == "bad_signature"
         await intruder.passes("INTRUDER_OK")
-        await server.expect("SERVER_REFUSED reason=bad_signature")
+        await m.server.expect("SERVER_REFUSED reason=bad_signature")
 
         # The guest's WebSocket dies under it; its SessionManager resumes.
         assert proxy.cut() == 1
-        await guest.expect("GUEST_RECONNECTING")
-        resumed = await guest.expect("GUEST_RESUMED")
-        assert value(resumed, "session") == sid and value(resumed, "state") == "IN_PROGRESS"
+        await m.guest.expect("GUEST_RECONNECTING")
+        resumed = await m.guest.expect("GUEST_RESUMED")
+        assert value(resumed, "session") == m.sid and value(resumed, "state") == "IN_PROGRESS"
         assert proxy.accepted == 2
+        # The lobby socket's drop left the ENet link alone.
+        assert not [line for line in m.guest.lines if "GAME_DISCONNECTED" in line]
 
-        done_file.write_text("over")
-        await server.passes("SERVER_OK")
-        await host.passes("HOST_OK")
-        await guest.passes("GUEST_OK")
-        assert "ok=True status=200" in await server.expect("SERVER_REPORTED call=complete")
-        assert not [line for line in server.lines if line.startswith("SERVER_ADMITTED")
-                    and guest_id not in line and host_id not in line]
+        await complete_match(m, m.server)
+        admitted = [line for line in m.server.lines if line.startswith("SERVER_ADMITTED")]
+        assert len(admitted) == 2
     await proxy.close()
-    status, _ = await http_request(node.port, "GET", f"/v1/sessions/{sid}",
-                                   {"Authorization": f"Bearer {KEY}"})
-    assert status == 404
+
+
+async def test_godot_players_rejoin_a_restarted_game_server_with_fresh_tickets(
+    make_node, redis_url: str, fleetiq: FleetIQProcess, tmp_path: Path
+) -> None:
+    node = await make_node(redis_url=redis_url, fleetiq_group=group_for(tmp_path),
+                           aws_endpoint_url=fleetiq.url, server_key=KEY)
+    async with godot_runner(tmp_path) as godot:
+        m = await play_until_in_progress(node, godot, fleetiq,
+                                         f"ws://127.0.0.1:{node.port}/ws", tmp_path, False)
+        Path(m.server_args["stop_file"]).write_text("stop")
+        await m.server.passes("SERVER_STOPPED")
+        # The same server (id, port) comes back, as after a crash and restart.
+        Path(m.server_args["stop_file"]).unlink()
+        restarted = await start_server(godot, "game-server-2", **m.server_args)
+        for player, tag in ((m.host, "HOST"), (m.guest, "GUEST")):
+            dropped = await player.expect(f"{tag}_GAME_DISCONNECTED")
+            assert value(dropped, "state") == "IN_PROGRESS"
+        # The MultiplayerManagers asked the lobby again and were admitted anew.
+        assert value(await m.host.expect("HOST_IN_GAME player=" + m.host_id + " n=2"),
+                     "n") == "2"
+        await m.guest.expect("GUEST_IN_GAME player=" + m.guest_id + " n=2")
+        await restarted.expect("SERVER_SESSION session=" + m.sid)
+        # Reporting in-progress again is harmless: the session stays IN_PROGRESS.
+        assert "ok=True status=200" in await restarted.expect(
+            "SERVER_REPORTED call=in-progress")
+        assert (await session_over_http(node.port, m.sid))["session_state"] == "IN_PROGRESS"
+        await complete_match(m, restarted)

@@ -1,6 +1,7 @@
 # The dedicated game server: ENet on --port, admits players with their join
 # tickets through LobbyGameServer, which reports in-progress once all are in.
-# It reports the match complete when the suite creates --done-file.
+# It reports the match complete when the suite creates --done-file, or shuts
+# down mid-match (a server restart, as the players see it) on --stop-file.
 extends "res://tests/harness.gd"
 
 var gs: Node
@@ -26,7 +27,11 @@ func setup() -> void:
 
 
 func step(_delta: float) -> void:
-	if in_progress_ok and not complete_sent and File.new().file_exists(args.get("done-file")):
+	if in_progress_ok and args.has("stop-file") and File.new().file_exists(args["stop-file"]):
+		# Closing sends every peer a disconnect, so the players notice at once.
+		gs.peer.close_connection()
+		pass_with("SERVER_STOPPED")
+	elif in_progress_ok and not complete_sent and File.new().file_exists(args.get("done-file")):
 		complete_sent = true
 		gs.report_complete()
 
