@@ -1,0 +1,616 @@
+extends Node
+## The lobby client, meant as the autoload `SessionManager` (clients/godot/API.md).
+##
+## Keeps one WebSocket to the lobby (protocol.md), polled in _process. Every request
+## returns a LobbyRequest that completes exactly once: with the reply that carries its
+## id, or with a client-made TIMEOUT, DISCONNECTED or NOT_CONNECTED reply.
+## `session` mirrors the player's session from replies and events, and is updated
+## before any signal about the change is emitted, so the UI only has to read it.
+## When the socket drops (not by disconnect_from_lobby(), not close code 4001), it
+## reconnects with exponential backoff and jitter and resumes with
+## hello {resume_token}; the resume token is kept in memory and in `token_path`,
+## so a game that crashed and restarts resumes too.
+
+# Connection.
+signal connection_state_changed(state: String)
+signal connected()
+signal authenticated(player_id: String, resumed: bool)
+signal reconnecting(attempt: int, delay: float)
+signal reconnected(resumed: bool)
+signal disconnected(code: int, reason: String)
+# Protocol events, one per event type of protocol.md.
+signal player_joined(player_id: String, player_name: String)
+signal player_left(player_id: String, reason: String)
+signal host_changed(host_id: String)
+signal session_started(server_endpoint: String, server_id: String)
+signal session_start_failed(code: String, message: String)
+signal session_in_progress()
+signal session_closed(reason: String)
+signal kicked()
+# Mirror.
+signal session_changed(session: Dictionary)
+signal event_received(event: Dictionary)
+signal request_completed(request: LobbyRequest)
+
+const TOKEN_SECTION := "lobby"
+const TOKEN_KEY := "resume_token"
+## Close code of a socket replaced by a newer connection of the same player.
+const CLOSE_REPLACED := 4001
+## Room for a list_sessions page of 100 sessions (the default buffer is 64 KiB).
+const INBOUND_BUFFER_BYTES := 1048576
+## At most this many closed sockets are still polled to finish their close handshake.
+const MAX_CLOSING_SOCKETS := 4
+
+## Seconds a request waits for its reply before it completes with TIMEOUT.
+var request_timeout := 10.0
+## Reconnect attempt n waits min(max, base * 2^(n-1)) * rand(0.5, 1.0) seconds.
+var reconnect_base_delay := 0.5
+var reconnect_max_delay := 15.0
+## After this many failed attempts in a row: disconnected(...) and no more tries.
+var max_reconnect_attempts := 12
+## ConfigFile holding the resume token: section "lobby", key "resume_token".
+var token_path := "user://lobby_resume.cfg"
+## Whether the resume token is written to (and read from) token_path.
+var persist_token := true
+## The last url given to connect_to_lobby().
+var url: String = ""
+## "disconnected", "connecting", "online" or "reconnecting".
+var connection_state: String = "disconnected"
+## This player's id; "" before the first hello.
+var player_id: String = ""
+var player_name: String = ""
+## The mirrored session object of protocol.md; {} when in no session.
+var session: Dictionary = {}
+
+var _socket: WebSocketPeer = null
+var _socket_open := false
+var _socket_started_msec := 0
+var _closing_sockets: Array[WebSocketPeer] = []
+var _hello_done := false
+var _ever_authenticated := false
+var _resume_token := ""
+var _resume_request_id := -1
+var _next_id := 0
+## id -> [LobbyRequest, deadline in msec]
+var _pending := {}
+## id -> type of requests that timed out: a late reply still updates the mirror.
+var _late := {}
+var _attempt := 0
+var _retry_at_msec := 0
+
+
+func _ready() -> void:
+	# The lobby socket keeps working in a paused menu.
+	process_mode = Node.PROCESS_MODE_ALWAYS
+
+
+func _process(_delta: float) -> void:
+	_poll_closing_sockets()
+	if _socket != null:
+		_poll_socket()
+	elif _retry_at_msec > 0 and Time.get_ticks_msec() >= _retry_at_msec:
+		_retry_at_msec = 0
+		var err := _open_socket()
+		if err != OK:
+			_lost_socket(-1, "connect_to_url failed (error %d)" % err)
+	_expire_requests()
+
+
+## Opens the socket to `url` (ws://HOST:PORT/ws). Returns OK or an Error;
+## `connected` is emitted once the socket is open. Any previous socket is closed.
+func connect_to_lobby(url: String) -> int:
+	_drop_socket(1000, "reconnecting elsewhere")
+	self.url = url
+	_attempt = 0
+	var err := _open_socket()
+	if err != OK:
+		_set_state("disconnected")
+		return err
+	_set_state("connecting")
+	return OK
+
+
+## Closes the socket for good: no reconnect. Pending requests complete with
+## DISCONNECTED. The resume token is kept (hello() after connect_to_lobby() resumes).
+func disconnect_from_lobby() -> void:
+	var was := connection_state
+	_drop_socket(1000, "client disconnect")
+	_attempt = 0
+	_set_state("disconnected")
+	if was != "disconnected":
+		disconnected.emit(1000, "disconnect_from_lobby")
+
+
+## Must come first on each socket. Sends the resume token too when one is known
+## (in memory, else in token_path), so a restarted game is the same player again.
+func hello(name := "") -> LobbyRequest:
+	var fields := {}
+	if name != "":
+		fields["name"] = name
+	var token := _known_token()
+	if token != "":
+		fields["resume_token"] = token
+	return _request("hello", fields, false)
+
+
+## `max_players` 0 and `password` "" are left out (the server's defaults).
+func create_session(name := "", max_players := 0, password := "") -> LobbyRequest:
+	var fields := {}
+	if name != "":
+		fields["name"] = name
+	if max_players > 0:
+		fields["max_players"] = max_players
+	if password != "":
+		fields["password"] = password
+	return _request("create_session", fields, true)
+
+
+## One page of WAITING sessions with a free seat; pass the reply's next_cursor
+## as `cursor` for the next page ("" for the first).
+func list_sessions(limit := 20, cursor := "") -> LobbyRequest:
+	var fields := {"limit": limit}
+	if cursor != "":
+		fields["cursor"] = cursor
+	return _request("list_sessions", fields, true)
+
+
+func join_session(session_id: String, password := "") -> LobbyRequest:
+	var fields := {"session_id": session_id}
+	if password != "":
+		fields["password"] = password
+	return _request("join_session", fields, true)
+
+
+func leave_session() -> LobbyRequest:
+	return _request("leave_session", {}, true)
+
+
+## Host only. The reply comes once a game server is claimed (or NO_SERVER_AVAILABLE).
+func start_session() -> LobbyRequest:
+	return _request("start_session", {}, true)
+
+
+## Host only, while WAITING.
+func kick_player(player_id: String) -> LobbyRequest:
+	return _request("kick_player", {"player_id": player_id}, true)
+
+
+## The player's ticket for the session's game server:
+## {ticket, server_endpoint, expires_at}.
+func join_ticket() -> LobbyRequest:
+	return _request("join_ticket", {}, true)
+
+
+func ping() -> LobbyRequest:
+	return _request("ping", {}, true)
+
+
+## Any request, for extensions of the protocol. `fields` must not hold "type" or "id".
+func send_request(type: String, fields := {}) -> LobbyRequest:
+	return _request(type, fields, type != "hello")
+
+
+## Drops the resume token (memory and file): the next hello is a new player.
+func forget_identity() -> void:
+	_resume_token = ""
+	var cfg := ConfigFile.new()
+	if cfg.load(token_path) == OK and cfg.has_section_key(TOKEN_SECTION, TOKEN_KEY):
+		cfg.erase_section_key(TOKEN_SECTION, TOKEN_KEY)
+		cfg.save(token_path)
+
+
+func in_session() -> bool:
+	return not session.is_empty()
+
+
+func is_host() -> bool:
+	return in_session() and player_id != "" and _text(session, "host_id") == player_id
+
+
+## The members as [{player_id, name}] in join order, or [] when in no session.
+func members() -> Array:
+	var players: Variant = session.get("players")
+	if players is Array:
+		return players
+	return []
+
+
+## "WAITING", "CONNECTING", "IN_PROGRESS", or "" when in no session.
+func session_state() -> String:
+	return _text(session, "session_state")
+
+
+## "host:port" of the game server, "" until the session is started.
+func server_endpoint() -> String:
+	return _text(session, "server_endpoint")
+
+
+# --- requests ---------------------------------------------------------------
+
+
+func _request(type: String, fields: Dictionary, needs_hello: bool) -> LobbyRequest:
+	var usable := connection_state == "online" and _socket_open
+	if usable and (_hello_done or not needs_hello):
+		return _send(type, fields)
+	var req := _new_request(type)
+	var why := "no open lobby connection (%s)" % connection_state
+	if usable:
+		why = "hello has not been answered on this connection"
+	_complete(req, _client_error(req, "NOT_CONNECTED", why))
+	return req
+
+
+func _send(type: String, fields: Dictionary) -> LobbyRequest:
+	var req := _new_request(type)
+	if _socket == null:
+		_complete(req, _client_error(req, "NOT_CONNECTED", "no open lobby connection"))
+		return req
+	var msg := fields.duplicate()
+	msg["type"] = type
+	msg["id"] = req.id
+	_pending[req.id] = [req, Time.get_ticks_msec() + int(request_timeout * 1000.0)]
+	var err := _socket.send_text(JSON.stringify(msg))
+	if err != OK:
+		_complete(req, _client_error(req, "NOT_CONNECTED", "send failed (error %d)" % err))
+	return req
+
+
+func _new_request(type: String) -> LobbyRequest:
+	_next_id += 1
+	return LobbyRequest.new(type, _next_id)
+
+
+func _client_error(req: LobbyRequest, code: String, message: String) -> Dictionary:
+	return {"type": req.type, "id": req.id, "ok": false, "error": {"code": code, "message": message}}
+
+
+## Marks `req` done now and emits its signals on the next idle step, never inside the
+## caller. The deferred call holds `req` as an argument, which keeps it alive until then.
+func _complete(req: LobbyRequest, reply: Dictionary) -> void:
+	if req.done:
+		return
+	_pending.erase(req.id)
+	req.reply = reply
+	req.done = true
+	_deliver.call_deferred(req)
+	if req.id == _resume_request_id and not req.ok():
+		_resume_request_id = -1
+		if req.error_code() != "DISCONNECTED":
+			_resume_failed.call_deferred(_socket)
+
+
+func _deliver(req: LobbyRequest) -> void:
+	req.completed.emit(req.reply)
+	request_completed.emit(req)
+
+
+func _expire_requests() -> void:
+	if _pending.is_empty():
+		return
+	var now := Time.get_ticks_msec()
+	for id in _pending.keys():
+		var entry: Array = _pending.get(id, [])
+		if entry.is_empty() or now < int(entry[1]):
+			continue
+		var req: LobbyRequest = entry[0]
+		_late[id] = req.type
+		_complete(req, _client_error(req, "TIMEOUT", "no reply within %.1f s" % request_timeout))
+
+
+func _fail_pending(code: String, message: String) -> void:
+	for id in _pending.keys():
+		var req: LobbyRequest = _pending[id][0]
+		_complete(req, _client_error(req, code, message))
+
+
+# --- socket -----------------------------------------------------------------
+
+
+func _open_socket() -> int:
+	var ws := WebSocketPeer.new()
+	ws.inbound_buffer_size = INBOUND_BUFFER_BYTES
+	var err := ws.connect_to_url(url)
+	if err != OK:
+		return err
+	_socket = ws
+	_socket_open = false
+	_socket_started_msec = Time.get_ticks_msec()
+	return OK
+
+
+func _poll_socket() -> void:
+	var ws := _socket
+	ws.poll()
+	var state := ws.get_ready_state()
+	if state == WebSocketPeer.STATE_OPEN and not _socket_open:
+		_socket_open = true
+		_on_open()
+		if ws != _socket:
+			return
+	while ws.get_available_packet_count() > 0:
+		var packet := ws.get_packet()
+		if ws.was_string_packet():
+			_on_text(packet.get_string_from_utf8())
+		if ws != _socket:
+			return
+	if state == WebSocketPeer.STATE_CLOSED:
+		_socket = null
+		_lost_socket(ws.get_close_code(), ws.get_close_reason())
+	elif state == WebSocketPeer.STATE_CONNECTING:
+		if Time.get_ticks_msec() - _socket_started_msec > int(request_timeout * 1000.0):
+			_socket = null
+			_retire_socket(ws, 1000, "connect timeout")
+			_lost_socket(-1, "connect timeout")
+
+
+func _on_open() -> void:
+	if connection_state == "reconnecting" and _ever_authenticated and _known_token() != "":
+		# Stay "reconnecting" until the resume hello is answered.
+		var req := _send("hello", {"resume_token": _known_token()})
+		if req.done:
+			_resume_failed.call_deferred(_socket)  # could not even be sent
+		else:
+			_resume_request_id = req.id
+		connected.emit()
+		return
+	_attempt = 0
+	_set_state("online")
+	connected.emit()
+
+
+## The socket is gone (closed by the server, dropped, or never opened).
+func _lost_socket(code: int, reason: String) -> void:
+	_socket_open = false
+	_hello_done = false
+	_resume_request_id = -1
+	_late.clear()
+	_fail_pending("DISCONNECTED", "the lobby connection dropped")
+	if code == CLOSE_REPLACED:
+		_attempt = 0
+		_set_state("disconnected")
+		disconnected.emit(code, reason if reason != "" else "replaced by a newer connection")
+		return
+	_schedule_reconnect(code)
+
+
+func _schedule_reconnect(code: int) -> void:
+	_attempt += 1
+	if _attempt > max_reconnect_attempts:
+		_attempt = 0
+		_set_state("disconnected")
+		disconnected.emit(code, "gave up after %d reconnect attempts" % max_reconnect_attempts)
+		return
+	var delay := minf(reconnect_max_delay, reconnect_base_delay * pow(2.0, _attempt - 1))
+	delay *= randf_range(0.5, 1.0)
+	_retry_at_msec = Time.get_ticks_msec() + int(delay * 1000.0)
+	_set_state("reconnecting")
+	reconnecting.emit(_attempt, delay)
+
+
+## The resume hello was refused or timed out: drop this socket and try again later.
+func _resume_failed(ws: WebSocketPeer) -> void:
+	if ws == null or ws != _socket:
+		return
+	_socket = null
+	_retire_socket(ws, 1000, "resume failed")
+	_lost_socket(-1, "resume failed")
+
+
+## Closes our current socket on purpose, without reconnecting.
+func _drop_socket(code: int, reason: String) -> void:
+	_retry_at_msec = 0
+	if _socket != null:
+		var ws := _socket
+		_socket = null
+		_retire_socket(ws, code, reason)
+	_socket_open = false
+	_hello_done = false
+	_resume_request_id = -1
+	_late.clear()
+	_fail_pending("DISCONNECTED", "the lobby connection was closed")
+
+
+## Starts the close handshake and keeps polling the socket until it is closed.
+func _retire_socket(ws: WebSocketPeer, code: int, reason: String) -> void:
+	ws.close(code, reason)
+	_closing_sockets.append(ws)
+	while _closing_sockets.size() > MAX_CLOSING_SOCKETS:
+		_closing_sockets.pop_front()
+
+
+func _poll_closing_sockets() -> void:
+	for ws in _closing_sockets.duplicate():
+		ws.poll()
+		if ws.get_ready_state() == WebSocketPeer.STATE_CLOSED:
+			_closing_sockets.erase(ws)
+
+
+func _set_state(state: String) -> void:
+	if state == connection_state:
+		return
+	connection_state = state
+	connection_state_changed.emit(state)
+
+
+# --- incoming frames --------------------------------------------------------
+
+
+func _on_text(text: String) -> void:
+	var parsed: Variant = JSON.parse_string(text)
+	if not (parsed is Dictionary):
+		return
+	var msg: Dictionary = parsed
+	if msg.has("ok"):
+		_on_reply(msg)
+	elif msg.has("type"):
+		_on_event(msg)
+
+
+func _on_reply(msg: Dictionary) -> void:
+	var raw_id: Variant = msg.get("id")
+	if not (raw_id is int or raw_id is float):
+		return  # a reply to a frame the server could not read: no request to complete
+	var id := int(raw_id)
+	if _pending.has(id):
+		var req: LobbyRequest = _pending[id][0]
+		_on_answer(req.type, msg, id == _resume_request_id)
+		_complete(req, msg)
+	elif _late.has(id):
+		var late_type: String = _late[id]
+		_late.erase(id)
+		_on_answer(late_type, msg, false)
+
+
+## What a reply teaches the client, before the request completes.
+func _on_answer(type: String, msg: Dictionary, is_resume: bool) -> void:
+	if msg.get("ok", false) != true:
+		return
+	var snapshot: Variant = msg.get("session")
+	match type:
+		"hello":
+			_on_hello_ok(msg, is_resume)
+		"create_session", "join_session":
+			if snapshot is Dictionary:
+				_mirror(snapshot, true)
+		"leave_session":
+			_clear_session()
+		_:
+			if snapshot is Dictionary:
+				_mirror(snapshot, false)
+
+
+func _on_hello_ok(msg: Dictionary, is_resume: bool) -> void:
+	player_id = _text(msg, "player_id")
+	player_name = _text(msg, "name")
+	var token := _text(msg, "resume_token")
+	if token != "":
+		_resume_token = token
+		_store_token(token)
+	_hello_done = true
+	_ever_authenticated = true
+	var resumed: bool = msg.get("resumed", false) == true
+	var snapshot: Variant = msg.get("session")
+	var lost := false
+	if snapshot is Dictionary and not snapshot.is_empty():
+		_mirror(snapshot, true)
+	elif in_session():
+		# Not resumed (token unknown or expired), or the session ended meanwhile.
+		_clear_session()
+		lost = true
+	if is_resume:
+		_resume_request_id = -1
+		_attempt = 0
+		_set_state("online")
+	authenticated.emit(player_id, resumed)
+	if is_resume:
+		reconnected.emit(resumed)
+	if lost:
+		session_closed.emit("lost")
+
+
+func _on_event(event: Dictionary) -> void:
+	var raw: Variant = event.get("session")
+	var snapshot: Dictionary = raw if raw is Dictionary else {}
+	var current := _is_current(event)
+	match _text(event, "type"):
+		"player_joined":
+			_mirror(snapshot, false)
+			player_joined.emit(_text(event, "player_id"), _text(event, "name"))
+		"player_left":
+			var who := _text(event, "player_id")
+			if who != "" and who == player_id and current:
+				_clear_session()
+			else:
+				_mirror(snapshot, false)
+			player_left.emit(who, _text(event, "reason"))
+		"host_changed":
+			_mirror(snapshot, false)
+			host_changed.emit(_text(event, "host_id"))
+		"session_started":
+			_mirror(snapshot, false)
+			session_started.emit(_text(event, "server_endpoint"), _text(event, "server_id"))
+		"session_start_failed":
+			_mirror(snapshot, false)
+			var raw_error: Variant = event.get("error")
+			var error: Dictionary = raw_error if raw_error is Dictionary else {}
+			session_start_failed.emit(_text(error, "code"), _text(error, "message"))
+		"session_in_progress":
+			_mirror(snapshot, false)
+			session_in_progress.emit()
+		"session_closed":
+			if current:
+				_clear_session()
+				session_closed.emit(_text(event, "reason"))
+		"kicked":
+			if current:
+				_clear_session()
+				kicked.emit()
+	event_received.emit(event)
+
+
+# --- mirror -----------------------------------------------------------------
+
+
+## Takes `snapshot` as the session when it is the mirrored one and not older, or,
+## with `any_id` (create/join/hello replies), whatever session it is.
+func _mirror(snapshot: Dictionary, any_id: bool) -> void:
+	var sid := _text(snapshot, "session_id")
+	if sid == "":
+		return
+	if sid == _text(session, "session_id"):
+		if _number(snapshot.get("version")) < _number(session.get("version")):
+			return  # stale
+	elif not any_id:
+		return
+	session = snapshot
+	session_changed.emit(session)
+
+
+func _clear_session() -> void:
+	if session.is_empty():
+		return
+	session = {}
+	session_changed.emit(session)
+
+
+## Whether an event is about the mirrored session (or we mirror none).
+func _is_current(event: Dictionary) -> bool:
+	var sid := _text(event, "session_id")
+	return sid == "" or not in_session() or sid == _text(session, "session_id")
+
+
+# --- resume token -----------------------------------------------------------
+
+
+func _known_token() -> String:
+	if _resume_token == "" and persist_token:
+		var cfg := ConfigFile.new()
+		if cfg.load(token_path) == OK:
+			_resume_token = str(cfg.get_value(TOKEN_SECTION, TOKEN_KEY, ""))
+	return _resume_token
+
+
+func _store_token(token: String) -> void:
+	if not persist_token:
+		return
+	var cfg := ConfigFile.new()
+	cfg.load(token_path)  # a missing file is fine: it is created below
+	cfg.set_value(TOKEN_SECTION, TOKEN_KEY, token)
+	var err := cfg.save(token_path)
+	if err != OK:
+		push_warning("SessionManager: cannot save the resume token to %s (error %d)" % [
+			token_path, err
+		])
+
+
+static func _text(data: Dictionary, key: String) -> String:
+	var value: Variant = data.get(key)
+	if value == null:
+		return ""
+	return str(value)
+
+
+static func _number(value: Variant) -> float:
+	if value is int or value is float:
+		return float(value)
+	return 0.0
