@@ -1,0 +1,334 @@
+class_name LobbyGameServer
+extends Node
+## The dedicated game server's side of the lobby (clients/godot/API.md).
+##
+## serve(port) opens an ENet server whose SceneMultiplayer authentication is the
+## ticket gate: a connecting peer sends its join ticket (send_auth); the ticket is
+## checked offline (LobbyTicket.verify with server_key), then against the session
+## this server serves, learnt from GET {lobby_url}/v1/servers/{server_id}/session
+## and fetched again when a ticket names another session or a player not in the
+## cached list. The peer gets "ok:PLAYER_ID" and is admitted, or "refused:REASON"
+## and is dropped. report_in_progress() and report_complete() are the lobby's
+## callbacks (POST /v1/sessions/{id}/in-progress and /complete, no body).
+## Add the node to the tree before serve(): it uses the tree's `multiplayer`.
+
+signal session_loaded(session: Dictionary)
+## The peer's ticket was accepted and its connection completed: RPCs can reach it.
+signal player_admitted(peer_id: int, player_id: String)
+## reason: malformed, bad_signature, expired, wrong_session, not_a_member, timeout,
+## duplicate.
+signal player_refused(peer_id: int, reason: String)
+signal player_disconnected(peer_id: int, player_id: String)
+## call: "in-progress", "complete" or "session"; status is the HTTP status (0 when
+## the request could not be made).
+signal reported(call: String, ok: bool, status: int)
+
+## Seconds a refused peer stays connected so that the refusal reaches it first.
+const REFUSAL_LINGER := 0.5
+const HTTP_TIMEOUT := 10.0
+
+## http://host:port of the lobby (its game-server HTTP API).
+var lobby_url: String = ""
+## The lobby's --server-key (e.g. from OS.get_environment("LOBBY_SERVER_KEY")).
+var server_key: String = ""
+## This server's FleetIQ game server id.
+var server_id: String = ""
+## A peer that presents no valid ticket within this many seconds is dropped.
+var ticket_timeout := 5.0
+## Report in-progress once every member of the session is admitted.
+var auto_in_progress := true
+## The session this server serves; {} until known.
+var session: Dictionary = {}
+
+var _enet: ENetMultiplayerPeer = null
+var _scene_mp: SceneMultiplayer = null
+## peer_id -> true while its ticket is not answered yet.
+var _authenticating := {}
+## peer_id -> verified ticket of a peer waiting for a fresh session.
+var _awaiting_session := {}
+## peer_id -> true: refused by us (its authentication failure is not a timeout).
+var _refused := {}
+## peer_id -> player_id of every peer whose ticket was accepted.
+var _players := {}
+## peer_id -> true once the admitted peer's connection completed.
+var _connected := {}
+var _fetching := false
+var _in_progress_sent := false
+
+
+## Starts the ENet server on `port` with the ticket gate on. Returns OK or an Error.
+## Fetches the session at once when server_id is set and the session is not known.
+func serve(port: int, max_clients := 32) -> int:
+	if not is_inside_tree():
+		return ERR_UNCONFIGURED
+	var scene_mp := multiplayer as SceneMultiplayer
+	if scene_mp == null:
+		return ERR_UNAVAILABLE
+	var enet := ENetMultiplayerPeer.new()
+	var err := enet.create_server(port, max_clients)
+	if err != OK:
+		return err
+	scene_mp.auth_callback = _on_auth_data
+	scene_mp.auth_timeout = ticket_timeout
+	_link(scene_mp.peer_authenticating, _on_peer_authenticating)
+	_link(scene_mp.peer_authentication_failed, _on_peer_authentication_failed)
+	_link(scene_mp.peer_connected, _on_peer_connected)
+	_link(scene_mp.peer_disconnected, _on_peer_disconnected)
+	scene_mp.multiplayer_peer = enet
+	_enet = enet
+	_scene_mp = scene_mp
+	if server_id != "" and session.is_empty():
+		fetch_session()
+	return OK
+
+
+## Offline check with server_key: {ok, session_id, player_id, expires_at, error}.
+func verify_ticket(ticket: String) -> Dictionary:
+	return LobbyTicket.verify(ticket, server_key, Time.get_unix_time_from_system())
+
+
+## GET {lobby_url}/v1/servers/{server_id}/session; emits session_loaded when it
+## knows a session, and reported("session", ok, status) in any case.
+func fetch_session() -> void:
+	if _fetching:
+		return  # the answer under way serves this call too
+	if server_id == "" or lobby_url == "":
+		_on_http_result("session", false, 0, {})
+		return
+	_fetching = true
+	_http(HTTPClient.METHOD_GET, "/v1/servers/%s/session" % server_id.uri_encode(), "session")
+
+
+## POST {lobby_url}/v1/sessions/{id}/in-progress: the match runs.
+func report_in_progress() -> void:
+	var sid := _text(session, "session_id")
+	if sid == "":
+		reported.emit("in-progress", false, 0)
+		return
+	_in_progress_sent = true
+	_http(HTTPClient.METHOD_POST, "/v1/sessions/%s/in-progress" % sid.uri_encode(), "in-progress")
+
+
+## POST {lobby_url}/v1/sessions/{id}/complete: the match is over.
+func report_complete() -> void:
+	var sid := _text(session, "session_id")
+	if sid == "":
+		reported.emit("complete", false, 0)
+		return
+	_http(HTTPClient.METHOD_POST, "/v1/sessions/%s/complete" % sid.uri_encode(), "complete")
+
+
+## Whether the peer's ticket was accepted and its connection completed.
+func is_admitted(peer_id: int) -> bool:
+	return _connected.has(peer_id)
+
+
+## The player id the peer's ticket proved, or "".
+func player_of(peer_id: int) -> String:
+	return str(_players.get(peer_id, ""))
+
+
+# --- the ticket gate ----------------------------------------------------------
+
+
+func _on_peer_authenticating(peer_id: int) -> void:
+	_authenticating[peer_id] = true
+
+
+## The peer's authentication data: its ticket. One ticket per peer is looked at.
+func _on_auth_data(peer_id: int, data: PackedByteArray) -> void:
+	if not _authenticating.has(peer_id) or _awaiting_session.has(peer_id):
+		return
+	var check := verify_ticket(data.get_string_from_utf8())
+	if check["ok"] != true:
+		_refuse(peer_id, str(check["error"]))
+		return
+	_decide(peer_id, check, true)
+
+
+## Admits, refuses, or (with may_fetch) first refreshes the session.
+func _decide(peer_id: int, check: Dictionary, may_fetch: bool) -> void:
+	var player_id := str(check["player_id"])
+	if _players.values().has(player_id):
+		_refuse(peer_id, "duplicate")
+		return
+	var reason := ""
+	if session.is_empty() or _text(session, "session_id") != str(check["session_id"]):
+		reason = "wrong_session"
+	elif not _member_ids().has(player_id):
+		reason = "not_a_member"
+	if reason == "":
+		_admit(peer_id, player_id)
+	elif may_fetch:
+		_awaiting_session[peer_id] = check
+		fetch_session()
+	else:
+		_refuse(peer_id, reason)
+
+
+func _admit(peer_id: int, player_id: String) -> void:
+	_authenticating.erase(peer_id)
+	_players[peer_id] = player_id
+	_scene_mp.send_auth(peer_id, ("ok:" + player_id).to_utf8_buffer())
+	_scene_mp.complete_auth(peer_id)
+
+
+func _refuse(peer_id: int, reason: String) -> void:
+	_authenticating.erase(peer_id)
+	_awaiting_session.erase(peer_id)
+	_refused[peer_id] = true
+	_scene_mp.send_auth(peer_id, ("refused:" + reason).to_utf8_buffer())
+	player_refused.emit(peer_id, reason)
+	# Disconnecting now would drop the queued refusal: give it time to leave.
+	get_tree().create_timer(REFUSAL_LINGER).timeout.connect(_drop_peer.bind(peer_id))
+
+
+func _drop_peer(peer_id: int) -> void:
+	_refused.erase(peer_id)
+	if _scene_mp == null or _scene_mp.multiplayer_peer != _enet:
+		return
+	if _scene_mp.get_authenticating_peers().has(peer_id):
+		_scene_mp.disconnect_peer(peer_id)
+
+
+func _on_peer_authentication_failed(peer_id: int) -> void:
+	_awaiting_session.erase(peer_id)
+	_players.erase(peer_id)  # accepted, but gone before its side completed
+	if _refused.has(peer_id):
+		_refused.erase(peer_id)
+	elif _authenticating.has(peer_id):
+		_authenticating.erase(peer_id)
+		player_refused.emit(peer_id, "timeout")
+
+
+func _on_peer_connected(peer_id: int) -> void:
+	if not _players.has(peer_id):
+		return
+	_connected[peer_id] = true
+	player_admitted.emit(peer_id, _players[peer_id])
+	_maybe_report_in_progress()
+
+
+func _on_peer_disconnected(peer_id: int) -> void:
+	_connected.erase(peer_id)
+	if _players.has(peer_id):
+		var player_id: String = _players[peer_id]
+		_players.erase(peer_id)
+		player_disconnected.emit(peer_id, player_id)
+
+
+func _maybe_report_in_progress() -> void:
+	if not auto_in_progress or _in_progress_sent:
+		return
+	if _text(session, "session_state") != "CONNECTING":
+		return
+	var present := []
+	for peer_id in _connected:
+		present.append(_players.get(peer_id, ""))
+	var members := _member_ids()
+	if members.is_empty():
+		return
+	for player_id in members:
+		if not present.has(player_id):
+			return
+	report_in_progress()
+
+
+## The session's member ids: players[].player_id, else connected_players.
+func _member_ids() -> Array:
+	var ids := []
+	var players: Variant = session.get("players")
+	if players is Array:
+		for entry in players:
+			if entry is Dictionary:
+				ids.append(_text(entry, "player_id"))
+	var connected_players: Variant = session.get("connected_players")
+	if ids.is_empty() and connected_players is Array:
+		for player_id in connected_players:
+			ids.append(str(player_id))
+	return ids
+
+
+# --- the lobby's game-server HTTP API -------------------------------------------
+
+
+func _http(method: int, path: String, call_name: String) -> void:
+	var http := HTTPRequest.new()
+	http.timeout = HTTP_TIMEOUT
+	add_child(http)
+	http.request_completed.connect(_on_http_done.bind(http, call_name))
+	var headers := PackedStringArray(["Authorization: Bearer " + server_key])
+	var err := http.request(lobby_url.trim_suffix("/") + path, headers, method)
+	if err != OK:
+		http.queue_free()
+		_on_http_result(call_name, false, 0, {})
+
+
+func _on_http_done(
+	result: int,
+	status: int,
+	_headers: PackedStringArray,
+	body: PackedByteArray,
+	http: HTTPRequest,
+	call_name: String
+) -> void:
+	http.queue_free()
+	var ok := result == HTTPRequest.RESULT_SUCCESS and status >= 200 and status < 300
+	var reply := {}
+	if body.size() > 0 and body[0] == 123:  # "{": a JSON object
+		var parsed: Variant = JSON.parse_string(body.get_string_from_utf8())
+		if parsed is Dictionary:
+			reply = parsed
+	_on_http_result(call_name, ok, status, reply)
+
+
+func _on_http_result(call_name: String, ok: bool, status: int, reply: Dictionary) -> void:
+	# Replies are {"ok": true, "session": {...}}; a bare session object is taken too.
+	var raw: Variant = reply.get("session", reply if reply.has("session_id") else null)
+	var snapshot: Dictionary = raw if raw is Dictionary else {}
+	match call_name:
+		"session":
+			_fetching = false
+			if ok or status == 404:  # 404: this server serves no session (yet)
+				_set_session(snapshot)
+			reported.emit(call_name, ok, status)
+			_resolve_waiting()
+		"in-progress":
+			if not ok:
+				_in_progress_sent = false  # the next admission tries again
+			elif not snapshot.is_empty():
+				session = snapshot
+			reported.emit(call_name, ok, status)
+		_:
+			if ok and not snapshot.is_empty():
+				session = snapshot
+			reported.emit(call_name, ok, status)
+
+
+func _set_session(snapshot: Dictionary) -> void:
+	if _text(snapshot, "session_id") != _text(session, "session_id"):
+		_in_progress_sent = _text(snapshot, "session_state") == "IN_PROGRESS"
+	session = snapshot
+	if not session.is_empty():
+		session_loaded.emit(session)
+
+
+## Judges the tickets that waited for the session, without fetching again.
+func _resolve_waiting() -> void:
+	var waiting := _awaiting_session
+	_awaiting_session = {}
+	for peer_id in waiting:
+		if _authenticating.has(peer_id):
+			_decide(peer_id, waiting[peer_id], false)
+
+
+static func _link(sig: Signal, callback: Callable) -> void:
+	if not sig.is_connected(callback):
+		sig.connect(callback)
+
+
+static func _text(data: Dictionary, key: String) -> String:
+	var value: Variant = data.get(key)
+	if value == null:
+		return ""
+	return str(value)
