@@ -8,16 +8,19 @@ extends Node
 ## this server serves, learnt from GET {lobby_url}/v1/servers/{server_id}/session
 ## and fetched again when a ticket names another session or a player not in the
 ## cached list. The peer gets "ok:PLAYER_ID" and is admitted, or "refused:REASON"
-## and is dropped. report_in_progress() and report_complete() are the lobby's
-## callbacks (POST /v1/sessions/{id}/in-progress and /complete, no body).
+## and is dropped. A player admitted again (a client reconnecting before its old link
+## timed out) keeps the new link; the old one is dropped. report_in_progress() and
+## report_complete() are the lobby's callbacks (POST /v1/sessions/{id}/in-progress
+## and /complete, no body).
 ## Add the node to the tree before serve(): it uses the tree's `multiplayer`.
 
 signal session_loaded(session: Dictionary)
 ## The peer's ticket was accepted and its connection completed: RPCs can reach it.
 signal player_admitted(peer_id: int, player_id: String)
 ## reason: malformed, bad_signature, expired, wrong_session, not_a_member, timeout,
-## duplicate.
+## or lobby_unavailable (the session could not be fetched: the client may retry).
 signal player_refused(peer_id: int, reason: String)
+## An admitted peer is gone: its link dropped, or the same player connected again.
 signal player_disconnected(peer_id: int, player_id: String)
 ## call: "in-progress", "complete" or "session"; status is the HTTP status (0 when
 ## the request could not be made).
@@ -149,9 +152,6 @@ func _on_auth_data(peer_id: int, data: PackedByteArray) -> void:
 ## Admits, refuses, or (with may_fetch) first refreshes the session.
 func _decide(peer_id: int, check: Dictionary, may_fetch: bool) -> void:
 	var player_id := str(check["player_id"])
-	if _players.values().has(player_id):
-		_refuse(peer_id, "duplicate")
-		return
 	var reason := ""
 	if session.is_empty() or _text(session, "session_id") != str(check["session_id"]):
 		reason = "wrong_session"
@@ -167,10 +167,23 @@ func _decide(peer_id: int, check: Dictionary, may_fetch: bool) -> void:
 
 
 func _admit(peer_id: int, player_id: String) -> void:
+	for other in _players.keys():
+		if other != peer_id and _players[other] == player_id:
+			_replaced(other, player_id)
 	_authenticating.erase(peer_id)
 	_players[peer_id] = player_id
 	_scene_mp.send_auth(peer_id, ("ok:" + player_id).to_utf8_buffer())
 	_scene_mp.complete_auth(peer_id)
+
+
+## The player came back on a new link before its old one timed out: the new one wins.
+func _replaced(old_peer: int, player_id: String) -> void:
+	var was_connected := _connected.has(old_peer)
+	_players.erase(old_peer)
+	_connected.erase(old_peer)
+	if was_connected:
+		player_disconnected.emit(old_peer, player_id)
+	_drop_peer.call_deferred(old_peer)
 
 
 func _refuse(peer_id: int, reason: String) -> void:
@@ -187,7 +200,7 @@ func _drop_peer(peer_id: int) -> void:
 	_refused.erase(peer_id)
 	if _scene_mp == null or _scene_mp.multiplayer_peer != _enet:
 		return
-	if _scene_mp.get_authenticating_peers().has(peer_id):
+	if _scene_mp.get_authenticating_peers().has(peer_id) or _scene_mp.get_peers().has(peer_id):
 		_scene_mp.disconnect_peer(peer_id)
 
 
@@ -289,10 +302,15 @@ func _on_http_result(call_name: String, ok: bool, status: int, reply: Dictionary
 	match call_name:
 		"session":
 			_fetching = false
-			if ok or status == 404:  # 404: this server serves no session (yet)
+			# SESSION_NOT_FOUND: no live session uses this server, so a ticket naming
+			# one is for another server; any other failure says nothing about tickets.
+			var raw_error: Variant = reply.get("error")
+			var no_session := status == 404 and raw_error is Dictionary \
+				and _text(raw_error, "code") == "SESSION_NOT_FOUND"
+			if ok or no_session:
 				_set_session(snapshot)
 			reported.emit(call_name, ok, status)
-			_resolve_waiting()
+			_resolve_waiting(ok or no_session)
 		"in-progress":
 			if not ok:
 				_in_progress_sent = false  # the next admission tries again
@@ -313,13 +331,18 @@ func _set_session(snapshot: Dictionary) -> void:
 		session_loaded.emit(session)
 
 
-## Judges the tickets that waited for the session, without fetching again.
-func _resolve_waiting() -> void:
+## Judges the tickets that waited for the session, without fetching again; when the
+## lobby gave no answer, they are refused as lobby_unavailable (the client retries).
+func _resolve_waiting(lobby_answered: bool) -> void:
 	var waiting := _awaiting_session
 	_awaiting_session = {}
 	for peer_id in waiting:
-		if _authenticating.has(peer_id):
+		if not _authenticating.has(peer_id):
+			continue
+		if lobby_answered:
 			_decide(peer_id, waiting[peer_id], false)
+		else:
+			_refuse(peer_id, "lobby_unavailable")
 
 
 static func _link(sig: Signal, callback: Callable) -> void:
