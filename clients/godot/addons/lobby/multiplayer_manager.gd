@@ -16,23 +16,30 @@ extends Node
 signal game_connecting(endpoint: String)
 ## The ticket was accepted; the game can start sending RPCs.
 signal game_connected(player_id: String)
-## One attempt failed: "timeout", "refused:REASON", "ticket:CODE", ...
+## One attempt failed: "timeout", "refused:REASON", "lobby:CODE" (join_ticket's
+## error), "connection_failed", ...
 signal game_connection_failed(reason: String)
 ## The ENet link dropped (a reconnect follows while the session lives).
 signal game_disconnected()
 signal game_reconnecting(attempt: int)
-## No more attempts: "session_closed", "attempts_exhausted" or "refused:REASON".
+## No more attempts: "session_closed", "attempts_exhausted", "refused:REASON", or
+## "lobby:CODE" when the lobby will not give a ticket (e.g. TICKETS_DISABLED).
 signal gave_up(reason: String)
 
 const RETRY_BASE_DELAY := 0.5
 const RETRY_MAX_DELAY := 8.0
-## Refusals a fresh ticket may cure (a stale link still counted on the server, a
-## ticket that aged, a server that had not learnt its session yet); any other
-## refusal (malformed, bad_signature, not_a_member) ends the attempts at once.
-const RETRYABLE_REFUSALS := ["expired", "duplicate", "timeout", "wrong_session"]
+## Refusals a fresh ticket may cure (a ticket that aged, a server that could not
+## reach the lobby, a stale link still counted); any other refusal (malformed,
+## bad_signature, wrong_session, not_a_member) ends the attempts at once.
+const RETRYABLE_REFUSALS := ["expired", "timeout", "lobby_unavailable", "duplicate"]
 const LIVE_STATES := ["CONNECTING", "IN_PROGRESS"]
-## Ticket-reply error codes that mean the player's session is gone.
+## join_ticket errors that mean the player's session is gone.
 const SESSION_GONE_CODES := ["NOT_IN_SESSION", "SESSION_NOT_FOUND"]
+## join_ticket errors that may clear up by themselves; any other (TICKETS_DISABLED,
+## BAD_REQUEST from a lobby without tickets, ...) ends the attempts.
+const RETRYABLE_LOBBY_CODES := [
+	"RATE_LIMITED", "INTERNAL", "SESSION_NOT_STARTED", "NOT_CONNECTED", "DISCONNECTED", "TIMEOUT"
+]
 
 ## The SessionManager to follow; default /root/SessionManager.
 var session_manager: Node = null:
@@ -48,7 +55,6 @@ var peer: ENetMultiplayerPeer = null
 ## "idle", "ticket", "waiting_lobby", "connecting", "connected" or "backoff".
 var _phase := "idle"
 var _active := false
-var _session_over := false
 var _attempt := 0
 ## Bumped whenever an attempt ends: late callbacks of an older attempt are ignored.
 var _serial := 0
@@ -77,10 +83,9 @@ func _process(_delta: float) -> void:
 ## join_ticket -> parse the endpoint -> ENet client -> present the ticket.
 ## Does nothing while an attempt is under way or the game is connected.
 func join_game() -> void:
-	if _active and not _session_over and _phase != "idle":
+	if _active and _phase != "idle":
 		return
 	_active = true
-	_session_over = false
 	_left_session_id = ""
 	_attempt = 0
 	_start_attempt()
@@ -152,10 +157,13 @@ func _on_ticket(reply: Dictionary, serial: int) -> void:
 		var code := _text(raw_error if raw_error is Dictionary else {}, "code")
 		if code in SESSION_GONE_CODES:
 			_give_up("session_closed")
-		elif code == "DISCONNECTED" or session_manager.connection_state == "reconnecting":
-			_phase = "waiting_lobby"
+		elif session_manager.connection_state == "reconnecting":
+			_phase = "waiting_lobby"  # ask again once the lobby socket has resumed
+		elif code in RETRYABLE_LOBBY_CODES:
+			_attempt_failed("lobby:" + code)
 		else:
-			_attempt_failed("ticket:" + code)
+			game_connection_failed.emit("lobby:" + code)
+			_give_up("lobby:" + code)
 		return
 	_ticket = _text(reply, "ticket")
 	var endpoint := _text(reply, "server_endpoint")
@@ -194,7 +202,7 @@ func _attempt_failed(reason: String) -> void:
 		_phase = "idle"
 		return
 	game_connection_failed.emit(reason)
-	if _session_over or not _session_live():
+	if not _session_live():
 		_give_up("session_closed")
 		return
 	_schedule_retry()
@@ -322,7 +330,7 @@ func _link_dropped(serial: int) -> void:
 	game_disconnected.emit()
 	if not _active:
 		return
-	if _session_over or not _session_live():
+	if not _session_live():
 		_give_up("session_closed")
 		return
 	_attempt = 0
@@ -379,13 +387,11 @@ func _on_kicked() -> void:
 	_session_ended()
 
 
+## The lobby ended the session (completed, expired, ...): the match is over, so the
+## link is closed too, as in the Godot 3 edition.
 func _session_ended() -> void:
-	if not _active:
-		return
-	if _phase == "connected":
-		_session_over = true  # play on; no reconnect once this link drops
-		return
-	_give_up("session_closed")
+	if _active:
+		_give_up("session_closed")
 
 
 func _on_lobby_disconnected(_code: int, _reason: String) -> void:
