@@ -98,9 +98,9 @@ func _process(_delta: float) -> void:
 
 ## Opens the socket to `url` (ws://HOST:PORT/ws). Returns OK or an Error;
 ## `connected` is emitted once the socket is open. Any previous socket is closed.
-func connect_to_lobby(url: String) -> int:
+func connect_to_lobby(lobby_url: String) -> int:
 	_drop_socket(1000, "reconnecting elsewhere")
-	self.url = url
+	url = lobby_url
 	_attempt = 0
 	var err := _open_socket()
 	if err != OK:
@@ -123,10 +123,10 @@ func disconnect_from_lobby() -> void:
 
 ## Must come first on each socket. Sends the resume token too when one is known
 ## (in memory, else in token_path), so a restarted game is the same player again.
-func hello(name := "") -> LobbyRequest:
+func hello(display_name := "") -> LobbyRequest:
 	var fields := {}
-	if name != "":
-		fields["name"] = name
+	if display_name != "":
+		fields["name"] = display_name
 	var token := _known_token()
 	if token != "":
 		fields["resume_token"] = token
@@ -134,10 +134,10 @@ func hello(name := "") -> LobbyRequest:
 
 
 ## `max_players` 0 and `password` "" are left out (the server's defaults).
-func create_session(name := "", max_players := 0, password := "") -> LobbyRequest:
+func create_session(session_name := "", max_players := 0, password := "") -> LobbyRequest:
 	var fields := {}
-	if name != "":
-		fields["name"] = name
+	if session_name != "":
+		fields["name"] = session_name
 	if max_players > 0:
 		fields["max_players"] = max_players
 	if password != "":
@@ -171,8 +171,8 @@ func start_session() -> LobbyRequest:
 
 
 ## Host only, while WAITING.
-func kick_player(player_id: String) -> LobbyRequest:
-	return _request("kick_player", {"player_id": player_id}, true)
+func kick_player(target_id: String) -> LobbyRequest:
+	return _request("kick_player", {"player_id": target_id}, true)
 
 
 ## The player's ticket for the session's game server:
