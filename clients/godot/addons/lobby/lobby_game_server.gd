@@ -126,9 +126,9 @@ func is_admitted(peer_id: int) -> bool:
 	return _connected.has(peer_id)
 
 
-## The player id the peer's ticket proved, or "".
+## The player id of an admitted peer (e.g. multiplayer.get_remote_sender_id()), or "".
 func player_of(peer_id: int) -> String:
-	return str(_players.get(peer_id, ""))
+	return str(_players[peer_id]) if is_admitted(peer_id) else ""
 
 
 # --- the ticket gate ----------------------------------------------------------
