@@ -126,13 +126,15 @@ async def play_until_in_progress(node: Any, godot: Godot, fleetiq: FleetIQProces
                  endpoint)
 
 
-async def complete_match(m: Match, server: GodotProcess) -> None:
+async def complete_match(m: Match, server: GodotProcess,
+                         guest: tuple[GodotProcess, str] | None = None) -> None:
     """The game server reports the match over; both players see it closed."""
+    guest_process, guest_marker = guest or (m.guest, "GUEST_OK")
     Path(m.server_args["done_file"]).write_text("over")
     await server.passes("SERVER_OK")
     assert "ok=True status=200" in await server.expect("SERVER_REPORTED call=complete")
     await m.host.passes("HOST_OK")
-    await m.guest.passes("GUEST_OK")
+    await guest_process.passes(guest_marker)
     status, _ = await http_request(m.node.port, "GET", f"/v1/sessions/{m.sid}",
                                    {"Authorization": f"Bearer {KEY}"})
     assert status == 404
@@ -198,3 +200,28 @@ async def test_godot_players_rejoin_a_restarted_game_server_with_fresh_tickets(
             "SERVER_REPORTED call=in-progress")
         assert (await session_over_http(node.port, m.sid))["session_state"] == "IN_PROGRESS"
         await complete_match(m, restarted)
+
+
+async def test_a_crashed_godot_guest_restarts_into_its_running_match(
+    make_node, redis_url: str, fleetiq: FleetIQProcess, tmp_path: Path
+) -> None:
+    node = await make_node(redis_url=redis_url, fleetiq_group=group_for(tmp_path),
+                           aws_endpoint_url=fleetiq.url, server_key=KEY)
+    url = f"ws://127.0.0.1:{node.port}/ws"
+    async with godot_runner(tmp_path) as godot:
+        m = await play_until_in_progress(node, godot, fleetiq, url, tmp_path, False)
+        await m.guest.stop()  # SIGKILL: no leave, no close frame, no ENet goodbye
+        # Same user:// directory: the restarted game finds the saved resume token.
+        again = await godot.run("e2e_player.gd", "guest-restarted", data_dir="guest",
+                                mode="rejoin", url=url, player="bob", session=m.sid,
+                                lobby_cut="no")
+        assert value(await again.expect("REJOIN_HELLO"), "player") == m.guest_id
+        assert value(await again.expect("REJOIN_RESUMED"), "state") == "IN_PROGRESS"
+        # Its MultiplayerManager rejoined the game server with a fresh ticket.
+        assert value(await again.expect("REJOIN_IN_GAME"), "player") == m.guest_id
+        await complete_match(m, m.server, (again, "REJOIN_OK"))
+    # The server's whole output is in: the guest was admitted once per process.
+    admitted = [line for line in m.server.lines if line == "SERVER_ADMITTED player=" + m.guest_id]
+    assert len(admitted) == 2
+    # The host never saw the guest leave: its seat was held through the crash.
+    assert not [line for line in m.host.lines if line.startswith("HOST_PLAYER_LEFT")]

@@ -1,6 +1,7 @@
 # A player's game process, driven only by lobby events: --mode=host creates a
 # session and starts it once a guest joined; --mode=guest finds that session
-# in the browser and joins it. Both then follow session_started into the ENet
+# in the browser and joins it; --mode=rejoin is a guest's game restarted after
+# a crash (same user:// directory). Both then follow session_started into the ENet
 # game server with a join ticket, and pass on session_closed "completed".
 # The guest also reports its resume after the suite cuts its WebSocket, and
 # both report ENet drops and rejoins when the game server restarts.
@@ -24,6 +25,7 @@ func setup() -> void:
 	sm.reconnect_base_delay = 0.2
 	sm.connect("connected", self, "_on_connected")
 	sm.connect("player_joined", self, "_on_player_joined")
+	sm.connect("player_left", self, "_on_player_left")
 	sm.connect("session_started", self, "_on_session_started")
 	sm.connect("session_in_progress", self, "_on_in_progress")
 	sm.connect("session_closed", self, "_on_closed")
@@ -46,8 +48,21 @@ func _on_connected() -> void:
 	say("%s_HELLO player=%s" % [mode.to_upper(), sm.player_id])
 	if mode == "host":
 		_host()
+	elif mode == "rejoin":
+		_rejoined(reply)
 	else:
 		_find_and_join(args.get("session", ""))
+
+
+# A restarted game: hello() sent the token saved in user:// by the process
+# that was killed, so this is the same player, back in its running session.
+func _rejoined(reply: Dictionary) -> void:
+	session_id = args.get("session", "")
+	if not check(reply["resumed"] and sm.session.get("session_id", "") == session_id,
+			"restart did not resume into %s: %s" % [session_id, reply]):
+		return
+	in_progress_seen = sm.session_state() == "IN_PROGRESS"
+	say("REJOIN_RESUMED session=%s state=%s" % [session_id, sm.session_state()])
 
 
 func _host() -> void:
@@ -73,6 +88,10 @@ func _on_player_joined(player_id: String, player_name: String) -> void:
 	if not check(reply.get("ok", false), "start_session: %s" % reply):
 		return
 	say("HOST_STARTED endpoint=%s" % sm.server_endpoint())
+
+
+func _on_player_left(player_id: String, reason: String) -> void:
+	say("%s_PLAYER_LEFT player=%s reason=%s" % [mode.to_upper(), player_id, reason])
 
 
 func _find_and_join(wanted: String) -> void:

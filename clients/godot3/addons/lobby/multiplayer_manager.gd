@@ -47,7 +47,7 @@ func _ready() -> void:
 	session_manager.connect("session_started", self, "_on_session_started")
 	session_manager.connect("session_closed", self, "_on_session_over")
 	session_manager.connect("kicked", self, "_on_kicked")
-	session_manager.connect("reconnected", self, "_on_lobby_reconnected")
+	session_manager.connect("authenticated", self, "_on_lobby_authenticated")
 	_gate = TicketGateScript.ensure(get_tree(), TicketGateScript)
 	_gate.connect("accepted", self, "_on_ticket_accepted")
 	_gate.connect("refused", self, "_on_ticket_refused")
@@ -100,11 +100,12 @@ func _on_session_started(_endpoint: String, _server_id: String) -> void:
 		join_game()
 
 
-func _on_lobby_reconnected(_resumed: bool) -> void:
+# After every hello answered: a resume after a dropped socket, or the first
+# hello of a restarted game that resumed straight into a started session.
+func _on_lobby_authenticated(_player_id: String, _resumed: bool) -> void:
 	if _state == "lobby_wait":
 		_request_ticket()
 	elif _state == "idle" and auto_connect and session_manager.server_endpoint() != "":
-		# A restarted game resumed straight into a started session.
 		join_game()
 
 
