@@ -63,3 +63,31 @@ async def test_waiting_room_scene_follows_the_session(
         await ui.passes("UI_OK")
     # The scene's Leave button left: the session is gone with its last member.
     await guest.error("join_session", "SESSION_NOT_FOUND", session_id=sid)
+
+
+async def test_browse_scene_pages_locks_and_joins_with_a_password(
+    node, connect_player, tmp_path: Path
+) -> None:
+    hosts = []
+    for name, password in (("open-1", None), ("open-2", None), ("locked-3", "hunter2")):
+        host = await connect_player(node, name)
+        fields = {"password": password} if password else {}
+        created = await host.ok("create_session", name=name, max_players=4, **fields)
+        hosts.append(host)
+    locked_sid = created["session"]["session_id"]
+    async with godot_runner(tmp_path) as godot:
+        ui = await godot.run("ui_browse.gd", "browse", url=f"ws://127.0.0.1:{node.port}/ws",
+                             password="hunter2")
+        # Newest first, two per page; the password session carries the lock.
+        page1 = await ui.expect("BROWSE_PAGE1")
+        assert page1 == "BROWSE_PAGE1 next=True [locked] locked-3 (1/4)|open-2 (1/4)"
+        assert await ui.expect("BROWSE_PAGE2") == "BROWSE_PAGE2 next=False open-1 (1/4)"
+        assert await ui.expect("BROWSE_SELECTED") == "BROWSE_SELECTED prompt=True"
+        refused = await ui.expect("BROWSE_JOIN_REFUSED")
+        assert value(refused, "prompt") == "True" and "password" in value(refused, "error")
+        joined = await ui.expect("BROWSE_JOINED")
+        assert value(joined, "session") == locked_sid and value(joined, "players") == "2"
+        await ui.passes("BROWSE_OK")
+    # The locked session's host saw the browser join through the scene.
+    event = await hosts[2].event("player_joined")
+    assert event["session_id"] == locked_sid and event["name"] == "browser"

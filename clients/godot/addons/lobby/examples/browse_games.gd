@@ -5,12 +5,13 @@ extends Control
 
 signal joined(session: Dictionary)
 
-const PAGE_SIZE := 20
 const LOCK_PREFIX := "[locked] "
 
 ## The SessionManager to use; default /root/SessionManager (set it before the scene
 ## enters the tree to use another).
 var session_manager: Node = null
+## Sessions per page (the lobby allows 1 to 100).
+var page_size := 20
 
 var _next_cursor := ""
 ## session_id -> whether it needs a password, for the sessions on the list.
@@ -30,7 +31,7 @@ func _ready() -> void:
 		session_manager = get_node_or_null("/root/SessionManager")
 	_error_label.text = ""
 	_next_page_button.disabled = true
-	_refresh_button.pressed.connect(_on_refresh_pressed)
+	_refresh_button.pressed.connect(refresh)
 	_next_page_button.pressed.connect(_on_next_page_pressed)
 	_join_button.pressed.connect(_on_join_pressed)
 	_session_list.item_activated.connect(_join)
@@ -39,7 +40,8 @@ func _ready() -> void:
 		_load_page("")
 
 
-func _on_refresh_pressed() -> void:
+## Loads the first page (the Refresh button).
+func refresh() -> void:
 	_load_page("")
 
 
@@ -54,7 +56,7 @@ func _load_page(cursor: String) -> void:
 		return
 	_error_label.text = ""
 	_set_busy(true)
-	var req: LobbyRequest = session_manager.list_sessions(PAGE_SIZE, cursor)
+	var req: LobbyRequest = session_manager.list_sessions(page_size, cursor)
 	req.completed.connect(_on_page)
 
 

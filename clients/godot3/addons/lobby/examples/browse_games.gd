@@ -4,10 +4,11 @@ extends Control
 
 signal joined(session)
 
-const PAGE_SIZE := 20
 const LOCK := "[locked] "
 
 var session_manager: Node = null
+# Sessions per page (the lobby allows 1 to 100).
+var page_size := 20
 var _next_cursor := ""
 var _locked := {}
 
@@ -31,7 +32,7 @@ func _on_next_page() -> void:
 
 func _load_page(cursor: String) -> void:
 	$Box/ErrorLabel.text = ""
-	var reply = yield(session_manager.list_sessions(PAGE_SIZE, cursor), "completed")
+	var reply = yield(session_manager.list_sessions(page_size, cursor), "completed")
 	if not reply.get("ok", false):
 		$Box/ErrorLabel.text = reply["error"]["message"]
 		return
