@@ -223,5 +223,11 @@ async def test_a_crashed_godot_guest_restarts_into_its_running_match(
     # The server's whole output is in: the guest was admitted once per process.
     admitted = [line for line in m.server.lines if line == "SERVER_ADMITTED player=" + m.guest_id]
     assert len(admitted) == 2
+    # The dead process's peer was said to be gone when the new one replaced it
+    # (long before ENet's own timeout would have noticed).
+    gone = m.server.lines.index("SERVER_PLAYER_GONE player=" + m.guest_id)
+    second = [i for i, line in enumerate(m.server.lines)
+              if line == "SERVER_ADMITTED player=" + m.guest_id][1]
+    assert gone < second
     # The host never saw the guest leave: its seat was held through the crash.
     assert not [line for line in m.host.lines if line.startswith("HOST_PLAYER_LEFT")]

@@ -18,6 +18,7 @@ func setup() -> void:
 	root.add_child(gs)
 	gs.connect("player_admitted", self, "_on_admitted")
 	gs.connect("player_refused", self, "_on_refused")
+	gs.connect("player_disconnected", self, "_on_player_gone")
 	gs.connect("session_loaded", self, "_on_session_loaded")
 	gs.connect("reported", self, "_on_reported")
 	var port := int(args.get("port", "0"))
@@ -43,6 +44,10 @@ func _on_session_loaded(session: Dictionary) -> void:
 func _on_admitted(peer_id: int, player_id: String) -> void:
 	check(gs.is_admitted(peer_id) and gs.player_of(peer_id) == player_id, "admitted state")
 	say("SERVER_ADMITTED player=%s" % player_id)
+
+
+func _on_player_gone(_peer_id: int, player_id: String) -> void:
+	say("SERVER_PLAYER_GONE player=%s" % player_id)
 
 
 func _on_refused(_peer_id: int, reason: String) -> void:

@@ -123,6 +123,7 @@ func _admit(peer_id: int, admitted_id: String) -> void:
 				and _peers[other]["player_id"] == admitted_id:
 			_peers[other]["admitted"] = false
 			_dropping[other] = OS.get_ticks_msec()
+			emit_signal("player_disconnected", other, admitted_id)
 	_peers[peer_id]["player_id"] = admitted_id
 	_peers[peer_id]["admitted"] = true
 	_gate.rpc_id(peer_id, "ticket_accepted", admitted_id)
