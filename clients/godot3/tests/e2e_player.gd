@@ -23,7 +23,6 @@ func setup() -> void:
 	mm = nodes[1]
 	sm.request_timeout = 5.0
 	sm.reconnect_base_delay = 0.2
-	sm.connect("connected", self, "_on_connected")
 	sm.connect("player_joined", self, "_on_player_joined")
 	sm.connect("player_left", self, "_on_player_left")
 	sm.connect("session_started", self, "_on_session_started")
@@ -36,7 +35,7 @@ func setup() -> void:
 	mm.connect("gave_up", self, "_on_gave_up")
 	mm.connect("game_connection_failed", self, "_on_game_failed")
 	mm.connect("game_disconnected", self, "_on_game_disconnected")
-	check(sm.connect_to_lobby(args.get("url", "")) == OK, "connect_to_lobby")
+	connect_lobby(sm)
 
 
 func _on_connected() -> void:

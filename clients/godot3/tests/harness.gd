@@ -82,3 +82,10 @@ func add_lobby_nodes(with_multiplayer: bool) -> Array:
 		mm.session_manager = sm
 		root.add_child(mm)
 	return [sm, mm]
+
+
+# Opens the lobby socket to --url; the script's _on_connected(), which every
+# lobby-driven script has, runs once it is open.
+func connect_lobby(sm: Node) -> void:
+	sm.connect("connected", self, "_on_connected")
+	check(sm.connect_to_lobby(args.get("url", "")) == OK, "connect_to_lobby")

@@ -11,8 +11,7 @@ var shown := []
 
 func setup() -> void:
 	sm = add_lobby_nodes(false)[0]
-	sm.connect("connected", self, "_on_connected")
-	check(sm.connect_to_lobby(args.get("url", "")) == OK, "connect_to_lobby")
+	connect_lobby(sm)
 
 
 func _on_connected() -> void:
