@@ -31,6 +31,14 @@ def godot_binary() -> str:
     return path
 
 
+def value(line: str, key: str) -> str:
+    """`key=value` out of a marker line a Godot script printed."""
+    for part in line.split():
+        if part.startswith(key + "="):
+            return part[len(key) + 1:]
+    raise AssertionError(f"no {key}= in {line!r}")
+
+
 def free_udp_port() -> int:
     """A UDP port nothing is bound to (for an ENet server)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

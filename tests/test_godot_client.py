@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 from lobby.tickets import make_ticket, verify_ticket
-from tests.godot import godot_runner
-from tests.test_godot_e2e import value
+from tests.godot import godot_runner, value
 
 KEY = "unit-server-key"
 

@@ -12,34 +12,18 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from lobby.aws import make_client
 from lobby.tickets import make_ticket
 from tests.conftest import http_request
-from tests.fleetiq_fixtures import FleetIQProcess, instance_id, run_fleetiq_local
-from tests.godot import Godot, GodotProcess, TcpProxy, free_udp_port, godot_runner
+from tests.fleetiq_fixtures import FleetIQProcess, _fleetiq_long_ttl, fleetiq_local, instance_id
+from tests.godot import Godot, GodotProcess, TcpProxy, free_udp_port, godot_runner, value
 
+__all__ = ["_fleetiq_long_ttl", "fleetiq_local"]  # fixtures, used by name
 KEY = "godot-e2e-server-key"
-
-
-@pytest.fixture(scope="module")
-def fleetiq() -> Iterator[FleetIQProcess]:
-    with run_fleetiq_local(claim_ttl_seconds=60.0) as server:
-        yield server
-
-
-def value(line: str, key: str) -> str:
-    """`key=value` out of a marker line."""
-    for part in line.split():
-        if part.startswith(key + "="):
-            return part[len(key) + 1:]
-    raise AssertionError(f"no {key}= in {line!r}")
 
 
 async def session_over_http(port: int, sid: str) -> dict:
@@ -141,14 +125,14 @@ async def complete_match(m: Match, server: GodotProcess,
 
 
 async def test_godot_host_and_guest_play_through_a_ticketed_enet_server(
-    make_node, redis_url: str, fleetiq: FleetIQProcess, tmp_path: Path
+    make_node, redis_url: str, fleetiq_local: FleetIQProcess, tmp_path: Path
 ) -> None:
     node = await make_node(redis_url=redis_url, fleetiq_group=group_for(tmp_path),
-                           aws_endpoint_url=fleetiq.url, server_key=KEY)
+                           aws_endpoint_url=fleetiq_local.url, server_key=KEY)
     # The guest reaches the lobby through a relay the test can cut.
     proxy = await TcpProxy(node.port).start()
     async with godot_runner(tmp_path) as godot:
-        m = await play_until_in_progress(node, godot, fleetiq,
+        m = await play_until_in_progress(node, godot, fleetiq_local,
                                          f"ws://127.0.0.1:{proxy.port}/ws", tmp_path, True)
 
         # A ticket signed with another key, for a real session and player.
@@ -175,12 +159,12 @@ async def test_godot_host_and_guest_play_through_a_ticketed_enet_server(
 
 
 async def test_godot_players_rejoin_a_restarted_game_server_with_fresh_tickets(
-    make_node, redis_url: str, fleetiq: FleetIQProcess, tmp_path: Path
+    make_node, redis_url: str, fleetiq_local: FleetIQProcess, tmp_path: Path
 ) -> None:
     node = await make_node(redis_url=redis_url, fleetiq_group=group_for(tmp_path),
-                           aws_endpoint_url=fleetiq.url, server_key=KEY)
+                           aws_endpoint_url=fleetiq_local.url, server_key=KEY)
     async with godot_runner(tmp_path) as godot:
-        m = await play_until_in_progress(node, godot, fleetiq,
+        m = await play_until_in_progress(node, godot, fleetiq_local,
                                          f"ws://127.0.0.1:{node.port}/ws", tmp_path, False)
         Path(m.server_args["stop_file"]).write_text("stop")
         await m.server.passes("SERVER_STOPPED")
@@ -203,13 +187,13 @@ async def test_godot_players_rejoin_a_restarted_game_server_with_fresh_tickets(
 
 
 async def test_a_crashed_godot_guest_restarts_into_its_running_match(
-    make_node, redis_url: str, fleetiq: FleetIQProcess, tmp_path: Path
+    make_node, redis_url: str, fleetiq_local: FleetIQProcess, tmp_path: Path
 ) -> None:
     node = await make_node(redis_url=redis_url, fleetiq_group=group_for(tmp_path),
-                           aws_endpoint_url=fleetiq.url, server_key=KEY)
+                           aws_endpoint_url=fleetiq_local.url, server_key=KEY)
     url = f"ws://127.0.0.1:{node.port}/ws"
     async with godot_runner(tmp_path) as godot:
-        m = await play_until_in_progress(node, godot, fleetiq, url, tmp_path, False)
+        m = await play_until_in_progress(node, godot, fleetiq_local, url, tmp_path, False)
         await m.guest.stop()  # SIGKILL: no leave, no close frame, no ENet goodbye
         # Same user:// directory: the restarted game finds the saved resume token.
         again = await godot.run("e2e_player.gd", "guest-restarted", data_dir="guest",

@@ -5,28 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from lobby.aws import make_client
-from tests.fleetiq_fixtures import FleetIQProcess, instance_id, run_fleetiq_local
-from tests.godot import godot_runner
-from tests.test_godot_e2e import value
+from tests.fleetiq_fixtures import FleetIQProcess, _fleetiq_long_ttl, fleetiq_local, instance_id
+from tests.godot import godot_runner, value
 
-
-@pytest.fixture(scope="module")
-def fleetiq() -> Iterator[FleetIQProcess]:
-    with run_fleetiq_local(claim_ttl_seconds=60.0) as server:
-        yield server
+__all__ = ["_fleetiq_long_ttl", "fleetiq_local"]  # fixtures, used by name
 
 
 async def test_waiting_room_scene_follows_the_session(
-    make_node, fleetiq: FleetIQProcess, connect_player, tmp_path: Path
+    make_node, fleetiq_local: FleetIQProcess, connect_player, tmp_path: Path
 ) -> None:
     group = f"godot-ui-{os.getpid()}"  # empty until the retry: the first start fails
-    node = await make_node(fleetiq_group=group, aws_endpoint_url=fleetiq.url)
+    node = await make_node(fleetiq_group=group, aws_endpoint_url=fleetiq_local.url)
     retry_file = tmp_path / "retry"
     async with godot_runner(tmp_path) as godot:
         ui = await godot.run("ui_waiting_room.gd", "ui", url=f"ws://127.0.0.1:{node.port}/ws",
@@ -49,7 +41,7 @@ async def test_waiting_room_scene_follows_the_session(
         assert failed["error"]["code"] == "NO_SERVER_AVAILABLE"
         assert "NO_SERVER_AVAILABLE" in await ui.expect("UI_START_FAILED")
 
-        gamelift = make_client("gamelift", endpoint_url=fleetiq.url)
+        gamelift = make_client("gamelift", endpoint_url=fleetiq_local.url)
         await asyncio.to_thread(
             gamelift.register_game_server, GameServerGroupName=group,
             GameServerId="ui-gs", InstanceId=instance_id(7), ConnectionInfo="127.0.0.1:7777")
