@@ -8,17 +8,21 @@ import time
 from pathlib import Path
 
 from lobby.tickets import make_ticket, verify_ticket
+from tests.conftest import free_port
 from tests.godot import godot_runner, value
 
 KEY = "unit-server-key"
 
 
-async def test_endpoints_tickets_and_deferred_completion(tmp_path: Path) -> None:
+async def test_endpoints_tickets_and_deferred_completion(make_node, tmp_path: Path) -> None:
+    node = await make_node()
+    dead_url = f"ws://127.0.0.1:{free_port()}/ws"
     now = int(time.time())
     ticket = make_ticket(KEY, "s_abc-DEF_1", "p_xyz_9-Q", now + 300)
     expired = make_ticket(KEY, "s_abc-DEF_1", "p_xyz_9-Q", now - 1)
     async with godot_runner(tmp_path) as godot:
-        unit = await godot.run("unit.gd", "unit", key=KEY, ticket=ticket, expired=expired)
+        unit = await godot.run("unit.gd", "unit", key=KEY, ticket=ticket, expired=expired,
+                               url=f"ws://127.0.0.1:{node.port}/ws", dead_url=dead_url)
         await unit.passes("UNIT_OK")
     lines = unit.lines
     parsed = {line.split(" ")[1]: line.split(" -> ")[1] for line in lines
@@ -52,6 +56,13 @@ async def test_endpoints_tickets_and_deferred_completion(tmp_path: Path) -> None
     assert (claims.session_id, claims.player_id) == ("s_godot", "p_godot")
     request = next(line for line in lines if line.startswith("REQUEST "))
     assert request == "REQUEST NOT_CONNECTED NOT_CONNECTED"
+    # connect_and_hello ends when the lobby cannot be reached, saying why...
+    dead = next(line for line in lines if line.startswith("CONNECT dead "))
+    assert dead.startswith("CONNECT dead NOT_CONNECTED cannot reach " + dead_url), dead
+    assert "gave up after 1 attempts" in dead
+    # ...and with the hello reply when it can.
+    live = next(line for line in lines if line.startswith("CONNECT live "))
+    assert live == "CONNECT live ok=True name=unit state=online", live
 
 
 async def test_a_restarted_game_resumes_from_the_token_in_user_dir(

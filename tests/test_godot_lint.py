@@ -295,9 +295,82 @@ def test_plugin_registers_the_autoloads() -> None:
     assert re.search(r'^script="plugin\.gd"$', cfg, re.M)
     plugin = (GODOT4 / ADDON / "plugin.gd").read_text("utf-8")
     assert plugin.startswith("@tool\nextends EditorPlugin")
-    for _, name in AUTOLOADS:
-        assert f'add_autoload_singleton("{name}"' in plugin
-        assert f'remove_autoload_singleton("{name}")' in plugin
+    for file, name in AUTOLOADS:
+        assert f'["{name}", "{file}"]' in plugin
+    code = strip_comments(plugin)
+    assert "add_autoload_singleton(autoload_name, path)" in code
+    assert "remove_autoload_singleton(autoload_name)" in code
+
+
+def test_plugin_never_overwrites_or_removes_an_autoload_it_did_not_add() -> None:
+    """add_autoload_singleton replaces an existing autoload of that name and
+    remove_autoload_singleton deletes whatever holds it: the plugin checks first."""
+    code = strip_comments((GODOT4 / ADDON / "plugin.gd").read_text("utf-8"))
+    enable = code.split("func _enable_plugin", 1)[1].split("\nfunc ", 1)[0]
+    disable = code.split("func _disable_plugin", 1)[1].split("\nfunc ", 1)[0]
+    # Added only when the name is free; a name held by another script is reported.
+    assert re.search(r'if current == "":\s*add_autoload_singleton\(', enable)
+    assert re.search(r"elif current != path:\s*push_error\(", enable)
+    assert "already exists" in enable
+    # Removed only when it still points at this addon's script.
+    assert re.search(
+        r"if _autoload_path\(autoload_name\) == base\.path_join\([^)]*\):\s*"
+        r"remove_autoload_singleton\(", disable)
+    assert 'ProjectSettings.has_setting(key)' in code
+
+
+# --- no class_name lookups ------------------------------------------------------
+
+ADDON_CLASS_NAMES = sorted({
+    m.group(1)
+    for path in gd_files(GODOT4)
+    if (m := re.search(r"^class_name\s+(\w+)", path.read_text("utf-8"), re.M))
+})
+
+
+def test_the_addon_declares_class_names() -> None:
+    assert {"LobbyRequest", "LobbyTicket", "LobbyGameServer"} <= set(ADDON_CLASS_NAMES)
+
+
+@pytest.mark.parametrize("path", gd_files(GODOT4), ids=rel)
+def test_godot4_scripts_reach_each_other_by_preload_not_class_name(path: Path) -> None:
+    """A class_name global needs the editor's class cache (.godot/global_script_class_cache);
+    a dedicated server run headless from a fresh checkout has none and fails to parse a
+    script naming one. The addon's scripts use `const X := preload("x.gd")` instead."""
+    code = strip_comments(path.read_text("utf-8"))
+    code = re.sub(r'"(?:[^"\\\n]|\\.)*"', '""', code)  # names inside strings are text
+    own = re.search(r"^class_name\s+(\w+)", code, re.M)
+    used = []
+    for name in ADDON_CLASS_NAMES:
+        if own and own.group(1) == name:
+            continue
+        for m in re.finditer(rf"\b{name}\b", code):
+            line = code.count("\n", 0, m.start()) + 1
+            used.append(f"line {line}: {name}")
+    assert not used, f"{rel(path)} looks up class_name globals (use preload):\n" + "\n".join(used)
+    for m in re.finditer(r'^const\s+\w+\s*:?=\s*preload\("([^"]+)"\)', code, re.M):
+        target = (path.parent / m.group(1)).resolve()
+        assert target.is_file(), f"{rel(path)} preloads {m.group(1)}, which is not there"
+
+
+def test_class_name_check_catches_a_lookup() -> None:
+    source = "var req: LobbyRequest = sm.ping()\nLobbyTicket.verify(t, k, 0)\n"
+    code = strip_comments(source)
+    assert all(re.search(rf"\b{n}\b", code) for n in ("LobbyRequest", "LobbyTicket"))
+
+
+# --- ints on the wire -----------------------------------------------------------
+
+
+def test_godot4_sends_integral_numbers_as_ints() -> None:
+    """Godot parses every JSON number as a float and JSON.stringify writes 4.0: each
+    frame goes through _ints_on_wire first."""
+    code = strip_comments((GODOT4 / ADDON / "session_manager.gd").read_text("utf-8"))
+    sends = re.findall(r"send_text\(([^\n]*)\)", code)
+    assert sends == ["JSON.stringify(_ints_on_wire(msg))"]
+    body = code.split("static func _ints_on_wire", 1)[1].split("\nfunc ", 1)[0]
+    assert "return int(value)" in body
+    assert "_ints_on_wire(value[key])" in body and "_ints_on_wire(item)" in body
 
 
 # --- example scenes -------------------------------------------------------------

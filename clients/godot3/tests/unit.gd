@@ -39,7 +39,24 @@ func _requests_without_socket() -> void:
 	var reply = yield(req, "completed")
 	if check(not sync_completion and completed_now, "completion must be deferred"):
 		say("REQUEST %s %s" % [reply["error"]["code"], req.error_code()])
-		pass_with("UNIT_OK")
+		_connect_and_hello()
+
+
+# connect_and_hello ends either way: a lobby nobody answers at fails with a reason
+# once the retries run out; a live one answers the hello.
+func _connect_and_hello() -> void:
+	var nodes: Array = add_lobby_nodes(false)
+	var sm: Node = nodes[0]
+	sm.max_reconnect_attempts = 1
+	sm.reconnect_base_delay = 0.05
+	var failed = yield(sm.connect_and_hello(args.get("dead-url"), "nobody"), "completed")
+	say("CONNECT dead %s %s" % [failed["error"]["code"], failed["error"]["message"]])
+	var live: Node = add_lobby_nodes(false)[0]
+	live.persist_token = false
+	var reply = yield(live.connect_and_hello(args.get("url"), "unit"), "completed")
+	say("CONNECT live ok=%s name=%s state=%s" % [reply["ok"], reply.get("name"),
+			live.connection_state])
+	pass_with("UNIT_OK")
 
 
 func _on_ping_completed(_reply: Dictionary) -> void:

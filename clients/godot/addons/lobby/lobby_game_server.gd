@@ -26,6 +26,10 @@ signal player_disconnected(peer_id: int, player_id: String)
 ## the request could not be made).
 signal reported(call: String, ok: bool, status: int)
 
+## By path, not class_name: a dedicated server run headless from a fresh checkout
+## has no editor class cache to resolve LobbyTicket from.
+const LobbyTicketScript := preload("lobby_ticket.gd")
+
 ## Seconds a refused peer stays connected so that the refusal reaches it first.
 const REFUSAL_LINGER := 0.5
 const HTTP_TIMEOUT := 10.0
@@ -87,7 +91,7 @@ func serve(port: int, max_clients := 32) -> int:
 
 ## Offline check with server_key: {ok, session_id, player_id, expires_at, error}.
 func verify_ticket(ticket: String) -> Dictionary:
-	return LobbyTicket.verify(ticket, server_key, Time.get_unix_time_from_system())
+	return LobbyTicketScript.verify(ticket, server_key, Time.get_unix_time_from_system())
 
 
 ## GET {lobby_url}/v1/servers/{server_id}/session; emits session_loaded when it

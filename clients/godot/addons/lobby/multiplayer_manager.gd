@@ -26,6 +26,9 @@ signal game_reconnecting(attempt: int)
 ## "lobby:CODE" when the lobby will not give a ticket (e.g. TICKETS_DISABLED).
 signal gave_up(reason: String)
 
+## By path, not class_name: see session_manager.gd.
+const LobbyRequestScript := preload("lobby_request.gd")
+
 const RETRY_BASE_DELAY := 0.5
 const RETRY_MAX_DELAY := 8.0
 ## Refusals a fresh ticket may cure (a ticket that aged, a server that could not
@@ -144,7 +147,7 @@ func _start_attempt() -> void:
 		_phase = "waiting_lobby"  # resumed by SessionManager.authenticated
 		return
 	_phase = "ticket"
-	var req: LobbyRequest = session_manager.join_ticket()
+	var req: LobbyRequestScript = session_manager.join_ticket()
 	# Bind the serial only: a request bound into its own signal would never be freed.
 	req.completed.connect(_on_ticket.bind(_serial))
 

@@ -30,7 +30,11 @@ signal kicked()
 # Mirror.
 signal session_changed(session: Dictionary)
 signal event_received(event: Dictionary)
-signal request_completed(request: LobbyRequest)
+signal request_completed(request: LobbyRequestScript)
+
+## The addon's scripts by path, not by class_name: a dedicated server run headless
+## from a fresh checkout has no editor class cache to resolve LobbyRequest from.
+const LobbyRequestScript := preload("lobby_request.gd")
 
 const TOKEN_SECTION := "lobby"
 const TOKEN_KEY := "resume_token"
@@ -71,12 +75,15 @@ var _ever_authenticated := false
 var _resume_token := ""
 var _resume_request_id := -1
 var _next_id := 0
-## id -> [LobbyRequest, deadline in msec]
+## id -> [LobbyRequestScript, deadline in msec]
 var _pending := {}
 ## id -> type of requests that timed out: a late reply still updates the mirror.
 var _late := {}
 var _attempt := 0
 var _retry_at_msec := 0
+## The request of connect_and_hello() until it completes, and its name.
+var _connect_request: LobbyRequestScript = null
+var _connect_name := ""
 
 
 func _ready() -> void:
@@ -110,6 +117,23 @@ func connect_to_lobby(lobby_url: String) -> int:
 	return OK
 
 
+## connect_to_lobby() and hello() in one, with an end either way: the returned request
+## completes with the hello reply (ok: online, as a new or a resumed player) or with a
+## client-made NOT_CONNECTED error that says why (the url was refused, every reconnect
+## attempt failed, another socket of this player replaced this one, or
+## disconnect_from_lobby() was called). `await SessionManager.connected` alone never
+## returns when the lobby cannot be reached; this does.
+func connect_and_hello(lobby_url: String, display_name := "") -> LobbyRequestScript:
+	_fail_connect("superseded by a newer connect_and_hello()")
+	var req := _new_request("hello")
+	_connect_request = req
+	_connect_name = display_name
+	var err := connect_to_lobby(lobby_url)
+	if err != OK:
+		_fail_connect("cannot connect to %s (error %d)" % [lobby_url, err])
+	return req
+
+
 ## Closes the socket for good: no reconnect. Pending requests complete with
 ## DISCONNECTED. The resume token is kept (hello() after connect_to_lobby() resumes).
 func disconnect_from_lobby() -> void:
@@ -117,13 +141,14 @@ func disconnect_from_lobby() -> void:
 	_drop_socket(1000, "client disconnect")
 	_attempt = 0
 	_set_state("disconnected")
+	_fail_connect("disconnect_from_lobby() was called")
 	if was != "disconnected":
 		disconnected.emit(1000, "disconnect_from_lobby")
 
 
 ## Must come first on each socket. Sends the resume token too when one is known
 ## (in memory, else in token_path), so a restarted game is the same player again.
-func hello(display_name := "") -> LobbyRequest:
+func hello(display_name := "") -> LobbyRequestScript:
 	var fields := {}
 	if display_name != "":
 		fields["name"] = display_name
@@ -134,7 +159,7 @@ func hello(display_name := "") -> LobbyRequest:
 
 
 ## `max_players` 0 and `password` "" are left out (the server's defaults).
-func create_session(session_name := "", max_players := 0, password := "") -> LobbyRequest:
+func create_session(session_name := "", max_players := 0, password := "") -> LobbyRequestScript:
 	var fields := {}
 	if session_name != "":
 		fields["name"] = session_name
@@ -147,46 +172,46 @@ func create_session(session_name := "", max_players := 0, password := "") -> Lob
 
 ## One page of WAITING sessions with a free seat; pass the reply's next_cursor
 ## as `cursor` for the next page ("" for the first).
-func list_sessions(limit := 20, cursor := "") -> LobbyRequest:
+func list_sessions(limit := 20, cursor := "") -> LobbyRequestScript:
 	var fields := {"limit": limit}
 	if cursor != "":
 		fields["cursor"] = cursor
 	return _request("list_sessions", fields, true)
 
 
-func join_session(session_id: String, password := "") -> LobbyRequest:
+func join_session(session_id: String, password := "") -> LobbyRequestScript:
 	var fields := {"session_id": session_id}
 	if password != "":
 		fields["password"] = password
 	return _request("join_session", fields, true)
 
 
-func leave_session() -> LobbyRequest:
+func leave_session() -> LobbyRequestScript:
 	return _request("leave_session", {}, true)
 
 
 ## Host only. The reply comes once a game server is claimed (or NO_SERVER_AVAILABLE).
-func start_session() -> LobbyRequest:
+func start_session() -> LobbyRequestScript:
 	return _request("start_session", {}, true)
 
 
 ## Host only, while WAITING.
-func kick_player(target_id: String) -> LobbyRequest:
+func kick_player(target_id: String) -> LobbyRequestScript:
 	return _request("kick_player", {"player_id": target_id}, true)
 
 
 ## The player's ticket for the session's game server:
 ## {ticket, server_endpoint, expires_at}.
-func join_ticket() -> LobbyRequest:
+func join_ticket() -> LobbyRequestScript:
 	return _request("join_ticket", {}, true)
 
 
-func ping() -> LobbyRequest:
+func ping() -> LobbyRequestScript:
 	return _request("ping", {}, true)
 
 
 ## Any request, for extensions of the protocol. `fields` must not hold "type" or "id".
-func send_request(type: String, fields := {}) -> LobbyRequest:
+func send_request(type: String, fields := {}) -> LobbyRequestScript:
 	return _request(type, fields, type != "hello")
 
 
@@ -228,7 +253,7 @@ func server_endpoint() -> String:
 # --- requests ---------------------------------------------------------------
 
 
-func _request(type: String, fields: Dictionary, needs_hello: bool) -> LobbyRequest:
+func _request(type: String, fields: Dictionary, needs_hello: bool) -> LobbyRequestScript:
 	var usable := connection_state == "online" and _socket_open
 	if usable and (_hello_done or not needs_hello):
 		return _send(type, fields)
@@ -240,7 +265,7 @@ func _request(type: String, fields: Dictionary, needs_hello: bool) -> LobbyReque
 	return req
 
 
-func _send(type: String, fields: Dictionary) -> LobbyRequest:
+func _send(type: String, fields: Dictionary) -> LobbyRequestScript:
 	var req := _new_request(type)
 	if _socket == null:
 		_complete(req, _client_error(req, "NOT_CONNECTED", "no open lobby connection"))
@@ -249,24 +274,43 @@ func _send(type: String, fields: Dictionary) -> LobbyRequest:
 	msg["type"] = type
 	msg["id"] = req.id
 	_pending[req.id] = [req, Time.get_ticks_msec() + int(request_timeout * 1000.0)]
-	var err := _socket.send_text(JSON.stringify(msg))
+	var err := _socket.send_text(JSON.stringify(_ints_on_wire(msg)))
 	if err != OK:
 		_complete(req, _client_error(req, "NOT_CONNECTED", "send failed (error %d)" % err))
 	return req
 
 
-func _new_request(type: String) -> LobbyRequest:
+## JSON numbers parsed by Godot are floats, and JSON.stringify writes a float as 4.0,
+## which a strict server may refuse as an integer field. Every integral float goes
+## out as an int (the protocol has no float request fields).
+static func _ints_on_wire(value: Variant) -> Variant:
+	if value is float and is_finite(value) and value == floorf(value) and absf(value) < 1e15:
+		return int(value)
+	if value is Dictionary:
+		var out := {}
+		for key in value:
+			out[key] = _ints_on_wire(value[key])
+		return out
+	if value is Array:
+		var items := []
+		for item in value:
+			items.append(_ints_on_wire(item))
+		return items
+	return value
+
+
+func _new_request(type: String) -> LobbyRequestScript:
 	_next_id += 1
-	return LobbyRequest.new(type, _next_id)
+	return LobbyRequestScript.new(type, _next_id)
 
 
-func _client_error(req: LobbyRequest, code: String, message: String) -> Dictionary:
+func _client_error(req: LobbyRequestScript, code: String, message: String) -> Dictionary:
 	return {"type": req.type, "id": req.id, "ok": false, "error": {"code": code, "message": message}}
 
 
 ## Marks `req` done now and emits its signals on the next idle step, never inside the
 ## caller. The deferred call holds `req` as an argument, which keeps it alive until then.
-func _complete(req: LobbyRequest, reply: Dictionary) -> void:
+func _complete(req: LobbyRequestScript, reply: Dictionary) -> void:
 	if req.done:
 		return
 	_pending.erase(req.id)
@@ -279,7 +323,7 @@ func _complete(req: LobbyRequest, reply: Dictionary) -> void:
 			_resume_failed.call_deferred(_socket)
 
 
-func _deliver(req: LobbyRequest) -> void:
+func _deliver(req: LobbyRequestScript) -> void:
 	req.completed.emit(req.reply)
 	request_completed.emit(req)
 
@@ -292,14 +336,14 @@ func _expire_requests() -> void:
 		var entry: Array = _pending.get(id, [])
 		if entry.is_empty() or now < int(entry[1]):
 			continue
-		var req: LobbyRequest = entry[0]
+		var req: LobbyRequestScript = entry[0]
 		_late[id] = req.type
 		_complete(req, _client_error(req, "TIMEOUT", "no reply within %.1f s" % request_timeout))
 
 
 func _fail_pending(code: String, message: String) -> void:
 	for id in _pending.keys():
-		var req: LobbyRequest = _pending[id][0]
+		var req: LobbyRequestScript = _pending[id][0]
 		_complete(req, _client_error(req, code, message))
 
 
@@ -356,6 +400,33 @@ func _on_open() -> void:
 	_attempt = 0
 	_set_state("online")
 	connected.emit()
+	if _connect_request != null and not _hello_done:
+		hello(_connect_name).completed.connect(_on_connect_hello)
+
+
+## The hello of connect_and_hello() is answered: that ends it, unless the socket
+## dropped first (the reconnect that follows says hello again).
+func _on_connect_hello(reply: Dictionary) -> void:
+	if _connect_request == null:
+		return
+	var error: Variant = reply.get("error")
+	if error is Dictionary and error.get("code") == "DISCONNECTED":
+		return
+	_finish_connect(reply)
+
+
+func _finish_connect(reply: Dictionary) -> void:
+	var req := _connect_request
+	_connect_request = null
+	if req != null:
+		var copy := reply.duplicate()
+		copy["id"] = req.id
+		_complete(req, copy)
+
+
+func _fail_connect(reason: String) -> void:
+	if _connect_request != null:
+		_finish_connect(_client_error(_connect_request, "NOT_CONNECTED", reason))
 
 
 ## The socket is gone (closed by the server, dropped, or never opened).
@@ -368,6 +439,7 @@ func _lost_socket(code: int, reason: String) -> void:
 	if code == CLOSE_REPLACED:
 		_attempt = 0
 		_set_state("disconnected")
+		_fail_connect("replaced by a newer connection of this player (close code 4001)")
 		disconnected.emit(code, reason if reason != "" else "replaced by a newer connection")
 		return
 	_schedule_reconnect(code)
@@ -378,6 +450,9 @@ func _schedule_reconnect(code: int) -> void:
 	if _attempt > max_reconnect_attempts:
 		_attempt = 0
 		_set_state("disconnected")
+		_fail_connect(
+			"cannot reach %s: gave up after %d attempts" % [url, max_reconnect_attempts]
+		)
 		disconnected.emit(code, "gave up after %d reconnect attempts" % max_reconnect_attempts)
 		return
 	var delay := minf(reconnect_max_delay, reconnect_base_delay * pow(2.0, _attempt - 1))
@@ -452,7 +527,7 @@ func _on_reply(msg: Dictionary) -> void:
 		return  # a reply to a frame the server could not read: no request to complete
 	var id := int(raw_id)
 	if _pending.has(id):
-		var req: LobbyRequest = _pending[id][0]
+		var req: LobbyRequestScript = _pending[id][0]
 		_on_answer(req.type, msg, id == _resume_request_id)
 		_complete(req, msg)
 	elif _late.has(id):
@@ -501,6 +576,8 @@ func _on_hello_ok(msg: Dictionary, is_resume: bool) -> void:
 		_resume_request_id = -1
 		_attempt = 0
 		_set_state("online")
+	if _connect_request != null:
+		_finish_connect(msg)  # whichever hello made it online: the first or a resume
 	authenticated.emit(player_id, resumed)
 	if is_resume:
 		reconnected.emit(resumed)

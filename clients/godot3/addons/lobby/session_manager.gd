@@ -55,6 +55,9 @@ var _close_reason := ""
 var _closing_on_purpose := false
 var _resume_hello_id := -1
 var _rng := RandomNumberGenerator.new()
+# The request of connect_and_hello() until it completes, and its name.
+var _connect_request = null
+var _connect_name := ""
 
 
 func _ready() -> void:
@@ -81,6 +84,43 @@ func connect_to_lobby(lobby_url: String) -> int:
 	_attempt = 0
 	_drop_socket()
 	return _open_socket()
+
+
+# connect_to_lobby() and hello() in one, with an end either way: the returned request
+# completes with the hello reply (ok: online, new or resumed) or with a client-made
+# NOT_CONNECTED error saying why (the url was refused, every reconnect attempt failed,
+# another socket of this player replaced this one, disconnect_from_lobby()).
+func connect_and_hello(lobby_url: String, display_name := "") -> Reference:
+	_fail_connect("superseded by a newer connect_and_hello()")
+	var req = LobbyRequestScript.new()
+	_next_id += 1
+	req.type = "hello"
+	req.id = _next_id
+	_connect_request = req
+	_connect_name = display_name
+	connect_to_lobby(lobby_url)
+	return req
+
+
+func _on_connect_hello(reply: Dictionary) -> void:
+	var error = reply.get("error")
+	if typeof(error) == TYPE_DICTIONARY and error.get("code") == "DISCONNECTED":
+		return  # the reconnect that follows says hello again
+	_finish_connect(reply)
+
+
+func _finish_connect(reply: Dictionary) -> void:
+	var req = _connect_request
+	_connect_request = null
+	if req != null:
+		var copy := reply.duplicate()
+		copy["id"] = req.id
+		_finish(req, copy)
+
+
+func _fail_connect(reason: String) -> void:
+	if _connect_request != null:
+		_finish_connect(_client_error(_connect_request, "NOT_CONNECTED", reason))
 
 
 func disconnect_from_lobby() -> void:
@@ -129,6 +169,9 @@ func _on_established(_protocol: String) -> void:
 	if was_reconnecting and _authenticated_once:
 		var req = hello(player_name)
 		_resume_hello_id = req.id
+	elif _connect_request != null:
+		var first = hello(_connect_name)
+		first.connect("completed", self, "_on_connect_hello")
 
 
 func _on_close_request(code: int, reason: String) -> void:
@@ -155,11 +198,13 @@ func _lost(code: int, reason: String) -> void:
 		_finish(_pending[id], _client_error(_pending[id], "DISCONNECTED", "the socket dropped"))
 	if _closing_on_purpose or code == CLOSE_REPLACED:
 		_set_state("disconnected")
+		_fail_connect("the connection was closed: %s (code %d)" % [reason, code])
 		emit_signal("disconnected", code, reason)
 		return
 	_attempt += 1
 	if _attempt > max_reconnect_attempts:
 		_set_state("disconnected")
+		_fail_connect("cannot reach %s: gave up after %d attempts" % [url, max_reconnect_attempts])
 		emit_signal("disconnected", code, "gave up after %d attempts" % max_reconnect_attempts)
 		return
 	# Exponential backoff with jitter, so that a lobby restart is not met by
@@ -343,6 +388,8 @@ func _on_hello(reply: Dictionary, after_drop: bool) -> void:
 		# The session ended (or the seat was lost) while the socket was down.
 		_clear_mirror()
 		emit_signal("session_closed", "lost")
+	if _connect_request != null:
+		_finish_connect(reply)  # whichever hello made it online: the first or a resume
 	emit_signal("authenticated", player_id, resumed)
 	if after_drop:
 		_resume_hello_id = -1

@@ -5,6 +5,9 @@ extends Control
 
 signal joined(session: Dictionary)
 
+## By path, not class_name: see session_manager.gd.
+const LobbyRequestScript := preload("../lobby_request.gd")
+
 const LOCK_PREFIX := "[locked] "
 
 ## The SessionManager to use; default /root/SessionManager (set it before the scene
@@ -56,7 +59,7 @@ func _load_page(cursor: String) -> void:
 		return
 	_error_label.text = ""
 	_set_busy(true)
-	var req: LobbyRequest = session_manager.list_sessions(page_size, cursor)
+	var req: LobbyRequestScript = session_manager.list_sessions(page_size, cursor)
 	req.completed.connect(_on_page)
 
 
@@ -119,7 +122,7 @@ func _join(index: int) -> void:
 		return
 	_error_label.text = ""
 	_set_busy(true)
-	var req: LobbyRequest = session_manager.join_session(session_id, password)
+	var req: LobbyRequestScript = session_manager.join_session(session_id, password)
 	req.completed.connect(_on_join_reply)
 
 

@@ -4,6 +4,9 @@ extends Control
 
 signal hosted(session: Dictionary)
 
+## By path, not class_name: see session_manager.gd.
+const LobbyRequestScript := preload("../lobby_request.gd")
+
 ## The SessionManager to use; default /root/SessionManager (set it before the scene
 ## enters the tree to use another).
 var session_manager: Node = null
@@ -36,7 +39,7 @@ func _on_host_pressed() -> void:
 		return
 	_error_label.text = ""
 	_host_button.disabled = true
-	var req: LobbyRequest = session_manager.create_session(
+	var req: LobbyRequestScript = session_manager.create_session(
 		_name_edit.text.strip_edges(), int(_max_players.value), _password_edit.text
 	)
 	req.completed.connect(_on_host_reply)

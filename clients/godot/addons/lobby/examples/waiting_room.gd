@@ -9,6 +9,9 @@ extends Control
 signal left()
 signal game_starting(server_endpoint: String)
 
+## By path, not class_name: see session_manager.gd.
+const LobbyRequestScript := preload("../lobby_request.gd")
+
 ## The SessionManager to use; default /root/SessionManager (set it before the scene
 ## enters the tree to use another).
 var session_manager: Node = null
@@ -79,7 +82,7 @@ func _on_start_pressed() -> void:
 	_error_label.text = ""
 	_starting = true
 	_start_button.disabled = true
-	var req: LobbyRequest = session_manager.start_session()
+	var req: LobbyRequestScript = session_manager.start_session()
 	req.completed.connect(_on_start_reply)
 
 
@@ -100,7 +103,7 @@ func _on_kick_pressed() -> void:
 		_error_label.text = "You cannot kick yourself."
 		return
 	_error_label.text = ""
-	var req: LobbyRequest = session_manager.kick_player(player_id)
+	var req: LobbyRequestScript = session_manager.kick_player(player_id)
 	req.completed.connect(_on_kick_reply)
 
 
@@ -111,7 +114,7 @@ func _on_kick_reply(reply: Dictionary) -> void:
 
 func _on_leave_pressed() -> void:
 	_leave_button.disabled = true
-	var req: LobbyRequest = session_manager.leave_session()
+	var req: LobbyRequestScript = session_manager.leave_session()
 	req.completed.connect(_on_leave_reply)
 
 
