@@ -25,7 +25,7 @@ from lobby.allocators.static import StaticAllocator
 from lobby.bus import Bus, MemoryBus, RedisBus
 from lobby.callbacks import PREFIXES as CALLBACKS_PREFIXES
 from lobby.callbacks import GameServerAPI, json_response
-from lobby.config import Settings
+from lobby.config import Settings, StartupError
 from lobby.handlers import Lobby, now_ms
 from lobby.hub import Hub
 from lobby.persistence.dynamodb import PersistenceQueue, SessionTable
@@ -58,14 +58,17 @@ class LobbyNode:
         if settings.redis_url:
             # A blocking pool: a burst (hundreds of hosts starting at once) waits
             # for a free connection instead of failing on the pool's limit.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=64, timeout=10,
-                # A pooled connection found dead (Redis restarted) is retried on a
-                # fresh one instead of failing the player's request.
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
-                retry_on_error=[RedisConnectionError, RedisTimeoutError],
-                socket_connect_timeout=2,
-            )
+            try:
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    settings.redis_url, max_connections=64, timeout=10,
+                    # A pooled connection found dead (Redis restarted) is retried on a
+                    # fresh one instead of failing the player's request.
+                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+                    retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                    socket_connect_timeout=2,
+                )
+            except ValueError as err:
+                raise StartupError(f"--redis-url (LOBBY_REDIS_URL): {err}", 2) from err
             self._redis = aioredis.Redis(connection_pool=pool)
             self.store = RedisStore(self._redis, settings.redis_prefix)
             self.bus = RedisBus(self._redis, settings.redis_prefix)
@@ -129,13 +132,35 @@ class LobbyNode:
 
     async def start(self) -> None:
         s = self.settings
-        await self.store.start()
+        if self._redis is not None:
+            await _until_reachable(
+                f"--redis-url (LOBBY_REDIS_URL): Redis at {_redact(s.redis_url)}",
+                self.store.start, s.startup_timeout_seconds)
+        else:
+            await self.store.start()
         if self.table is not None and self.persistence is not None:
-            await asyncio.to_thread(self.table.init_table)
+            endpoint = s.dynamodb_endpoint_url or s.aws_endpoint_url
+            where = (
+                f"--dynamodb-endpoint-url (LOBBY_DYNAMODB_ENDPOINT_URL): DynamoDB at {endpoint}"
+                if endpoint else f"--dynamodb: DynamoDB table {s.dynamodb_table}")
+            table = self.table
+            await _until_reachable(where, lambda: asyncio.to_thread(table.init_table),
+                                   s.startup_timeout_seconds)
             self.persistence.start()
         await self.bus.start(self.node_id, self.hub.on_message)
         await self.check_store()
-        self._server = await serve(
+        try:
+            self._server = await self._listen()
+        except OSError as err:
+            raise StartupError(
+                f"--port (LOBBY_PORT): cannot listen on {s.host}:{s.port}: "
+                f"{(err.strerror or str(err)).rsplit(': ', 1)[-1]}", 2) from err
+        self._tasks.append(asyncio.create_task(self._sweeper(), name="lobby-sweeper"))
+        self._log_mode()
+
+    async def _listen(self) -> Server:
+        s = self.settings
+        return await serve(
             self.sockets.handle, s.host, s.port,
             process_request=self.sockets.process_request,
             max_size=s.max_message_bytes,
@@ -149,7 +174,9 @@ class LobbyNode:
             # with 4096, 1,000 concurrent connects went from p99 2.5 s to 0.5 s.
             backlog=4096,
         )
-        self._tasks.append(asyncio.create_task(self._sweeper(), name="lobby-sweeper"))
+
+    def _log_mode(self) -> None:
+        s = self.settings
         if self.mode == "embedded":
             log.warning(
                 "EMBEDDED MODE: sessions live in this process's memory, one node only, lost "
@@ -247,6 +274,35 @@ class LobbyNode:
             log.info("shutting down")
         finally:
             await self.stop()
+
+
+async def _until_reachable(what: str, call: Any, seconds: float) -> None:
+    """Start-up waits a bounded time for a dependency (a container's Redis may
+    start a moment after the lobby), then gives up with one line, exit code 1."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    delay = 0.1
+    warned = False
+    while True:
+        try:
+            await call()
+            return
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as err:
+            last: Exception = err
+        except Exception as err:  # botocore's connection errors, and what we cannot retry
+            if "AuthenticationError" in type(err).__name__:
+                raise StartupError(f"{what}: {err}", 2) from err
+            last = err
+        left = deadline - loop.time()
+        if left <= 0:
+            raise StartupError(
+                f"{what} unreachable after {seconds:g}s: {type(last).__name__}: {last}", 1
+            ) from last
+        if not warned:
+            log.warning("%s: not reachable yet (%s); retrying for up to %gs", what, last, seconds)
+            warned = True
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, 1.0)
 
 
 def _fd_budget() -> int:

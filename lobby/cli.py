@@ -11,13 +11,26 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
-from lobby.config import Settings
+from lobby.config import Settings, StartupError
+from lobby.logs import FORMATS, LEVELS
 
 DEFAULTS = Settings()
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line on stderr (exit 2), naming the flag or the variable."""
+
+    env_errors: list[tuple[str, str]]
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _env(flag: str) -> str:
@@ -28,7 +41,18 @@ def _add(parser: argparse.ArgumentParser, flag: str, type_: Callable[[str], Any]
          help_: str) -> None:
     env = _env(flag)
     raw = os.environ.get(env)
-    value = type_(raw) if raw not in (None, "") else default
+    value = default
+    if raw not in (None, ""):
+        try:
+            value = type_(raw)  # type: ignore[arg-type]
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            # Reported by main() unless the flag, which wins, is on the command line.
+            what = str(err) if isinstance(err, argparse.ArgumentTypeError) else (
+                f"invalid value {raw!r}")
+            errors = getattr(parser, "env_errors", None)
+            if errors is None:
+                errors = parser.env_errors = []  # type: ignore[attr-defined]
+            errors.append((flag, f"{env}={raw!r} ({flag}): {what}"))
     parser.add_argument(
         flag, type=type_, default=value, help=f"{help_} (env {env}; default {default!r})"
     )
@@ -52,20 +76,79 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _port(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), not {raw!r}")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(LEVELS)} (any case), not {raw!r}")
+    return level
+
+
+def _log_format(raw: str) -> str:
+    fmt = raw.strip().lower()
+    if fmt not in FORMATS:
+        raise argparse.ArgumentTypeError(f"must be text or json, not {raw!r}")
+    return fmt
+
+
+def _endpoint(raw: str) -> str:
+    """HOST:PORT or [IPv6]:PORT, what a game client connects its ENet peer to."""
+    host, sep, port = raw.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    ok = bool(sep) and bool(host) and port.isdigit() and 0 < int(port) <= 65535
+    if not ok or any(c.isspace() or c in "/[]" for c in host):
+        raise argparse.ArgumentTypeError(
+            f"must be HOST:PORT (e.g. 127.0.0.1:6060 or [::1]:6060), not {raw!r}")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(raw).scheme.lower() if "://" in raw else ""
+    if scheme not in REDIS_SCHEMES:
+        raise argparse.ArgumentTypeError(
+            f"must be a URL such as redis://HOST:6379/0 (schemes: "
+            f"{', '.join(s + '://' for s in REDIS_SCHEMES)}), not {raw!r}")
+    return raw
+
+
+def _nonnegative_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {raw!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lobby", description="WebSocket lobby server for multiplayer games"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run a lobby node")
     d = DEFAULTS
     _add(serve, "--host", str, d.host, "interface to listen on")
-    _add(serve, "--port", int, d.port, "TCP port for ws://HOST:PORT/ws and the HTTP endpoints")
-    _add(serve, "--redis-url", str, d.redis_url,
+    _add(serve, "--port", _port, d.port, "TCP port for ws://HOST:PORT/ws and the HTTP endpoints")
+    _add(serve, "--redis-url", _redis_url, d.redis_url,
          "Redis URL; unset = embedded single-node mode with state in memory")
     _add(serve, "--redis-prefix", str, d.redis_prefix, "prefix of every Redis key and channel")
-    _add(serve, "--game-server", str, d.game_server, "HOST:PORT handed out by the static allocator")
+    _add(serve, "--game-server", _endpoint, d.game_server,
+         "HOST:PORT handed out by the static allocator")
     _add(serve, "--seat-hold-seconds", float, d.seat_hold_seconds,
          "how long a dropped player's seat in a WAITING session is held for resume")
     _add(serve, "--max-message-bytes", int, d.max_message_bytes,
@@ -116,14 +199,29 @@ def build_parser() -> argparse.ArgumentParser:
              "memory per socket and lobby frames are tiny)",
     )
     _add(serve, "--node-id", str, d.node_id, "this node's id (random when unset)")
-    _add(serve, "--log-level", str, d.log_level, "DEBUG, INFO, WARNING, ERROR")
+    _add(serve, "--log-level", _log_level, d.log_level,
+         "DEBUG, INFO, WARNING, ERROR or CRITICAL (DEBUG also prints start-up tracebacks)")
+    _add(serve, "--log-format", _log_format, d.log_format,
+         "text, or json: one object per line (time, level, logger, node, message, fields)")
+    _add(serve, "--startup-timeout-seconds", _nonnegative_float, d.startup_timeout_seconds,
+         "how long start-up retries an unreachable Redis or DynamoDB before exiting 1")
+    _add(serve, "--drain-seconds", _nonnegative_float, d.drain_seconds,
+         "on SIGTERM: how long clients (told with close code 1012) get to move to another "
+         "node before the rest are closed")
+    _add(serve, "--admin-key", str, d.admin_key,
+         "bearer key of the admin API and console at /admin/; unset = admin off")
+    _add(serve, "--metrics-key", str, d.metrics_key,
+         "bearer key required by /metrics and /metrics.json; unset = open")
 
     init = sub.add_parser("init-table", help="create the DynamoDB sessions table (idempotent)")
     _add(init, "--dynamodb-table", str, d.dynamodb_table, "table name")
     _add(init, "--aws-region", str, d.aws_region, "AWS region")
     _add(init, "--dynamodb-endpoint-url", str, d.dynamodb_endpoint_url, "endpoint override")
+    _add(init, "--wait-seconds", _nonnegative_float, 10.0,
+         "how long to retry an endpoint that does not answer yet")
 
     sub.add_parser("fleetiq-local", help="run a local GameLift FleetIQ endpoint (--help for more)")
+    parser.commands = {"serve": serve, "init-table": init}  # type: ignore[attr-defined]
     return parser
 
 
@@ -141,29 +239,46 @@ def _raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _fail(code: int, message: str, debug: bool) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    sys.stderr.write(f"lobby serve: error: {message}\n")
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "fleetiq-local":
         from lobby.fleetiq_local import main as fleetiq_main
 
         return fleetiq_main(argv[1:]) or 0
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    subparser = parser.commands.get(args.command)  # type: ignore[attr-defined]
+    for flag, message in getattr(subparser, "env_errors", []):
+        if not any(a == flag or a.startswith(flag + "=") for a in argv):
+            subparser.error(message)
     if args.command == "serve":
         _raise_open_file_limit()
         settings = settings_from_args(args)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        # websockets logs every open and close at INFO: noise at thousands of players.
-        logging.getLogger("websockets").setLevel(
-            max(logging.WARNING, logging.getLogger().level))
-        from lobby.app import LobbyNode
+        from lobby import logs
 
+        # Chosen here so that every line, from the first, names the node.
+        settings.node_id = settings.node_id or secrets.token_hex(4)
+        logs.configure(settings.log_level, settings.log_format, settings.node_id)
         try:
+            from lobby.app import LobbyNode
+
             asyncio.run(LobbyNode(settings).serve_forever())
         except KeyboardInterrupt:
             pass
+        except StartupError as err:
+            return _fail(err.exit_code, str(err), settings.log_level == "DEBUG")
+        except Exception as err:
+            # A start-up failure nobody anticipated: still one line, unless debugging.
+            return _fail(1, f"{type(err).__name__}: {err}", settings.log_level == "DEBUG")
         return 0
     if args.command == "init-table":
         logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
@@ -172,8 +287,22 @@ def main(argv: list[str] | None = None) -> int:
         table = SessionTable(
             args.dynamodb_table, region=args.aws_region, endpoint_url=args.dynamodb_endpoint_url
         )
-        print(table.init_table())
-        return 0
+        # The endpoint may still be starting (moto, DynamoDB Local in a container):
+        # connection failures are retried for a bounded time.
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        deadline = time.monotonic() + args.wait_seconds
+        while True:
+            try:
+                print(table.init_table())
+                return 0
+            except BotoConnectionError as err:
+                if time.monotonic() >= deadline:
+                    sys.stderr.write(
+                        f"lobby init-table: error: --dynamodb-endpoint-url: DynamoDB "
+                        f"unreachable after {args.wait_seconds:g}s: {err}\n")
+                    return 1
+                time.sleep(0.2)
     return 2
 
 

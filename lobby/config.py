@@ -40,3 +40,17 @@ class Settings:
     dynamodb_endpoint_url: str | None = None  # defaults to aws_endpoint_url
     node_id: str | None = None  # random when unset
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line (lobby/logs.py)
+    startup_timeout_seconds: float = 10.0  # retrying an unreachable Redis/DynamoDB at start
+    drain_seconds: float = 10.0  # SIGTERM: time clients get to move before the rest are closed
+    admin_key: str | None = None  # bearer key of /admin/ (unset: admin API off)
+    metrics_key: str | None = None  # bearer key of /metrics (unset: open)
+
+
+class StartupError(Exception):
+    """A node cannot start: one line for the operator, and the process's exit code
+    (2: the configuration is wrong; 1: a dependency stayed unreachable)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

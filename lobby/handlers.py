@@ -22,6 +22,7 @@ from lobby.allocators.base import Allocator, NoServerAvailable
 from lobby.config import Settings
 from lobby.errors import ErrorCode, LobbyError
 from lobby.hub import Client, Hub
+from lobby.logs import fields
 from lobby.passwords import hash_password, verify_password
 from lobby.session import SessionRecord, public_session
 from lobby.store.base import Change, PasswordRequired, SessionStore, SweepResult, Timeouts
@@ -36,6 +37,10 @@ OnChange = Callable[[Change], None]
 Recover = Callable[[], Awaitable[int]]
 
 PASSWORD_FAILURES_ALLOWED = 5  # per connection per minute: scrypt is costly
+
+
+def _ignore(*args: Any) -> None:
+    return None
 
 
 def now_ms() -> int:
@@ -57,7 +62,19 @@ class Lobby:
         self.hub = hub
         self.allocator = allocator
         # Every change goes here (DynamoDB persistence when configured).
-        self._on_change = on_change or (lambda change: None)
+        persist = on_change or (lambda change: None)
+
+        def _on_change(change: Change) -> None:
+            if change.ended:
+                log.info("session %s closed (%s)", change.session_id, change.ended,
+                         extra=fields(session=change.session_id, reason=change.ended))
+            persist(change)
+
+        self._on_change = _on_change
+        # Observers of requests (type, result code, seconds) and game-server
+        # claims (outcome, seconds): the node's metrics (lobby/metrics.py).
+        self.observe_request: Callable[[str, str, float], None] = _ignore
+        self.observe_claim: Callable[[str, float], None] = _ignore
         # Asked when a resume token is unknown: rebuilds the store if it was emptied
         # and returns its generation, which changes with every rebuild.
         self._recover = recover
@@ -87,21 +104,36 @@ class Lobby:
 
     # dispatch ----------------------------------------------------------------
     async def handle(self, client: Client, req: Any) -> None:
+        started = time.perf_counter()
         try:
             if client.player_id is None and req.type != "hello":
                 raise LobbyError(ErrorCode.NOT_AUTHENTICATED, "send hello first")
             result, membership = await self._handlers[req.type](client, req)
         except LobbyError as err:
             client.push(p.encode(p.reply_for_error(req.type, req.id, err)))
+            self._observed(client, req.type, err.code.value, started)
             return
         except Exception:
-            log.exception("request %s failed", req.type)
+            log.exception("request %s failed", req.type,
+                          extra=fields(conn=client.conn_id, player=client.player_id,
+                                       request=req.type, code="INTERNAL"))
             client.push(p.encode(p.error_reply(
                 req.type, req.id, ErrorCode.INTERNAL, "internal error")))
+            self._observed(client, req.type, "INTERNAL", started)
             return
         client.push(p.encode(p.ok_reply(req.type, req.id, result)))
+        self._observed(client, req.type, "OK", started)
         if membership is not None:
             self.hub.activate(membership[0], client, membership[1])
+
+    def _observed(self, client: Client, rtype: str, code: str, started: float) -> None:
+        seconds = time.perf_counter() - started
+        self.observe_request(rtype, code, seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request %s: %s in %.1f ms", rtype, code, seconds * 1000,
+                      extra=fields(conn=client.conn_id, player=client.player_id,
+                                   session=client.session_id, request=rtype, code=code,
+                                   latency_ms=round(seconds * 1000, 3)))
 
     async def disconnected(self, client: Client) -> None:
         self.hub.remove_client(client)
@@ -196,6 +228,8 @@ class Lobby:
             rec = await self.store.create_session(
                 client.player_id, session_id, req.name or "", max_players, pw, now_ms()
             )
+        log.info("session %s created by %s", session_id, client.player_id,
+                 extra=fields(session=session_id, player=client.player_id, conn=client.conn_id))
         return self._member_result(rec)
 
     async def list_sessions(self, client: Client, req: p.ListSessions) -> Result:
@@ -267,10 +301,17 @@ class Lobby:
         rec = await self.store.begin_start(client.player_id, now_ms())
         sid = rec["id"]
         self.changed(rec)
+        claim_started = time.perf_counter()
         try:
             alloc = await self.allocator.allocate(sid, [m["id"] for m in rec["members"]])
         except Exception as exc:
             # Whatever went wrong, the session must not stay in CONNECTING.
+            outcome = "no_server" if isinstance(exc, NoServerAvailable) else "error"
+            seconds = time.perf_counter() - claim_started
+            self.observe_claim(outcome, seconds)
+            log.info("claim for session %s: %s after %.1f ms", sid, outcome, seconds * 1000,
+                     extra=fields(session=sid, outcome=outcome,
+                                  latency_ms=round(seconds * 1000, 3)))
             if not isinstance(exc, NoServerAvailable):
                 log.exception("allocator failed for session %s", sid)
             message = "no game server is available, try again"
@@ -279,6 +320,12 @@ class Lobby:
             if back is not None:
                 self.changed(back)
             raise LobbyError(ErrorCode.NO_SERVER_AVAILABLE, message) from None
+        seconds = time.perf_counter() - claim_started
+        self.observe_claim("claimed", seconds)
+        log.info("claim for session %s: server %s (%s) in %.1f ms", sid, alloc.server_id,
+                 alloc.endpoint, seconds * 1000,
+                 extra=fields(session=sid, outcome="claimed", server=alloc.server_id,
+                              endpoint=alloc.endpoint, latency_ms=round(seconds * 1000, 3)))
         try:
             started = await self.store.finish_start(
                 sid, alloc.server_id, alloc.endpoint, now_ms())
@@ -293,6 +340,9 @@ class Lobby:
             raise LobbyError(ErrorCode.INTERNAL, "the start failed, try again") from None
         if started is None:
             raise LobbyError(ErrorCode.SESSION_NOT_FOUND, "the session ended while starting")
+        log.info("session %s started on %s", sid, alloc.endpoint,
+                 extra=fields(session=sid, player=client.player_id, server=alloc.server_id,
+                              endpoint=alloc.endpoint))
         self.changed(started)
         return {"session": public_session(started)}, None
 

@@ -21,6 +21,7 @@ from lobby import protocol as p
 from lobby.errors import ErrorCode
 from lobby.handlers import Lobby
 from lobby.hub import Client
+from lobby.logs import fields
 
 log = logging.getLogger("lobby.server")
 
@@ -142,6 +143,9 @@ class SocketServer:
         client = WsClient(ws, f"{self.node_id}.{next(self._ids)}", self.burst,
                           self.max_buffered, self.stats)
         self.lobby.hub.add_client(client)
+        remote = ws.remote_address[0] if ws.remote_address else None
+        log.info("connect %s from %s", client.conn_id, remote,
+                 extra=fields(conn=client.conn_id, remote=remote))
         try:
             async for frame in ws:
                 if isinstance(frame, bytes):
@@ -164,6 +168,11 @@ class SocketServer:
         except ConnectionClosed:
             pass
         finally:
+            log.info("disconnect %s (player %s, code %s)", client.conn_id, client.player_id,
+                     ws.close_code, extra=fields(
+                         conn=client.conn_id, player=client.player_id,
+                         session=client.session_id, code=ws.close_code,
+                         reason=ws.close_reason or None))
             try:
                 await self.lobby.disconnected(client)
             except Exception:
