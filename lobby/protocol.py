@@ -7,9 +7,10 @@ that every request and event type named here is documented there.
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from lobby.errors import ErrorCode, LobbyError
 
@@ -22,9 +23,36 @@ MAX_TOKEN_CHARS = 512
 MAX_CURSOR_CHARS = 64
 
 RequestId = int | Annotated[str, Field(max_length=MAX_ID_CHARS)] | None
-# Names are shown to other players: no control characters, no blank names.
-_NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=_NAME_PATTERN)]
+# Names are shown to other players, so they must not be able to hide or disguise
+# text: controls (Cc, incl. U+0085), format characters (Cf: bidi overrides such as
+# U+202E, zero-width characters), line/paragraph separators (Zl, Zp) and lone
+# surrogates are refused, and so are names with nothing visible (only whitespace,
+# combining marks or blank-looking letters such as U+3164).
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_BLANK_LOOKING = frozenset("\u115f\u1160\u2800\u3164\uffa0")
+
+
+def check_name(value: str) -> str:
+    """A display name (player or session) in NFC, or ValueError saying why not."""
+    value = unicodedata.normalize("NFC", value)
+    if len(value) > MAX_NAME_CHARS:
+        raise ValueError(f"must have at most {MAX_NAME_CHARS} characters")
+    visible = False
+    for ch in value:
+        category = unicodedata.category(ch)
+        if category in _FORBIDDEN_CATEGORIES:
+            raise ValueError(
+                f"must not contain U+{ord(ch):04X} (a control, format or separator character)")
+        if not (ch.isspace() or category[0] == "M" or ch in _BLANK_LOOKING):
+            visible = True
+    if not visible:
+        raise ValueError("must have a visible character")
+    return value
+
+
+# max_length here is a cheap bound before normalising; check_name bounds the result.
+Name = Annotated[
+    str, Field(min_length=1, max_length=MAX_NAME_CHARS * 4), AfterValidator(check_name)]
 
 
 class _Request(BaseModel):
@@ -152,8 +180,8 @@ def _describe(exc: ValidationError) -> str:
         # loc starts with the union tag ("join_session"); the field is what helps.
         loc = [str(p) for p in err["loc"][1:]] or [str(p) for p in err["loc"]]
         msg = err["msg"]
-        if err["type"] == "string_pattern_mismatch":
-            msg = "must have a visible character and no control characters"
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         parts.append(f"{'.'.join(loc)}: {msg}")
     return "; ".join(parts) or "invalid request"
 
