@@ -17,16 +17,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.http11 import Request, Response
+from websockets.asyncio.server import Server, serve
 
 from lobby.allocators.base import Allocator
 from lobby.allocators.static import StaticAllocator
 from lobby.bus import Bus, MemoryBus, RedisBus
-from lobby.callbacks import PREFIXES as CALLBACKS_PREFIXES
-from lobby.callbacks import GameServerAPI, json_response
+from lobby.callbacks import GameServerAPI
 from lobby.config import Settings, StartupError
 from lobby.handlers import Lobby, now_ms
+from lobby.http import HttpRequest, HttpResponse, json_response
 from lobby.hub import Hub
 from lobby.persistence.dynamodb import PersistenceQueue, SessionTable
 from lobby.server import SocketServer, push_many
@@ -88,10 +87,8 @@ class LobbyNode:
             else _fd_budget(),
             max_buffered=settings.max_buffered_bytes,
         )
-        game_servers = GameServerAPI(self.lobby, settings.server_key)
-        for prefix in CALLBACKS_PREFIXES:
-            self.sockets.routes[prefix] = game_servers.route
-        self.sockets.routes["/metrics"] = self._metrics_route
+        GameServerAPI(self.lobby, settings.server_key).register(self.sockets.http.router)
+        self.sockets.http.router.add("GET", "/metrics", self._metrics_route)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._epoch: str | None = None  # the store generation this node has synced with
@@ -114,7 +111,7 @@ class LobbyNode:
             "persistence": self.persistence.metrics if self.persistence is not None else None,
         }
 
-    def _metrics_route(self, connection: ServerConnection, request: Request) -> Response:
+    def _metrics_route(self, request: HttpRequest) -> HttpResponse:
         return json_response(HTTPStatus.OK, self.metrics())
 
     def _persist(self, change: Change) -> None:
@@ -163,6 +160,8 @@ class LobbyNode:
         return await serve(
             self.sockets.handle, s.host, s.port,
             process_request=self.sockets.process_request,
+            # Plain HTTP (bodies, keep-alive) is answered by lobby.http's front.
+            create_connection=self.sockets.front_factory,
             max_size=s.max_message_bytes,
             # Lobby frames are tiny JSON; per-message deflate costs tens of KiB
             # per connection for no gain (docs/benchmarks.md has the measurement).
@@ -246,6 +245,7 @@ class LobbyNode:
         # Each step is bounded: a dead Redis or AWS endpoint must not hang shutdown.
         if self._server is not None:
             self._server.close()
+            self.sockets.http.close_all()
             await _bounded("closing sockets", self._server.wait_closed(), 10)
         self.hub.close()
         await _bounded("closing pub/sub", self.bus.close(), 5)

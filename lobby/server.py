@@ -2,6 +2,8 @@
 
 It turns frames into validated requests for the handlers and pushes their
 replies and the hub's events back; it knows nothing of how sessions are stored.
+HTTP routes are registered on `SocketServer.http.router` (see lobby.http for
+the interface); only WebSocket upgrades reach `process_request`.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from http import HTTPStatus
+from typing import Any
 
-from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.server import Server, ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
 from lobby import protocol as p
 from lobby.errors import ErrorCode
 from lobby.handlers import Lobby
+from lobby.http import FrontProtocol, HttpRequest, HttpResponse, HttpService, Router, text_response
 from lobby.hub import Client
 from lobby.logs import fields
 
@@ -29,7 +34,6 @@ WS_PATH = "/ws"
 _BINARY_REFUSED = p.encode(p.error_reply(
     "error", None, ErrorCode.BAD_REQUEST,
     "binary frames are not supported: send JSON as a text frame"))
-HttpRoute = Callable[[ServerConnection, Request], Awaitable[Response] | Response]
 
 
 class WsClient:
@@ -111,33 +115,31 @@ class SocketServer:
         self.rate = rate
         self.burst = burst
         self._ids = itertools.count(1)
-        self.routes: dict[str, HttpRoute] = {"/healthz": self._healthz}
+        self.http = HttpService(Router())
+        # `routes["/path"] = handler` registers a handler for any method (lobby.http).
+        self.routes: Router = self.http.router
+        self.routes.add("GET", "/healthz", self._healthz)
+
+    def front_factory(self, protocol: ServerProtocol, server: Server, **kwargs: Any
+                      ) -> FrontProtocol:
+        """websockets' `create_connection` hook: every accepted socket starts as
+        HTTP and becomes this ServerConnection only if it asks for an upgrade."""
+        return FrontProtocol(self.http, lambda: ServerConnection(protocol, server, **kwargs))
 
     async def process_request(self, connection: ServerConnection, request: Request
                               ) -> Response | None:
+        """Only WebSocket upgrades get here (plain HTTP is lobby.http's)."""
         path = request.path.split("?", 1)[0]
-        if path == WS_PATH:
-            if self.max_clients is not None and self.lobby.hub.client_count >= self.max_clients:
-                # Refuse cleanly while there are file descriptors left to do so;
-                # the client (or its load balancer) tries another node.
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "lobby node full\n")
-            return None
-        route = self.routes.get(path)
-        if route is None:
-            # Prefix routes ("/servers/") match the longest registered prefix.
-            for prefix, handler in self.routes.items():
-                if prefix.endswith("/") and path.startswith(prefix):
-                    route = handler
-                    break
-        if route is None:
+        if path != WS_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found; the WebSocket is at /ws\n")
-        result = route(connection, request)
-        if asyncio.iscoroutine(result):
-            return await result
-        return result  # type: ignore[return-value]
+        if self.max_clients is not None and self.lobby.hub.client_count >= self.max_clients:
+            # Refuse cleanly while there are file descriptors left to do so;
+            # the client (or its load balancer) tries another node.
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "lobby node full\n")
+        return None
 
-    def _healthz(self, connection: ServerConnection, request: Request) -> Response:
-        return connection.respond(HTTPStatus.OK, "ok\n")
+    def _healthz(self, request: HttpRequest) -> HttpResponse:
+        return text_response(HTTPStatus.OK, "ok\n")
 
     async def handle(self, ws: ServerConnection) -> None:
         client = WsClient(ws, f"{self.node_id}.{next(self._ids)}", self.burst,

@@ -10,6 +10,7 @@ import pytest
 
 from lobby import protocol
 from lobby.errors import ErrorCode
+from lobby.http import HTTP_ERROR_CODES
 
 DOC = (Path(__file__).resolve().parent.parent / "protocol.md").read_text("utf-8")
 
@@ -46,3 +47,9 @@ def test_pasteable_examples_are_valid_requests() -> None:
             continue
         req = protocol.parse_request(line)
         assert req.type == msg["type"]
+
+
+@pytest.mark.parametrize("code", HTTP_ERROR_CODES)
+def test_every_http_error_code_is_documented(code: str) -> None:
+    http_section = DOC.split("## Game-server HTTP API", 1)[1].split("\n## ", 1)[0]
+    assert f"| `{code}` |" in http_section
