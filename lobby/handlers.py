@@ -194,11 +194,13 @@ class Lobby:
         )
         if res is None:
             return None
-        client.player_id = player_id
+        bound = self.hub.bind(client, player_id)
         client.name = res.player.name
         client.token_hash = token_hash(resume_token)
         reply = {"player_id": player_id, "name": res.player.name, "resume_token": resume_token,
                  "resumed": True, "session": None}
+        if not bound:  # a racing resume elsewhere won: this socket is closing with 4001
+            return reply, None
         sid = res.player.session_id
         if sid is None:
             return reply, None

@@ -67,6 +67,8 @@ class Hub:
         self._push_many = push_many
         self._sessions: dict[str, dict[str, _Member]] = {}
         self._clients: dict[str, Client] = {}  # conn id -> client, for node messages
+        # Sockets replaced before their own resume returned: conn id -> player id.
+        self._replaced_early: dict[str, str] = {}
         self.events_in = 0
         self.frames_out = 0
         self.linger_seconds = SUBSCRIPTION_LINGER_SECONDS
@@ -78,6 +80,25 @@ class Hub:
 
     def remove_client(self, client: Client) -> None:
         self._clients.pop(client.conn_id, None)
+        self._replaced_early.pop(client.conn_id, None)
+
+    def bind(self, client: Client, player_id: str) -> bool:
+        """Make the socket this player's, unless the store has meanwhile given the
+        player to a newer socket (the `replaced` message beat the resume reply):
+        then the socket is closed with 4001 and False returned. No await between
+        the store's answer and this call, so no message can slip in between."""
+        client.player_id = player_id
+        if self._replaced_early.pop(client.conn_id, None) == player_id:
+            self.replace(client)
+            return False
+        return True
+
+    def replace(self, client: Client) -> None:
+        """A newer socket resumed this client's player: forget and close this one."""
+        if client.session_id is not None:
+            self._forget_client(client.session_id, client)
+        client.player_id = None
+        client.close(CLOSE_REPLACED, "replaced by a newer connection")
 
     def clients(self) -> list[Client]:
         return list(self._clients.values())
@@ -151,6 +172,23 @@ class Hub:
             del self._sessions[session_id]
             self._release(session_id)
 
+    def _forget_client(self, session_id: str, client: Client) -> None:
+        """Drop this socket's membership only: by the time a `replaced` message
+        arrives, the player's entry may already be the newer socket's (a resume
+        on this same node registers it before the message is delivered)."""
+        if client.session_id == session_id:
+            client.session_id = None
+        members = self._sessions.get(session_id)
+        if members is None or client.player_id is None:
+            return
+        member = members.get(client.player_id)
+        if member is None or member.client is not client:
+            return
+        del members[client.player_id]
+        if not members:
+            del self._sessions[session_id]
+            self._release(session_id)
+
     def _release(self, session_id: str) -> None:
         """The last local member is gone: unsubscribe, after a grace period.
 
@@ -189,11 +227,14 @@ class Hub:
         kind = ev["e"]
         if kind == "replaced":
             client = self._clients.get(ev["conn"])
-            if client is not None and client.player_id == ev["player_id"]:
-                if client.session_id is not None:
-                    self._forget(client.session_id, ev["player_id"])
-                client.player_id = None
-                client.close(CLOSE_REPLACED, "replaced by a newer connection")
+            if client is None:
+                return
+            if client.player_id == ev["player_id"]:
+                self.replace(client)
+            elif client.player_id is None:
+                # Still in its own resume (the store has answered another node
+                # first, or its reply is not back yet): bind() acts on it.
+                self._replaced_early[client.conn_id] = ev["player_id"]
             return
         sid = ev["sid"]
         members = self._sessions.get(sid)
