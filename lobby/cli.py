@@ -221,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
          "how long to retry an endpoint that does not answer yet")
 
     sub.add_parser("fleetiq-local", help="run a local GameLift FleetIQ endpoint (--help for more)")
+
+    schema = sub.add_parser(
+        "schema", help="write schema/lobby.schema.json and schema/asyncapi.yaml from the models")
+    schema.add_argument("--out", default=None,
+                        help="directory to write to (default: ./schema)")
+    schema.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when the files differ from the models")
     parser.commands = {"serve": serve, "init-table": init}  # type: ignore[attr-defined]
     return parser
 
@@ -279,6 +286,20 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:
             # A start-up failure nobody anticipated: still one line, unless debugging.
             return _fail(1, f"{type(err).__name__}: {err}", settings.log_level == "DEBUG")
+        return 0
+    if args.command == "schema":
+        from pathlib import Path
+
+        from lobby import schema as lobby_schema
+
+        out = Path(args.out or "schema")
+        if args.check:
+            stale = lobby_schema.stale(out)
+            for name in stale:
+                print(f"{out / name} is stale: run `lobby schema`", file=sys.stderr)
+            return 1 if stale else 0
+        for path in lobby_schema.write(out):
+            print(path)
         return 0
     if args.command == "init-table":
         logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")

@@ -19,6 +19,19 @@ from websockets.asyncio.client import ClientConnection, connect
 from lobby.allocators.base import Allocator
 from lobby.app import LobbyNode
 from lobby.config import Settings
+from tests.frames import SENT_FRAMES
+
+
+@pytest.fixture(autouse=True)
+def server_frames_match_the_schema() -> Iterator[None]:
+    """Fails the test when a frame the server sent it has no model or does not match
+    its model (tests/frames.py says what to do: add the model, run `lobby schema`)."""
+    SENT_FRAMES.errors.clear()
+    yield
+    errors = list(SENT_FRAMES.errors)
+    SENT_FRAMES.errors.clear()
+    if errors:
+        pytest.fail(f"{len(errors)} frame(s) off the schema; first: " + errors[0], pytrace=False)
 
 
 def free_port() -> int:
@@ -172,6 +185,7 @@ class Player:
         try:
             async for raw in self.ws:
                 msg = json.loads(raw)
+                SENT_FRAMES.check(msg, raw)  # every frame the server sends matches the schema
                 if "ok" not in msg:
                     self.events.put_nowait(msg)
                 elif msg.get("id") in self.replies:
