@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("fleetiq-local", help="run a local GameLift FleetIQ endpoint (--help for more)")
 
+    from lobby.terminal import add_parser as add_client_parser
+
+    add_client_parser(sub)
+
     schema = sub.add_parser(
         "schema", help="write schema/lobby.schema.json and schema/asyncapi.yaml from the models")
     schema.add_argument("--out", default=None,
@@ -287,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             # A start-up failure nobody anticipated: still one line, unless debugging.
             return _fail(1, f"{type(err).__name__}: {err}", settings.log_level == "DEBUG")
         return 0
+    if args.command == "client":
+        from lobby.terminal import main as client_main
+
+        return client_main(args)
     if args.command == "schema":
         from pathlib import Path
 
