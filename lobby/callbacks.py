@@ -13,6 +13,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 
 from lobby.errors import ErrorCode, LobbyError
 from lobby.handlers import Lobby
@@ -21,6 +22,13 @@ from lobby.session import public_session
 from lobby.store.redis import StateConflict
 
 log = logging.getLogger("lobby.callbacks")
+
+
+def _view(rec: Any) -> dict[str, Any]:
+    # Game servers hold the server key and serve the session: they see it as its
+    # members do (join code included).
+    return public_session(rec, member=True)
+
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
@@ -68,19 +76,19 @@ class GameServerAPI:
         rec = await self.lobby.store.get_session(request.params["session_id"])
         if rec is None:
             raise LobbyError(ErrorCode.SESSION_NOT_FOUND)
-        return json_response(HTTPStatus.OK, {"ok": True, "session": public_session(rec)})
+        return json_response(HTTPStatus.OK, {"ok": True, "session": _view(rec)})
 
     async def _in_progress(self, request: HttpRequest) -> HttpResponse:
         sid = request.params["session_id"]
         rec = await self.lobby.mark_in_progress(sid)
         log.info("game server: session %s in-progress", sid)
-        return json_response(HTTPStatus.OK, {"ok": True, "session": public_session(rec)})
+        return json_response(HTTPStatus.OK, {"ok": True, "session": _view(rec)})
 
     async def _complete(self, request: HttpRequest) -> HttpResponse:
         sid = request.params["session_id"]
         rec = await self.lobby.complete(sid, "completed")
         log.info("game server: session %s complete", sid)
-        session = public_session(rec)
+        session = _view(rec)
         session["session_state"] = "ENDED"
         return json_response(HTTPStatus.OK, {"ok": True, "session": session})
 
@@ -90,4 +98,4 @@ class GameServerAPI:
         if rec is None:
             raise HttpError(HTTPStatus.NOT_FOUND, ErrorCode.SESSION_NOT_FOUND.value,
                             "no live session uses this game server")
-        return json_response(HTTPStatus.OK, {"ok": True, "session": public_session(rec)})
+        return json_response(HTTPStatus.OK, {"ok": True, "session": _view(rec)})

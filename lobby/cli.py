@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import secrets
 import sys
 import time
@@ -134,6 +135,16 @@ def _nonnegative_float(raw: str) -> float:
     return value
 
 
+def _attribute_keys(raw: str) -> tuple[str, ...] | None:
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    if not keys or keys == ("*",):
+        return None
+    for key in keys:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", key):
+            raise argparse.ArgumentTypeError(f"not an attribute key: {key!r}")
+    return keys
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lobby", description="WebSocket lobby server for multiplayer games"
@@ -198,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="offer permessage-deflate (env LOBBY_WS_COMPRESSION=1; default off: it costs "
              "memory per socket and lobby frames are tiny)",
     )
+    _add(serve, "--indexed-attributes", _attribute_keys, d.indexed_attributes,
+         "comma-separated session attribute keys with search indexes (e.g. mode,map,region); "
+         "unset or * = every key")
     _add(serve, "--node-id", str, d.node_id, "this node's id (random when unset)")
     _add(serve, "--log-level", _log_level, d.log_level,
          "DEBUG, INFO, WARNING, ERROR or CRITICAL (DEBUG also prints start-up tracebacks)")

@@ -45,6 +45,10 @@ class Settings:
     drain_seconds: float = 10.0  # SIGTERM: time clients get to move before the rest are closed
     admin_key: str | None = None  # bearer key of /admin/ (unset: admin API off)
     metrics_key: str | None = None  # bearer key of /metrics (unset: open)
+    # Attribute keys with search indexes (list_sessions filters on them are index
+    # lookups; filters on other keys are checked on the sessions a page walks).
+    # None: every attribute key is indexed.
+    indexed_attributes: tuple[str, ...] | None = None
 
 
 class StartupError(Exception):

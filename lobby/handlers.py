@@ -97,6 +97,9 @@ class Lobby:
             "kick_player": self.kick_player,
             "ping": self.ping,
             "join_ticket": self.join_ticket,
+            "update_session": self.update_session,
+            "update_player": self.update_player,
+            "promote_player": self.promote_player,
         }
 
     def changed(self, record: SessionRecord) -> None:
@@ -211,7 +214,7 @@ class Lobby:
         if rec is None or all(m["id"] != player_id for m in rec["members"]):
             await self.hub.detach(sid, client)
             return reply, None
-        reply["session"] = public_session(rec)
+        reply["session"] = public_session(rec, member=True)
         return reply, (sid, rec["v"])
 
     async def create_session(self, client: Client, req: p.CreateSession) -> Result:
@@ -228,7 +231,9 @@ class Lobby:
         session_id = secrets.token_urlsafe(8)  # no '.': join tickets separate fields with it
         async with self._becoming_member(session_id, client):
             rec = await self.store.create_session(
-                client.player_id, session_id, req.name or "", max_players, pw, now_ms()
+                client.player_id, session_id, req.name or "", max_players, pw, now_ms(),
+                attributes=req.attributes or {}, visibility=req.visibility or "public",
+                indexed=self.settings.indexed_attributes,
             )
         log.info("session %s created by %s", session_id, client.player_id,
                  extra=fields(session=session_id, player=client.player_id, conn=client.conn_id))
@@ -244,7 +249,12 @@ class Lobby:
     async def join_session(self, client: Client, req: p.JoinSession) -> Result:
         assert client.player_id is not None
         self._not_in_session(client)
+        if (req.session_id is None) == (req.join_code is None):
+            raise LobbyError(ErrorCode.BAD_REQUEST, "give either session_id or join_code")
+        if req.join_code is not None:
+            return await self._join_by_code(client, req)
         sid = req.session_id
+        assert sid is not None
         async with self._becoming_member(sid, client):
             try:
                 rec = await self.store.join_session(client.player_id, sid, None, now_ms())
@@ -252,6 +262,20 @@ class Lobby:
                 await self._check_password(client, req.password, need)
                 rec = await self.store.join_session(client.player_id, sid, need.pw, now_ms())
         return self._member_result(rec)
+
+    async def _join_by_code(self, client: Client, req: p.JoinSession) -> Result:
+        assert client.player_id is not None and req.join_code is not None
+        # Codes can be guessed: unknown ones count as wrong passwords do.
+        self._guess_allowed(client)
+        code = p.normalise_join_code(req.join_code)
+        sid = await self.store.session_of_code(code) if code is not None else None
+        if sid is None:
+            self._guess_failed(client)
+            raise LobbyError(ErrorCode.SESSION_NOT_FOUND, "no session has this join code")
+        # The node must be subscribed before the join, so the code is resolved
+        # first and the join goes by id (to the session the code named then).
+        return await self.join_session(client, p.JoinSession(
+            type="join_session", session_id=sid, password=req.password))
 
     @contextlib.asynccontextmanager
     async def _becoming_member(self, session_id: str, client: Client) -> AsyncIterator[None]:
@@ -266,22 +290,31 @@ class Lobby:
 
     def _member_result(self, rec: SessionRecord) -> Result:
         self.changed(rec)
-        return {"session": public_session(rec)}, (rec["id"], rec["v"])
+        return {"session": public_session(rec, member=True)}, (rec["id"], rec["v"])
+
+    @staticmethod
+    def _guess_allowed(client: Client) -> None:
+        """Wrong passwords and unknown join codes share one budget per minute."""
+        failures = client.password_failures
+        now = time.monotonic()
+        failures[:] = [t for t in failures if now - t < 60]
+        if len(failures) >= PASSWORD_FAILURES_ALLOWED:
+            raise LobbyError(ErrorCode.RATE_LIMITED, "too many wrong guesses, wait a minute")
+
+    @staticmethod
+    def _guess_failed(client: Client) -> None:
+        client.password_failures.append(time.monotonic())
 
     async def _check_password(
         self, client: Client, password: str | None, need: PasswordRequired
     ) -> None:
         if not password:
             raise LobbyError(ErrorCode.WRONG_PASSWORD, "this session needs a password")
-        failures = client.password_failures
-        now = time.monotonic()
-        failures[:] = [t for t in failures if now - t < 60]
-        if len(failures) >= PASSWORD_FAILURES_ALLOWED:
-            raise LobbyError(ErrorCode.RATE_LIMITED, "too many wrong passwords, wait a minute")
+        self._guess_allowed(client)
         good = await asyncio.get_running_loop().run_in_executor(
             self._pw_pool, verify_password, password, need.pw)
         if not good:
-            failures.append(now)
+            self._guess_failed(client)
             raise LobbyError(ErrorCode.WRONG_PASSWORD, "wrong password")
 
     async def leave_session(self, client: Client, req: p.LeaveSession) -> Result:
@@ -294,7 +327,47 @@ class Lobby:
 
     async def kick_player(self, client: Client, req: p.KickPlayer) -> Result:
         assert client.player_id is not None
-        rec = await self.store.kick(client.player_id, req.player_id, now_ms())
+        rec = await self.store.kick(client.player_id, req.player_id, now_ms(), ban=bool(req.ban))
+        self.changed(rec)
+        return {}, None
+
+    async def update_session(self, client: Client, req: p.UpdateSession) -> Result:
+        assert client.player_id is not None
+        changes: dict[str, Any] = {}
+        if req.name is not None:
+            changes["name"] = req.name
+        if req.max_players is not None:
+            cap = self.settings.max_players_cap
+            if req.max_players > cap:
+                raise LobbyError(ErrorCode.BAD_REQUEST, f"max_players must be between 2 and {cap}")
+            changes["max"] = req.max_players
+        if req.password is not None:
+            changes["pw"] = None
+            if req.password:
+                changes["pw"] = await asyncio.get_running_loop().run_in_executor(
+                    self._pw_pool, hash_password, req.password)
+        if req.attributes is not None:
+            changes["attrs"] = req.attributes
+        if req.visibility is not None:
+            changes["vis"] = req.visibility
+        if req.locked is not None:
+            changes["locked"] = req.locked
+        rec = await self.store.update_session(
+            client.player_id, changes, now_ms(), indexed=self.settings.indexed_attributes,
+            attribute_limit=p.MAX_SESSION_ATTRIBUTES)
+        self.changed(rec)
+        return {"session": public_session(rec, member=True)}, None
+
+    async def update_player(self, client: Client, req: p.UpdatePlayer) -> Result:
+        assert client.player_id is not None
+        rec = await self.store.update_player(
+            client.player_id, req.attributes, now_ms(), attribute_limit=p.MAX_PLAYER_ATTRIBUTES)
+        self.changed(rec)
+        return {}, None
+
+    async def promote_player(self, client: Client, req: p.PromotePlayer) -> Result:
+        assert client.player_id is not None
+        rec = await self.store.promote(client.player_id, req.player_id, now_ms())
         self.changed(rec)
         return {}, None
 
@@ -346,7 +419,7 @@ class Lobby:
                  extra=fields(session=sid, player=client.player_id, server=alloc.server_id,
                               endpoint=alloc.endpoint))
         self.changed(started)
-        return {"session": public_session(started)}, None
+        return {"session": public_session(started, member=True)}, None
 
     async def ping(self, client: Client, req: p.Ping) -> Result:
         return {}, None

@@ -288,9 +288,11 @@ def _public_event(ev: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         out.update(server_id=ev["server_id"], server_endpoint=ev["server_endpoint"])
     elif kind == "session_start_failed":
         out["error"] = ev["error"]
+    elif kind == "player_updated":
+        out["player_id"] = ev["player_id"]
     elif kind == "session_closed":
         out["reason"] = ev["reason"]
         return out, None  # the session is gone: no snapshot to mirror
     if ev.get("s") is not None:
-        out["session"] = public_session(ev["s"])
+        out["session"] = public_session(ev["s"], member=True)  # events go to members only
     return out, exclude

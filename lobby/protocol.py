@@ -7,10 +7,21 @@ that every request and event type named here is documented there.
 from __future__ import annotations
 
 import json
+import math
+import re
+import secrets
 import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 
 from lobby.errors import ErrorCode, LobbyError
 
@@ -55,6 +66,129 @@ Name = Annotated[
     str, Field(min_length=1, max_length=MAX_NAME_CHARS * 4), AfterValidator(check_name)]
 
 
+def _integral(value: Any) -> Any:
+    """Game engines' JSON writers emit every number as a float (Godot: 4.0): an
+    integral float is the integer it spells; 4.5 and true are left for the strict
+    int check to refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer where the protocol wants one, also when written as an integral float.
+Int = Annotated[int, BeforeValidator(_integral)]
+
+# Attributes: a game's description of a room (mode, map, region, skill) and of a
+# player. Keys are identifiers so that they can name search indexes; values are
+# what a search can compare.
+MAX_SESSION_ATTRIBUTES = 16
+MAX_PLAYER_ATTRIBUTES = 8
+MAX_IN_VALUES = 10
+_ATTR_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# Lua's cjson writes numbers with 14 significant digits: attribute numbers are
+# kept to those digits so that both stores hold (and compare) the same value.
+_INT_EXACT = 1e14
+
+
+def attr_number(value: float | int) -> float | int:
+    """The number as both stores keep it (14 significant digits, integral -> int)."""
+    num = float(f"{float(value):.14g}") + 0.0  # + 0.0: -0 is 0
+    if num.is_integer() and abs(num) < _INT_EXACT:
+        return int(num)
+    return num
+
+
+def attr_value(value: Any) -> Any:
+    """A valid attribute value in its stored form, or ValueError."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("attribute numbers must be finite")
+        return attr_number(value)
+    if isinstance(value, str):
+        if len(value) > MAX_NAME_CHARS * 4:  # cheap bound before normalising
+            raise ValueError(f"attribute strings have at most {MAX_NAME_CHARS} characters")
+        # The rules of names: NFC, something visible, nothing that hides text.
+        return check_name(value)
+    raise ValueError("attribute values are strings, numbers or booleans")
+
+
+def attr_key(key: str) -> str:
+    if not _ATTR_KEY.fullmatch(key):
+        raise ValueError(f"attribute key {key[:40]!r} must match [a-z][a-z0-9_]{{0,31}}")
+    return key
+
+
+def _attributes(limit: int, deletes: bool) -> Any:
+    def check(attrs: dict[str, Any]) -> dict[str, Any]:
+        if len(attrs) > limit:
+            raise ValueError(f"at most {limit} attributes")
+        return {attr_key(k): None if v is None and deletes else attr_value(v)
+                for k, v in attrs.items()}
+    return AfterValidator(check)
+
+
+# Set at create: values only. In an update, null deletes the key.
+SessionAttributes = Annotated[dict[str, Any], _attributes(MAX_SESSION_ATTRIBUTES, False)]
+SessionAttributeUpdate = Annotated[dict[str, Any], _attributes(MAX_SESSION_ATTRIBUTES, True)]
+PlayerAttributeUpdate = Annotated[dict[str, Any], _attributes(MAX_PLAYER_ATTRIBUTES, True)]
+Visibility = Literal["public", "unlisted"]
+FILTER_OPS: tuple[str, ...] = ("eq", "ne", "lt", "le", "gt", "ge", "in")
+SORTS: tuple[str, ...] = ("newest", "oldest", "most_players", "fewest_players")
+# Join codes: no look-alikes (0/O, 1/I/L are missing), 32 symbols, 6 of them.
+JOIN_CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+JOIN_CODE_LENGTH = 6
+
+
+# Candidates offered to the store at create, which takes the first one no live
+# session holds: with 32**6 codes, all of them taken at once is as good as impossible.
+JOIN_CODE_CANDIDATES = 3
+
+
+def new_join_codes() -> list[str]:
+    return ["".join(secrets.choice(JOIN_CODE_ALPHABET) for _ in range(JOIN_CODE_LENGTH))
+            for _ in range(JOIN_CODE_CANDIDATES)]
+
+
+def normalise_join_code(raw: str) -> str | None:
+    """The code a player typed, as stored (upper case, no spaces or dashes), or
+    None when it cannot be a code at all."""
+    code = re.sub(r"[\s-]", "", raw).upper()
+    if len(code) != JOIN_CODE_LENGTH or any(c not in JOIN_CODE_ALPHABET for c in code):
+        return None
+    return code
+
+
+def _condition(key: str, cond: Any) -> tuple[str, str, Any]:
+    if not isinstance(cond, dict):
+        return key, "eq", attr_value(cond)
+    if len(cond) != 1:
+        raise ValueError(f"filter.{key}: one operator per key, e.g. {{\"ge\": 3}}")
+    ((op, value),) = cond.items()
+    if op not in FILTER_OPS:
+        raise ValueError(f"filter.{key}: unknown operator {str(op)[:20]!r}")
+    if op in ("lt", "le", "gt", "ge"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"filter.{key}: {op} compares with a number")
+        return key, op, attr_value(value)
+    if op == "in":
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_IN_VALUES:
+            raise ValueError(f"filter.{key}: in takes a list of 1-{MAX_IN_VALUES} values")
+        return key, op, [attr_value(v) for v in value]
+    return key, op, attr_value(value)
+
+
+def _filter(raw: dict[str, Any]) -> tuple[tuple[str, str, Any], ...]:
+    if len(raw) > MAX_SESSION_ATTRIBUTES:
+        raise ValueError(f"filter: at most {MAX_SESSION_ATTRIBUTES} keys")
+    return tuple(_condition(attr_key(k), v) for k, v in raw.items())
+
+
+# A filter as (key, op, value) conditions, all of which must hold.
+Filter = Annotated[dict[str, Any], AfterValidator(_filter)]
+
+
 class _Request(BaseModel):
     # strict: "8" is not a number and 1 is not a string; extra fields are ignored
     # so that newer clients can talk to older servers.
@@ -72,19 +206,27 @@ class Hello(_Request):
 class CreateSession(_Request):
     type: Literal["create_session"]
     name: Name | None = None
-    max_players: int | None = Field(default=None, ge=2, le=1_000)
+    max_players: Int | None = Field(default=None, ge=2, le=1_000)
     password: Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD_CHARS)] | None = None
+    attributes: SessionAttributes | None = None
+    visibility: Visibility | None = None
 
 
 class ListSessions(_Request):
     type: Literal["list_sessions"]
-    limit: int | None = Field(default=None, ge=1, le=100)
+    limit: Int | None = Field(default=None, ge=1, le=100)
     cursor: Annotated[str, Field(max_length=MAX_CURSOR_CHARS)] | None = None
+    filter: Filter | None = None
+    min_free_seats: Int | None = Field(default=None, ge=1, le=1_000)
+    has_password: bool | None = None
+    sort: Literal["newest", "oldest", "most_players", "fewest_players"] | None = None
 
 
 class JoinSession(_Request):
     type: Literal["join_session"]
-    session_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+    # One of the two: the session's id, or the join code a member shared.
+    session_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)] | None = None
+    join_code: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)] | None = None
     password: Annotated[str, Field(max_length=MAX_PASSWORD_CHARS)] | None = None
 
 
@@ -99,6 +241,28 @@ class StartSession(_Request):
 class KickPlayer(_Request):
     type: Literal["kick_player"]
     player_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+    ban: bool | None = None
+
+
+class UpdateSession(_Request):
+    type: Literal["update_session"]
+    name: Name | None = None
+    max_players: Int | None = Field(default=None, ge=2, le=1_000)
+    # "" removes the password.
+    password: Annotated[str, Field(max_length=MAX_PASSWORD_CHARS)] | None = None
+    attributes: SessionAttributeUpdate | None = None
+    visibility: Visibility | None = None
+    locked: bool | None = None
+
+
+class UpdatePlayer(_Request):
+    type: Literal["update_player"]
+    attributes: PlayerAttributeUpdate
+
+
+class PromotePlayer(_Request):
+    type: Literal["promote_player"]
+    player_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 class Ping(_Request):
@@ -111,7 +275,7 @@ class JoinTicket(_Request):
 
 Request = Annotated[
     Hello | CreateSession | ListSessions | JoinSession | LeaveSession | StartSession
-    | KickPlayer | Ping | JoinTicket,
+    | KickPlayer | Ping | JoinTicket | UpdateSession | UpdatePlayer | PromotePlayer,
     Field(discriminator="type"),
 ]
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
@@ -119,10 +283,12 @@ _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
 REQUEST_TYPES: tuple[str, ...] = (
     "hello", "create_session", "list_sessions", "join_session", "leave_session",
     "start_session", "kick_player", "ping", "join_ticket",
+    "update_session", "update_player", "promote_player",
 )
 EVENT_TYPES: tuple[str, ...] = (
     "player_joined", "player_left", "host_changed", "session_started",
     "session_start_failed", "session_closed", "kicked", "session_in_progress",
+    "session_updated", "player_updated",
 )
 CLOSE_REASONS: tuple[str, ...] = ("completed", "idle", "server_timeout", "expired")
 LEAVE_REASONS: tuple[str, ...] = ("left", "kicked", "timeout")

@@ -20,6 +20,7 @@ class Member(TypedDict):
     # sha256 of the member's resume token: lets a Redis rebuilt from DynamoDB
     # accept the resume of players who were in the session.
     tokh: NotRequired[str]
+    attrs: NotRequired[dict[str, Any]]  # the player's attributes (update_player)
 
 
 class PasswordHash(TypedDict):
@@ -43,10 +44,25 @@ class SessionRecord(TypedDict):
     created: int  # ms since the epoch
     updated: int  # ms since the epoch, last change
     active: int  # ms since the epoch, last player activity (idle timeout)
+    # Lobby data (records persisted before it existed lack these: read with .get).
+    attrs: NotRequired[dict[str, Any]]  # the game's description of the room
+    vis: NotRequired[str]  # "public" or "unlisted" (never listed)
+    locked: NotRequired[bool]  # no new joins, not listed
+    code: NotRequired[str | None]  # join code, unique among live sessions
+    bans: NotRequired[dict[str, bool]]  # player ids kicked with ban: refused for good
+    # The search-index entries this session is in while listed (attribute tokens,
+    # see search.attr_token); kept in the record so every script can update them.
+    ix: NotRequired[dict[str, bool]]
 
 
-def public_session(rec: SessionRecord | dict[str, Any]) -> dict[str, Any]:
-    """The session object of the wire protocol (protocol.md, "Session object")."""
+def public_session(
+    rec: SessionRecord | dict[str, Any], member: bool = False
+) -> dict[str, Any]:
+    """The session object of the wire protocol (protocol.md, "Session object").
+
+    `member`: whether it goes to one of the session's members, the only ones
+    who may see its join code.
+    """
     members = rec["members"]
     ids = [m["id"] for m in members]
     return {
@@ -57,10 +73,15 @@ def public_session(rec: SessionRecord | dict[str, Any]) -> dict[str, Any]:
         "player_count": len(ids),
         "max_players": rec["max"],
         "connected_players": ids,
-        "players": [{"player_id": m["id"], "name": m["name"]} for m in members],
+        "players": [{"player_id": m["id"], "name": m["name"], "attributes": m.get("attrs") or {}}
+                    for m in members],
         "has_password": rec["pw"] is not None,
         "server_id": rec["server_id"],
         "server_endpoint": rec["endpoint"],
         "created_at": rec["created"] / 1000,
         "version": rec["v"],
+        "attributes": rec.get("attrs") or {},
+        "visibility": rec.get("vis", "public"),
+        "locked": bool(rec.get("locked", False)),
+        "join_code": rec.get("code") if member else None,
     }

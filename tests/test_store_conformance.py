@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from lobby.errors import ErrorCode, LobbyError
+from lobby.protocol import attr_value
 from lobby.session import Member, PasswordHash, SessionRecord
 from lobby.store.base import (
     Change,
@@ -213,7 +215,7 @@ def conn(pid: str, node: str = "n1") -> str:
 
 
 def member(pid: str, joined: int) -> Member:
-    return {"id": pid, "name": name(pid), "joined": joined, "tokh": tokh(pid)}
+    return {"id": pid, "name": name(pid), "joined": joined, "tokh": tokh(pid), "attrs": {}}
 
 
 def ids(rec: SessionRecord | dict[str, Any]) -> list[str]:
@@ -272,7 +274,9 @@ async def test_create_session(store: Harness) -> None:
         "members": [member("alice", T0 + 5)], "pw": None, "server_id": None,
         "endpoint": None, "seq": 1, "v": 1, "started": None, "created": T0 + 5,
         "updated": T0 + 5, "active": T0 + 5,
+        "attrs": {}, "vis": "public", "locked": False, "code": rec["code"], "bans": {}, "ix": {},
     }
+    assert re.fullmatch(r"[23456789ABCDEFGHJKLMNPQRSTUVWXYZ]{6}", rec["code"])
     assert await h.store.get_session("s1") == rec
 
     named = await h.store.create_session("bob", "s2", "Bob's \"room\" / 2", 2, PW, T0 + 6)
@@ -1514,8 +1518,8 @@ async def scripted_run(h: Harness) -> list[Any]:
     B = T0 + 20 + HOLD
     C = B + 20 + TO.idle_ms
     steps: list[Awaitable[Any]] = [
-        s.create_session("zoe", "s1", "", 3, None, T0 + 1),
-        s.create_session("li", "s2", "Ünï «room»", 2, PW, T0 + 2),
+        s.create_session("zoe", "s1", "", 3, None, T0 + 1, codes=["CODE22"]),
+        s.create_session("li", "s2", "Ünï «room»", 2, PW, T0 + 2, codes=["CODE22", "CODE33"]),
         s.join_session("max", "s2", None, T0 + 3),
         s.join_session("max", "s2", PW, T0 + 4),
         s.join_session("ann", "s2", PW, T0 + 5),
@@ -1535,7 +1539,7 @@ async def scripted_run(h: Harness) -> list[Any]:
         s.get_session_by_server("gs-9"),
         s.leave_session("li", T0 + 16 + HOLD),
         s.mark_in_progress("s2", B),
-        s.create_session("li", "s3", "", 2, None, B + 1),
+        s.create_session("li", "s3", "", 2, None, B + 1, codes=["CODE22", "CODE55"]),
         s.mark_in_progress("s3", B + 2),
         s.mark_in_progress("s1", B + 3),
         s.mark_in_progress("s1", B + 4),
@@ -1547,7 +1551,7 @@ async def scripted_run(h: Harness) -> list[Any]:
         sweep(h, B + 1 + TO.idle_ms, TO),
         sweep(h, B + 9 + TO.idle_ms, TO),
         s.complete("s3", "completed", B + 10 + TO.idle_ms),
-        s.create_session("max", "s4", "", 4, None, C),
+        s.create_session("max", "s4", "", 4, None, C, codes=["CODE44"]),
         s.begin_start("max", C + 1),
         sweep(h, C + TO.connecting_ms, TO),
         sweep(h, C + 1 + TO.connecting_ms, TO),
@@ -1556,6 +1560,36 @@ async def scripted_run(h: Harness) -> list[Any]:
         s.get_session("s3"),
         s.get_session("s4"),
         s.get_session_by_server("gs-9"),
+        s.stats(),
+        # lobby data: attributes, visibility, lock, settings, bans, promotion
+        s.new_player("eve", "Eve", tokh("eve"), conn("eve"), C + 2),
+        s.create_session("li", "s5", "", 4, None, C + 2, codes=["CODE33", "ABCDEF"],
+                         attributes={"mode": "ctf", "skill": attr_value(1 / 3), "ranked": True},
+                         visibility="unlisted", indexed=("mode", "ranked")),
+        s.session_of_code("ABCDEF"),
+        s.session_of_code("CODE33"),
+        s.session_of_code("CODE44"),  # s4 has ended: its code is free again
+        s.list_sessions(10, None),
+        s.join_session("eve", "s5", None, C + 3),
+        s.join_session("max", "s5", None, C + 3),
+        s.update_player("eve", {"team": "réd", "lvl": 3}, C + 4),
+        s.update_player("eve", {"team": None, "x": 1e20}, C + 4),
+        s.update_player("eve", {f"k{i}": i for i in range(7)}, C + 4),
+        s.update_session("li", {"attrs": {"mode": None, "map": "dust"}, "name": "Ünï 2",
+                                "vis": "public", "locked": True, "max": 3}, C + 5,
+                         indexed=("mode", "map")),
+        s.list_sessions(10, None),
+        s.update_session("li", {"locked": False, "pw": PW}, C + 6),
+        s.list_sessions(10, None),
+        s.update_session("li", {"max": 2}, C + 6),
+        s.update_session("li", {"attrs": {f"k{i}": i for i in range(15)}}, C + 6),
+        s.update_session("eve", {"name": "mine"}, C + 6),
+        s.kick("li", "max", C + 7, ban=True),
+        s.join_session("max", "s5", None, C + 8),
+        s.promote("li", "li", C + 9),
+        s.promote("li", "eve", C + 9),
+        s.promote("li", "eve", C + 9),
+        s.get_session("s5"),
         s.stats(),
     ]
     for step in steps:
@@ -1577,7 +1611,8 @@ async def test_memory_and_redis_agree_step_by_step(request: pytest.FixtureReques
     for i, (mem, red) in enumerate(zip(expected, actual, strict=True)):
         assert red == mem, f"trace entry {i} differs (memory first)"
     # The scenario must have exercised the paths it names, not failed early.
-    assert expected[-2] == ("ok", {"open_sessions": 0, "held_seats": 0})
+    assert ("ok", {"open_sessions": 0, "held_seats": 0}) in expected
+    assert expected[-2] == ("ok", {"open_sessions": 1, "held_seats": 0})
     results = [entry[1] for entry in expected if isinstance(entry, tuple) and entry[0] == "ok"]
     changes = [c for r in results for c in (r if isinstance(r, list) else [r])]
     assert [c.ended for c in changes if isinstance(c, Change)] == [

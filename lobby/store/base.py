@@ -98,8 +98,14 @@ class SessionStore(Protocol):
     # sessions ----------------------------------------------------------------
     async def create_session(
         self, player_id: str, session_id: str, name: str, max_players: int,
-        pw: PasswordHash | None, now: int,
-    ) -> SessionRecord: ...
+        pw: PasswordHash | None, now: int, *, attributes: dict[str, Any] | None = None,
+        visibility: str = "public", codes: list[str] | None = None,
+        indexed: tuple[str, ...] | None = None,
+    ) -> SessionRecord:
+        """`codes`: candidate join codes (default: random ones), the first one no
+        live session holds is taken (INTERNAL if none is free). `indexed`: the attribute keys with
+        search indexes (None: all)."""
+        ...
 
     async def join_session(
         self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
@@ -112,7 +118,30 @@ class SessionStore(Protocol):
         """The session after the leave; `ended` is "abandoned" if it was the last member."""
         ...
 
-    async def kick(self, host_id: str, target_id: str, now: int) -> SessionRecord: ...
+    async def kick(
+        self, host_id: str, target_id: str, now: int, *, ban: bool = False
+    ) -> SessionRecord:
+        """With `ban`, the target's joins are refused (BANNED) for the session's life."""
+        ...
+
+    async def update_session(
+        self, host_id: str, changes: dict[str, Any], now: int, *,
+        indexed: tuple[str, ...] | None = None, attribute_limit: int = 16,
+    ) -> SessionRecord:
+        """Host only, WAITING only; publishes session_updated. `changes` holds any of
+        name, max, pw (a hash, or None to remove it), attrs (None values delete
+        keys), vis, locked."""
+        ...
+
+    async def promote(self, host_id: str, target_id: str, now: int) -> SessionRecord:
+        """Host only: `target_id` becomes the host; publishes host_changed."""
+        ...
+
+    async def update_player(
+        self, player_id: str, attributes: dict[str, Any], now: int, *, attribute_limit: int = 8,
+    ) -> SessionRecord:
+        """A member's own attributes (None values delete keys); publishes player_updated."""
+        ...
 
     async def begin_start(self, player_id: str, now: int) -> SessionRecord:
         """WAITING -> CONNECTING, host only, exactly once."""
@@ -139,6 +168,10 @@ class SessionStore(Protocol):
         ...
 
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    async def session_of_code(self, code: str) -> str | None:
+        """The live session holding this (normalised) join code."""
+        ...
 
     async def get_session_by_server(self, server_id: str) -> SessionRecord | None:
         """The live session whose game server is `server_id` (set by finish_start).

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lobby.errors import ErrorCode, LobbyError
+from lobby.protocol import new_join_codes
 from lobby.session import PasswordHash, SessionRecord
 from lobby.store.base import (
     Change,
@@ -26,6 +27,9 @@ from lobby.store.base import (
     Timeouts,
 )
 from lobby.store.redis import raise_script_error
+from lobby.store.search import index_tokens, merge_attrs
+
+PLAYERS_SCALE = 10**12  # mirrors prelude.lua: openp's score is count * scale + seq
 
 Publish = Callable[[str, str], None]  # (channel, message): channel is a session id or "node:ID"
 
@@ -44,6 +48,11 @@ class MemoryStore:
         self._open: list[tuple[int, str]] = []  # (seq, session id), ascending
         self._deadlines: dict[str, int] = {}  # session id -> time of last state change
         self._servers: dict[str, str] = {}  # game server id -> session id (SERVERS in Lua)
+        self._codes: dict[str, str] = {}  # join code -> session id (CODES in Lua)
+        # Search indexes of the listed sessions (OPENP and ix:<token> in Lua).
+        self._openp: list[tuple[int, str]] = []  # (count * scale + seq, session id)
+        self._openp_score: dict[str, int] = {}
+        self._ix: dict[str, dict[str, int]] = {}  # token -> {session id: seq}
         self._seq = 0
 
     async def start(self) -> None:
@@ -82,15 +91,56 @@ class MemoryStore:
         else:
             self._publish(s["id"], _dump(ev)[:-1] + ',"s":' + saved + "}")
 
+    @staticmethod
+    def _listed(s: dict[str, Any]) -> bool:
+        """Mirrors listed() in prelude.lua."""
+        return (s["state"] == "WAITING" and len(s["members"]) < s["max"]
+                and s.get("vis") != "unlisted" and s.get("locked") is not True)
+
+    @staticmethod
+    def _sorted_remove(index: list[tuple[int, str]], entry: tuple[int, str]) -> None:
+        i = bisect.bisect_left(index, entry)
+        if i < len(index) and index[i] == entry:
+            del index[i]
+
+    def _unindex(self, s: dict[str, Any]) -> None:
+        sid = s["id"]
+        self._sorted_remove(self._open, (s["seq"], sid))
+        old = self._openp_score.pop(sid, None)
+        if old is not None:
+            self._sorted_remove(self._openp, (old, sid))
+        for token in s.get("ix") or {}:
+            entries = self._ix.get(token)
+            if entries is not None:
+                entries.pop(sid, None)
+                if not entries:
+                    del self._ix[token]
+
     def _index_open(self, s: dict[str, Any]) -> None:
-        entry = (s["seq"], s["id"])
+        """Mirrors index_open() in prelude.lua."""
+        if not self._listed(s):
+            self._unindex(s)
+            return
+        sid = s["id"]
+        entry = (s["seq"], sid)
         i = bisect.bisect_left(self._open, entry)
-        present = i < len(self._open) and self._open[i] == entry
-        should = s["state"] == "WAITING" and len(s["members"]) < s["max"]
-        if should and not present:
+        if not (i < len(self._open) and self._open[i] == entry):
             self._open.insert(i, entry)
-        elif present and not should:
-            del self._open[i]
+        score = len(s["members"]) * PLAYERS_SCALE + s["seq"]
+        old = self._openp_score.get(sid)
+        if old != score:
+            if old is not None:
+                self._sorted_remove(self._openp, (old, sid))
+            bisect.insort(self._openp, (score, sid))
+            self._openp_score[sid] = score
+        for token in s.get("ix") or {}:
+            self._ix.setdefault(token, {})[sid] = s["seq"]
+
+    def _reindex(self, s: dict[str, Any], indexed: tuple[str, ...] | None) -> None:
+        """Mirrors reindex() in prelude.lua."""
+        self._unindex(s)
+        s["ix"] = index_tokens(s["attrs"], indexed)
+        self._index_open(s)
 
     def _change_state(self, s: dict[str, Any], state: str, now: int) -> None:
         """Mirrors change_state() in prelude.lua."""
@@ -112,10 +162,10 @@ class MemoryStore:
         # Only our own entry: the server may already serve a later session.
         if server_id is not None and self._servers.get(server_id) == s["id"]:
             del self._servers[server_id]
-        entry = (s["seq"], s["id"])
-        i = bisect.bisect_left(self._open, entry)
-        if i < len(self._open) and self._open[i] == entry:
-            del self._open[i]
+        self._unindex(s)
+        code = s.get("code")
+        if code is not None and self._codes.get(code) == s["id"]:
+            del self._codes[code]
 
     def _remove_member(
         self, s: dict[str, Any], pid: str, reason: str, now: int
@@ -179,6 +229,16 @@ class MemoryStore:
             raise_script_error("SESSION_NOT_WAITING")
         return s
 
+    def _hosted_session(self, pid: str, now: int) -> dict[str, Any]:
+        """Mirrors hosted_session() in prelude.lua."""
+        p = self._require(pid, now)
+        s = self._load(p.get("sid"))
+        if s is None:
+            raise LobbyError(ErrorCode.NOT_IN_SESSION)
+        if s["host"] != pid:
+            raise_script_error("NOT_HOST")
+        return s
+
     def _existing(self, session_id: str) -> dict[str, Any]:
         s = self._load(session_id)
         if s is None:
@@ -228,13 +288,19 @@ class MemoryStore:
     # sessions ----------------------------------------------------------------
     async def create_session(
         self, player_id: str, session_id: str, name: str, max_players: int,
-        pw: PasswordHash | None, now: int,
+        pw: PasswordHash | None, now: int, *, attributes: dict[str, Any] | None = None,
+        visibility: str = "public", codes: list[str] | None = None,
+        indexed: tuple[str, ...] | None = None,
     ) -> SessionRecord:
         p = self._require(player_id, now)
         if p.get("sid"):
             raise_script_error("ALREADY_IN_SESSION")
         if session_id in self._sessions:
             raise_script_error("INTERNAL")
+        code = next((c for c in codes or new_join_codes() if c not in self._codes), None)
+        if code is None:
+            raise_script_error("INTERNAL")
+        assert code is not None
         self._seq += 1
         s = {
             "id": session_id, "name": name or f"{p['name']}'s game",
@@ -243,10 +309,14 @@ class MemoryStore:
             "pw": dict(pw) if pw else None, "server_id": None, "endpoint": None,
             "seq": self._seq, "v": 1, "started": None,
             "created": now, "updated": now, "active": now,
+            "attrs": dict(attributes or {}), "vis": visibility, "locked": False, "code": code,
+            "bans": {}, "ix": {},
         }
         s["members"][0]["tokh"] = p["tokh"]
+        s["members"][0]["attrs"] = {}
+        self._codes[code] = session_id
+        self._reindex(s, indexed)
         saved = self._save(s)
-        self._index_open(s)
         self._deadlines[session_id] = now
         p["sid"] = session_id
         return json.loads(saved)  # type: ignore[no-any-return]
@@ -261,8 +331,12 @@ class MemoryStore:
         if s is None:
             raise_script_error("SESSION_NOT_FOUND")
         assert s is not None
+        if player_id in (s.get("bans") or {}):
+            raise_script_error("BANNED")
         if s["state"] != "WAITING":
             raise_script_error("SESSION_NOT_WAITING")
+        if s.get("locked") is True:
+            raise_script_error("SESSION_LOCKED")
         if len(s["members"]) >= s["max"]:
             raise_script_error("SESSION_FULL")
         if s["pw"] is not None and (
@@ -272,7 +346,7 @@ class MemoryStore:
         ):
             raise PasswordRequired(s["pw"])
         s["members"].append(
-            {"id": player_id, "name": p["name"], "joined": now, "tokh": p["tokh"]}
+            {"id": player_id, "name": p["name"], "joined": now, "tokh": p["tokh"], "attrs": {}}
         )
         self._touch(s, now)
         s["active"] = now
@@ -293,12 +367,16 @@ class MemoryStore:
         after, ended = self._remove_member(s, player_id, "left", now)
         return Change(s["id"], self._copy(after), "abandoned" if ended else None)  # type: ignore[arg-type]
 
-    async def kick(self, host_id: str, target_id: str, now: int) -> SessionRecord:
+    async def kick(
+        self, host_id: str, target_id: str, now: int, *, ban: bool = False
+    ) -> SessionRecord:
         s = self._hosted_waiting_session(host_id, now)
         if target_id == host_id:
             raise_script_error("BAD_REQUEST")
         if target_id not in [m["id"] for m in s["members"]]:
             raise_script_error("PLAYER_NOT_IN_SESSION", target_id)
+        if ban:
+            s.setdefault("bans", {})[target_id] = True
         after, _ = self._remove_member(s, target_id, "kicked", now)  # the host stays
         tp = self._player(target_id, now)
         if tp is not None:
@@ -307,6 +385,65 @@ class MemoryStore:
             else:
                 tp.pop("sid", None)
         return self._copy(after)  # type: ignore[return-value]
+
+    async def update_session(
+        self, host_id: str, changes: dict[str, Any], now: int, *,
+        indexed: tuple[str, ...] | None = None, attribute_limit: int = 16,
+    ) -> SessionRecord:
+        """Mirrors update.lua. `changes`: name, max, pw (None: remove), attrs, vis, locked."""
+        s = self._hosted_waiting_session(host_id, now)
+        if "max" in changes and changes["max"] < len(s["members"]):
+            raise_script_error("MAX_BELOW_COUNT")
+        if "attrs" in changes:
+            merged = merge_attrs(s.get("attrs"), changes["attrs"], attribute_limit)
+            if merged is None:
+                raise_script_error("TOO_MANY_ATTRIBUTES")
+            s["attrs"] = merged
+        for field in ("name", "max", "pw", "vis", "locked"):
+            if field in changes:
+                s[field] = changes[field]
+        self._touch(s, now)
+        s["active"] = now
+        if "attrs" in changes:
+            self._reindex(s, indexed)
+        else:
+            self._index_open(s)
+        saved = self._save(s)
+        self._event(s, {"e": "session_updated"}, saved)
+        return json.loads(saved)  # type: ignore[no-any-return]
+
+    async def promote(self, host_id: str, target_id: str, now: int) -> SessionRecord:
+        """Mirrors promote.lua."""
+        s = self._hosted_session(host_id, now)
+        if target_id == host_id:
+            raise_script_error("PROMOTE_SELF")
+        if target_id not in [m["id"] for m in s["members"]]:
+            raise_script_error("PLAYER_NOT_IN_SESSION", target_id)
+        s["host"] = target_id
+        self._touch(s, now)
+        saved = self._save(s)
+        self._event(s, {"e": "host_changed", "host_id": target_id}, saved)
+        return json.loads(saved)  # type: ignore[no-any-return]
+
+    async def update_player(
+        self, player_id: str, attributes: dict[str, Any], now: int, *, attribute_limit: int = 8,
+    ) -> SessionRecord:
+        """Mirrors update_player.lua."""
+        p = self._require(player_id, now)
+        s = self._load(p.get("sid"))
+        if s is None:
+            raise LobbyError(ErrorCode.NOT_IN_SESSION)
+        m = next((m for m in s["members"] if m["id"] == player_id), None)
+        if m is None:
+            raise LobbyError(ErrorCode.NOT_IN_SESSION)
+        merged = merge_attrs(m.get("attrs"), attributes, attribute_limit)
+        if merged is None:
+            raise_script_error("TOO_MANY_ATTRIBUTES")
+        m["attrs"] = merged
+        self._touch(s, now)
+        saved = self._save(s)
+        self._event(s, {"e": "player_updated", "player_id": player_id}, saved)
+        return json.loads(saved)  # type: ignore[no-any-return]
 
     async def begin_start(self, player_id: str, now: int) -> SessionRecord:
         s = self._hosted_waiting_session(player_id, now)
@@ -368,6 +505,9 @@ class MemoryStore:
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         return self._copy(self._load(session_id))
+
+    async def session_of_code(self, code: str) -> str | None:
+        return self._codes.get(code)
 
     async def get_session_by_server(self, server_id: str) -> SessionRecord | None:
         return self._copy(self._load(self._servers.get(server_id)))

@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from lobby.errors import ErrorCode, LobbyError
+from lobby.protocol import new_join_codes
 from lobby.session import PasswordHash, SessionRecord
 from lobby.store.base import (
     Change,
@@ -30,12 +31,16 @@ from lobby.store.base import (
 _SCRIPTS = (
     "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
     "finish_start", "fail_start", "in_progress", "complete", "sweep", "list",
-    "restore", "rebind", "by_server",
+    "restore", "rebind", "by_server", "update", "promote", "update_player",
 )
 
 
 def _load_lua(name: str) -> str:
     return resources.files("lobby.store").joinpath(f"lua/{name}.lua").read_text("utf-8")
+
+
+def _indexed_arg(indexed: tuple[str, ...] | None) -> str:
+    return "*" if indexed is None else json.dumps(list(indexed))
 
 
 def raise_script_error(code: str, target: str | None = None) -> None:
@@ -47,6 +52,12 @@ def raise_script_error(code: str, target: str | None = None) -> None:
         raise LobbyError(ErrorCode.INTERNAL, "session id collision, try again")
     if code == "SESSION_NOT_CONNECTING":
         raise StateConflict("the session is not CONNECTING")
+    if code == "MAX_BELOW_COUNT":
+        raise LobbyError(ErrorCode.BAD_REQUEST, "max_players is below the number of players")
+    if code == "TOO_MANY_ATTRIBUTES":
+        raise LobbyError(ErrorCode.BAD_REQUEST, "too many attributes after this update")
+    if code == "PROMOTE_SELF":
+        raise LobbyError(ErrorCode.BAD_REQUEST, "you are the host already")
     raise LobbyError(code)
 
 
@@ -115,11 +126,15 @@ class RedisStore:
     # sessions ----------------------------------------------------------------
     async def create_session(
         self, player_id: str, session_id: str, name: str, max_players: int,
-        pw: PasswordHash | None, now: int,
+        pw: PasswordHash | None, now: int, *, attributes: dict[str, Any] | None = None,
+        visibility: str = "public", codes: list[str] | None = None,
+        indexed: tuple[str, ...] | None = None,
     ) -> SessionRecord:
         pw_json = json.dumps(pw) if pw else ""
         rec = await self._run_session(
-            "create", player_id, session_id, name, max_players, pw_json, now=now
+            "create", player_id, session_id, name, max_players, pw_json,
+            json.dumps(attributes or {}), visibility, json.dumps(codes or new_join_codes()),
+            _indexed_arg(indexed), now=now,
         )
         assert rec is not None
         return rec
@@ -154,8 +169,33 @@ class RedisStore:
     async def complete(self, session_id: str, reason: str, now: int) -> Change:
         return await self._run_change("complete", session_id, reason, now=now, reason=reason)
 
-    async def kick(self, host_id: str, target_id: str, now: int) -> SessionRecord:
-        rec = await self._run_session("kick", host_id, target_id, now=now)
+    async def kick(
+        self, host_id: str, target_id: str, now: int, *, ban: bool = False
+    ) -> SessionRecord:
+        rec = await self._run_session("kick", host_id, target_id, "1" if ban else "", now=now)
+        assert rec is not None
+        return rec
+
+    async def update_session(
+        self, host_id: str, changes: dict[str, Any], now: int, *,
+        indexed: tuple[str, ...] | None = None, attribute_limit: int = 16,
+    ) -> SessionRecord:
+        rec = await self._run_session(
+            "update", host_id, json.dumps(changes), _indexed_arg(indexed), attribute_limit,
+            now=now)
+        assert rec is not None
+        return rec
+
+    async def promote(self, host_id: str, target_id: str, now: int) -> SessionRecord:
+        rec = await self._run_session("promote", host_id, target_id, now=now)
+        assert rec is not None
+        return rec
+
+    async def update_player(
+        self, player_id: str, attributes: dict[str, Any], now: int, *, attribute_limit: int = 8,
+    ) -> SessionRecord:
+        rec = await self._run_session(
+            "update_player", player_id, json.dumps(attributes), attribute_limit, now=now)
         assert rec is not None
         return rec
 
@@ -179,6 +219,10 @@ class RedisStore:
     async def get_session(self, session_id: str) -> SessionRecord | None:
         raw = await self.redis.get(f"{self.prefix}s:{session_id}")
         return json.loads(raw) if raw else None
+
+    async def session_of_code(self, code: str) -> str | None:
+        sid = await self.redis.hget(f"{self.prefix}codes", code)
+        return sid.decode() if sid else None
 
     async def get_session_by_server(self, server_id: str) -> SessionRecord | None:
         # One script, so the index entry and the record are read at one moment.

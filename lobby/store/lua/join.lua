@@ -5,7 +5,9 @@ if not p then return fail('NOT_AUTHENTICATED') end
 if p.sid then return fail('ALREADY_IN_SESSION') end
 local s = load(skey(sid))
 if not s then return fail('SESSION_NOT_FOUND') end
+if s.bans and s.bans[pid] then return fail('BANNED') end
 if s.state ~= 'WAITING' then return fail('SESSION_NOT_WAITING') end
+if s.locked == true then return fail('SESSION_LOCKED') end
 if #s.members >= s.max then return fail('SESSION_FULL') end
 if s.pw ~= NULL then
   -- The password was checked by the caller (scrypt is too slow for a script);
@@ -15,7 +17,7 @@ if s.pw ~= NULL then
   if vp.hash ~= s.pw.hash or vp.salt ~= s.pw.salt then return {'PW', cjson.encode(s.pw)} end
 end
 -- The token hash rides along so that a Redis rebuilt from DynamoDB can resume.
-table.insert(s.members, {id = pid, name = p.name, joined = NOW, tokh = p.tokh})
+table.insert(s.members, {id = pid, name = p.name, joined = NOW, tokh = p.tokh, attrs = {}})
 touch(s)
 s.active = NOW
 index_open(s)

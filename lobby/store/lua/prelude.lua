@@ -15,9 +15,17 @@ local DEADLINES = P .. 'deadlines'
 -- Game server id -> id of the live session it serves, for game servers that
 -- know only their own (FleetIQ) id.
 local SERVERS = P .. 'servers'
+-- Listed sessions by players then creation (count * PLAYERS_SCALE + seq): the
+-- most_players / fewest_players sorts walk it. seq stays far below the scale.
+local OPENP = P .. 'openp'
+local PLAYERS_SCALE = 1e12
+-- Join code -> session id, for the live sessions.
+local CODES = P .. 'codes'
 
 local function skey(sid) return P .. 's:' .. sid end
 local function pkey(pid) return P .. 'p:' .. pid end
+-- An equality index: the listed sessions (by seq) whose attribute has one value.
+local function ixkey(token) return P .. 'ix:' .. token end
 
 local function load(key)
   local raw = redis.call('GET', key)
@@ -44,13 +52,69 @@ local function publish(s, ev)
   redis.call('PUBLISH', P .. 'ev:' .. s.id, cjson.encode(ev))
 end
 
--- The open index lists exactly the WAITING sessions with a free seat.
+-- Listed: what list_sessions may show (mirrors MemoryStore._listed).
+local function listed(s)
+  return s.state == 'WAITING' and #s.members < s.max and s.vis ~= 'unlisted'
+    and s.locked ~= true
+end
+
+local function unindex(s)
+  redis.call('ZREM', OPEN, s.id)
+  redis.call('ZREM', OPENP, s.id)
+  for token in pairs(s.ix or {}) do redis.call('ZREM', ixkey(token), s.id) end
+end
+
+-- The search indexes (open, openp, one per indexed attribute value) hold exactly
+-- the listed sessions; every change of a session calls this in its own script.
 local function index_open(s)
-  if s.state == 'WAITING' and #s.members < s.max then
+  if listed(s) then
     redis.call('ZADD', OPEN, s.seq, s.id)
+    redis.call('ZADD', OPENP, #s.members * PLAYERS_SCALE + s.seq, s.id)
+    for token in pairs(s.ix or {}) do redis.call('ZADD', ixkey(token), s.seq, s.id) end
   else
-    redis.call('ZREM', OPEN, s.id)
+    unindex(s)
   end
+end
+
+-- The index token of one attribute value (mirrors search.attr_token).
+local function attr_token(k, v)
+  local t = type(v)
+  if t == 'string' then return k .. '=s:' .. v end
+  if t == 'boolean' then
+    if v then return k .. '=b:1' end
+    return k .. '=b:0'
+  end
+  return k .. '=n:' .. string.format('%.14g', v)
+end
+
+-- After the attributes changed: the tokens of the indexed keys ('*': all keys).
+local function reindex(s, indexed)
+  unindex(s)
+  local keys = nil
+  if indexed ~= '*' then
+    keys = {}
+    for _, k in ipairs(cjson.decode(indexed)) do keys[k] = true end
+  end
+  local ix = {}
+  for k, v in pairs(s.attrs) do
+    if keys == nil or keys[k] then ix[attr_token(k, v)] = true end
+  end
+  s.ix = ix
+  index_open(s)
+end
+
+-- Merges an update (null deletes a key) into attributes; nil when the result
+-- would have more than `limit` keys.
+local function merge_attrs(attrs, update, limit)
+  local out = {}
+  for k, v in pairs(attrs or {}) do out[k] = v end
+  for k, v in pairs(update) do
+    if v == NULL then out[k] = nil else out[k] = v end
+  end
+  local n = 0
+  for _ in pairs(out) do n = n + 1 end
+  if n > limit then return nil end
+  return out
 end
 
 -- The session a host-only request acts on: the caller's own WAITING session,
@@ -63,6 +127,17 @@ local function hosted_waiting_session(pid)
   if not s then return nil, 'NOT_IN_SESSION' end
   if s.host ~= pid then return nil, 'NOT_HOST' end
   if s.state ~= 'WAITING' then return nil, 'SESSION_NOT_WAITING' end
+  return s, nil
+end
+
+-- The caller's session when the caller hosts it, in any state.
+local function hosted_session(pid)
+  local p = load(pkey(pid))
+  if not p then return nil, 'NOT_AUTHENTICATED' end
+  if not p.sid then return nil, 'NOT_IN_SESSION' end
+  local s = load(skey(p.sid))
+  if not s then return nil, 'NOT_IN_SESSION' end
+  if s.host ~= pid then return nil, 'NOT_HOST' end
   return s, nil
 end
 
@@ -85,8 +160,11 @@ end
 
 local function delete_session(s)
   redis.call('DEL', skey(s.id))
-  redis.call('ZREM', OPEN, s.id)
+  unindex(s)
   redis.call('ZREM', DEADLINES, s.id)
+  if type(s.code) == 'string' and redis.call('HGET', CODES, s.code) == s.id then
+    redis.call('HDEL', CODES, s.code)
+  end
   -- Only our own entry: the server may already serve a later session.
   if type(s.server_id) == 'string' and redis.call('HGET', SERVERS, s.server_id) == s.id then
     redis.call('HDEL', SERVERS, s.server_id)

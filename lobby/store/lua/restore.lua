@@ -13,6 +13,7 @@ for _, s in ipairs(cjson.decode(ARGV[4])) do
   if redis.call('EXISTS', skey(s.id)) == 0 and #s.members > 0 then
     save(skey(s.id), s)
     index_open(s)
+    if type(s.code) == 'string' then redis.call('HSET', CODES, s.code, s.id) end
     redis.call('ZADD', DEADLINES, NOW, s.id)
     if s.seq > maxseq then maxseq = s.seq end
     if type(s.server_id) == 'string' then

@@ -1,4 +1,4 @@
-extends Node
+extends Node  # gdlint:ignore = max-public-methods
 ## The lobby client, meant as the autoload `SessionManager` (clients/godot/API.md).
 ##
 ## Keeps one WebSocket to the lobby (protocol.md), polled in _process. Every request
@@ -27,6 +27,8 @@ signal session_start_failed(code: String, message: String)
 signal session_in_progress()
 signal session_closed(reason: String)
 signal kicked()
+signal session_updated(session: Dictionary)
+signal player_updated(player_id: String)
 # Mirror.
 signal session_changed(session: Dictionary)
 signal event_received(event: Dictionary)
@@ -159,7 +161,8 @@ func hello(display_name := "") -> LobbyRequestScript:
 
 
 ## `max_players` 0 and `password` "" are left out (the server's defaults).
-func create_session(session_name := "", max_players := 0, password := "") -> LobbyRequestScript:
+func create_session(session_name := "", max_players := 0, password := "",
+		attributes := {}, visibility := "") -> LobbyRequestScript:
 	var fields := {}
 	if session_name != "":
 		fields["name"] = session_name
@@ -167,6 +170,10 @@ func create_session(session_name := "", max_players := 0, password := "") -> Lob
 		fields["max_players"] = max_players
 	if password != "":
 		fields["password"] = password
+	if not attributes.is_empty():
+		fields["attributes"] = attributes
+	if visibility != "":
+		fields["visibility"] = visibility
 	return _request("create_session", fields, true)
 
 
@@ -196,8 +203,35 @@ func start_session() -> LobbyRequestScript:
 
 
 ## Host only, while WAITING.
-func kick_player(target_id: String) -> LobbyRequestScript:
-	return _request("kick_player", {"player_id": target_id}, true)
+func kick_player(target_id: String, ban := false) -> LobbyRequestScript:
+	var fields := {"player_id": target_id}
+	if ban:
+		fields["ban"] = true
+	return _request("kick_player", fields, true)
+
+
+## Joins the session a member shared the code of (case and dashes do not matter).
+func join_by_code(join_code: String, password := "") -> LobbyRequestScript:
+	var fields := {"join_code": join_code}
+	if password != "":
+		fields["password"] = password
+	return _request("join_session", fields, true)
+
+
+## Host only, while WAITING: any of name, max_players, password ("" removes it),
+## attributes (a key set to null is deleted), visibility, locked.
+func update_session(changes: Dictionary) -> LobbyRequestScript:
+	return _request("update_session", changes, true)
+
+
+## Your own attributes in your session (a key set to null is deleted).
+func update_player(attributes: Dictionary) -> LobbyRequestScript:
+	return _request("update_player", {"attributes": attributes}, true)
+
+
+## Host only: makes another member the host.
+func promote_player(target_id: String) -> LobbyRequestScript:
+	return _request("promote_player", {"player_id": target_id}, true)
 
 
 ## The player's ticket for the session's game server:
@@ -622,6 +656,12 @@ func _on_event(event: Dictionary) -> void:
 			if current:
 				_clear_session()
 				kicked.emit()
+		"session_updated":
+			_mirror(snapshot, false)
+			session_updated.emit(session)
+		"player_updated":
+			_mirror(snapshot, false)
+			player_updated.emit(_text(event, "player_id"))
 	event_received.emit(event)
 
 

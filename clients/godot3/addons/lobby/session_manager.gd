@@ -1,3 +1,4 @@
+# gdlint:ignore = max-public-methods
 # SessionManager (autoload): the lobby WebSocket, its requests and events, the
 # mirrored current session, and resume after a dropped socket.
 # Godot 3 edition; the Godot 4 one (clients/godot) has the same API.
@@ -20,6 +21,8 @@ signal session_start_failed(code, message)
 signal session_in_progress()
 signal session_closed(reason)
 signal kicked()
+signal session_updated(session)
+signal player_updated(player_id)
 # mirror
 signal session_changed(session)
 signal event_received(event)
@@ -235,7 +238,8 @@ func hello(display_name := "") -> Reference:
 	return send_request("hello", fields)
 
 
-func create_session(session_name := "", max_players := 0, password := "") -> Reference:
+func create_session(session_name := "", max_players := 0, password := "",
+		attributes := {}, visibility := "") -> Reference:
 	var fields := {}
 	if session_name != "":
 		fields["name"] = session_name
@@ -243,6 +247,10 @@ func create_session(session_name := "", max_players := 0, password := "") -> Ref
 		fields["max_players"] = max_players
 	if password != "":
 		fields["password"] = password
+	if not attributes.empty():
+		fields["attributes"] = attributes
+	if visibility != "":
+		fields["visibility"] = visibility
 	return send_request("create_session", fields)
 
 
@@ -268,8 +276,35 @@ func start_session() -> Reference:
 	return send_request("start_session")
 
 
-func kick_player(target_id: String) -> Reference:
-	return send_request("kick_player", {"player_id": target_id})
+func kick_player(target_id: String, ban := false) -> Reference:
+	var fields := {"player_id": target_id}
+	if ban:
+		fields["ban"] = true
+	return send_request("kick_player", fields)
+
+
+## Joins the session a member shared the code of (case and dashes do not matter).
+func join_by_code(join_code: String, password := "") -> Reference:
+	var fields := {"join_code": join_code}
+	if password != "":
+		fields["password"] = password
+	return send_request("join_session", fields)
+
+
+## Host only, while WAITING: any of name, max_players, password ("" removes it),
+## attributes (a key set to null is deleted), visibility, locked.
+func update_session(changes: Dictionary) -> Reference:
+	return send_request("update_session", changes)
+
+
+## Your own attributes in your session (a key set to null is deleted).
+func update_player(attributes: Dictionary) -> Reference:
+	return send_request("update_player", {"attributes": attributes})
+
+
+## Host only: makes another member the host.
+func promote_player(target_id: String) -> Reference:
+	return send_request("promote_player", {"player_id": target_id})
 
 
 func join_ticket() -> Reference:
@@ -365,7 +400,7 @@ func _apply_reply(type: String, reply: Dictionary, rid: int) -> void:
 			_on_hello(reply, rid == _resume_hello_id and rid != -1)
 		"create_session", "join_session":
 			_mirror(reply.get("session"), true)
-		"start_session":
+		"start_session", "update_session":
 			_mirror(reply.get("session"), false)
 		"leave_session":
 			_clear_mirror()
@@ -434,6 +469,10 @@ func _on_event(event: Dictionary) -> void:
 		"kicked":
 			_clear_mirror()
 			emit_signal("kicked")
+		"session_updated":
+			emit_signal("session_updated", session)
+		"player_updated":
+			emit_signal("player_updated", str(event.get("player_id", "")))
 	emit_signal("event_received", event)
 
 
