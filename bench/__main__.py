@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--duration", type=float, default=10.0, help="measured seconds per rate")
         p.add_argument("--warmup", type=float, default=2.0,
                        help="seconds at each rate before measuring")
+        p.add_argument("--attributes", action="store_true",
+                       help="rooms carry mode/region/map/skill attributes (indexed)")
 
     p = sub.add_parser("list", help="list_sessions pages at a fixed rate over many rooms")
     _common(p)
@@ -87,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listers", type=int, default=20, help="listing clients")
     p.add_argument("--max-pages", type=int, default=5,
                    help="pages a lister walks with the cursor before starting over")
+    p.add_argument("--search", action="store_true",
+                   help="rooms with random mode/region/map/skill attributes; each lister's "
+                        "walk filters on a random mode and region, sorted by most_players")
 
     p = sub.add_parser("storm", help="full rooms whose hosts all start within a second")
     _common(p)

@@ -15,12 +15,13 @@ node 2 (two nodes, one Redis): every event crosses Redis pub/sub.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from typing import Any
 
 from bench.client import BenchClient, RequestFailed
-from bench.common import Opener, Run, error_name, make_room, share, sleep_until
+from bench.common import Opener, Run, error_name, make_room, room_attributes, share, sleep_until
 from bench.driver import Channel, quiet_gc, serve_commands
 from bench.procs import redis_per_op
 from bench.report import latency_ms, merge_counts
@@ -119,8 +120,11 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
     async def setup(_: Any) -> dict[str, Any]:
         n = share(params["rooms"], shard, shards)
 
+        rng = random.Random(shard)
+
         async def build() -> ChurnRoom:
-            sid, members = await make_room(member_opener, MEMBERS)
+            attrs = room_attributes(rng) if params.get("attributes") else None
+            sid, members = await make_room(member_opener, MEMBERS, attributes=attrs)
             return ChurnRoom(sid, members, await joiner_opener.open())
 
         rooms.extend(await asyncio.gather(*(build() for _ in range(n))))
@@ -179,6 +183,7 @@ def run(run: Run, cross_node: bool) -> list[dict[str, Any]]:
     params = {
         "rooms": args.rooms, "member_url": node1.url, "joiner_url": node2.url,
         "connect_concurrency": args.connect_concurrency,
+        "attributes": getattr(args, "attributes", False),
     }
     pool = run.start_drivers(driver_main, params)
     t0 = time.monotonic()

@@ -4,6 +4,7 @@ opening clients and rooms (driver side)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import time
 from collections import Counter
@@ -294,11 +295,25 @@ class Opener:
         self.clients.clear()
 
 
-async def make_room(opener: Opener, size: int, max_players: int = 8
+# Room descriptions of the search benchmark (issue 14): 5 modes, 8 regions, 20 maps
+# and a numeric skill, drawn at random for each room.
+MODES = [f"mode{i}" for i in range(5)]
+REGIONS = [f"region{i}" for i in range(8)]
+MAPS = [f"map{i:02d}" for i in range(20)]
+
+
+def room_attributes(rng: random.Random) -> dict[str, Any]:
+    return {"mode": rng.choice(MODES), "region": rng.choice(REGIONS),
+            "map": rng.choice(MAPS), "skill": rng.randint(0, 99)}
+
+
+async def make_room(opener: Opener, size: int, max_players: int = 8,
+                    attributes: dict[str, Any] | None = None
                     ) -> tuple[str, list[BenchClient]]:
     """A WAITING session with `size` members, host first."""
     host = await opener.open()
-    reply = await opener.request(host, "create_session", max_players=max_players)
+    fields: dict[str, Any] = {"attributes": attributes} if attributes else {}
+    reply = await opener.request(host, "create_session", max_players=max_players, **fields)
     sid = reply["session"]["session_id"]
 
     async def member() -> BenchClient:

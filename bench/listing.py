@@ -9,12 +9,23 @@ are measured as well as the first.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from typing import Any
 
 from bench.client import BenchClient, RequestFailed
-from bench.common import MAX_CLIENTS, Opener, Run, error_name, share, sleep_until
+from bench.common import (
+    MAX_CLIENTS,
+    MODES,
+    REGIONS,
+    Opener,
+    Run,
+    error_name,
+    room_attributes,
+    share,
+    sleep_until,
+)
 from bench.driver import Channel, quiet_gc, serve_commands
 from bench.procs import redis_per_op
 from bench.report import latency_ms, merge_counts
@@ -23,13 +34,19 @@ REQUEST_TIMEOUT_S = 5.0
 
 
 async def _lister(client: BenchClient, first_ns: int, period_ns: int, warm_ns: int,
-                  end_ns: int, page: int, max_pages: int, out: dict[str, Any]) -> None:
+                  end_ns: int, page: int, max_pages: int, out: dict[str, Any],
+                  search: bool = False, rng: random.Random | None = None) -> None:
     slot = first_ns
     cursor: str | None = None
     depth = 0
+    query: dict[str, Any] = {}
     while slot < end_ns:
         await sleep_until(slot)
-        fields: dict[str, Any] = {"limit": page}
+        if search and depth == 0 and rng is not None:
+            # A player browsing one mode in one region, fullest rooms first.
+            query = {"filter": {"mode": rng.choice(MODES), "region": rng.choice(REGIONS)},
+                     "sort": "most_players"}
+        fields: dict[str, Any] = {"limit": page, **query}
         if cursor:
             fields["cursor"] = cursor
         try:
@@ -61,6 +78,7 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
     opener = Opener(params["url"], params["connect_concurrency"], f"l{shard}-")
     hosts: list[BenchClient] = []
     listers: list[BenchClient] = []
+    rng = random.Random(shard)
 
     async def grow(data: dict[str, Any]) -> dict[str, Any]:
         if not listers:
@@ -70,7 +88,8 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
 
         async def room() -> BenchClient:
             host = await opener.open()
-            await opener.request(host, "create_session", max_players=8)
+            fields = {"attributes": room_attributes(rng)} if params.get("search") else {}
+            await opener.request(host, "create_session", max_players=8, **fields)
             return host
 
         hosts.extend(await asyncio.gather(*(room() for _ in range(max(0, want)))))
@@ -87,7 +106,8 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
         out: dict[str, Any] = {"lat": [], "items": 0, "late": 0, "errors": Counter()}
         await asyncio.gather(*(
             _lister(c, start_ns + int(period_ns * (i + shard / shards) / n), period_ns,
-                    warm_ns, end_ns, data["page"], data["max_pages"], out)
+                    warm_ns, end_ns, data["page"], data["max_pages"], out,
+                    params.get("search", False), random.Random(shard * 1000 + i))
             for i, c in enumerate(listers)
         ))
         out["errors"] = dict(out["errors"])
@@ -111,6 +131,7 @@ def run(run: Run) -> list[dict[str, Any]]:
     pool = run.start_drivers(driver_main, {
         "url": node.url, "listers": args.listers,
         "connect_concurrency": args.connect_concurrency,
+        "search": args.search,
     })
     summary: list[dict[str, Any]] = []
     for i, rooms in enumerate(args.rooms):

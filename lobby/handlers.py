@@ -240,10 +240,14 @@ class Lobby:
         return self._member_result(rec)
 
     async def list_sessions(self, client: Client, req: p.ListSessions) -> Result:
-        cursor = req.cursor or None
-        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) < 19):
-            raise LobbyError(ErrorCode.BAD_REQUEST, "cursor: not a cursor from list_sessions")
-        records, nxt = await self.store.list_sessions(req.limit or 20, cursor)
+        query = {
+            "sort": req.sort or "newest", "conds": list(req.filter or ()),
+            "min_free": req.min_free_seats, "has_pw": req.has_password,
+            "indexed": self.settings.indexed_attributes,
+        }
+        # The store checks the cursor (BAD_REQUEST when it is not one of its own).
+        records, nxt = await self.store.list_sessions(req.limit or 20, req.cursor or None,
+                                                      query=query)
         return {"sessions": [public_session(r) for r in records], "next_cursor": nxt}, None
 
     async def join_session(self, client: Client, req: p.JoinSession) -> Result:

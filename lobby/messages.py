@@ -31,9 +31,15 @@ class _Frame(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+# An attribute value: a string, a finite number or a boolean (protocol.md, Attributes).
+AttributeValue = str | int | float | bool
+
+
 class Player(_Frame):
     player_id: str
     name: str
+    attributes: dict[str, AttributeValue] = Field(
+        description="the player's own attributes (update_player), at most 8")
 
 
 class Session(_Frame):
@@ -53,6 +59,13 @@ class Session(_Frame):
         description='"host:port" of the game server once allocated ("[::1]:6060" for IPv6)')
     created_at: float = Field(description="Unix time in seconds, with milliseconds")
     version: int = Field(description="grows with each change; a lower one is stale")
+    attributes: dict[str, AttributeValue] = Field(
+        description="the game's description of the room, at most 16 keys")
+    visibility: Literal["public", "unlisted"] = Field(
+        description="unlisted: never in list_sessions")
+    locked: bool = Field(description="true: nobody can join, and the room is not listed")
+    join_code: str | None = Field(
+        description="6 characters to share; shown only to members (null for anyone else)")
 
 
 class ErrorBody(_Frame):
@@ -126,9 +139,23 @@ class PingReply(_Reply):
     type: Literal["ping"]
 
 
+class UpdateSessionReply(_Reply):
+    type: Literal["update_session"]
+    session: Session
+
+
+class UpdatePlayerReply(_Reply):
+    type: Literal["update_player"]
+
+
+class PromotePlayerReply(_Reply):
+    type: Literal["promote_player"]
+
+
 REPLY_MODELS: tuple[type[_Reply], ...] = (
     HelloReply, CreateSessionReply, ListSessionsReply, JoinSessionReply, LeaveSessionReply,
     KickPlayerReply, StartSessionReply, JoinTicketReply, PingReply,
+    UpdateSessionReply, UpdatePlayerReply, PromotePlayerReply,
 )
 
 
@@ -188,9 +215,21 @@ class KickedEvent(_Event):
     type: Literal["kicked"]
 
 
+class SessionUpdatedEvent(_Event):
+    type: Literal["session_updated"]
+    session: Session
+
+
+class PlayerUpdatedEvent(_Event):
+    type: Literal["player_updated"]
+    player_id: str
+    session: Session
+
+
 EVENT_MODELS: tuple[type[_Event], ...] = (
     PlayerJoinedEvent, PlayerLeftEvent, HostChangedEvent, SessionStartedEvent,
     SessionStartFailedEvent, SessionInProgressEvent, SessionClosedEvent, KickedEvent,
+    SessionUpdatedEvent, PlayerUpdatedEvent,
 )
 
 

@@ -190,8 +190,10 @@ def test_readme_wscat_transcript_validates() -> None:
 SESSION = {
     "session_id": "s", "name": "n", "host_id": "p_a", "session_state": "WAITING",
     "player_count": 1, "max_players": 4, "connected_players": ["p_a"],
-    "players": [{"player_id": "p_a", "name": "alice"}], "has_password": False,
+    "players": [{"player_id": "p_a", "name": "alice", "attributes": {}}], "has_password": False,
     "server_id": None, "server_endpoint": None, "created_at": 1.5, "version": 1,
+    "attributes": {"mode": "ctf", "skill": 2.5, "ranked": True}, "visibility": "public",
+    "locked": False, "join_code": None,
 }
 
 

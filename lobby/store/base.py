@@ -180,8 +180,16 @@ class SessionStore(Protocol):
         ...
 
     async def list_sessions(
-        self, limit: int, cursor: str | None
-    ) -> tuple[list[SessionRecord], str | None]: ...
+        self, limit: int, cursor: str | None, *, query: dict[str, Any] | None = None
+    ) -> tuple[list[SessionRecord], str | None]:
+        """A page of listed sessions and the cursor of the next (None: the last).
+        `query`: sort ("newest", "oldest", "most_players", "fewest_players"), conds
+        ([key, op, value] that must all hold), min_free, has_pw, indexed (the
+        attribute keys with indexes, None: all), token (names a new player-count
+        order). A page may hold fewer than `limit` sessions, even none, with a
+        next cursor: it walks at most search.SCAN_BUDGET candidates. A cursor
+        that is not one, or has expired, is BAD_REQUEST."""
+        ...
 
     async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100) -> SweepResult:
         """Remove players whose seat hold ran out and close sessions past their

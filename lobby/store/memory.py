@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import bisect
 import json
+import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +29,18 @@ from lobby.store.base import (
     Timeouts,
 )
 from lobby.store.redis import raise_script_error
-from lobby.store.search import index_tokens, merge_attrs
+from lobby.store.search import (
+    PLAYER_SORTS,
+    SCAN_BUDGET,
+    SNAPSHOT_MAX,
+    SNAPSHOT_MS,
+    attr_token,
+    cursor_position,
+    holds,
+    index_tokens,
+    is_driver,
+    merge_attrs,
+)
 
 PLAYERS_SCALE = 10**12  # mirrors prelude.lua: openp's score is count * scale + seq
 
@@ -53,6 +66,8 @@ class MemoryStore:
         self._openp: list[tuple[int, str]] = []  # (count * scale + seq, session id)
         self._openp_score: dict[str, int] = {}
         self._ix: dict[str, dict[str, int]] = {}  # token -> {session id: seq}
+        # most_players / fewest_players orders: token -> (expiry ms, session ids)
+        self._snapshots: dict[str, tuple[float, list[str]]] = {}
         self._seq = 0
 
     async def start(self) -> None:
@@ -513,16 +528,96 @@ class MemoryStore:
         return self._copy(self._load(self._servers.get(server_id)))
 
     async def list_sessions(
-        self, limit: int, cursor: str | None
+        self, limit: int, cursor: str | None, *, query: dict[str, Any] | None = None
     ) -> tuple[list[SessionRecord], str | None]:
-        end = len(self._open)
-        if cursor:
-            end = bisect.bisect_left(self._open, (int(cursor), ""))
-        hits = self._open[max(0, end - limit - 1):end][::-1]
-        page = hits[:limit]
-        records = [json.loads(self._sessions[sid]) for _, sid in page]
-        nxt = str(page[-1][0]) if len(hits) > limit else None
-        return records, nxt
+        """Mirrors list.lua (see there, and RedisStore.list_sessions for `query`)."""
+        q = query or {}
+        sort = q.get("sort") or "newest"
+        conds = [tuple(c) for c in q.get("conds") or ()]
+        indexed = q.get("indexed")
+        at = cursor_position(cursor, sort)
+        desc = sort in ("newest", "most_players")
+        drivers = [c for c in conds if is_driver(c[0], c[1], indexed)]
+        found: set[str] | None = None
+        for key, op, want in drivers:
+            ids: set[str] = set()
+            for w in [want] if op == "eq" else want:
+                ids |= self._ix.get(attr_token(key, w), {}).keys()
+            found = ids if found is None else found & ids
+
+        def matches(rec: dict[str, Any]) -> bool:
+            if not self._listed(rec):
+                return False
+            if q.get("min_free") is not None and rec["max"] - len(rec["members"]) < q["min_free"]:
+                return False
+            if q.get("has_pw") is not None and (rec["pw"] is not None) != q["has_pw"]:
+                return False
+            attrs = rec.get("attrs") or {}
+            return all(holds(attrs, *c) for c in conds)
+
+        out: list[SessionRecord] = []
+
+        def walk(window: list[tuple[Any, str]], full: bool) -> Any:
+            last = None
+            for pos, sid in window:
+                rec = self._load(sid)
+                if rec is not None and matches(rec):
+                    if len(out) == limit:
+                        return last
+                    out.append(rec)  # type: ignore[arg-type]
+                    last = pos
+            if full and window:
+                return window[-1][0]
+            return None
+
+        if sort not in PLAYER_SORTS:
+            if found is None:
+                entries = self._open
+            else:
+                entries = sorted((self._open_seq(sid), sid) for sid in found)
+            if desc:
+                bound = at[1] if at else None
+                seq_order = [e for e in reversed(entries) if bound is None or e[0] < bound]
+            else:
+                bound = at[1] if at else None
+                seq_order = [e for e in entries if bound is None or e[0] > bound]
+            window = seq_order[:SCAN_BUDGET]
+            nxt = walk(window, len(window) == SCAN_BUDGET)
+            return out, None if nxt is None else str(nxt)
+
+        self._expire_snapshots()
+        if at is not None:
+            token = at[0].removeprefix("snap:")
+            held = self._snapshots.get(token)
+            if held is None:
+                raise LobbyError(ErrorCode.BAD_REQUEST, "cursor expired: list again")
+            ordered, offset = held[1], at[1]
+        else:
+            if found is None:
+                scored = self._openp
+            else:
+                scored = sorted((self._openp_score[sid], sid) for sid in found)
+            ordered = [sid for _, sid in (reversed(scored) if desc else scored)][:SNAPSHOT_MAX]
+            token, offset = q.get("token") or secrets.token_hex(8), 0
+        window = [(offset + i + 1, sid) for i, sid in enumerate(
+            ordered[offset:offset + SCAN_BUDGET])]
+        pos = walk(window, len(window) == SCAN_BUDGET)
+        if pos is None:
+            return out, None
+        if at is None:
+            self._snapshots[token] = (time.time() * 1000 + SNAPSHOT_MS, ordered)
+        return out, f"p{token}.{pos}"
+
+    def _open_seq(self, sid: str) -> int:
+        return self._openp_score[sid] % PLAYERS_SCALE
+
+    def _expire_snapshots(self) -> None:
+        now = time.time() * 1000
+        while self._snapshots:
+            token, (expires, _) = next(iter(self._snapshots.items()))
+            if expires > now:
+                break
+            del self._snapshots[token]
 
     async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100) -> SweepResult:
         due = sorted((d, pid) for pid, d in self._holds.items() if d <= now)[:limit]

@@ -10,6 +10,7 @@ two, because scrypt runs outside Redis).
 from __future__ import annotations
 
 import json
+import secrets
 from importlib import resources
 from typing import Any
 
@@ -27,6 +28,7 @@ from lobby.store.base import (
     SweepResult,
     Timeouts,
 )
+from lobby.store.search import SCAN_BUDGET, SNAPSHOT_MAX, SNAPSHOT_MS, cursor_position
 
 _SCRIPTS = (
     "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
@@ -230,9 +232,26 @@ class RedisStore:
         return json.loads(raw) if raw else None
 
     async def list_sessions(
-        self, limit: int, cursor: str | None
+        self, limit: int, cursor: str | None, *, query: dict[str, Any] | None = None
     ) -> tuple[list[SessionRecord], str | None]:
-        nxt, raws = await self._run("list", cursor or "", limit, now=0)
+        q = query or {}
+        sort = q.get("sort") or "newest"
+        at = cursor_position(cursor, sort)
+        indexed = q.get("indexed")
+        arg = {
+            "sort": sort, "limit": limit, "conds": [list(c) for c in q.get("conds") or ()],
+            "min_free": q.get("min_free"), "has_pw": q.get("has_pw"),
+            "indexed": "*" if indexed is None else list(indexed),
+            "token": q.get("token") or secrets.token_hex(8),
+            "budget": SCAN_BUDGET, "snap_max": SNAPSHOT_MAX, "snap_ms": SNAPSHOT_MS,
+            "seq": at[1] if at and at[0] == "seq" else False,
+            "snap": at[0].removeprefix("snap:") if at and at[0] != "seq" else False,
+            "offset": at[1] if at else 0,
+        }
+        res = await self._run("list", json.dumps(arg), now=0)
+        if res[0] == b"ERR":
+            raise LobbyError(ErrorCode.BAD_REQUEST, "cursor expired: list again")
+        nxt, raws = res
         return [json.loads(r) for r in raws], (nxt.decode() or None)
 
     async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100) -> SweepResult:

@@ -1,14 +1,153 @@
--- ARGV: 3 cursor (exclusive upper bound on seq) or '', 4 limit
-local limit = tonumber(ARGV[4])
-local max = '+inf'
-if ARGV[3] ~= '' then max = '(' .. ARGV[3] end
-local hits = redis.call('ZREVRANGEBYSCORE', OPEN, max, '-inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
-local n = math.min(#hits / 2, limit)
-local out = {}
-for i = 1, n do
-  local raw = redis.call('GET', skey(hits[2 * i - 1]))
-  if raw then table.insert(out, raw) end
+-- ARGV: 3 query JSON {sort, limit, conds = [[key, op, value], ...], min_free, has_pw,
+--   indexed ('*' or a list of keys), token (names a new snapshot), budget, snap_max,
+--   snap_ms, and the parsed cursor: seq (number, or false on the first page) or
+--   snap (token of an existing snapshot) with offset}.
+-- Returns {next cursor or '', list of records JSON} or {'ERR', code}.
+-- Mirrors MemoryStore.list_sessions: the same candidates in the same order, so the
+-- same pages. Index lookups (eq and in on indexed keys) give the candidates; every
+-- other condition is checked on the records a page walks, at most `budget` of them.
+local q = cjson.decode(ARGV[3])
+local limit, budget = q.limit, q.budget
+local players = q.sort == 'most_players' or q.sort == 'fewest_players'
+local desc = q.sort == 'newest' or q.sort == 'most_players'
+
+local indexed = nil
+if q.indexed ~= '*' then
+  indexed = {}
+  for _, k in ipairs(q.indexed) do indexed[k] = true end
 end
-local nxt = ''
-if #hits / 2 > limit then nxt = hits[2 * n] end
-return {nxt, out}
+
+-- The rules of a match (mirrors search.holds and MemoryStore._matches).
+local function same(a, b) return type(a) == type(b) and a == b end
+local function holds(attrs, c)
+  local v, op, want = attrs[c[1]], c[2], c[3]
+  if op == 'eq' then return v ~= nil and same(v, want) end
+  if op == 'ne' then return v == nil or not same(v, want) end
+  if op == 'in' then
+    if v == nil then return false end
+    for _, w in ipairs(want) do
+      if same(v, w) then return true end
+    end
+    return false
+  end
+  if type(v) ~= 'number' then return false end
+  if op == 'lt' then return v < want end
+  if op == 'le' then return v <= want end
+  if op == 'gt' then return v > want end
+  return v >= want
+end
+local function matches(s)
+  if not listed(s) then return false end
+  if q.min_free ~= NULL and s.max - #s.members < q.min_free then return false end
+  if q.has_pw ~= NULL and (s.pw ~= NULL) ~= q.has_pw then return false end
+  local attrs = s.attrs or {}
+  for _, c in ipairs(q.conds) do
+    if not holds(attrs, c) then return false end
+  end
+  return true
+end
+
+-- Index lookups: one index key per eq driver, a union per in driver.
+local temps = {}
+local function driver_keys()
+  local keys = {}
+  for i, c in ipairs(q.conds) do
+    if (c[2] == 'eq' or c[2] == 'in') and (indexed == nil or indexed[c[1]]) then
+      if c[2] == 'eq' then
+        table.insert(keys, ixkey(attr_token(c[1], c[3])))
+      else
+        local union = P .. 'tmp:' .. q.token .. ':in' .. i
+        local args = {union, #c[3]}
+        for _, w in ipairs(c[3]) do table.insert(args, ixkey(attr_token(c[1], w))) end
+        redis.call('ZUNIONSTORE', unpack(args))
+        table.insert(temps, union)
+        table.insert(keys, union)
+      end
+    end
+  end
+  return keys
+end
+-- The intersection of the drivers (and `scored`, weight 1, whose scores it keeps).
+local function intersect(dst, scored, keys)
+  local args = {dst, #keys + 1, scored}
+  for _, k in ipairs(keys) do table.insert(args, k) end
+  table.insert(args, 'WEIGHTS')
+  table.insert(args, 1)
+  for _ = 1, #keys do table.insert(args, 0) end
+  redis.call('ZINTERSTORE', unpack(args))
+end
+
+-- Walks candidate ids in order; pos(i) is the cursor just after the i-th.
+local out = {}
+local function walk(ids, pos, full)
+  local last = nil
+  for i, sid in ipairs(ids) do
+    local raw = redis.call('GET', skey(sid))
+    if raw and matches(cjson.decode(raw)) then
+      if #out == limit then return last end -- one more match: there is a next page
+      table.insert(out, raw)
+      last = pos(i)
+    end
+  end
+  if full and #ids > 0 then return pos(#ids) end -- budget spent: go on from here
+  return nil
+end
+
+local nxt = nil
+if not players then
+  -- Creation order: a live walk by seq, which never changes, is stable by itself.
+  local src = OPEN
+  local keys = driver_keys()
+  if #keys > 0 then
+    src = P .. 'tmp:' .. q.token
+    table.insert(temps, src)
+    intersect(src, OPEN, keys)
+  end
+  local hits
+  if desc then
+    local max = '+inf'
+    if q.seq then max = '(' .. q.seq end
+    hits = redis.call('ZREVRANGEBYSCORE', src, max, '-inf', 'WITHSCORES', 'LIMIT', 0, budget)
+  else
+    local min = '-inf'
+    if q.seq then min = '(' .. q.seq end
+    hits = redis.call('ZRANGEBYSCORE', src, min, '+inf', 'WITHSCORES', 'LIMIT', 0, budget)
+  end
+  local ids = {}
+  for i = 1, #hits, 2 do table.insert(ids, hits[i]) end
+  nxt = walk(ids, function(i) return hits[2 * i] end, #ids == budget)
+else
+  -- Player counts change under a paging client: the order is taken once, on the
+  -- first page, over the first snap_max candidates, and kept for snap_ms.
+  local ids, token, offset
+  if q.snap then
+    local raw = redis.call('GET', P .. 'snap:' .. q.snap)
+    if not raw then return {'ERR', 'CURSOR_EXPIRED'} end
+    ids, token, offset = cjson.decode(raw), q.snap, q.offset
+  else
+    local src = OPENP
+    local keys = driver_keys()
+    if #keys > 0 then
+      src = P .. 'tmp:' .. q.token
+      table.insert(temps, src)
+      intersect(src, OPENP, keys)
+    end
+    if desc then
+      ids = redis.call('ZREVRANGE', src, 0, q.snap_max - 1)
+    else
+      ids = redis.call('ZRANGE', src, 0, q.snap_max - 1)
+    end
+    token, offset = q.token, 0
+  end
+  local window = {}
+  for i = offset + 1, math.min(#ids, offset + budget) do table.insert(window, ids[i]) end
+  local at = walk(window, function(i) return offset + i end, #window == budget)
+  if at then
+    nxt = 'p' .. token .. '.' .. at
+    if not q.snap then
+      redis.call('SET', P .. 'snap:' .. token, cjson.encode(ids), 'PX', q.snap_ms)
+    end
+  end
+end
+for _, k in ipairs(temps) do redis.call('DEL', k) end
+return {nxt or '', out}

@@ -42,8 +42,8 @@ const TOKEN_SECTION := "lobby"
 const TOKEN_KEY := "resume_token"
 ## Close code of a socket replaced by a newer connection of the same player.
 const CLOSE_REPLACED := 4001
-## Room for a list_sessions page of 100 sessions (the default buffer is 64 KiB).
-const INBOUND_BUFFER_BYTES := 1048576
+## Room for a list_sessions page of 100 full sessions with attributes (default: 64 KiB).
+const INBOUND_BUFFER_BYTES := 4194304
 ## At most this many closed sockets are still polled to finish their close handshake.
 const MAX_CLOSING_SOCKETS := 4
 
@@ -179,8 +179,10 @@ func create_session(session_name := "", max_players := 0, password := "",
 
 ## One page of WAITING sessions with a free seat; pass the reply's next_cursor
 ## as `cursor` for the next page ("" for the first).
-func list_sessions(limit := 20, cursor := "") -> LobbyRequestScript:
-	var fields := {"limit": limit}
+func list_sessions(limit := 20, cursor := "", search := {}) -> LobbyRequestScript:
+	# search: any of filter, min_free_seats, has_password, sort (protocol.md)
+	var fields := search.duplicate()
+	fields["limit"] = limit
 	if cursor != "":
 		fields["cursor"] = cursor
 	return _request("list_sessions", fields, true)

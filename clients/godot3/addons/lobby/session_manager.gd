@@ -254,8 +254,10 @@ func create_session(session_name := "", max_players := 0, password := "",
 	return send_request("create_session", fields)
 
 
-func list_sessions(limit := 20, cursor := "") -> Reference:
-	var fields := {"limit": limit}
+func list_sessions(limit := 20, cursor := "", search := {}) -> Reference:
+	# search: any of filter, min_free_seats, has_password, sort (protocol.md)
+	var fields := search.duplicate()
+	fields["limit"] = limit
 	if cursor != "":
 		fields["cursor"] = cursor
 	return send_request("list_sessions", fields)
