@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from websockets.asyncio.server import Server, serve
 
+from lobby import play
 from lobby.allocators.base import Allocator
 from lobby.allocators.static import StaticAllocator
 from lobby.bus import Bus, MemoryBus, RedisBus
@@ -88,6 +89,7 @@ class LobbyNode:
             max_buffered=settings.max_buffered_bytes,
         )
         GameServerAPI(self.lobby, settings.server_key).register(self.sockets.http.router)
+        play.register(self.sockets.http.router)  # the /play/ demo page
         self.sockets.http.router.add("GET", "/metrics", self._metrics_route)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -1,0 +1,1 @@
+../../lobby/play/lobby.js
