@@ -4,6 +4,7 @@ the check every test client runs on the server's frames catches what it should."
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import subprocess
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 
 from lobby import messages, protocol, schema
 from tests.frames import FrameError, check_server_frame, validator
@@ -83,6 +84,18 @@ def test_every_protocol_type_has_its_models() -> None:
     assert set(messages.EVENTS) == set(protocol.EVENT_TYPES), (
         "EVENT_MODELS in lobby/messages.py and protocol.EVENT_TYPES differ: add the model "
         "and run `lobby schema`")
+
+
+def test_asyncapi_document_is_valid_asyncapi_3() -> None:
+    """Against the AsyncAPI 3.0.0 schema of @asyncapi/specs (tests/data/README.md)."""
+    spec = json.loads(gzip.decompress((ROOT / "tests/data/asyncapi-3.0.0.schema.json.gz")
+                                      .read_bytes()))
+    doc = yaml.safe_load((SCHEMA_DIR / schema.ASYNCAPI_FILE).read_text("utf-8"))
+    check = validators.validator_for(spec)(spec)
+    errors = [f"{list(e.absolute_path)}: {e.message[:200]}" for e in check.iter_errors(doc)]
+    assert errors == []
+    del doc["operations"]["hello"]["action"]  # and it does catch a broken document
+    assert list(check.iter_errors(doc))
 
 
 def test_asyncapi_document_describes_the_channel() -> None:
