@@ -30,9 +30,10 @@ from lobby.tickets import make_ticket
 
 log = logging.getLogger("lobby")
 
-# What a handler returns: the reply's fields, and (session id, version) when the
-# client becomes a member whose queued events are released after the reply.
-Result = tuple[dict[str, Any], tuple[str, int] | None]
+# What a handler returns: the reply's fields, and (session id, version) or
+# (session id, version, last chat seq) when the client becomes a member whose
+# queued events are released after the reply.
+Result = tuple[dict[str, Any], tuple[str, int] | tuple[str, int, int] | None]
 OnChange = Callable[[Change], None]
 Recover = Callable[[], Awaitable[int]]
 
@@ -100,6 +101,9 @@ class Lobby:
             "update_session": self.update_session,
             "update_player": self.update_player,
             "promote_player": self.promote_player,
+            "set_ready": self.set_ready,
+            "send_chat": self.send_chat,
+            "chat_history": self.chat_history,
         }
 
     def changed(self, record: SessionRecord) -> None:
@@ -127,7 +131,7 @@ class Lobby:
         client.push(p.encode(p.ok_reply(req.type, req.id, result)))
         self._observed(client, req.type, "OK", started)
         if membership is not None:
-            self.hub.activate(membership[0], client, membership[1])
+            self.hub.activate(membership[0], client, *membership[1:])
 
     def _observed(self, client: Client, rtype: str, code: str, started: float) -> None:
         seconds = time.perf_counter() - started
@@ -143,7 +147,10 @@ class Lobby:
         if client.player_id is None:
             return
         await self.hub.detach(client.session_id, client)
-        await self.store.disconnect(client.player_id, client.conn_id, now_ms(), self.hold_ms)
+        rec = await self.store.disconnect(
+            client.player_id, client.conn_id, now_ms(), self.hold_ms)
+        if rec is not None:
+            self.changed(rec)
 
     async def sweep(self) -> SweepResult:
         result = await self.store.sweep(now_ms(), self.timeouts)
@@ -197,11 +204,14 @@ class Lobby:
         )
         if res is None:
             return None
+        if res.reconnected and res.session is not None:
+            self.changed(res.session)
         bound = self.hub.bind(client, player_id)
         client.name = res.player.name
         client.token_hash = token_hash(resume_token)
-        reply = {"player_id": player_id, "name": res.player.name, "resume_token": resume_token,
-                 "resumed": True, "session": None}
+        reply: dict[str, Any] = {
+            "player_id": player_id, "name": res.player.name, "resume_token": resume_token,
+            "resumed": True, "session": None, "chat": []}
         if not bound:  # a racing resume elsewhere won: this socket is closing with 4001
             return reply, None
         sid = res.player.session_id
@@ -215,7 +225,9 @@ class Lobby:
             await self.hub.detach(sid, client)
             return reply, None
         reply["session"] = public_session(rec, member=True)
-        return reply, (sid, rec["v"])
+        # Read after subscribing, as the record: what it lacks comes as events.
+        reply["chat"] = await self._chat_log(sid, player_id)
+        return reply, (sid, rec["v"], _last_seq(reply["chat"]))
 
     async def create_session(self, client: Client, req: p.CreateSession) -> Result:
         assert client.player_id is not None
@@ -223,6 +235,10 @@ class Lobby:
         max_players = req.max_players or min(self.settings.default_max_players, cap)
         if max_players > cap:
             raise LobbyError(ErrorCode.BAD_REQUEST, f"max_players must be between 2 and {cap}")
+        min_players = req.min_players or 1
+        if min_players > max_players:
+            raise LobbyError(ErrorCode.BAD_REQUEST,
+                             f"min_players must be between 1 and max_players ({max_players})")
         self._not_in_session(client)
         pw = None
         if req.password:
@@ -234,10 +250,13 @@ class Lobby:
                 client.player_id, session_id, req.name or "", max_players, pw, now_ms(),
                 attributes=req.attributes or {}, visibility=req.visibility or "public",
                 indexed=self.settings.indexed_attributes,
+                start_rule=req.start_rule or "host", min_players=min_players,
             )
         log.info("session %s created by %s", session_id, client.player_id,
                  extra=fields(session=session_id, player=client.player_id, conn=client.conn_id))
-        return self._member_result(rec)
+        result, membership = self._member_result(rec)
+        result["chat"] = []  # a new session has said nothing yet
+        return result, membership
 
     async def list_sessions(self, client: Client, req: p.ListSessions) -> Result:
         query = {
@@ -265,7 +284,18 @@ class Lobby:
             except PasswordRequired as need:
                 await self._check_password(client, req.password, need)
                 rec = await self.store.join_session(client.player_id, sid, need.pw, now_ms())
-        return self._member_result(rec)
+        result, _ = self._member_result(rec)
+        # After the join (and the subscription), so no message falls in between:
+        # newer ones arrive as chat_message events.
+        chat = await self._chat_log(sid, client.player_id)
+        result["chat"] = chat
+        return result, (rec["id"], rec["v"], _last_seq(chat))
+
+    async def _chat_log(self, session_id: str, player_id: str) -> list[dict[str, Any]]:
+        try:
+            return await self.store.chat_history(session_id, player_id)
+        except LobbyError:
+            return []  # no longer a member (kicked meanwhile): its events say so
 
     async def _join_by_code(self, client: Client, req: p.JoinSession) -> Result:
         assert client.player_id is not None and req.join_code is not None
@@ -425,6 +455,29 @@ class Lobby:
         self.changed(started)
         return {"session": public_session(started, member=True)}, None
 
+    async def set_ready(self, client: Client, req: p.SetReady) -> Result:
+        assert client.player_id is not None
+        rec = await self.store.set_ready(client.player_id, req.ready, now_ms())
+        self.changed(rec)
+        return {}, None
+
+    async def send_chat(self, client: Client, req: p.SendChat) -> Result:
+        assert client.player_id is not None
+        sid = client.session_id
+        if sid is None:
+            raise LobbyError(ErrorCode.NOT_IN_SESSION, "chat is for members of a session")
+        await self.store.send_chat(sid, client.player_id, req.text, now_ms())
+        return {}, None
+
+    async def chat_history(self, client: Client, req: p.ChatHistory) -> Result:
+        assert client.player_id is not None
+        sid = client.session_id
+        if sid is None:
+            raise LobbyError(ErrorCode.NOT_IN_SESSION, "chat is for members of a session")
+        messages = await self.store.chat_history(sid, client.player_id)
+        after = req.after_seq or 0
+        return {"messages": [m for m in messages if m["seq"] > after]}, None
+
     async def ping(self, client: Client, req: p.Ping) -> Result:
         return {}, None
 
@@ -457,3 +510,7 @@ class Lobby:
 
     async def close(self) -> None:
         self._pw_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _last_seq(chat: list[dict[str, Any]]) -> int:
+    return int(chat[-1]["seq"]) if chat else 0

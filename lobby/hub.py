@@ -8,7 +8,9 @@ A player who is joining (or creating, or resuming) is registered *before* the
 store call, as pending: the node is then subscribed before the change happens,
 so nothing published after it can be missed. Events reaching a pending member
 are queued, and released after its reply, skipping those its reply's snapshot
-already contains (version <= the snapshot's).
+already contains (version <= the snapshot's). Chat messages carry no version
+(they do not change the session): they are ordered by their own `seq` against
+the chat log the reply carried.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ PushMany = Callable[[Iterable[Client], str], None]
 class _Member:
     client: Client
     min_version: int = 0
-    pending: list[tuple[int, str]] | None = field(default_factory=list)
+    # Queued (version, chat seq, text): one of the two numbers is 0.
+    pending: list[tuple[int, int, str]] | None = field(default_factory=list)
+    min_chat: int = 0
 
 
 class Hub:
@@ -127,15 +131,18 @@ class Hub:
         else:
             members[client.player_id] = _Member(client)
 
-    def activate(self, session_id: str, client: Client, version: int) -> None:
-        """The client has its reply with the snapshot at `version`: release the rest."""
+    def activate(self, session_id: str, client: Client, version: int, chat_seq: int = 0
+                 ) -> None:
+        """The client has its reply with the snapshot at `version` (and the chat
+        log up to `chat_seq`): release the rest."""
         member = self._member(session_id, client)
         if member is None:
             return
         client.session_id = session_id
         queued, member.pending, member.min_version = member.pending or [], None, version
-        for v, text in queued:
-            if v > version:
+        member.min_chat = chat_seq
+        for v, seq, text in queued:
+            if v > version if seq == 0 else seq > chat_seq:
                 client.push(text)
 
     async def detach(self, session_id: str | None, client: Client) -> None:
@@ -244,6 +251,9 @@ class Hub:
             for pid in list(members):
                 self._forget(sid, pid)
             return
+        if kind == "chat_message":
+            self._chat(members, sid, ev["m"])
+            return
         out, exclude = _public_event(ev)
         if kind == "player_left":
             gone = members.get(ev["player_id"])
@@ -257,7 +267,7 @@ class Hub:
             if pid == exclude:
                 continue
             if member.pending is not None:
-                member.pending.append((version, text))
+                member.pending.append((version, 0, text))
             elif version > member.min_version:
                 ready.append(member.client)
         if ready:
@@ -268,6 +278,20 @@ class Hub:
         elif kind == "session_closed":
             for pid in list(members):
                 self._forget(sid, pid)
+
+    def _chat(self, members: dict[str, _Member], sid: str, msg: dict[str, Any]) -> None:
+        """A chat message: one encode for all local members, the sender included."""
+        text = encode({"type": "chat_message", "session_id": sid, **msg})
+        seq = msg["seq"]
+        ready = []
+        for member in members.values():
+            if member.pending is not None:
+                member.pending.append((0, seq, text))
+            elif seq > member.min_chat:
+                ready.append(member.client)
+        if ready:
+            self._push_many(ready, text)
+            self.frames_out += len(ready)
 
 
 def _public_event(ev: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -288,7 +312,11 @@ def _public_event(ev: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         out.update(server_id=ev["server_id"], server_endpoint=ev["server_endpoint"])
     elif kind == "session_start_failed":
         out["error"] = ev["error"]
-    elif kind == "player_updated":
+    elif kind == "player_ready":
+        out.update(player_id=ev["player_id"], ready=ev["ready"])
+    elif kind == "player_disconnected":
+        out.update(player_id=ev["player_id"], hold_until=ev["hold_until"])
+    elif kind in ("player_reconnected", "player_updated"):
         out["player_id"] = ev["player_id"]
     elif kind == "session_closed":
         out["reason"] = ev["reason"]

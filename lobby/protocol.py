@@ -32,6 +32,7 @@ MAX_ID_CHARS = 64
 MAX_PASSWORD_CHARS = 128
 MAX_TOKEN_CHARS = 512
 MAX_CURSOR_CHARS = 64
+MAX_CHAT_CHARS = 500
 
 RequestId = int | Annotated[str, Field(max_length=MAX_ID_CHARS)] | None
 # Names are shown to other players, so they must not be able to hide or disguise
@@ -189,6 +190,29 @@ def _filter(raw: dict[str, Any]) -> tuple[tuple[str, str, Any], ...]:
 Filter = Annotated[dict[str, Any], AfterValidator(_filter)]
 
 
+def check_chat(value: str) -> str:
+    """A chat line: the name rules (check_name), but up to MAX_CHAT_CHARS and
+    spanning lines (newline is the one control character allowed)."""
+    value = unicodedata.normalize("NFC", value)
+    if len(value) > MAX_CHAT_CHARS:
+        raise ValueError(f"must have at most {MAX_CHAT_CHARS} characters")
+    visible = False
+    for ch in value:
+        category = unicodedata.category(ch)
+        if category in _FORBIDDEN_CATEGORIES and ch != "\n":
+            raise ValueError(
+                f"must not contain U+{ord(ch):04X} (a control, format or separator character)")
+        if not (ch.isspace() or category[0] == "M" or ch in _BLANK_LOOKING):
+            visible = True
+    if not visible:
+        raise ValueError("must have a visible character")
+    return value
+
+
+ChatText = Annotated[
+    str, Field(min_length=1, max_length=MAX_CHAT_CHARS * 4), AfterValidator(check_chat)]
+
+
 class _Request(BaseModel):
     # strict: "8" is not a number and 1 is not a string; extra fields are ignored
     # so that newer clients can talk to older servers.
@@ -210,6 +234,8 @@ class CreateSession(_Request):
     password: Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD_CHARS)] | None = None
     attributes: SessionAttributes | None = None
     visibility: Visibility | None = None
+    start_rule: Literal["host", "all_ready"] | None = None
+    min_players: int | None = Field(default=None, ge=1, le=1_000)
 
 
 class ListSessions(_Request):
@@ -273,9 +299,25 @@ class JoinTicket(_Request):
     type: Literal["join_ticket"]
 
 
+class SetReady(_Request):
+    type: Literal["set_ready"]
+    ready: bool
+
+
+class SendChat(_Request):
+    type: Literal["send_chat"]
+    text: ChatText
+
+
+class ChatHistory(_Request):
+    type: Literal["chat_history"]
+    after_seq: int | None = Field(default=None, ge=0)
+
+
 Request = Annotated[
     Hello | CreateSession | ListSessions | JoinSession | LeaveSession | StartSession
-    | KickPlayer | Ping | JoinTicket | UpdateSession | UpdatePlayer | PromotePlayer,
+    | KickPlayer | Ping | JoinTicket | UpdateSession | UpdatePlayer | PromotePlayer
+    | SetReady | SendChat | ChatHistory,
     Field(discriminator="type"),
 ]
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
@@ -284,11 +326,14 @@ REQUEST_TYPES: tuple[str, ...] = (
     "hello", "create_session", "list_sessions", "join_session", "leave_session",
     "start_session", "kick_player", "ping", "join_ticket",
     "update_session", "update_player", "promote_player",
+    "start_session", "kick_player", "ping", "join_ticket", "set_ready", "send_chat",
+    "chat_history",
 )
 EVENT_TYPES: tuple[str, ...] = (
     "player_joined", "player_left", "host_changed", "session_started",
     "session_start_failed", "session_closed", "kicked", "session_in_progress",
     "session_updated", "player_updated",
+    "player_ready", "chat_message", "player_disconnected", "player_reconnected",
 )
 CLOSE_REASONS: tuple[str, ...] = ("completed", "idle", "server_timeout", "expired")
 LEAVE_REASONS: tuple[str, ...] = ("left", "kicked", "timeout")

@@ -21,6 +21,11 @@ class Member(TypedDict):
     # accept the resume of players who were in the session.
     tokh: NotRequired[str]
     attrs: NotRequired[dict[str, Any]]  # the player's attributes (update_player)
+    # Absent means false/connected, so records written before these existed read right.
+    ready: NotRequired[bool]
+    # Set while the member's socket is down: the seat-hold deadline in ms, or 0
+    # when the seat is held for the session's life (a started session).
+    off: NotRequired[int]
 
 
 class PasswordHash(TypedDict):
@@ -53,6 +58,8 @@ class SessionRecord(TypedDict):
     # The search-index entries this session is in while listed (attribute tokens,
     # see search.attr_token); kept in the record so every script can update them.
     ix: NotRequired[dict[str, bool]]
+    rule: NotRequired[str]  # start rule: "host" (absent) or "all_ready"
+    minp: NotRequired[int]  # min_players to start; absent means 1
 
 
 def public_session(
@@ -73,7 +80,8 @@ def public_session(
         "player_count": len(ids),
         "max_players": rec["max"],
         "connected_players": ids,
-        "players": [{"player_id": m["id"], "name": m["name"], "attributes": m.get("attrs") or {}}
+        "players": [{"player_id": m["id"], "name": m["name"], "attributes": m.get("attrs") or {},
+                     "ready": m.get("ready", False), "connected": "off" not in m}
                     for m in members],
         "has_password": rec["pw"] is not None,
         "server_id": rec["server_id"],
@@ -84,4 +92,13 @@ def public_session(
         "visibility": rec.get("vis", "public"),
         "locked": bool(rec.get("locked", False)),
         "join_code": rec.get("code") if member else None,
+        "start_rule": rec.get("rule", "host"),
+        "min_players": rec.get("minp", 1),
     }
+
+
+def hold_until(member: Member | dict[str, Any]) -> float | None:
+    """Unix seconds at which a dropped member's seat is given up, or None
+    (connected, or held for the session's life)."""
+    off = member.get("off")
+    return off / 1000 if off else None

@@ -17,7 +17,8 @@ async def test_full_lifecycle(node: LobbyNode, connect_player) -> None:
     assert session["host_id"] == host.player_id
     assert session["session_state"] == "WAITING"
     assert session["player_count"] == 1 and session["max_players"] == 4
-    assert session["players"] == [{"player_id": host.player_id, "name": "alice", "attributes": {}}]
+    assert session["players"] == [{"player_id": host.player_id, "name": "alice", "attributes": {},
+                                   "ready": False, "connected": True}]
     assert session["server_endpoint"] is None and session["has_password"] is False
     sid = session["session_id"]
 

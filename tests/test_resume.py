@@ -58,6 +58,9 @@ async def test_started_session_holds_seat_for_its_life(make_mode_node, connect_p
     await host.event("session_started")
     await guest.event("session_started")
     await guest.close()
+    # Held for the session's life: no deadline to show.
+    dropped = await host.event()
+    assert dropped["type"] == "player_disconnected" and dropped["hold_until"] is None
     # Well past the WAITING grace period; sweeps run every 50 ms in tests.
     for _ in range(10):
         await node.lobby.sweep()
@@ -67,6 +70,7 @@ async def test_started_session_holds_seat_for_its_life(make_mode_node, connect_p
     assert reply["resumed"] is True
     assert reply["session"]["server_endpoint"] == "127.0.0.1:6060"
     assert reply["session"]["session_state"] == "CONNECTING"
+    assert (await host.event())["type"] == "player_reconnected"
     assert host.no_event()
 
 

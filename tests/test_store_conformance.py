@@ -525,8 +525,8 @@ async def test_kicking_a_disconnected_member_forgets_the_player(store: Harness) 
     assert await h.store.stats() == {"open_sessions": 1, "held_seats": 0}
     assert await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), T0 + 4) is None
     assert await sweep(h, T0 + 10 * HOLD) == []
-    assert [(e["e"], e.get("reason")) for _, e in await h.drain(2)] == [
-        ("player_joined", None), ("player_left", "kicked")]
+    assert [(e["e"], e.get("reason")) for _, e in await h.drain(3)] == [
+        ("player_joined", None), ("player_disconnected", None), ("player_left", "kicked")]
 
 
 # starting --------------------------------------------------------------------
@@ -647,22 +647,28 @@ async def test_seat_hold_expires_and_moves_host(store: Harness) -> None:
     before = await h.store.join_session("bob", "s1", None, T0 + 1)
     await h.drain(1)
 
-    await h.store.disconnect("alice", conn("alice"), T0 + 10, HOLD)
+    held = await h.store.disconnect("alice", conn("alice"), T0 + 10, HOLD)
+    # The seat is held and marked so (player_disconnected), the rest unchanged.
+    dropped = {**before["members"][0], "off": T0 + 10 + HOLD}
+    assert held == {**before, "members": [dropped, before["members"][1]], "v": 3,
+                    "updated": T0 + 10}
     assert (await h.store.stats())["held_seats"] == 1
     assert await sweep(h, T0 + 10 + HOLD - 1) == []
-    assert await h.store.get_session("s1") == before
-    await h.drain(0)
+    assert await h.store.get_session("s1") == held
+    assert await h.drain(1) == [
+        ("s1", {"e": "player_disconnected", "player_id": "alice",
+                "hold_until": (T0 + 10 + HOLD) / 1000, "sid": "s1", "v": 3, "s": held})]
 
     changes = await sweep(h, T0 + 10 + HOLD)
     after = await h.store.get_session("s1")
     assert after is not None
     assert changes == [Change("s1", after, None)]
     assert (ids(after), after["host"], after["v"], after["updated"]) == (
-        ["bob"], "bob", 3, T0 + 10 + HOLD)
+        ["bob"], "bob", 4, T0 + 10 + HOLD)
     assert await h.drain(2) == [
         ("s1", {"e": "player_left", "player_id": "alice", "reason": "timeout",
-                "sid": "s1", "v": 3, "s": after}),
-        ("s1", {"e": "host_changed", "host_id": "bob", "sid": "s1", "v": 3, "s": after}),
+                "sid": "s1", "v": 4, "s": after}),
+        ("s1", {"e": "host_changed", "host_id": "bob", "sid": "s1", "v": 4, "s": after}),
     ]
     assert (await h.store.stats())["held_seats"] == 0
     # The player went with the seat: the old token resumes nothing.
@@ -674,12 +680,13 @@ async def test_seat_hold_expires_and_moves_host(store: Harness) -> None:
 async def test_seat_hold_of_last_member_deletes_session(store: Harness) -> None:
     h = store
     await add_players(h, "alice")
-    rec = await h.store.create_session("alice", "s1", "", 4, None, T0)
-    await h.store.disconnect("alice", conn("alice"), T0 + 10, HOLD)
+    await h.store.create_session("alice", "s1", "", 4, None, T0)
+    rec = await h.store.disconnect("alice", conn("alice"), T0 + 10, HOLD)
+    assert rec is not None
     final = ended(rec, T0 + 10 + HOLD, members=[])
     assert await sweep(h, T0 + 10 + HOLD) == [Change("s1", final, "abandoned")]
-    assert await h.drain(1) == [
-        ("s1", {"e": "session_deleted", "sid": "s1", "v": 2, "reason": "timeout"})]
+    assert (await h.drain(2))[1] == (
+        "s1", {"e": "session_deleted", "sid": "s1", "v": 3, "reason": "timeout"})
     assert await h.store.get_session("s1") is None
     assert await h.store.stats() == {"open_sessions": 0, "held_seats": 0}
 
@@ -700,7 +707,8 @@ async def test_sweep_takes_due_holds_in_deadline_order_up_to_limit(store: Harnes
     second = await sweep(h, T0 + 20 + HOLD, limit=2)
     assert [ids(c.record) for c in second] == [["alice"]]
     # Equal deadlines are taken in player-id order in both stores.
-    assert [ev["player_id"] for _, ev in await h.drain(3)] == ["dave", "bob", "carol"]
+    assert [ev["player_id"] for _, ev in await h.drain(6) if ev["e"] == "player_left"] == [
+        "dave", "bob", "carol"]
 
 
 async def test_concurrent_sweeps_take_each_expired_hold_once(store: Harness) -> None:
@@ -712,7 +720,8 @@ async def test_concurrent_sweeps_take_each_expired_hold_once(store: Harness) -> 
     await h.store.disconnect("bob", conn("bob"), T0 + 10, HOLD)
     results = await asyncio.gather(*(sweep(h, T0 + 10 + HOLD) for _ in range(5)))
     assert sorted(len(r) for r in results) == [0, 0, 0, 0, 1]
-    assert summary(await h.drain(2)) == [("s1", "player_joined", 2), ("s1", "player_left", 3)]
+    assert summary(await h.drain(3)) == [
+        ("s1", "player_joined", 2), ("s1", "player_disconnected", 3), ("s1", "player_left", 4)]
 
 
 async def test_resume_before_deadline_cancels_hold(store: Harness) -> None:
@@ -724,12 +733,18 @@ async def test_resume_before_deadline_cancels_hold(store: Harness) -> None:
 
     res = await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), T0 + 10 + HOLD - 1)
     session = await h.store.get_session("s1")
-    assert res == ResumeResult(PlayerInfo("bob", "Bob", "s1"), session)
+    assert res == ResumeResult(PlayerInfo("bob", "Bob", "s1"), session, True)
+    assert session is not None and "off" not in session["members"][1]
     assert (await h.store.stats())["held_seats"] == 0
     assert await sweep(h, T0 + 100 * HOLD) == []
     assert await h.store.get_session("s1") == session
-    # The dropped socket's conn was cleared, so nobody is told "replaced".
-    assert summary(await h.drain(1)) == [("s1", "player_joined", 2)]
+    # The dropped socket's conn was cleared, so nobody is told "replaced"; the
+    # others hear that bob is back.
+    events = await h.drain(3)
+    assert summary(events) == [("s1", "player_joined", 2), ("s1", "player_disconnected", 3),
+                               ("s1", "player_reconnected", 4)]
+    assert events[2][1] == {"e": "player_reconnected", "player_id": "bob", "sid": "s1", "v": 4,
+                            "s": session}
 
 
 async def test_disconnect_of_a_stale_conn_is_a_no_op(store: Harness) -> None:
@@ -771,10 +786,15 @@ async def test_no_seat_expiry_while_connecting_but_again_after_fail_start(
     after = await h.store.get_session("s1")
     assert after is not None and ids(after) == ["alice"]
     assert changes == [Change("s1", after, None)]
-    events = await h.drain(3)
+    events = await h.drain(4)
     assert summary(events) == [
-        ("s1", "player_joined", 2), ("s1", "session_start_failed", 4), ("s1", "player_left", 5)]
-    assert events[2][1]["reason"] == "timeout"
+        ("s1", "player_joined", 2), ("s1", "player_disconnected", 4),
+        ("s1", "session_start_failed", 5), ("s1", "player_left", 6)]
+    # While CONNECTING the seat is held for the session's life: no deadline; back
+    # in WAITING the hold runs again, and the session object says until when.
+    assert events[1][1]["hold_until"] is None and events[1][1]["s"]["members"][1]["off"] == 0
+    assert events[2][1]["s"]["members"][1]["off"] == T0 + 50 + HOLD
+    assert events[3][1]["reason"] == "timeout"
 
 
 async def test_begin_start_ends_pending_holds(store: Harness) -> None:
@@ -787,8 +807,11 @@ async def test_begin_start_ends_pending_holds(store: Harness) -> None:
     await h.store.begin_start("alice", T0 + 20)
     assert (await h.store.stats())["held_seats"] == 0
     assert await sweep(h, T0 + 10 + HOLD) == []
-    assert ids(await h.store.get_session("s1") or {"members": []}) == ["alice", "bob"]
-    await h.drain(1)
+    rec = await h.store.get_session("s1")
+    assert rec is not None and ids(rec) == ["alice", "bob"]
+    # Still dropped, now held for the session's life.
+    assert rec["members"][1]["off"] == 0
+    await h.drain(2)
 
 
 # resume ----------------------------------------------------------------------
@@ -936,18 +959,20 @@ async def test_mark_in_progress(store: Harness) -> None:
     await fails(ErrorCode.SESSION_NOT_WAITING, h.store.kick("alice", "bob", T0 + 41))
     assert await open_ids(h) == []
     # Seats of a running match are held for its life: a dropped member keeps his.
-    await h.store.disconnect("bob", conn("bob"), T0 + 50, HOLD)
+    held = await h.store.disconnect("bob", conn("bob"), T0 + 50, HOLD)
+    assert held is not None and held["members"][1]["off"] == 0
     assert await h.store.stats() == {"open_sessions": 0, "held_seats": 0}
     assert await sweep(h, T0 + 100 * HOLD) == []
-    assert await h.store.get_session("s1") == rec
-    await h.drain(0)
+    assert await h.store.get_session("s1") == held
+    assert summary(await h.drain(1)) == [("s1", "player_disconnected", 6)]
 
 
 async def test_complete_ends_a_running_match(store: Harness) -> None:
     h = store
     await add_players(h, "alice", "bob", "carol")
-    rec = await session_in(h, "IN_PROGRESS", "s1", "alice", "bob", "carol")
-    await h.store.disconnect("carol", conn("carol"), T0 + 40, HOLD)
+    await session_in(h, "IN_PROGRESS", "s1", "alice", "bob", "carol")
+    rec = await h.store.disconnect("carol", conn("carol"), T0 + 40, HOLD)
+    assert rec is not None
     await h.drain()
 
     change = await h.store.complete("s1", "completed", T0 + 50)
@@ -983,8 +1008,9 @@ async def test_complete_in_any_state_releases_seats_and_unlists(store: Harness) 
     for i, state in enumerate(("WAITING", "CONNECTING", "IN_PROGRESS")):
         host, dropped, sid, now = f"h{i}", f"d{i}", f"s{i}", T0 + 1000 * i
         await add_players(h, host, dropped, now=now)
-        rec = await session_in(h, state, sid, host, dropped, now=now)
-        await h.store.disconnect(dropped, conn(dropped), now + 10, HOLD)
+        await session_in(h, state, sid, host, dropped, now=now)
+        rec = await h.store.disconnect(dropped, conn(dropped), now + 10, HOLD)
+        assert rec is not None
         assert (await h.store.stats())["held_seats"] == (1 if state == "WAITING" else 0)
         assert (sid in await open_ids(h)) == (state == "WAITING")
         await h.drain()
@@ -1079,10 +1105,11 @@ async def test_idle_waiting_session_closes_at_its_deadline(store: Harness) -> No
     h = store
     await add_players(h, "alice", "bob")
     await h.store.create_session("alice", "s1", "", 4, None, T0)
-    rec = await h.store.join_session("bob", "s1", None, T0 + 1)
+    await h.store.join_session("bob", "s1", None, T0 + 1)
     # bob drops with a hold longer than the idle window: the session ends first.
-    await h.store.disconnect("bob", conn("bob"), T0 + 2, 10 * TO.idle_ms)
-    await h.drain(1)
+    rec = await h.store.disconnect("bob", conn("bob"), T0 + 2, 10 * TO.idle_ms)
+    assert rec is not None
+    await h.drain(2)
 
     for t in (T0, T0 + TO.connecting_ms, T0 + TO.idle_ms, T0 + 1 + TO.idle_ms - 1):
         assert await sweep(h, t, TO) == [], t
@@ -1093,7 +1120,7 @@ async def test_idle_waiting_session_closes_at_its_deadline(store: Harness) -> No
     final = ended(rec, T0 + 1 + TO.idle_ms)
     assert changes == [Change("s1", final, "idle")]
     assert await h.drain(1) == [("s1", {
-        "e": "session_closed", "reason": "idle", "sid": "s1", "v": 3, "s": final})]
+        "e": "session_closed", "reason": "idle", "sid": "s1", "v": 4, "s": final})]
     assert await h.store.get_session("s1") is None
     assert await h.store.stats() == {"open_sessions": 0, "held_seats": 0}
     assert await sweep(h, T0 + 10 * TO.idle_ms, TO) == []
@@ -1156,7 +1183,7 @@ async def test_connecting_session_times_out_from_started(store: Harness) -> None
     changes = await sweep(h, start + TO.connecting_ms, TO)
     final = ended(rec, start + TO.connecting_ms)
     assert changes == [Change("s1", final, "server_timeout")]
-    assert (await h.drain(5))[-1] == ("s1", {
+    assert (await h.drain(6))[-1] == ("s1", {
         "e": "session_closed", "reason": "server_timeout", "sid": "s1", "v": final["v"],
         "s": final})
     assert await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), start + 10**6) is None

@@ -16,6 +16,12 @@ from typing import Any, Protocol
 
 from lobby.session import PasswordHash, SessionRecord
 
+# Chat limits (protocol.md, send_chat): per player, CHAT_RATE messages in any
+# CHAT_WINDOW_MS; the last CHAT_KEEP messages of a session are kept with it.
+CHAT_RATE = 5
+CHAT_WINDOW_MS = 5_000
+CHAT_KEEP = 50
+
 
 @dataclass(slots=True)
 class PlayerInfo:
@@ -28,6 +34,7 @@ class PlayerInfo:
 class ResumeResult:
     player: PlayerInfo
     session: SessionRecord | None
+    reconnected: bool = False  # the seat was held: player_reconnected was published
 
 
 @dataclass(slots=True)
@@ -91,8 +98,12 @@ class SessionStore(Protocol):
         (a `replaced` message on its node channel). None if unknown or expired."""
         ...
 
-    async def disconnect(self, player_id: str, conn: str, now: int, hold_ms: int) -> None:
-        """The socket `conn` dropped. No-op if the player has moved to another conn."""
+    async def disconnect(
+        self, player_id: str, conn: str, now: int, hold_ms: int
+    ) -> SessionRecord | None:
+        """The socket `conn` dropped. No-op if the player has moved to another conn.
+        A member's seat is held: the session after that (player_disconnected
+        published), else None."""
         ...
 
     # sessions ----------------------------------------------------------------
@@ -100,7 +111,7 @@ class SessionStore(Protocol):
         self, player_id: str, session_id: str, name: str, max_players: int,
         pw: PasswordHash | None, now: int, *, attributes: dict[str, Any] | None = None,
         visibility: str = "public", codes: list[str] | None = None,
-        indexed: tuple[str, ...] | None = None,
+        indexed: tuple[str, ...] | None = None, start_rule: str = "host", min_players: int = 1,
     ) -> SessionRecord:
         """`codes`: candidate join codes (default: random ones), the first one no
         live session holds is taken (INTERNAL if none is free). `indexed`: the attribute keys with
@@ -165,6 +176,21 @@ class SessionStore(Protocol):
 
     async def complete(self, session_id: str, reason: str, now: int) -> Change:
         """End the session in any state; members get session_closed with `reason`."""
+        ...
+
+    async def set_ready(self, player_id: str, ready: bool, now: int) -> SessionRecord:
+        """The member's ready flag, WAITING only; player_ready when it changes."""
+        ...
+
+    async def send_chat(
+        self, session_id: str, player_id: str, text: str, now: int
+    ) -> dict[str, Any]:
+        """Members only, CHAT_RATE per CHAT_WINDOW_MS per player: the message as
+        kept, {seq, player_id, name, text, sent_at}, after publishing it."""
+        ...
+
+    async def chat_history(self, session_id: str, player_id: str) -> list[dict[str, Any]]:
+        """The session's kept messages, oldest first; members only."""
         ...
 
     async def get_session(self, session_id: str) -> SessionRecord | None: ...

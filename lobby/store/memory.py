@@ -13,6 +13,7 @@ import bisect
 import json
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,9 @@ from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
 from lobby.session import PasswordHash, SessionRecord
 from lobby.store.base import (
+    CHAT_KEEP,
+    CHAT_RATE,
+    CHAT_WINDOW_MS,
     Change,
     LiveClient,
     PasswordRequired,
@@ -69,6 +73,11 @@ class MemoryStore:
         # most_players / fewest_players orders: token -> (expiry ms, session ids)
         self._snapshots: dict[str, tuple[float, list[str]]] = {}
         self._seq = 0
+        # Chat beside the records, as chatkey()/chatmetakey() in prelude.lua: the
+        # kept messages' JSON texts, the counter, and each sender's send times.
+        self._chat: dict[str, deque[str]] = {}
+        self._chat_seq: dict[str, int] = {}
+        self._chat_sent: dict[str, dict[str, list[int]]] = {}
 
     async def start(self) -> None:
         return None
@@ -172,6 +181,9 @@ class MemoryStore:
 
     def _delete(self, s: dict[str, Any]) -> None:
         self._sessions.pop(s["id"], None)
+        self._chat.pop(s["id"], None)
+        self._chat_seq.pop(s["id"], None)
+        self._chat_sent.pop(s["id"], None)
         self._deadlines.pop(s["id"], None)
         server_id = s.get("server_id")
         # Only our own entry: the server may already serve a later session.
@@ -284,28 +296,60 @@ class MemoryStore:
                 "node:" + old.rsplit(".", 1)[0],
                 _dump({"e": "replaced", "player_id": player_id, "conn": old}),
             )
-        session = self._copy(self._load(p.get("sid")))
-        return ResumeResult(PlayerInfo(p["id"], p["name"], p.get("sid")), session)
+        s = self._load(p.get("sid"))
+        m = self._find(s, player_id)
+        back = m is not None and "off" in m
+        if back:
+            assert s is not None and m is not None
+            # The seat was held: the others learn that its player is back.
+            del m["off"]
+            self._touch(s, now)
+            self._event(s, {"e": "player_reconnected", "player_id": player_id}, self._save(s))
+        session = self._copy(s)
+        return ResumeResult(PlayerInfo(p["id"], p["name"], p.get("sid")), session, back)
 
-    async def disconnect(self, player_id: str, conn: str, now: int, hold_ms: int) -> None:
+    @staticmethod
+    def _find(s: dict[str, Any] | None, pid: str) -> dict[str, Any] | None:
+        if s is None:
+            return None
+        for m in s["members"]:
+            if m["id"] == pid:
+                return m  # type: ignore[no-any-return]
+        return None
+
+    async def disconnect(
+        self, player_id: str, conn: str, now: int, hold_ms: int
+    ) -> SessionRecord | None:
         p = self._player(player_id, now)
         if p is None or p["conn"] != conn:
-            return
+            return None
         p["conn"] = ""
         p["disc"] = now
         if p.get("sid"):
             s = self._load(p["sid"])
-            if s is not None and s["state"] == "WAITING":
-                self._holds[player_id] = now + hold_ms
-        else:
-            self._player_expiry[player_id] = now + max(hold_ms, 1)
+            m = self._find(s, player_id)
+            if s is None or m is None:
+                return None
+            # Seats in a started session are held for the session's life: no deadline (0).
+            off = 0
+            if s["state"] == "WAITING":
+                off = now + hold_ms
+                self._holds[player_id] = off
+            m["off"] = off
+            self._touch(s, now)
+            saved = self._save(s)
+            self._event(s, {"e": "player_disconnected", "player_id": player_id,
+                            "hold_until": off / 1000 if off else None}, saved)
+            return json.loads(saved)  # type: ignore[no-any-return]
+        self._player_expiry[player_id] = now + max(hold_ms, 1)
+        return None
 
     # sessions ----------------------------------------------------------------
     async def create_session(
         self, player_id: str, session_id: str, name: str, max_players: int,
         pw: PasswordHash | None, now: int, *, attributes: dict[str, Any] | None = None,
         visibility: str = "public", codes: list[str] | None = None,
-        indexed: tuple[str, ...] | None = None,
+        indexed: tuple[str, ...] | None = None, start_rule: str = "host", min_players: int = 1,
     ) -> SessionRecord:
         p = self._require(player_id, now)
         if p.get("sid"):
@@ -331,6 +375,11 @@ class MemoryStore:
         s["members"][0]["attrs"] = {}
         self._codes[code] = session_id
         self._reindex(s, indexed)
+        # Defaults are left out of the record, as in records written before they existed.
+        if start_rule != "host":
+            s["rule"] = start_rule
+        if min_players > 1:
+            s["minp"] = min_players
         saved = self._save(s)
         self._deadlines[session_id] = now
         p["sid"] = session_id
@@ -462,10 +511,19 @@ class MemoryStore:
 
     async def begin_start(self, player_id: str, now: int) -> SessionRecord:
         s = self._hosted_waiting_session(player_id, now)
+        minp = s.get("minp", 1)
+        if len(s["members"]) < minp:
+            raise_script_error("NOT_ENOUGH_PLAYERS", None, str(minp))
+        if s.get("rule") == "all_ready":
+            waiting = [m["name"] for m in s["members"] if not m.get("ready")]
+            if waiting:
+                raise_script_error("NOT_READY", None, ", ".join(waiting))
         self._change_state(s, "CONNECTING", now)
         s["started"] = now
         for m in s["members"]:
             self._holds.pop(m["id"], None)
+            if "off" in m:
+                m["off"] = 0
         return json.loads(self._save(s))  # type: ignore[no-any-return]
 
     async def finish_start(
@@ -493,11 +551,15 @@ class MemoryStore:
             return None
         self._change_state(s, "WAITING", now)
         s["started"] = None
-        saved = self._save(s)
         for m in s["members"]:
+            # A failed start asks everyone to confirm again.
+            m.pop("ready", None)
+            # Back in the waiting room, players who dropped meanwhile get their hold again.
             mp = self._players.get(m["id"])
             if mp is not None and mp["conn"] == "":
                 self._holds[m["id"]] = now + hold_ms
+                m["off"] = now + hold_ms
+        saved = self._save(s)
         self._event(
             s, {"e": "session_start_failed", "error": {"code": code, "message": message}}, saved
         )
@@ -517,6 +579,61 @@ class MemoryStore:
     async def complete(self, session_id: str, reason: str, now: int) -> Change:
         s = self._existing(session_id)
         return Change(session_id, self._copy(self._close(s, reason, now)), reason)  # type: ignore[arg-type]
+
+    async def set_ready(self, player_id: str, ready: bool, now: int) -> SessionRecord:
+        p = self._require(player_id, now)
+        if not p.get("sid"):
+            raise_script_error("NOT_IN_SESSION")
+        s = self._load(p["sid"])
+        m = self._find(s, player_id)
+        if s is None or m is None:
+            raise_script_error("NOT_IN_SESSION")
+        assert s is not None and m is not None
+        if s["state"] != "WAITING":
+            raise_script_error("SESSION_NOT_WAITING")
+        if m.get("ready", False) == ready:
+            return self._copy(s)  # type: ignore[return-value]
+        if ready:
+            m["ready"] = True
+        else:
+            del m["ready"]
+        self._touch(s, now)
+        s["active"] = now
+        saved = self._save(s)
+        self._event(s, {"e": "player_ready", "player_id": player_id, "ready": ready}, saved)
+        return json.loads(saved)  # type: ignore[no-any-return]
+
+    async def send_chat(
+        self, session_id: str, player_id: str, text: str, now: int
+    ) -> dict[str, Any]:
+        s = self._load(session_id)
+        m = self._find(s, player_id)
+        if m is None:
+            raise_script_error("NOT_IN_SESSION")
+        assert m is not None
+        senders = self._chat_sent.setdefault(session_id, {})
+        recent = [t for t in senders.get(player_id, ()) if t > now - CHAT_WINDOW_MS]
+        if len(recent) >= CHAT_RATE:
+            raise_script_error(
+                "RATE_LIMITED", None, str(recent[len(recent) - CHAT_RATE] + CHAT_WINDOW_MS - now))
+        recent.append(now)
+        senders[player_id] = recent
+        seq = self._chat_seq[session_id] = self._chat_seq.get(session_id, 0) + 1
+        msg = {"seq": seq, "player_id": player_id, "name": m["name"], "text": text,
+               "sent_at": now / 1000}
+        text_json = _dump(msg)
+        log = self._chat.get(session_id)
+        if log is None:
+            log = self._chat[session_id] = deque(maxlen=CHAT_KEEP)
+        log.append(text_json)
+        self._publish(session_id, '{"e":"chat_message","sid":' + _dump(session_id)
+                      + ',"m":' + text_json + "}")
+        return msg
+
+    async def chat_history(self, session_id: str, player_id: str) -> list[dict[str, Any]]:
+        if self._find(self._load(session_id), player_id) is None:
+            raise_script_error("NOT_IN_SESSION")
+        return [json.loads(t) for t in self._chat.get(session_id, ())]
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         return self._copy(self._load(session_id))

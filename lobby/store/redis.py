@@ -20,6 +20,9 @@ from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
 from lobby.session import PasswordHash, SessionRecord
 from lobby.store.base import (
+    CHAT_KEEP,
+    CHAT_RATE,
+    CHAT_WINDOW_MS,
     Change,
     LiveClient,
     PasswordRequired,
@@ -34,6 +37,7 @@ _SCRIPTS = (
     "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
     "finish_start", "fail_start", "in_progress", "complete", "sweep", "list",
     "restore", "rebind", "by_server", "update", "promote", "update_player",
+    "set_ready", "chat", "chat_history",
 )
 
 
@@ -45,7 +49,16 @@ def _indexed_arg(indexed: tuple[str, ...] | None) -> str:
     return "*" if indexed is None else json.dumps(list(indexed))
 
 
-def raise_script_error(code: str, target: str | None = None) -> None:
+def raise_script_error(code: str, target: str | None = None, detail: str | None = None) -> None:
+    if code == "NOT_READY":
+        raise LobbyError(ErrorCode.NOT_READY, f"not ready: {detail}")
+    if code == "NOT_ENOUGH_PLAYERS":
+        raise LobbyError(ErrorCode.NOT_ENOUGH_PLAYERS,
+                         f"this session needs at least {detail} players to start")
+    if code == "RATE_LIMITED" and detail is not None:
+        raise LobbyError(ErrorCode.RATE_LIMITED,
+                         f"{CHAT_RATE} chat messages per {CHAT_WINDOW_MS // 1000} s at most: "
+                         f"wait {int(detail) / 1000:.1f} s")
     if code == "PLAYER_NOT_IN_SESSION":
         raise LobbyError(ErrorCode.NOT_IN_SESSION, f"player {target} is not in your session")
     if code == "BAD_REQUEST":
@@ -93,16 +106,22 @@ class RedisStore:
     async def close(self) -> None:
         await self.redis.aclose()
 
-    async def _run(self, name: str, *args: Any, now: int) -> Any:
+    async def _run(self, name: str, *args: Any, now: int, keys: tuple[str, ...] = ()) -> Any:
         # redis-py's Script falls back from EVALSHA to EVAL on NOSCRIPT, which is
         # what a restarted (emptied) Redis answers.
-        return await self._scripts[name](args=[self.prefix, now, *args])
+        return await self._scripts[name](keys=list(keys), args=[self.prefix, now, *args])
 
     async def _run_session(self, name: str, *args: Any, now: int) -> SessionRecord | None:
         res = await self._run(name, *args, now=now)
         if res[0] == b"ERR":
-            raise_script_error(res[1].decode(), args[1] if len(args) > 1 else None)
+            raise_script_error(res[1].decode(), args[1] if len(args) > 1 else None,
+                               res[2].decode() if len(res) > 2 else None)
         return json.loads(res[1]) if res[1] else None
+
+    def _session_keys(self, session_id: str) -> tuple[str, str, str]:
+        """The session's record, chat log and chat meta keys (as in prelude.lua)."""
+        p = self.prefix
+        return f"{p}s:{session_id}", f"{p}c:{session_id}", f"{p}cm:{session_id}"
 
     # players -----------------------------------------------------------------
     async def new_player(
@@ -120,23 +139,27 @@ class RedisStore:
             return None
         p = json.loads(res[1])
         session = json.loads(res[2]) if len(res) > 2 and res[2] else None
-        return ResumeResult(PlayerInfo(p["id"], p["name"], p.get("sid")), session)
+        reconnected = len(res) > 3 and int(res[3]) == 1
+        return ResumeResult(PlayerInfo(p["id"], p["name"], p.get("sid")), session, reconnected)
 
-    async def disconnect(self, player_id: str, conn: str, now: int, hold_ms: int) -> None:
-        await self._run("disconnect", player_id, conn, hold_ms, now=now)
+    async def disconnect(
+        self, player_id: str, conn: str, now: int, hold_ms: int
+    ) -> SessionRecord | None:
+        res = await self._run("disconnect", player_id, conn, hold_ms, now=now)
+        return json.loads(res[1]) if res[0] == b"OK" else None
 
     # sessions ----------------------------------------------------------------
     async def create_session(
         self, player_id: str, session_id: str, name: str, max_players: int,
         pw: PasswordHash | None, now: int, *, attributes: dict[str, Any] | None = None,
         visibility: str = "public", codes: list[str] | None = None,
-        indexed: tuple[str, ...] | None = None,
+        indexed: tuple[str, ...] | None = None, start_rule: str = "host", min_players: int = 1,
     ) -> SessionRecord:
         pw_json = json.dumps(pw) if pw else ""
         rec = await self._run_session(
             "create", player_id, session_id, name, max_players, pw_json,
             json.dumps(attributes or {}), visibility, json.dumps(codes or new_join_codes()),
-            _indexed_arg(indexed), now=now,
+            _indexed_arg(indexed), start_rule, min_players, now=now,
         )
         assert rec is not None
         return rec
@@ -217,6 +240,30 @@ class RedisStore:
         return await self._run_session(
             "fail_start", session_id, code, message, hold_ms, now=now
         )
+
+    async def set_ready(self, player_id: str, ready: bool, now: int) -> SessionRecord:
+        rec = await self._run_session("set_ready", player_id, "1" if ready else "0", now=now)
+        assert rec is not None
+        return rec
+
+    async def send_chat(
+        self, session_id: str, player_id: str, text: str, now: int
+    ) -> dict[str, Any]:
+        res = await self._run(
+            "chat", player_id, text, CHAT_WINDOW_MS, CHAT_RATE, CHAT_KEEP,
+            now=now, keys=self._session_keys(session_id),
+        )
+        if res[0] == b"ERR":
+            raise_script_error(res[1].decode(), None, res[2].decode() if len(res) > 2 else None)
+        return json.loads(res[1])  # type: ignore[no-any-return]
+
+    async def chat_history(self, session_id: str, player_id: str) -> list[dict[str, Any]]:
+        res = await self._run(
+            "chat_history", player_id, now=0, keys=self._session_keys(session_id)[:2]
+        )
+        if res[0] == b"ERR":
+            raise_script_error(res[1].decode())
+        return [json.loads(raw) for raw in res[1]]
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         raw = await self.redis.get(f"{self.prefix}s:{session_id}")

@@ -1,6 +1,7 @@
 -- ARGV: 3 player_id, 4 session_id, 5 name, 6 max_players, 7 password hash JSON or '',
 -- 8 attributes JSON, 9 visibility, 10 JSON list of candidate join codes,
--- 11 indexed attribute keys (JSON list, or '*' for all)
+-- 11 indexed attribute keys (JSON list, or '*' for all), 12 start rule ('' for host),
+-- 13 min players ('' for 1)
 local pid, sid = ARGV[3], ARGV[4]
 local p = load(pkey(pid))
 if not p then return fail('NOT_AUTHENTICATED') end
@@ -26,6 +27,9 @@ local s = {
   created = NOW, updated = NOW, active = NOW,
   attrs = cjson.decode(ARGV[8]), vis = ARGV[9], locked = false, code = code, bans = {}, ix = {},
 }
+-- Defaults are left out of the record, as in records written before they existed.
+if ARGV[12] ~= '' and ARGV[12] ~= 'host' then s.rule = ARGV[12] end
+if ARGV[13] ~= '' and tonumber(ARGV[13]) > 1 then s.minp = tonumber(ARGV[13]) end
 redis.call('HSET', CODES, code, sid)
 reindex(s, ARGV[11])
 save(skey(sid), s)

@@ -3,11 +3,17 @@ local s = load(skey(ARGV[3]))
 if not s or s.state ~= 'CONNECTING' or s.server_id ~= NULL then return {'OK', false} end
 change_state(s, 'WAITING')
 s.started = NULL
-save(skey(s.id), s)
--- Back in the waiting room, players who dropped meanwhile get their hold again.
+local hold = tonumber(ARGV[6])
 for _, m in ipairs(s.members) do
+  -- A failed start asks everyone to confirm again.
+  m.ready = nil
+  -- Back in the waiting room, players who dropped meanwhile get their hold again.
   local mp = load(pkey(m.id))
-  if mp and mp.conn == '' then redis.call('ZADD', HOLDS, NOW + tonumber(ARGV[6]), m.id) end
+  if mp and mp.conn == '' then
+    redis.call('ZADD', HOLDS, NOW + hold, m.id)
+    m.off = NOW + hold
+  end
 end
+save(skey(s.id), s)
 publish(s, {e = 'session_start_failed', error = {code = ARGV[4], message = ARGV[5]}})
 return ok(s)

@@ -26,6 +26,11 @@ local function skey(sid) return P .. 's:' .. sid end
 local function pkey(pid) return P .. 'p:' .. pid end
 -- An equality index: the listed sessions (by seq) whose attribute has one value.
 local function ixkey(token) return P .. 'ix:' .. token end
+-- A session's chat lives beside its record, under keys derived from its id, and
+-- goes with it: the log (a list of message JSON texts, oldest first) and a hash
+-- of the message counter ('seq') and each sender's recent send times ('r:' .. pid).
+local function chatkey(sid) return P .. 'c:' .. sid end
+local function chatmetakey(sid) return P .. 'cm:' .. sid end
 
 local function load(key)
   local raw = redis.call('GET', key)
@@ -159,7 +164,7 @@ local function member_index(s, pid)
 end
 
 local function delete_session(s)
-  redis.call('DEL', skey(s.id))
+  redis.call('DEL', skey(s.id), chatkey(s.id), chatmetakey(s.id))
   unindex(s)
   redis.call('ZREM', DEADLINES, s.id)
   if type(s.code) == 'string' and redis.call('HGET', CODES, s.code) == s.id then

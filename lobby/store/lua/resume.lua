@@ -15,5 +15,20 @@ if old ~= '' and old ~= conn then
   end
 end
 local raw = false
-if p.sid then raw = redis.call('GET', skey(p.sid)) end
-return {'OK', cjson.encode(p), raw}
+local back = 0
+if p.sid then
+  local s = load(skey(p.sid))
+  local i = s and member_index(s, pid)
+  if i and s.members[i].off then
+    -- The seat was held: the others learn that its player is back.
+    s.members[i].off = nil
+    touch(s)
+    raw = cjson.encode(s)
+    redis.call('SET', skey(s.id), raw)
+    publish(s, {e = 'player_reconnected', player_id = pid})
+    back = 1
+  else
+    raw = redis.call('GET', skey(p.sid))
+  end
+end
+return {'OK', cjson.encode(p), raw, back}
