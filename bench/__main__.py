@@ -1,6 +1,6 @@
 """python -m bench <scenario> [options]: run one load scenario against local lobby nodes.
 
-Scenarios: fill, churn, list, storm, cross-node. Each run starts its own lobby
+Scenarios: fill, churn, list, storm, cross-node, chat. Each run starts its own lobby
 node(s) (and, with --mode redis, its own redis-server), drives them from
 --drivers processes over 127.0.0.1, prints a table and writes
 bench/results/<scenario>-<mode>-<timestamp>.json.
@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import churn, fill, listing, storm
+from bench import chat, churn, fill, listing, storm
 from bench.common import DeadlineExceeded, Run
 from bench.driver import DriverError
 from bench.procs import StartError, raise_nofile, server_patches, server_source
@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocator", choices=("auto", "static", "fleetiq"), default="auto",
                    help="auto: FleetIQ via fleetiq-local when `lobby serve` has "
                         "--fleetiq-group, else the static allocator")
+    p = sub.add_parser("chat", help="rooms of 8 chatting: send -> all 8 received latency")
+    _common(p)
+    p.add_argument("--rooms", type=int, default=250)
+    p.add_argument("--rate", type=lambda raw: [float(x) for x in raw.split(",") if x],
+                   default=[2.0], help="messages per second per room, in turn (comma list)")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per rate")
+    p.add_argument("--warmup", type=float, default=2.0)
     return parser
 
 
@@ -112,6 +119,7 @@ RUNNERS: dict[str, Callable[[Run], list[dict[str, Any]]]] = {
     "cross-node": lambda r: churn.run(r, cross_node=True),
     "list": listing.run,
     "storm": storm.run,
+    "chat": chat.run,
 }
 
 

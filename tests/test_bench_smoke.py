@@ -87,6 +87,16 @@ def test_cross_node_on_redis(tmp_path: Path) -> None:
     assert "node2_cpu_pct" in step["usage"]
 
 
+@needs_redis
+def test_chat_on_redis(tmp_path: Path) -> None:
+    doc = _run(tmp_path, "chat", "--mode", "redis", "--rooms", "4", "--rate", "2",
+               "--duration", "1", "--warmup", "0.2")
+    step = doc["steps"][0]
+    assert step["errors"] == {}
+    assert step["fanout_latency_ms"]["n"] == step["messages"] > 0
+    assert step["redis_per_message"]["round_trips_per_op"] > 0
+
+
 def test_summarize_collapsed() -> None:
     text = ("process 1:main (a.py);f (a.py);g (b.py) 3\nprocess 1:main (a.py);f (a.py) 1\n"
             "main (a.py);EpollSelector.select (selectors.py) 5\n"

@@ -6,6 +6,7 @@ every test runs against MemoryStore and RedisStore, clocks are explicit numbers.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,11 +25,20 @@ from tests.test_store_conformance import (
     ids,
     open_harness,
     outcome,
-    store,  # noqa: F401  (fixture)
     summary,
     sweep,
     tokh,
 )
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    harness = await open_harness(request.param, request)
+    try:
+        yield harness
+    finally:
+        await harness.close()
+
 
 # ready and start rules ---------------------------------------------------------
 
