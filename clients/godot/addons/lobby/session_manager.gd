@@ -29,6 +29,10 @@ signal session_closed(reason: String)
 signal kicked()
 signal session_updated(session: Dictionary)
 signal player_updated(player_id: String)
+signal player_ready(player_id: String, ready: bool)
+signal chat_message(message: Dictionary)
+signal player_disconnected(player_id: String, hold_until: float)
+signal player_reconnected(player_id: String)
 # Mirror.
 signal session_changed(session: Dictionary)
 signal event_received(event: Dictionary)
@@ -46,6 +50,8 @@ const CLOSE_REPLACED := 4001
 const INBOUND_BUFFER_BYTES := 4194304
 ## At most this many closed sockets are still polled to finish their close handshake.
 const MAX_CLOSING_SOCKETS := 4
+## The server keeps a session's last 50 chat messages; the mirror keeps as many.
+const CHAT_KEEP := 50
 
 ## Seconds a request waits for its reply before it completes with TIMEOUT.
 var request_timeout := 10.0
@@ -67,6 +73,11 @@ var player_id: String = ""
 var player_name: String = ""
 ## The mirrored session object of protocol.md; {} when in no session.
 var session: Dictionary = {}
+## The session's chat ({seq, player_id, name, text, sent_at}), oldest first, at most
+## CHAT_KEEP: from the create, join and resuming hello replies and chat_message events.
+var chat_log: Array = []
+## Player id -> Unix time at which a dropped member's held seat is given up.
+var hold_until: Dictionary = {}
 
 var _socket: WebSocketPeer = null
 var _socket_open := false
@@ -161,9 +172,15 @@ func hello(display_name := "") -> LobbyRequestScript:
 
 
 ## `max_players` 0 and `password` "" are left out (the server's defaults).
+## `start_rule` "" and `min_players` 0 too ("host" and 1).
 func create_session(session_name := "", max_players := 0, password := "",
-		attributes := {}, visibility := "") -> LobbyRequestScript:
+		attributes := {}, visibility := "", start_rule := "", min_players := 0
+		) -> LobbyRequestScript:
 	var fields := {}
+	if start_rule != "":
+		fields["start_rule"] = start_rule
+	if min_players > 0:
+		fields["min_players"] = min_players
 	if session_name != "":
 		fields["name"] = session_name
 	if max_players > 0:
@@ -246,6 +263,24 @@ func ping() -> LobbyRequestScript:
 	return _request("ping", {}, true)
 
 
+## Your ready flag in your (WAITING) session; everyone gets player_ready.
+func set_ready(value: bool) -> LobbyRequestScript:
+	return _request("set_ready", {"ready": value}, true)
+
+
+## 1-500 characters, newlines allowed; at most 5 per 5 s (else RATE_LIMITED).
+func send_chat(text: String) -> LobbyRequestScript:
+	return _request("send_chat", {"text": text}, true)
+
+
+## {messages}: the kept messages with seq > after_seq (0: all); they join chat_log.
+func chat_history(after_seq := 0) -> LobbyRequestScript:
+	var fields := {}
+	if after_seq > 0:
+		fields["after_seq"] = after_seq
+	return _request("chat_history", fields, true)
+
+
 ## Any request, for extensions of the protocol. `fields` must not hold "type" or "id".
 func send_request(type: String, fields := {}) -> LobbyRequestScript:
 	return _request(type, fields, type != "hello")
@@ -274,6 +309,52 @@ func members() -> Array:
 	if players is Array:
 		return players
 	return []
+
+
+## The member with that id ({player_id, name, ready, connected}), or {}.
+func member(id: String) -> Dictionary:
+	for player in members():
+		if player is Dictionary and _text(player, "player_id") == id:
+			return player
+	return {}
+
+
+func is_ready(id: String) -> bool:
+	return member(id).get("ready", false) == true
+
+
+## False while that member's socket is down and their seat held.
+func is_present(id: String) -> bool:
+	var found := member(id)
+	return not found.is_empty() and found.get("connected", true) != false
+
+
+## Seconds until a dropped member's seat is given up; 0 when not known or not held.
+func hold_seconds_left(id: String) -> float:
+	if not hold_until.has(id) or is_present(id):
+		return 0.0
+	return maxf(0.0, float(hold_until[id]) - Time.get_unix_time_from_system())
+
+
+## Names of the members who are not ready, in join order.
+func not_ready() -> Array:
+	var out := []
+	for player in members():
+		if player is Dictionary and player.get("ready", false) != true:
+			out.append(_text(player, "name"))
+	return out
+
+
+## Whether start_session would pass the session's start rule (min_players, and under
+## all_ready every member ready); whether you may start at all is is_host().
+func start_rule_met() -> bool:
+	if session_state() != "WAITING":
+		return false
+	if members().size() < _number(session.get("min_players", 1)):
+		return false
+	if _text(session, "start_rule") == "all_ready":
+		return not_ready().is_empty()
+	return true
 
 
 ## "WAITING", "CONNECTING", "IN_PROGRESS", or "" when in no session.
@@ -583,6 +664,9 @@ func _on_answer(type: String, msg: Dictionary, is_resume: bool) -> void:
 		"create_session", "join_session":
 			if snapshot is Dictionary:
 				_mirror(snapshot, true)
+				_take_chat(msg.get("chat"))
+		"chat_history":
+			_take_chat(msg.get("messages"))
 		"leave_session":
 			_clear_session()
 		_:
@@ -604,6 +688,7 @@ func _on_hello_ok(msg: Dictionary, is_resume: bool) -> void:
 	var lost := false
 	if snapshot is Dictionary and not snapshot.is_empty():
 		_mirror(snapshot, true)
+		_take_chat(msg.get("chat"))
 	elif in_session():
 		# Not resumed (token unknown or expired), or the session ended meanwhile.
 		_clear_session()
@@ -631,6 +716,7 @@ func _on_event(event: Dictionary) -> void:
 			player_joined.emit(_text(event, "player_id"), _text(event, "name"))
 		"player_left":
 			var who := _text(event, "player_id")
+			hold_until.erase(who)
 			if who != "" and who == player_id and current:
 				_clear_session()
 			else:
@@ -664,6 +750,27 @@ func _on_event(event: Dictionary) -> void:
 		"player_updated":
 			_mirror(snapshot, false)
 			player_updated.emit(_text(event, "player_id"))
+		"player_ready":
+			if current and in_session():
+				_mirror(snapshot, false)
+				player_ready.emit(_text(event, "player_id"), event.get("ready", false) == true)
+		"chat_message":
+			if current and in_session() and _add_chat(event):
+				chat_message.emit(chat_log[chat_log.size() - 1])
+		"player_disconnected":
+			if current and in_session():
+				_mirror(snapshot, false)
+				var dropped := _text(event, "player_id")
+				var deadline: Variant = event.get("hold_until")
+				if deadline is float or deadline is int:
+					hold_until[dropped] = float(deadline)
+				player_disconnected.emit(dropped, float(hold_until.get(dropped, 0.0)))
+		"player_reconnected":
+			if current and in_session():
+				_mirror(snapshot, false)
+				var back := _text(event, "player_id")
+				hold_until.erase(back)
+				player_reconnected.emit(back)
 	event_received.emit(event)
 
 
@@ -681,6 +788,9 @@ func _mirror(snapshot: Dictionary, any_id: bool) -> void:
 			return  # stale
 	elif not any_id:
 		return
+	else:
+		chat_log = []
+		hold_until = {}
 	session = snapshot
 	session_changed.emit(session)
 
@@ -689,7 +799,30 @@ func _clear_session() -> void:
 	if session.is_empty():
 		return
 	session = {}
+	chat_log = []
+	hold_until = {}
 	session_changed.emit(session)
+
+
+## The messages of a reply (chat, messages) newer than the log's last one.
+func _take_chat(messages: Variant) -> void:
+	if not messages is Array:
+		return
+	for message in messages:
+		if message is Dictionary:
+			_add_chat(message)
+
+
+func _add_chat(message: Dictionary) -> bool:
+	var seq := _number(message.get("seq"))
+	if not chat_log.is_empty() and seq <= _number(chat_log[chat_log.size() - 1].get("seq")):
+		return false
+	chat_log.append({"seq": seq, "player_id": _text(message, "player_id"),
+			"name": _text(message, "name"), "text": _text(message, "text"),
+			"sent_at": float(message.get("sent_at", 0.0))})
+	while chat_log.size() > CHAT_KEEP:
+		chat_log.pop_front()
+	return true
 
 
 ## Whether an event is about the mirrored session (or we mirror none).

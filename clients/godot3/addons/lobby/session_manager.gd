@@ -23,6 +23,10 @@ signal session_closed(reason)
 signal kicked()
 signal session_updated(session)
 signal player_updated(player_id)
+signal player_ready(player_id, ready)
+signal chat_message(message)
+signal player_disconnected(player_id, hold_until)
+signal player_reconnected(player_id)
 # mirror
 signal session_changed(session)
 signal event_received(event)
@@ -32,6 +36,7 @@ const LobbyRequestScript = preload("lobby_request.gd")
 const CLOSE_REPLACED := 4001
 const TOKEN_SECTION := "lobby"
 const TOKEN_KEY := "resume_token"
+const CHAT_KEEP := 50
 
 var request_timeout := 10.0
 var reconnect_base_delay := 0.5
@@ -44,6 +49,11 @@ var connection_state := "disconnected"
 var player_id := ""
 var player_name := ""
 var session := {}
+# The session's chat ({seq, player_id, name, text, sent_at}), oldest first, at
+# most CHAT_KEEP, filled from replies (create, join, resume) and chat_message.
+var chat_log := []
+# Player id -> Unix time at which a dropped member's held seat is given up.
+var hold_until := {}
 
 var _ws: WebSocketClient = null
 var _socket_open := false
@@ -239,8 +249,12 @@ func hello(display_name := "") -> Reference:
 
 
 func create_session(session_name := "", max_players := 0, password := "",
-		attributes := {}, visibility := "") -> Reference:
+		attributes := {}, visibility := "", start_rule := "", min_players := 0) -> Reference:
 	var fields := {}
+	if start_rule != "":
+		fields["start_rule"] = start_rule
+	if min_players > 0:
+		fields["min_players"] = min_players
 	if session_name != "":
 		fields["name"] = session_name
 	if max_players > 0:
@@ -315,6 +329,21 @@ func join_ticket() -> Reference:
 
 func ping() -> Reference:
 	return send_request("ping")
+
+
+func set_ready(value: bool) -> Reference:
+	return send_request("set_ready", {"ready": value})
+
+
+func send_chat(text: String) -> Reference:
+	return send_request("send_chat", {"text": text})
+
+
+func chat_history(after_seq := 0) -> Reference:
+	var fields := {}
+	if after_seq > 0:
+		fields["after_seq"] = after_seq
+	return send_request("chat_history", fields)
 
 
 func send_request(type: String, fields := {}) -> Reference:
@@ -402,6 +431,9 @@ func _apply_reply(type: String, reply: Dictionary, rid: int) -> void:
 			_on_hello(reply, rid == _resume_hello_id and rid != -1)
 		"create_session", "join_session":
 			_mirror(reply.get("session"), true)
+			_take_chat(reply.get("chat"))
+		"chat_history":
+			_take_chat(reply.get("messages"))
 		"start_session", "update_session":
 			_mirror(reply.get("session"), false)
 		"leave_session":
@@ -421,6 +453,7 @@ func _on_hello(reply: Dictionary, after_drop: bool) -> void:
 	var snapshot = reply.get("session")
 	if typeof(snapshot) == TYPE_DICTIONARY:
 		_mirror(snapshot, true)
+		_take_chat(reply.get("chat"))
 	elif had_session:
 		# The session ended (or the seat was lost) while the socket was down.
 		_clear_mirror()
@@ -444,11 +477,28 @@ func _on_event(event: Dictionary) -> void:
 	if typeof(event.get("session")) == TYPE_DICTIONARY:
 		_mirror(event["session"], false)
 	match type:
+		"chat_message":
+			if _add_chat(event):
+				emit_signal("chat_message", chat_log[chat_log.size() - 1])
+		"player_ready":
+			emit_signal("player_ready", str(event.get("player_id", "")),
+					bool(event.get("ready", false)))
+		"player_disconnected":
+			var dropped := str(event.get("player_id", ""))
+			var deadline = event.get("hold_until")
+			if typeof(deadline) == TYPE_REAL or typeof(deadline) == TYPE_INT:
+				hold_until[dropped] = float(deadline)
+			emit_signal("player_disconnected", dropped, float(hold_until.get(dropped, 0.0)))
+		"player_reconnected":
+			var back := str(event.get("player_id", ""))
+			hold_until.erase(back)
+			emit_signal("player_reconnected", back)
 		"player_joined":
 			emit_signal("player_joined", str(event.get("player_id", "")),
 					str(event.get("name", "")))
 		"player_left":
 			var who := str(event.get("player_id", ""))
+			hold_until.erase(who)
 			if who == player_id:
 				_clear_mirror()
 			emit_signal("player_left", who, str(event.get("reason", "")))
@@ -490,6 +540,9 @@ func _mirror(snapshot, replace: bool) -> void:
 		return
 	if not same and not replace and not session.empty():
 		return
+	if not same:
+		chat_log = []
+		hold_until = {}
 	session = snapshot
 	emit_signal("session_changed", session)
 
@@ -498,7 +551,73 @@ func _clear_mirror() -> void:
 	if session.empty():
 		return
 	session = {}
+	chat_log = []
+	hold_until = {}
 	emit_signal("session_changed", session)
+
+
+# Messages of a reply (chat, messages): the ones newer than the log's last.
+func _take_chat(messages) -> void:
+	if typeof(messages) != TYPE_ARRAY:
+		return
+	for message in messages:
+		if typeof(message) == TYPE_DICTIONARY:
+			_add_chat(message)
+
+
+func _add_chat(message: Dictionary) -> bool:
+	var seq := int(message.get("seq", 0))
+	if not chat_log.empty() and seq <= int(chat_log[chat_log.size() - 1]["seq"]):
+		return false
+	chat_log.append({"seq": seq, "player_id": str(message.get("player_id", "")),
+			"name": str(message.get("name", "")), "text": str(message.get("text", "")),
+			"sent_at": float(message.get("sent_at", 0.0))})
+	while chat_log.size() > CHAT_KEEP:
+		chat_log.pop_front()
+	return true
+
+
+func member(id: String) -> Dictionary:
+	for player in members():
+		if str(player.get("player_id", "")) == id:
+			return player
+	return {}
+
+
+func is_ready(id: String) -> bool:
+	return bool(member(id).get("ready", false))
+
+
+func is_present(id: String) -> bool:
+	return bool(member(id).get("connected", true)) and not member(id).empty()
+
+
+# Seconds until a dropped member's seat is given up; 0 when not known or not held.
+func hold_seconds_left(id: String) -> float:
+	if not hold_until.has(id) or is_present(id):
+		return 0.0
+	return max(0.0, float(hold_until[id]) - OS.get_unix_time())
+
+
+# Names of the members who are not ready, in join order.
+func not_ready() -> Array:
+	var out := []
+	for player in members():
+		if not bool(player.get("ready", false)):
+			out.append(str(player.get("name", "")))
+	return out
+
+
+# Whether start_session would pass the session's start rule (min_players, and
+# under all_ready every member ready); the host check is is_host().
+func start_rule_met() -> bool:
+	if not in_session() or session_state() != "WAITING":
+		return false
+	if members().size() < int(session.get("min_players", 1)):
+		return false
+	if str(session.get("start_rule", "host")) == "all_ready":
+		return not_ready().empty()
+	return true
 
 
 func in_session() -> bool:

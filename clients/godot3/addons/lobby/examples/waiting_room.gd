@@ -1,12 +1,18 @@
-# Waiting room: the live member list (host marked), the host's Start and Kick,
-# Leave, and why a start failed. It only reads SessionManager.session, which
-# the SessionManager keeps current from replies and events.
+# Waiting room: the live member list (host marked, dropped players greyed with
+# their seat-hold countdown), a ready checkbox per player (yours to tick), the
+# host's Start (enabled only while the session's start rule holds) and Kick,
+# Leave, a chat box, and why a start failed. It only reads SessionManager's
+# mirror (session, chat_log, hold_until), which replies and events keep current.
 extends Control
 
 signal left()
 signal game_starting(server_endpoint)
 
+const DROPPED_COLOR := Color(0.5, 0.5, 0.5)
+
 var session_manager: Node = null
+var _shown_chat := 0  # seq of the last chat line in ChatLog
+var _countdown := 0.0
 
 
 func _ready() -> void:
@@ -15,12 +21,26 @@ func _ready() -> void:
 	$Box/Buttons/StartButton.connect("pressed", self, "_on_start_pressed")
 	$Box/Buttons/KickButton.connect("pressed", self, "_on_kick_pressed")
 	$Box/Buttons/LeaveButton.connect("pressed", self, "_on_leave_pressed")
+	$Box/ChatRow/SendButton.connect("pressed", self, "_on_send_pressed")
+	$Box/ChatRow/ChatEdit.connect("text_entered", self, "_on_chat_entered")
 	session_manager.connect("session_changed", self, "_on_session_changed")
 	session_manager.connect("session_started", self, "_on_session_started")
 	session_manager.connect("session_start_failed", self, "_on_start_failed")
 	session_manager.connect("kicked", self, "_on_removed", ["You were kicked"])
 	session_manager.connect("session_closed", self, "_on_closed")
+	session_manager.connect("chat_message", self, "_on_chat_message")
+	session_manager.connect("player_disconnected", self, "_on_presence")
+	session_manager.connect("player_reconnected", self, "_on_presence", [0.0])
 	refresh()
+
+
+# The hold countdowns tick once a second.
+func _process(delta: float) -> void:
+	_countdown += delta
+	if _countdown >= 1.0:
+		_countdown = 0.0
+		if not session_manager.hold_until.empty():
+			refresh()
 
 
 func refresh() -> void:
@@ -29,27 +49,125 @@ func refresh() -> void:
 	list.clear()
 	$Box/Title.text = str(session.get("name", "Not in a game"))
 	for player in session_manager.members():
+		var id: String = player["player_id"]
 		var line: String = player["name"]
-		if player["player_id"] == session.get("host_id"):
+		if id == session.get("host_id"):
 			line += " (host)"
-		if player["player_id"] == session_manager.player_id:
+		if id == session_manager.player_id:
 			line += " (you)"
+		var present: bool = session_manager.is_present(id)
+		if not present:
+			line += " (disconnected"
+			var left_s: float = session_manager.hold_seconds_left(id)
+			if left_s > 0.0:
+				line += ", %d s" % int(ceil(left_s))
+			line += ")"
 		list.add_item(line)
-		list.set_item_metadata(list.get_item_count() - 1, player["player_id"])
+		var index := list.get_item_count() - 1
+		list.set_item_metadata(index, id)
+		if not present:
+			list.set_item_custom_fg_color(index, DROPPED_COLOR)
+	_refresh_ready()
+	_refresh_chat()
 	var host: bool = session_manager.is_host()
 	var waiting: bool = session_manager.session_state() == "WAITING"
 	$Box/Buttons/StartButton.visible = host
 	$Box/Buttons/KickButton.visible = host
-	$Box/Buttons/StartButton.disabled = not waiting
+	$Box/Buttons/StartButton.disabled = not session_manager.start_rule_met()
 	$Box/Buttons/KickButton.disabled = not waiting
 	var status: String = session_manager.session_state()
 	if session_manager.server_endpoint() != "":
 		status += " server " + session_manager.server_endpoint()
+	elif waiting and str(session.get("start_rule", "host")) == "all_ready":
+		var missing: Array = session_manager.not_ready()
+		if not missing.empty():
+			status += " (not ready: %s)" % PoolStringArray(missing).join(", ")
 	$Box/StatusLabel.text = status
+
+
+# One checkbox per member: ticked when ready; only yours can be changed, and
+# only while the room waits.
+func _refresh_ready() -> void:
+	var box: VBoxContainer = $Box/ReadyBox
+	var players: Array = session_manager.members()
+	while box.get_child_count() > players.size():
+		var extra: Node = box.get_child(box.get_child_count() - 1)
+		box.remove_child(extra)
+		extra.queue_free()
+	while box.get_child_count() < players.size():
+		var check := CheckBox.new()
+		check.connect("toggled", self, "_on_ready_toggled", [check])
+		box.add_child(check)
+	var waiting: bool = session_manager.session_state() == "WAITING"
+	for i in range(players.size()):
+		var check: CheckBox = box.get_child(i)
+		var id: String = players[i]["player_id"]
+		check.set_meta("player_id", id)
+		check.text = players[i]["name"]
+		check.set_block_signals(true)
+		check.pressed = bool(players[i].get("ready", false))
+		check.set_block_signals(false)
+		check.disabled = id != session_manager.player_id or not waiting
+		check.modulate = Color(1, 1, 1) if session_manager.is_present(id) else DROPPED_COLOR
+
+
+func _refresh_chat() -> void:
+	var log_view: TextEdit = $Box/ChatLog
+	var messages: Array = session_manager.chat_log
+	if messages.empty():
+		if _shown_chat != 0:
+			log_view.text = ""
+			_shown_chat = 0
+		return
+	var first := int(messages[0]["seq"])
+	if _shown_chat != 0 and _shown_chat < first - 1:
+		log_view.text = ""  # a different session, or lines we never had
+		_shown_chat = 0
+	for message in messages:
+		if int(message["seq"]) > _shown_chat:
+			if log_view.text != "":
+				log_view.text += "\n"
+			log_view.text += "%s: %s" % [message["name"], message["text"]]
+			_shown_chat = int(message["seq"])
+	log_view.cursor_set_line(log_view.get_line_count() - 1)
 
 
 func _on_session_changed(_session: Dictionary) -> void:
 	refresh()
+
+
+func _on_chat_message(_message: Dictionary) -> void:
+	_refresh_chat()
+
+
+func _on_presence(_player_id: String, _hold_until: float) -> void:
+	refresh()
+
+
+func _on_ready_toggled(pressed: bool, check: CheckBox) -> void:
+	if str(check.get_meta("player_id")) != session_manager.player_id:
+		return
+	var reply = yield(session_manager.set_ready(pressed), "completed")
+	if not reply.get("ok", false):
+		_show_error(reply)
+	refresh()
+
+
+func _on_send_pressed() -> void:
+	_send_chat($Box/ChatRow/ChatEdit.text)
+
+
+func _on_chat_entered(text: String) -> void:
+	_send_chat(text)
+
+
+func _send_chat(text: String) -> void:
+	if text.strip_edges() == "":
+		return
+	$Box/ChatRow/ChatEdit.text = ""
+	var reply = yield(session_manager.send_chat(text), "completed")
+	if not reply.get("ok", false):
+		_show_error(reply)
 
 
 func _on_start_pressed() -> void:
