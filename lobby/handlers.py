@@ -195,7 +195,7 @@ class Lobby:
         client.name = name
         client.token_hash = token_hash(resume_token)
         return {"player_id": player_id, "name": name, "resume_token": resume_token,
-                "resumed": False, "session": None}, None
+                "resumed": False, "session": None, "chat": []}, None
 
     async def _resume(self, client: Client, resume_token: str) -> Result | None:
         player_id = resume_token.split(".", 1)[0]

@@ -40,6 +40,19 @@ class Player(_Frame):
     name: str
     attributes: dict[str, AttributeValue] = Field(
         description="the player's own attributes (update_player), at most 8")
+    ready: bool = Field(description="the player's ready flag (set_ready); false on join")
+    connected: bool = Field(
+        description="false while the player's socket is down and their seat held")
+
+
+class ChatMessage(_Frame):
+    """A kept chat message (the chat of replies, chat_history's messages)."""
+
+    seq: int = Field(ge=1, description="grows by 1 with each message of the session")
+    player_id: str
+    name: str = Field(description="the sender's name when sent")
+    text: str = Field(description="1-500 characters, may span lines")
+    sent_at: float = Field(description="Unix time in seconds, with milliseconds")
 
 
 class Session(_Frame):
@@ -66,6 +79,9 @@ class Session(_Frame):
     locked: bool = Field(description="true: nobody can join, and the room is not listed")
     join_code: str | None = Field(
         description="6 characters to share; shown only to members (null for anyone else)")
+    start_rule: Literal["host", "all_ready"] = Field(
+        description="host: the host starts when they like; all_ready: once every member is ready")
+    min_players: int = Field(ge=1, description="members needed to start")
 
 
 class ErrorBody(_Frame):
@@ -97,11 +113,13 @@ class HelloReply(_Reply):
     resume_token: str = Field(description="a secret: keep it to resume, never show it")
     resumed: bool
     session: Session | None = Field(description="the player's session when resumed into one")
+    chat: list[ChatMessage] = Field(description="the session's kept chat when resumed into one")
 
 
 class CreateSessionReply(_Reply):
     type: Literal["create_session"]
     session: Session
+    chat: list[ChatMessage] = Field(description="always empty: a new session")
 
 
 class ListSessionsReply(_Reply):
@@ -113,6 +131,7 @@ class ListSessionsReply(_Reply):
 class JoinSessionReply(_Reply):
     type: Literal["join_session"]
     session: Session
+    chat: list[ChatMessage] = Field(description="the session's kept chat, oldest first")
 
 
 class LeaveSessionReply(_Reply):
@@ -150,12 +169,24 @@ class UpdatePlayerReply(_Reply):
 
 class PromotePlayerReply(_Reply):
     type: Literal["promote_player"]
+class SetReadyReply(_Reply):
+    type: Literal["set_ready"]
+
+
+class SendChatReply(_Reply):
+    type: Literal["send_chat"]
+
+
+class ChatHistoryReply(_Reply):
+    type: Literal["chat_history"]
+    messages: list[ChatMessage] = Field(description="kept messages after after_seq, oldest first")
 
 
 REPLY_MODELS: tuple[type[_Reply], ...] = (
     HelloReply, CreateSessionReply, ListSessionsReply, JoinSessionReply, LeaveSessionReply,
     KickPlayerReply, StartSessionReply, JoinTicketReply, PingReply,
     UpdateSessionReply, UpdatePlayerReply, PromotePlayerReply,
+    SetReadyReply, SendChatReply, ChatHistoryReply,
 )
 
 
@@ -226,10 +257,44 @@ class PlayerUpdatedEvent(_Event):
     session: Session
 
 
+class PlayerReadyEvent(_Event):
+    type: Literal["player_ready"]
+    player_id: str
+    ready: bool
+    session: Session
+
+
+class ChatMessageEvent(_Event):
+    """A member said something; the session did not change, so no session object."""
+
+    type: Literal["chat_message"]
+    seq: int = Field(ge=1)
+    player_id: str
+    name: str
+    text: str
+    sent_at: float
+
+
+class PlayerDisconnectedEvent(_Event):
+    type: Literal["player_disconnected"]
+    player_id: str
+    hold_until: float | None = Field(
+        description="Unix seconds when the held seat is given up; null: held for the "
+                    "session's life (a started session)")
+    session: Session
+
+
+class PlayerReconnectedEvent(_Event):
+    type: Literal["player_reconnected"]
+    player_id: str
+    session: Session
+
+
 EVENT_MODELS: tuple[type[_Event], ...] = (
     PlayerJoinedEvent, PlayerLeftEvent, HostChangedEvent, SessionStartedEvent,
     SessionStartFailedEvent, SessionInProgressEvent, SessionClosedEvent, KickedEvent,
     SessionUpdatedEvent, PlayerUpdatedEvent,
+    PlayerReadyEvent, ChatMessageEvent, PlayerDisconnectedEvent, PlayerReconnectedEvent,
 )
 
 

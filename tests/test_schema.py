@@ -203,10 +203,11 @@ def test_readme_wscat_transcript_validates() -> None:
 SESSION = {
     "session_id": "s", "name": "n", "host_id": "p_a", "session_state": "WAITING",
     "player_count": 1, "max_players": 4, "connected_players": ["p_a"],
-    "players": [{"player_id": "p_a", "name": "alice", "attributes": {}}], "has_password": False,
+    "players": [{"player_id": "p_a", "name": "alice", "attributes": {}, "ready": False,
+                 "connected": True}], "has_password": False,
     "server_id": None, "server_endpoint": None, "created_at": 1.5, "version": 1,
     "attributes": {"mode": "ctf", "skill": 2.5, "ranked": True}, "visibility": "public",
-    "locked": False, "join_code": None,
+    "locked": False, "join_code": None, "start_rule": "host", "min_players": 1,
 }
 
 
@@ -238,4 +239,5 @@ def test_frame_check_accepts_real_shapes() -> None:
     check_server_frame({"type": "error", "id": None, "ok": False,
                         "error": {"code": "BAD_REQUEST", "message": "frame is not a JSON object"}})
     check_server_frame({"type": "hello", "id": "a", "ok": True, "player_id": "p", "name": "x",
-                        "resume_token": "p.t", "resumed": True, "session": SESSION})
+                        "resume_token": "p.t", "resumed": True, "session": SESSION,
+                        "chat": []})
