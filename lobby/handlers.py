@@ -386,6 +386,10 @@ class Lobby:
             changes["vis"] = req.visibility
         if req.locked is not None:
             changes["locked"] = req.locked
+        if req.start_rule is not None:
+            changes["rule"] = req.start_rule
+        if req.min_players is not None:
+            changes["minp"] = req.min_players
         rec = await self.store.update_session(
             client.player_id, changes, now_ms(), indexed=self.settings.indexed_attributes,
             attribute_limit=p.MAX_SESSION_ATTRIBUTES)

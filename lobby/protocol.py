@@ -235,7 +235,7 @@ class CreateSession(_Request):
     attributes: SessionAttributes | None = None
     visibility: Visibility | None = None
     start_rule: Literal["host", "all_ready"] | None = None
-    min_players: int | None = Field(default=None, ge=1, le=1_000)
+    min_players: Int | None = Field(default=None, ge=1, le=1_000)
 
 
 class ListSessions(_Request):
@@ -279,6 +279,8 @@ class UpdateSession(_Request):
     attributes: SessionAttributeUpdate | None = None
     visibility: Visibility | None = None
     locked: bool | None = None
+    start_rule: Literal["host", "all_ready"] | None = None
+    min_players: Int | None = Field(default=None, ge=1, le=1_000)
 
 
 class UpdatePlayer(_Request):
@@ -326,8 +328,7 @@ REQUEST_TYPES: tuple[str, ...] = (
     "hello", "create_session", "list_sessions", "join_session", "leave_session",
     "start_session", "kick_player", "ping", "join_ticket",
     "update_session", "update_player", "promote_player",
-    "start_session", "kick_player", "ping", "join_ticket", "set_ready", "send_chat",
-    "chat_history",
+    "set_ready", "send_chat", "chat_history",
 )
 EVENT_TYPES: tuple[str, ...] = (
     "player_joined", "player_left", "host_changed", "session_started",

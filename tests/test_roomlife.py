@@ -74,6 +74,15 @@ async def test_a_failed_start_resets_ready_flags(make_mode_node, connect_player)
     assert players(failed["session"]) == [("alice", False, True), ("bob", False, True)]
     await host.error("start_session", "NOT_READY")
     outsider = await connect_player(node, "carol")
+    # Settings changes reset the flags too, and can change the rule.
+    await guest.ok("set_ready", ready=True)
+    await guest.event("player_ready")
+    await host.error("update_session", "BAD_REQUEST", min_players=3, max_players=2)
+    updated = await host.ok("update_session", start_rule="host", min_players=2)
+    assert (updated["session"]["start_rule"], updated["session"]["min_players"]) == ("host", 2)
+    assert players(updated["session"]) == [("alice", False, True), ("bob", False, True)]
+    ev = await guest.event("session_updated")
+    assert players(ev["session"]) == [("alice", False, True), ("bob", False, True)]
     await outsider.error("set_ready", "NOT_IN_SESSION", ready=True)
 
 

@@ -125,6 +125,34 @@ async def test_start_rules(store: Harness) -> None:
     await h.drain()
 
 
+async def test_update_session_sets_the_rule_and_resets_ready_flags(store: Harness) -> None:
+    h = store
+    await add_players(h, "alice", "bob")
+    await h.store.create_session("alice", "s1", "", 4, None, T0, start_rule="all_ready")
+    await h.store.join_session("bob", "s1", None, T0 + 1)
+    await h.store.set_ready("alice", True, T0 + 2)
+    await h.store.set_ready("bob", True, T0 + 3)
+    rec = await h.store.update_session("alice", {"name": "renamed"}, T0 + 4)
+    # New settings: everyone confirms again.
+    assert all("ready" not in m for m in rec["members"]) and rec["rule"] == "all_ready"
+    err = await fails(ErrorCode.NOT_READY, h.store.begin_start("alice", T0 + 5))
+    assert err.message == "not ready: Alice, Bob"
+
+    rec = await h.store.update_session("alice", {"rule": "host", "minp": 3}, T0 + 6)
+    assert "rule" not in rec and rec["minp"] == 3
+    await fails(ErrorCode.NOT_ENOUGH_PLAYERS, h.store.begin_start("alice", T0 + 7))
+    await fails(ErrorCode.BAD_REQUEST, h.store.update_session("alice", {"minp": 5}, T0 + 8))
+    await fails(ErrorCode.BAD_REQUEST,
+                h.store.update_session("alice", {"max": 2, "minp": 3}, T0 + 8))
+    rec = await h.store.update_session("alice", {"minp": 1, "max": 2}, T0 + 9)
+    assert "minp" not in rec and rec["max"] == 2
+    assert (await h.store.begin_start("alice", T0 + 10))["state"] == "CONNECTING"
+    events = await h.drain(6)
+    assert [ev["e"] for _, ev in events] == [
+        "player_joined", "player_ready", "player_ready", "session_updated", "session_updated",
+        "session_updated"]
+
+
 # presence --------------------------------------------------------------------
 
 
@@ -272,8 +300,8 @@ async def roomlife_run(h: Harness) -> list[Any]:
     for pid, pname in {"zoe": "Zoë 🎮", "li": "李", "max": "Max \"the\" /Ω\\"}.items():
         trace.append(await s.new_player(pid, pname, tokh(pid), conn(pid), T0))
     steps = [
-        s.create_session("zoe", "s1", "", 3, None, T0 + 1, start_rule="all_ready",
-                         min_players=2),
+        s.create_session("zoe", "s1", "", 3, None, T0 + 1, codes=["ZZZZZZ"],
+                         start_rule="all_ready", min_players=2),
         s.begin_start("zoe", T0 + 2),
         s.join_session("li", "s1", None, T0 + 3),
         s.set_ready("li", True, T0 + 4),

@@ -458,6 +458,8 @@ class MemoryStore:
         s = self._hosted_waiting_session(host_id, now)
         if "max" in changes and changes["max"] < len(s["members"]):
             raise_script_error("MAX_BELOW_COUNT")
+        if changes.get("minp", s.get("minp", 1)) > changes.get("max", s["max"]):
+            raise_script_error("MIN_ABOVE_MAX")
         if "attrs" in changes:
             merged = merge_attrs(s.get("attrs"), changes["attrs"], attribute_limit)
             if merged is None:
@@ -466,6 +468,20 @@ class MemoryStore:
         for field in ("name", "max", "pw", "vis", "locked"):
             if field in changes:
                 s[field] = changes[field]
+        # Defaults are left out of the record, as create does.
+        if "rule" in changes:
+            if changes["rule"] == "host":
+                s.pop("rule", None)
+            else:
+                s["rule"] = changes["rule"]
+        if "minp" in changes:
+            if changes["minp"] > 1:
+                s["minp"] = changes["minp"]
+            else:
+                s.pop("minp", None)
+        # Members confirm the new settings again.
+        for m in s["members"]:
+            m.pop("ready", None)
         self._touch(s, now)
         s["active"] = now
         if "attrs" in changes:

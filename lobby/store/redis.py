@@ -67,6 +67,8 @@ def raise_script_error(code: str, target: str | None = None, detail: str | None 
         raise LobbyError(ErrorCode.INTERNAL, "session id collision, try again")
     if code == "SESSION_NOT_CONNECTING":
         raise StateConflict("the session is not CONNECTING")
+    if code == "MIN_ABOVE_MAX":
+        raise LobbyError(ErrorCode.BAD_REQUEST, "min_players must not exceed max_players")
     if code == "MAX_BELOW_COUNT":
         raise LobbyError(ErrorCode.BAD_REQUEST, "max_players is below the number of players")
     if code == "TOO_MANY_ATTRIBUTES":
