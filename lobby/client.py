@@ -326,8 +326,11 @@ class LobbyClient:
             return
         if rtype == "leave_session":
             self.session = None
-        elif rtype in ("create_session", "join_session", "start_session") and msg.get("session"):
-            self._mirror(m.Session.model_validate(msg["session"]), any_id=True)
+        elif isinstance(msg.get("session"), dict) and rtype != "hello":
+            # create/join make it the mirrored session; any other reply's session
+            # (start, update_session, ...) refreshes it when it is the same one.
+            self._mirror(m.Session.model_validate(msg["session"]),
+                         any_id=rtype in ("create_session", "join_session"))
 
     def _mirror(self, snapshot: m.Session, any_id: bool = False) -> None:
         cur = self.session
@@ -399,26 +402,54 @@ class LobbyClient:
 
     # one method per request ------------------------------------------------------
     async def create_session(self, name: str | None = None, max_players: int | None = None,
-                             password: str | None = None) -> m.Session:
+                             password: str | None = None, *,
+                             attributes: dict[str, Any] | None = None,
+                             visibility: str | None = None) -> m.Session:
         reply = await self.request("create_session", **_given(
-            name=name, max_players=max_players, password=password))
+            name=name, max_players=max_players, password=password, attributes=attributes,
+            visibility=visibility))
         return m.CreateSessionReply.model_validate(reply).session
 
-    async def list_sessions(self, limit: int | None = None, cursor: str | None = None
+    async def list_sessions(self, limit: int | None = None, cursor: str | None = None, *,
+                            filter: dict[str, Any] | None = None,
+                            min_free_seats: int | None = None,
+                            has_password: bool | None = None, sort: str | None = None
                             ) -> m.ListSessionsReply:
-        reply = await self.request("list_sessions", **_given(limit=limit, cursor=cursor))
+        reply = await self.request("list_sessions", **_given(
+            limit=limit, cursor=cursor, filter=filter, min_free_seats=min_free_seats,
+            has_password=has_password, sort=sort))
         return m.ListSessionsReply.model_validate(reply)
 
-    async def join_session(self, session_id: str, password: str | None = None) -> m.Session:
+    async def join_session(self, session_id: str | None = None, password: str | None = None,
+                           *, join_code: str | None = None) -> m.Session:
+        """By `session_id`, or by the `join_code` a member shared."""
         reply = await self.request("join_session", **_given(
-            session_id=session_id, password=password))
+            session_id=session_id, join_code=join_code, password=password))
         return m.JoinSessionReply.model_validate(reply).session
+
+    async def update_session(self, *, name: str | None = None, max_players: int | None = None,
+                             password: str | None = None,
+                             attributes: dict[str, Any] | None = None,
+                             visibility: str | None = None,
+                             locked: bool | None = None) -> m.Session:
+        """Host only: change what is given (password "" removes it; an attribute set to
+        None is deleted)."""
+        reply = await self.request("update_session", **_given(
+            name=name, max_players=max_players, password=password, attributes=attributes,
+            visibility=visibility, locked=locked))
+        return m.UpdateSessionReply.model_validate(reply).session
+
+    async def update_player(self, attributes: dict[str, Any]) -> None:
+        await self.request("update_player", attributes=attributes)
+
+    async def promote_player(self, player_id: str) -> None:
+        await self.request("promote_player", player_id=player_id)
 
     async def leave_session(self) -> None:
         await self.request("leave_session")
 
-    async def kick_player(self, player_id: str) -> None:
-        await self.request("kick_player", player_id=player_id)
+    async def kick_player(self, player_id: str, *, ban: bool | None = None) -> None:
+        await self.request("kick_player", **_given(player_id=player_id, ban=ban))
 
     async def start_session(self) -> m.Session:
         reply = await self.request("start_session")

@@ -93,3 +93,52 @@ async def test_host_and_guest_pages_through_a_lifecycle_and_a_reload(
     assert errors == []
     await host_ctx.close()
     await guest_ctx.close()
+
+
+JS_API = """async () => {
+  const { connect, LobbyError } = await import("/play/lobby.js");
+  const url = `ws://${location.host}/ws`;
+  const out = {};
+  const host = await connect(url, { name: "jshost", storage: null });
+  const guest = await connect(url, { name: "jsguest", storage: null, timeout: 5 });
+  const room = await host.createSession("JS", 3, undefined, { attributes: { map: "dust" } });
+  const joinedEvent = host.nextEvent("player_joined");
+  const joined = await guest.joinSession({ joinCode: room.join_code });
+  out.joined = (await joinedEvent).name === "jsguest" && joined.session_id === room.session_id;
+  out.hostSeesTwo = host.session.player_count;
+  const page = await guest.listSessions(10, undefined, { filter: { map: "dust" } });
+  out.listed = page.sessions.length;
+  const updated = guest.nextEvent("session_updated");
+  await host.updateSession({ attributes: { mode: "ctf" } });
+  out.guestMirror = (await updated, guest.session.attributes);
+  const promoted = guest.nextEvent("host_changed");
+  await host.promotePlayer(guest.playerId);
+  await promoted;
+  out.guestIsHost = guest.isHost();
+  try { await host.startSession(); } catch (err) {
+    out.notHost = err instanceof LobbyError ? err.code : String(err);
+  }
+  const started = host.nextEvent("session_started");
+  const session = await guest.startSession();
+  out.endpoint = [(await started).server_endpoint, session.server_endpoint,
+                  host.session.server_endpoint];
+  try { await guest.joinTicket(); } catch (err) { out.ticket = err.code; }
+  await host.ping();
+  await host.leaveSession();
+  out.hostAfterLeave = host.session;
+  host.close(); guest.close();
+  return out;
+}"""
+
+
+async def test_lobby_js_api_in_the_browser(node, browser) -> None:  # noqa: F811
+    page = await browser.new_page()
+    watch_frames(page)
+    await page.goto(f"http://127.0.0.1:{node.port}/play/")
+    out = await page.evaluate(JS_API)
+    assert out == {
+        "joined": True, "hostSeesTwo": 2, "listed": 1,
+        "guestMirror": {"map": "dust", "mode": "ctf"}, "guestIsHost": True,
+        "notHost": "NOT_HOST", "endpoint": ["127.0.0.1:6060"] * 3,
+        "ticket": "TICKETS_DISABLED", "hostAfterLeave": None,
+    }

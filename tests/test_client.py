@@ -186,3 +186,47 @@ async def test_connect_fails_clearly_when_nobody_listens() -> None:
 
     with pytest.raises(OSError):
         await connect(f"ws://127.0.0.1:{free_port()}/ws", name="x", timeout=2)
+
+
+async def test_lobby_data_methods(node) -> None:
+    url = ws_url(node)
+    async with client(url, "host") as host, client(url, "guest") as guest:
+        room = await host.create_session("Data", 4, attributes={"map": "aztec"})
+        assert room.attributes == {"map": "aztec"} and room.join_code
+        joined = await guest.join_session(join_code=room.join_code)
+        assert joined.session_id == room.session_id
+        updated = await host.update_session(attributes={"mode": "ctf"}, locked=True)
+        assert updated.locked and updated.attributes == {"map": "aztec", "mode": "ctf"}
+        assert host.session == updated
+        ev = await guest.next_event("session_updated")
+        assert isinstance(ev, m.SessionUpdatedEvent) and guest.session.locked
+        await guest.update_player({"team": "red"})
+        pe = await host.next_event("player_updated")
+        assert isinstance(pe, m.PlayerUpdatedEvent) and pe.player_id == guest.player_id
+        await host.promote_player(guest.player_id)
+        hc = await guest.next_event("host_changed")
+        assert hc.host_id == guest.player_id == guest.session.host_id
+        await guest.update_session(locked=False)
+        await guest.kick_player(host.player_id, ban=True)
+        await host.next_event("kicked")
+        with pytest.raises(RequestError) as banned:
+            await host.join_session(room.session_id)
+        assert banned.value.code == "BANNED"
+        page = await host.list_sessions(filter={"map": "aztec"}, min_free_seats=1)
+        assert [s.session_id for s in page.sessions] == [room.session_id]
+
+
+def test_one_method_per_request_in_both_clients() -> None:
+    """lobby.client and lobby.js have a method for every request type of protocol.py."""
+    from pathlib import Path
+
+    from lobby import protocol
+
+    js = (Path(__file__).resolve().parent.parent / "clients/js/lobby.js").read_text("utf-8")
+    missing_py = [t for t in protocol.REQUEST_TYPES
+                  if t != "hello" and not callable(getattr(LobbyClient, t, None))]
+    assert not missing_py, f"lobby/client.py has no method for {missing_py}: add one"
+    camel = {t: t.split("_")[0] + "".join(p.capitalize() for p in t.split("_")[1:])
+             for t in protocol.REQUEST_TYPES if t != "hello"}
+    missing_js = [f"{c} ({t})" for t, c in camel.items() if f"async {c}(" not in js]
+    assert not missing_js, f"clients/js/lobby.js has no method for {missing_js}: add one"

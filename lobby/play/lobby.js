@@ -259,8 +259,10 @@ export class LobbyClient {
   _learn(type, msg) {
     if (msg.ok !== true) return;
     if (type === "leave_session") this._setSession(null);
-    else if (msg.session && ["create_session", "join_session", "start_session"].includes(type)) {
-      this._mirror(msg.session, true);
+    else if (msg.session && type !== "hello") {
+      // create/join make it the mirrored session; any other reply's session (start,
+      // update_session, ...) refreshes it when it is the same one.
+      this._mirror(msg.session, type === "create_session" || type === "join_session");
     }
   }
 
@@ -321,27 +323,54 @@ export class LobbyClient {
   }
 
   // one method per request ---------------------------------------------------------
-  /** @returns {Promise<Session>} */
-  async createSession(name, maxPlayers, password) {
-    return (await this.request("create_session", given({ name, max_players: maxPlayers, password }))).session;
+  /**
+   * @param {string} [name] @param {number} [maxPlayers] @param {string} [password]
+   * @param {{attributes?: object, visibility?: "public" | "unlisted"}} [extra]
+   * @returns {Promise<Session>}
+   */
+  async createSession(name, maxPlayers, password, extra = {}) {
+    return (await this.request("create_session", given({ name, max_players: maxPlayers, password, ...extra }))).session;
   }
 
-  /** @returns {Promise<SessionPage>} */
-  async listSessions(limit, cursor) {
-    const r = await this.request("list_sessions", given({ limit, cursor }));
+  /**
+   * @param {number} [limit] @param {string} [cursor]
+   * @param {{filter?: object, min_free_seats?: number, has_password?: boolean, sort?: string}} [search]
+   * @returns {Promise<SessionPage>}
+   */
+  async listSessions(limit, cursor, search = {}) {
+    const r = await this.request("list_sessions", given({ limit, cursor, ...search }));
     return { sessions: r.sessions, next_cursor: r.next_cursor };
   }
 
-  /** @returns {Promise<Session>} */
+  /**
+   * By session id, or with `{joinCode}` as the first argument: `joinSession({joinCode: "k7m-3qx"})`.
+   * @param {string | {joinCode: string}} sessionId @param {string} [password] @returns {Promise<Session>}
+   */
   async joinSession(sessionId, password) {
-    return (await this.request("join_session", given({ session_id: sessionId, password }))).session;
+    const target = typeof sessionId === "object" && sessionId !== null
+      ? { join_code: sessionId.joinCode } : { session_id: sessionId };
+    return (await this.request("join_session", given({ ...target, password }))).session;
   }
+
+  /**
+   * Host only: change what is given (password "" removes it; an attribute set to null is deleted).
+   * @param {{name?: string, max_players?: number, password?: string, attributes?: object,
+   *   visibility?: "public" | "unlisted", locked?: boolean}} changes
+   * @returns {Promise<Session>}
+   */
+  async updateSession(changes) { return (await this.request("update_session", { ...changes })).session; }
+
+  /** @param {object} attributes @returns {Promise<void>} */
+  async updatePlayer(attributes) { await this.request("update_player", { attributes }); }
+
+  /** @param {string} playerId @returns {Promise<void>} */
+  async promotePlayer(playerId) { await this.request("promote_player", { player_id: playerId }); }
 
   /** @returns {Promise<void>} */
   async leaveSession() { await this.request("leave_session"); }
 
-  /** @returns {Promise<void>} */
-  async kickPlayer(playerId) { await this.request("kick_player", { player_id: playerId }); }
+  /** @param {string} playerId @param {{ban?: boolean}} [options] @returns {Promise<void>} */
+  async kickPlayer(playerId, options = {}) { await this.request("kick_player", given({ player_id: playerId, ban: options.ban })); }
 
   /** @returns {Promise<Session>} */
   async startSession() { return (await this.request("start_session")).session; }
