@@ -24,9 +24,10 @@ from lobby.client import LobbyClient, RequestError, connect
 HELP = """commands:
   create [NAME] [MAX_PLAYERS] [PASSWORD]   host a session        e.g. create "Friday" 4
   list [LIMIT] [CURSOR]                    open sessions (then: join <TAB>)
-  join SESSION_ID [PASSWORD]               join one
+  join SESSION_ID|CODE [PASSWORD]          join one, by id or by a member's join code
   leave                                    leave your session
   kick PLAYER_ID                           host: remove a player (kick <TAB>)
+  promote PLAYER_ID                        host: make another member the host
   start                                    host: start the match
   ticket                                   your join ticket for the game server
   ping                                     round trip
@@ -36,16 +37,17 @@ HELP = """commands:
   wait EVENT [SECONDS]                     wait for the next EVENT (scripts)
   help, quit"""
 
-COMMANDS = ("create", "list", "join", "leave", "kick", "start", "ticket", "ping", "session",
-            "me", "send", "wait", "help", "quit", "exit")
+COMMANDS = ("create", "list", "join", "leave", "kick", "promote", "start", "ticket", "ping",
+            "session", "me", "send", "wait", "help", "quit", "exit")
 
 
 def describe_session(s: m.Session) -> str:
     names = ", ".join(p.name for p in s.players)
     lock = " locked" if s.has_password else ""
     where = f" at {s.server_endpoint}" if s.server_endpoint else ""
+    code = getattr(s, "join_code", None)
     return (f'{s.session_id} "{s.name}" {s.session_state} {s.player_count}/{s.max_players}'
-            f"{lock}{where} [{names}]")
+            f"{lock}{where} [{names}]" + (f" code {code}" if code else ""))
 
 
 def describe_event(event: Any) -> str:
@@ -64,7 +66,8 @@ class Terminal:
         self.listed: list[str] = []
         self.handlers: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "create": self.create, "list": self.list, "join": self.join, "leave": self.leave,
-            "kick": self.kick, "start": self.start, "ticket": self.ticket, "ping": self.ping,
+            "kick": self.kick, "promote": self.promote, "start": self.start,
+            "ticket": self.ticket, "ping": self.ping,
             "session": self.session, "me": self.me, "send": self.send, "wait": self.wait,
             "help": self.help,
         }
@@ -110,7 +113,12 @@ class Terminal:
             self.out(f"  more: list {len(page.sessions)} {page.next_cursor}")
 
     async def join(self, args: list[str]) -> None:
-        s = await self.lobby.join_session(args[0], args[1] if len(args) > 1 else None)
+        target, password = args[0], (args[1] if len(args) > 1 else None)
+        # Join codes are 6 characters (dashes and spaces ignored); session ids are longer.
+        if len(target.replace("-", "").replace(" ", "")) == 6:
+            s = await self.lobby.join_session(join_code=target, password=password)
+        else:
+            s = await self.lobby.join_session(target, password)
         self.out(f"joined {describe_session(s)}")
 
     async def leave(self, args: list[str]) -> None:
@@ -120,6 +128,10 @@ class Terminal:
     async def kick(self, args: list[str]) -> None:
         await self.lobby.kick_player(args[0])
         self.out(f"kicked {args[0]}")
+
+    async def promote(self, args: list[str]) -> None:
+        await self.lobby.promote_player(args[0])
+        self.out(f"promoted {args[0]}")
 
     async def start(self, args: list[str]) -> None:
         s = await self.lobby.start_session()
@@ -170,7 +182,7 @@ class Terminal:
         options: list[str] = []
         if cmd == "join":
             options = self.listed
-        elif cmd == "kick" and self.lobby.session is not None:
+        elif cmd in ("kick", "promote") and self.lobby.session is not None:
             options = [p.player_id for p in self.lobby.session.players
                        if p.player_id != self.lobby.player_id]
         elif cmd == "wait":

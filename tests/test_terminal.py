@@ -81,7 +81,7 @@ async def test_script_replays_a_session_and_stops_at_a_failure(node, connect_pla
     script.write_text(
         "# a guest's session, replayed\n"
         "list\n"
-        f"join {room['session_id']}\n"
+        f"join {room['join_code']}\n"
         "wait session_started 10\n"
         "session\n"
         "leave\n"
@@ -99,7 +99,9 @@ async def test_script_replays_a_session_and_stops_at_a_failure(node, connect_pla
     code = await proc.wait()
     assert code == 1, out  # stopped at the failed join: ping never ran
     assert f'  {room["session_id"]} "Scripted" WAITING 1/3' in out
-    assert f'joined {room["session_id"]} "Scripted" WAITING 2/3 [host, guest]' in out
+    # Joined by the join code the host's reply carried; members see the code.
+    assert (f'joined {room["session_id"]} "Scripted" WAITING 2/3 [host, guest] '
+            f'code {room["join_code"]}') in out
     assert "* session_started server_id=static server_endpoint=127.0.0.1:6060" in out
     assert "CONNECTING 2/3 at 127.0.0.1:6060 [host, guest]" in out
     assert "left the session" in out
