@@ -451,6 +451,16 @@ class LobbyClient:
     async def kick_player(self, player_id: str, *, ban: bool | None = None) -> None:
         await self.request("kick_player", **_given(player_id=player_id, ban=ban))
 
+    async def set_ready(self, ready: bool = True) -> None:
+        await self.request("set_ready", ready=ready)
+
+    async def send_chat(self, text: str) -> None:
+        await self.request("send_chat", text=text)
+
+    async def chat_history(self, after_seq: int | None = None) -> list[m.ChatMessage]:
+        reply = await self.request("chat_history", **_given(after_seq=after_seq))
+        return m.ChatHistoryReply.model_validate(reply).messages
+
     async def start_session(self) -> m.Session:
         reply = await self.request("start_session")
         return m.StartSessionReply.model_validate(reply).session

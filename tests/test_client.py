@@ -230,3 +230,19 @@ def test_one_method_per_request_in_both_clients() -> None:
              for t in protocol.REQUEST_TYPES if t != "hello"}
     missing_js = [f"{c} ({t})" for t, c in camel.items() if f"async {c}(" not in js]
     assert not missing_js, f"clients/js/lobby.js has no method for {missing_js}: add one"
+
+
+async def test_room_life_methods(node) -> None:
+    url = ws_url(node)
+    async with client(url, "host") as host, client(url, "guest") as guest:
+        room = await host.create_session("Chatty", 4)
+        await guest.join_session(room.session_id)
+        await guest.set_ready(True)
+        ready = await host.next_event("player_ready")
+        assert ready.player_id == guest.player_id
+        await host.send_chat("hello there")
+        said = await guest.next_event("chat_message")
+        assert said.text == "hello there"
+        history = await guest.chat_history()
+        assert [(c.name, c.text) for c in history] == [("host", "hello there")]
+        assert await guest.chat_history(after_seq=history[-1].seq) == []

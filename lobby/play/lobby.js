@@ -372,6 +372,15 @@ export class LobbyClient {
   /** @param {string} playerId @param {{ban?: boolean}} [options] @returns {Promise<void>} */
   async kickPlayer(playerId, options = {}) { await this.request("kick_player", given({ player_id: playerId, ban: options.ban })); }
 
+  /** @param {boolean} [ready] @returns {Promise<void>} */
+  async setReady(ready = true) { await this.request("set_ready", { ready }); }
+
+  /** @param {string} text @returns {Promise<void>} */
+  async sendChat(text) { await this.request("send_chat", { text }); }
+
+  /** Chat messages of the session, after `afterSeq` when given. @returns {Promise<object[]>} */
+  async chatHistory(afterSeq) { return (await this.request("chat_history", given({ after_seq: afterSeq }))).messages; }
+
   /** @returns {Promise<Session>} */
   async startSession() { return (await this.request("start_session")).session; }
 
