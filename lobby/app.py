@@ -155,6 +155,7 @@ class LobbyNode:
                 f"--port (LOBBY_PORT): cannot listen on {s.host}:{s.port}: "
                 f"{(err.strerror or str(err)).rsplit(': ', 1)[-1]}", 2) from err
         self._tasks.append(asyncio.create_task(self._sweeper(), name="lobby-sweeper"))
+        self._tasks.append(asyncio.create_task(self._reconciler(), name="lobby-servers"))
         self._log_mode()
 
     async def _listen(self) -> Server:
@@ -193,6 +194,22 @@ class LobbyNode:
             log.warning("no --server-key: game-server callbacks are refused and "
                         "join_ticket answers TICKETS_DISABLED")
         log.info("node %s listening on ws://%s:%d/ws", self.node_id, s.host, self.port)
+
+    async def _reconciler(self) -> None:
+        """Releases game servers held for sessions that do not use them (FleetIQ
+        claims whose answer was lost, releases that failed): every second while
+        a claim's outcome is in doubt, every minute otherwise."""
+        while True:
+            due = self.lobby.servers.reconcile_interval()
+            if due is None:
+                return
+            await asyncio.sleep(min(due, 1.0))
+            if self.lobby.servers.reconcile_interval() != 0:
+                continue
+            try:
+                await self.lobby.reconcile_servers()
+            except Exception:
+                log.exception("game-server reconciliation failed")
 
     async def _sweeper(self) -> None:
         interval = self.settings.sweep_interval_seconds

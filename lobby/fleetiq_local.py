@@ -17,7 +17,19 @@ Test hooks (not part of the AWS API):
   ``disconnect`` (close the connection without answering). An entry without
   ``type`` and ``disconnect`` only delays; the call is then served normally.
 * ``DELETE /_local/faults`` clears every queued fault.
+* ``GET /_local/faults`` answers ``{"queued": {op: count}, "in_flight": n}``: faults
+  not yet used, and faulted calls still being served (delayed), so a test can
+  wait until every injected fault has played out.
 * ``GET /_local/health`` answers 200.
+
+Where it matters it behaves like FleetIQ (GameLift FleetIQ guide and API
+reference): a claim lapses after ``--claim-ttl-seconds`` (60 on AWS, fixed)
+unless the server became UTILIZED; UTILIZED cannot go back to AVAILABLE
+(InvalidRequestException); a server with no health report (``UpdateGameServer
+HealthCheck=HEALTHY``, or its registration) for ``--health-ttl-seconds`` is
+deregistered. Differences kept: AWS first marks a silent server unhealthy and
+deregisters it some time later (and may also replace its instance); here it is
+simply gone after the TTL. Game server groups are created implicitly.
 """
 
 from __future__ import annotations
@@ -94,6 +106,8 @@ class GameServer:
     claim_expires_at: float | None = None
     last_claim_time: float | None = None
     last_health_check_time: float | None = None
+    # time.monotonic() of the registration or the last health report.
+    last_seen: float = field(default_factory=time.monotonic)
 
     def is_claimed(self, now: float) -> bool:
         if self.claim_expires_at is None:
@@ -128,10 +142,12 @@ class GameServer:
 @dataclass
 class _State:
     claim_ttl_seconds: float
+    health_ttl_seconds: float = 60.0
     # group name -> server id -> server; dicts keep registration order, which
     # makes "first claimable server" deterministic.
     groups: dict[str, dict[str, GameServer]] = field(default_factory=dict)
     faults: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+    faults_in_flight: int = 0
     seq: Iterator[int] = field(default_factory=itertools.count)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -189,8 +205,10 @@ def _data_param(body: dict[str, Any]) -> str | None:
 class FleetIQService:
     """The API semantics, independent of HTTP; every method runs under the state lock."""
 
-    def __init__(self, claim_ttl_seconds: float = 60.0, groups: Iterable[str] = ()) -> None:
-        self._state = _State(claim_ttl_seconds=claim_ttl_seconds)
+    def __init__(self, claim_ttl_seconds: float = 60.0, groups: Iterable[str] = (),
+                 health_ttl_seconds: float = 60.0) -> None:
+        self._state = _State(claim_ttl_seconds=claim_ttl_seconds,
+                             health_ttl_seconds=health_ttl_seconds)
         for name in groups:
             self._state.groups.setdefault(name, {})
         self.operations: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -228,9 +246,22 @@ class FleetIQService:
             self._state.faults.clear()
 
     def next_fault(self, op: str) -> dict[str, Any] | None:
+        """The next fault for `op`; the caller calls `fault_done()` once it has played out."""
         with self._state.lock:
             queue = self._state.faults.get(op)
-            return queue.popleft() if queue else None
+            if not queue:
+                return None
+            self._state.faults_in_flight += 1
+            return queue.popleft()
+
+    def fault_done(self) -> None:
+        with self._state.lock:
+            self._state.faults_in_flight -= 1
+
+    def fault_status(self) -> dict[str, Any]:
+        with self._state.lock:
+            return {"queued": {op: len(q) for op, q in self._state.faults.items() if q},
+                    "in_flight": self._state.faults_in_flight}
 
     # -- operations ------------------------------------------------------
 
@@ -239,7 +270,17 @@ class FleetIQService:
         if handler is None:
             raise ApiError("UnknownOperationException", f"Unknown operation {op!r}")
         with self._state.lock:
+            self._expire_silent()
             return handler(body)
+
+    def _expire_silent(self) -> None:
+        """Deregister servers that have not reported health for the health TTL."""
+        deadline = time.monotonic() - self._state.health_ttl_seconds
+        for servers in self._state.groups.values():
+            for server_id in [sid for sid, s in servers.items() if s.last_seen < deadline]:
+                logger.info("game server %s: no health report for %.1fs, deregistered",
+                            server_id, self._state.health_ttl_seconds)
+                del servers[server_id]
 
     def _group(self, name: str) -> dict[str, GameServer]:
         servers = self._state.groups.get(name)
@@ -336,6 +377,10 @@ class FleetIQService:
         health = _str_param(body, "HealthCheck", enum=("HEALTHY",))
         data = _data_param(body)
         now = time.monotonic()
+        if utilization == AVAILABLE and server.utilization == UTILIZED:
+            raise _invalid(
+                f"Game server {server.server_id} is UTILIZED: its status can not go back to"
+                " AVAILABLE (deregister it and register again)")
         if utilization == UTILIZED:
             # A game that is running must not be handed out again when the
             # 60 s claim window lapses, so a live claim becomes permanent.
@@ -347,6 +392,7 @@ class FleetIQService:
             server.claim_expires_at = None
         if health is not None:
             server.last_health_check_time = time.time()
+            server.last_seen = now
         if data is not None:
             server.data = data
         return {"GameServer": server.to_api(now)}
@@ -438,6 +484,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._read_body()
         if self.path == "/_local/health":
             self._send_json(200, {"status": "ok"})
+        elif self.path == "/_local/faults":
+            self._send_json(200, self.server.service.fault_status())
         else:
             self._send_error(ApiError("NotFoundException", f"No route for GET {self.path}", 404))
 
@@ -473,24 +521,37 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError("SerializationException", "Body must be a JSON object")
         group = body.get("GameServerGroupName")
         fault = service.next_fault(op)
-        if fault is not None:
-            delay = float(fault.get("delay", 0))
-            if delay > 0:
-                # Sleeps in this connection's thread only; other clients go on.
-                time.sleep(delay)
-            if fault.get("disconnect"):
-                logger.info("%s group=%s -> injected disconnect", op, group)
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            if "type" in fault:
-                err = ApiError(
-                    str(fault["type"]),
-                    str(fault.get("message", "injected fault")),
-                    int(fault.get("status", 400)),
-                )
-                logger.info("%s group=%s -> injected %s %s", op, group, err.status, err.error_type)
-                raise err
+        if fault is None:
+            self._serve_call(service, op, body, group)
+            return
+        try:
+            self._faulted_call(service, op, body, group, fault)
+        finally:
+            service.fault_done()
+
+    def _faulted_call(self, service: FleetIQService, op: str, body: dict[str, Any],
+                      group: Any, fault: dict[str, Any]) -> None:
+        delay = float(fault.get("delay", 0))
+        if delay > 0:
+            # Sleeps in this connection's thread only; other clients go on.
+            time.sleep(delay)
+        if fault.get("disconnect"):
+            logger.info("%s group=%s -> injected disconnect", op, group)
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if "type" in fault:
+            err = ApiError(
+                str(fault["type"]),
+                str(fault.get("message", "injected fault")),
+                int(fault.get("status", 400)),
+            )
+            logger.info("%s group=%s -> injected %s %s", op, group, err.status, err.error_type)
+            raise err
+        self._serve_call(service, op, body, group)
+
+    def _serve_call(self, service: FleetIQService, op: str, body: dict[str, Any],
+                    group: Any) -> None:
         try:
             result = service.call(op, body)
         except ApiError as err:
@@ -521,9 +582,11 @@ class FleetIQLocal:
         port: int = 9090,
         claim_ttl_seconds: float = 60.0,
         groups: Iterable[str] = (),
+        health_ttl_seconds: float = 60.0,
     ) -> None:
         self.host = host
-        self.service = FleetIQService(claim_ttl_seconds=claim_ttl_seconds, groups=groups)
+        self.service = FleetIQService(claim_ttl_seconds=claim_ttl_seconds, groups=groups,
+                                      health_ttl_seconds=health_ttl_seconds)
         self._requested_port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -584,7 +647,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9090, help="0 picks a free port")
-    parser.add_argument("--claim-ttl-seconds", type=float, default=60.0)
+    parser.add_argument("--claim-ttl-seconds", type=float, default=60.0,
+                        help="a claim lapses after this unless the server became UTILIZED "
+                             "(60 on AWS)")
+    parser.add_argument("--health-ttl-seconds", type=float, default=60.0,
+                        help="a server with no health report for this long is deregistered")
     parser.add_argument(
         "--group",
         action="append",
@@ -595,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.claim_ttl_seconds <= 0:
         parser.error("--claim-ttl-seconds must be positive")
+    if args.health_ttl_seconds <= 0:
+        parser.error("--health-ttl-seconds must be positive")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -603,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         claim_ttl_seconds=args.claim_ttl_seconds,
         groups=args.group,
+        health_ttl_seconds=args.health_ttl_seconds,
     )
     local.bind()
 

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lobby import protocol as p
-from lobby.allocators.base import Allocator, NoServerAvailable
+from lobby.allocators.base import Allocator, NoServerAvailable, lifecycle
 from lobby.config import Settings
 from lobby.errors import ErrorCode, LobbyError
 from lobby.hub import Client, Hub
@@ -62,6 +62,8 @@ class Lobby:
         self.store = store
         self.hub = hub
         self.allocator = allocator
+        self.servers = lifecycle(allocator)
+        self._releases: set[asyncio.Task[bool]] = set()
         # Every change goes here (DynamoDB persistence when configured).
         persist = on_change or (lambda change: None)
 
@@ -69,6 +71,11 @@ class Lobby:
             if change.ended:
                 log.info("session %s closed (%s)", change.session_id, change.ended,
                          extra=fields(session=change.session_id, reason=change.ended))
+                # A session that failed (abandoned, server_timeout, idle, expired)
+                # gives its game server back; `complete` does it before answering.
+                server_id = change.record.get("server_id")
+                if server_id and change.ended != "completed":
+                    self._release_later(server_id, change.session_id, change.ended)
             persist(change)
 
         self._on_change = _on_change
@@ -88,6 +95,7 @@ class Lobby:
         )
         # scrypt gets its own small pool so password guessing cannot starve the rest.
         self._pw_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lobby-scrypt")
+        self._held: dict[str, tuple[str, int]] = {}  # conn id -> (session, version)
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Result]]] = {
             "hello": self.hello,
             "create_session": self.create_session,
@@ -118,6 +126,7 @@ class Lobby:
             result, membership = await self._handlers[req.type](client, req)
         except LobbyError as err:
             client.push(p.encode(p.reply_for_error(req.type, req.id, err)))
+            self._unhold(client)
             self._observed(client, req.type, err.code.value, started)
             return
         except Exception:
@@ -126,12 +135,27 @@ class Lobby:
                                        request=req.type, code="INTERNAL"))
             client.push(p.encode(p.error_reply(
                 req.type, req.id, ErrorCode.INTERNAL, "internal error")))
+            self._unhold(client)
             self._observed(client, req.type, "INTERNAL", started)
             return
         client.push(p.encode(p.ok_reply(req.type, req.id, result)))
+        self._unhold(client)
         self._observed(client, req.type, "OK", started)
         if membership is not None:
             self.hub.activate(membership[0], client, *membership[1:])
+
+    def _hold(self, client: Client, session_id: str) -> None:
+        """The host gets its start reply before session_started (or
+        session_start_failed) in both store modes: from the claim's end until the
+        reply is out, the events reaching its socket are queued."""
+        version = self.hub.hold(session_id, client)
+        if version is not None:
+            self._held[client.conn_id] = (session_id, version)
+
+    def _unhold(self, client: Client) -> None:
+        held = self._held.pop(client.conn_id, None)
+        if held is not None:
+            self.hub.activate(held[0], client, held[1])
 
     def _observed(self, client: Client, rtype: str, code: str, started: float) -> None:
         seconds = time.perf_counter() - started
@@ -158,6 +182,21 @@ class Lobby:
             self._on_change(change)
         return result
 
+    # game servers --------------------------------------------------------------
+    def _release_later(self, server_id: str, session_id: str, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.servers.release(server_id, session_id, reason))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def session_holder(self, session_id: str) -> tuple[str, str | None] | None:
+        """(state, server_id) of a live session, for the allocator's reconciliation."""
+        rec = await self.store.get_session(session_id)
+        return None if rec is None else (rec["state"], rec["server_id"])
+
+    async def reconcile_servers(self) -> int:
+        return await self.servers.reconcile(self.session_holder)
+
     # game-server callbacks ---------------------------------------------------
     async def mark_in_progress(self, session_id: str) -> SessionRecord:
         rec = await self.store.mark_in_progress(session_id, now_ms())
@@ -167,6 +206,17 @@ class Lobby:
     async def complete(self, session_id: str, reason: str = "completed") -> SessionRecord:
         change = await self.store.complete(session_id, reason, now_ms())
         self._on_change(change)
+        server_id = change.record.get("server_id")
+        if server_id:
+            # Deregistered before the answer, so the server's next registration
+            # (for its next match) cannot be undone by this one. Bounded: a
+            # release that does not get through is found by reconciliation.
+            try:
+                await asyncio.wait_for(
+                    self.servers.release(server_id, session_id, "match complete"), 15)
+            except TimeoutError:
+                log.warning("deregistering game server %s after session %s timed out",
+                            server_id, session_id)
         return change.record
 
     # requests ----------------------------------------------------------------
@@ -418,6 +468,7 @@ class Lobby:
         try:
             alloc = await self.allocator.allocate(sid, [m["id"] for m in rec["members"]])
         except Exception as exc:
+            self._hold(client, sid)
             # Whatever went wrong, the session must not stay in CONNECTING.
             outcome = "no_server" if isinstance(exc, NoServerAvailable) else "error"
             seconds = time.perf_counter() - claim_started
@@ -439,19 +490,23 @@ class Lobby:
                  alloc.endpoint, seconds * 1000,
                  extra=fields(session=sid, outcome="claimed", server=alloc.server_id,
                               endpoint=alloc.endpoint, latency_ms=round(seconds * 1000, 3)))
+        self._hold(client, sid)
         try:
             started = await self.store.finish_start(
                 sid, alloc.server_id, alloc.endpoint, now_ms())
         except Exception:
             # The claim stands but the session did not record it: give the room
-            # back (the unused claim lapses by FleetIQ's own expiry).
+            # and the server back.
             log.exception("recording the game server of session %s failed", sid)
+            self._release_later(alloc.server_id, sid, "start rolled back")
             back = await self.store.fail_start(
                 sid, ErrorCode.INTERNAL, "the start failed, try again", now_ms(), self.hold_ms)
             if back is not None:
                 self.changed(back)
             raise LobbyError(ErrorCode.INTERNAL, "the start failed, try again") from None
         if started is None:
+            # Everyone left while the claim ran: nobody will ever use this server.
+            self._release_later(alloc.server_id, sid, "session vanished during the claim")
             raise LobbyError(ErrorCode.SESSION_NOT_FOUND, "the session ended while starting")
         log.info("session %s started on %s", sid, alloc.endpoint,
                  extra=fields(session=sid, player=client.player_id, server=alloc.server_id,
@@ -514,6 +569,8 @@ class Lobby:
 
     async def close(self) -> None:
         self._pw_pool.shutdown(wait=False, cancel_futures=True)
+        if self._releases:
+            await asyncio.wait(list(self._releases), timeout=10)
 
 
 def _last_seq(chat: list[dict[str, Any]]) -> int:

@@ -145,6 +145,16 @@ class Hub:
             if v > version if seq == 0 else seq > chat_seq:
                 client.push(text)
 
+    def hold(self, session_id: str, client: Client) -> int | None:
+        """Queue the events of an active member until `activate` (after a reply
+        that must come first). Returns the version to activate with, or None if
+        the client is no active member here."""
+        member = self._member(session_id, client)
+        if member is None or member.pending is not None:
+            return None
+        member.pending = []
+        return member.min_version
+
     async def detach(self, session_id: str | None, client: Client) -> None:
         if session_id is None:
             return

@@ -62,15 +62,22 @@ class FleetIQProcess:
     def clear_faults(self) -> None:
         self._request("DELETE", "/_local/faults")
 
+    def faults_played_out(self) -> bool:
+        """Every injected fault used and no faulted call still being served."""
+        status = self._request("GET", "/_local/faults")
+        return not status["queued"] and status["in_flight"] == 0
+
 
 @contextmanager
 def run_fleetiq_local(
-    *, claim_ttl_seconds: float = 60.0, groups: tuple[str, ...] = ()
+    *, claim_ttl_seconds: float = 60.0, groups: tuple[str, ...] = (),
+    health_ttl_seconds: float = 60.0,
 ) -> Iterator[FleetIQProcess]:
     cmd = [
         sys.executable, "-m", "lobby.fleetiq_local",
         "--port", "0",
         "--claim-ttl-seconds", str(claim_ttl_seconds),
+        "--health-ttl-seconds", str(health_ttl_seconds),
     ]
     for group in groups:
         cmd += ["--group", group]

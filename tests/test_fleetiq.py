@@ -165,10 +165,15 @@ def test_utilized_keeps_the_claim(fleetiq_local_short_ttl: FleetIQProcess, group
     with pytest.raises(client.exceptions.ConflictException):
         client.claim_game_server(GameServerGroupName=group_name, GameServerId=server_id)
 
-    # The game ended: AVAILABLE hands the server back immediately.
-    client.update_game_server(
-        GameServerGroupName=group_name, GameServerId=server_id, UtilizationStatus="AVAILABLE"
-    )
+    # As on FleetIQ, UTILIZED cannot go back to AVAILABLE: the server is
+    # deregistered after its game and registers again.
+    with pytest.raises(client.exceptions.InvalidRequestException):
+        client.update_game_server(
+            GameServerGroupName=group_name, GameServerId=server_id, UtilizationStatus="AVAILABLE"
+        )
+    assert describe(client, group_name, server_id)["UtilizationStatus"] == "UTILIZED"
+    client.deregister_game_server(GameServerGroupName=group_name, GameServerId=server_id)
+    register_servers(client, group_name, 1)
     assert "ClaimStatus" not in describe(client, group_name, server_id)
     claimed = client.claim_game_server(GameServerGroupName=group_name)["GameServer"]
     assert claimed["GameServerId"] == server_id

@@ -2,14 +2,16 @@
 
 This is today's behaviour (the game connected to a hardcoded localhost:6060),
 kept as the default so a laptop needs no AWS account to run the whole flow.
+The game-server lifecycle calls (register, heartbeat, deregister) are accepted
+and do nothing (ServerLifecycle's defaults): there is no FleetIQ to tell.
 """
 
 from __future__ import annotations
 
-from lobby.allocators.base import Allocation
+from lobby.allocators.base import Allocation, ServerLifecycle
 
 
-class StaticAllocator:
+class StaticAllocator(ServerLifecycle):
     def __init__(self, endpoint: str = "127.0.0.1:6060", server_id: str = "static") -> None:
         self._allocation = Allocation(server_id=server_id, endpoint=endpoint)
 
