@@ -79,7 +79,7 @@ class LobbyNode:
         self.hub = Hub(self.bus, push_many)
         self.lobby = Lobby(
             settings, self.store, self.hub, self.allocator,
-            on_change=self._persist, recover=self.check_store,
+            on_change=self._persist, recover=self.check_store, node_id=self.node_id,
         )
         self.sockets = SocketServer(
             self.lobby, self.node_id,
@@ -95,6 +95,11 @@ class LobbyNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._epoch: str | None = None  # the store generation this node has synced with
         self._epoch_lock = asyncio.Lock()
+        # Set when this node may have missed what the store did (its link was down,
+        # or it was taken for dead): the reconciler then checks every local socket.
+        self._reconcile_wanted = asyncio.Event()
+        if isinstance(self.bus, RedisBus):
+            self.bus.on_restored = self._reconcile_wanted.set
 
     def metrics(self) -> dict[str, Any]:
         """Counters of this node, for operators (GET /metrics) and the benchmarks."""
@@ -156,6 +161,8 @@ class LobbyNode:
                 f"{(err.strerror or str(err)).rsplit(': ', 1)[-1]}", 2) from err
         self._tasks.append(asyncio.create_task(self._sweeper(), name="lobby-sweeper"))
         self._tasks.append(asyncio.create_task(self._reconciler(), name="lobby-servers"))
+        self._tasks.append(asyncio.create_task(self._store_reconciler(),
+                                               name="lobby-store-reconciler"))
         self._log_mode()
 
     async def _listen(self) -> Server:
@@ -213,20 +220,50 @@ class LobbyNode:
 
     async def _sweeper(self) -> None:
         interval = self.settings.sweep_interval_seconds
+        failing = False
         while True:
             await asyncio.sleep(interval)
             try:
+                await self.lobby.retry_disconnects()
                 await self.check_store()
-            except Exception:
-                log.exception("sweep failed; retrying in %.1fs", interval)
+            except Exception as exc:
+                if failing:  # one traceback per outage, not one a second
+                    log.warning("sweep failed again (%s); retrying in %.1fs", exc, interval)
+                else:
+                    log.exception("sweep failed; retrying in %.1fs", interval)
+                failing = True
+                continue
+            if failing:
+                # The store is reachable again: what did it do meanwhile?
+                failing = False
+                self._reconcile_wanted.set()
+
+    async def _store_reconciler(self) -> None:
+        interval = self.settings.sweep_interval_seconds
+        while True:
+            await self._reconcile_wanted.wait()
+            self._reconcile_wanted.clear()
+            try:
+                # Synced first: an emptied Redis is rebuilt before anyone is judged.
+                await self.check_store()
+                await self.lobby.reconcile(self._epoch)
+            except Exception as exc:
+                log.warning("reconcile failed (%s); retrying in %.1fs", exc, interval)
+                await asyncio.sleep(interval)
+                self._reconcile_wanted.set()
 
     async def check_store(self) -> int:
         """Sweep expiries, and rebuild the store if it came back empty (from
         DynamoDB, and re-register this node's sockets). Returns the store
         generation this node is on: it grows with every rebuild it has seen."""
         result = await self.lobby.sweep()
-        while len(result.changes) >= 100:  # a backlog: keep taking it
+        revived = result.revived
+        while len(result.changes) >= 100 or result.more:  # a backlog: keep taking it
             result = await self.lobby.sweep()
+            revived = revived or result.revived
+        if revived and self.hub.client_count:
+            # Other nodes took this one for dead and dropped its sockets.
+            self._reconcile_wanted.set()
         if result.epoch is not None and result.epoch == self._epoch:
             return self.lobby.store_generation
         async with self._epoch_lock:

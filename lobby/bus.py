@@ -92,6 +92,9 @@ class RedisBus:
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = defaultdict(deque)
         self._outbox: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
+        # Called once the connection is rebuilt and subscribed again: events of
+        # the gap are lost, so the node reconciles its sockets with the store.
+        self.on_restored: Callable[[], None] | None = None
 
     def _channel(self, session_id: str) -> str:
         return f"{self._prefix}ev:{session_id}"
@@ -157,6 +160,8 @@ class RedisBus:
                 if self._pubsub is None:
                     channels = await self._connect()
                     log.warning("pub/sub connection restored (%d channels)", len(channels))
+                    if self.on_restored is not None:
+                        self.on_restored()
                     # Subscribes caught by the break are covered by the full resubscribe;
                     # ones asked during it are still queued and confirmed as usual.
                     for channel in channels:

@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
          "request burst allowed per connection")
     _add(serve, "--sweep-interval-seconds", float, d.sweep_interval_seconds,
          "how often this node expires seat holds and timeouts")
+    _add(serve, "--node-timeout-seconds", float, d.node_timeout_seconds,
+         "a node silent this long (each sweep is its heartbeat) is taken for dead: "
+         "its players' seats go on hold (Redis mode)")
     _add(serve, "--ping-interval-seconds", _optional_float, d.ping_interval_seconds,
          "WebSocket keepalive ping interval and timeout; 0 disables")
     _add(serve, "--waiting-idle-seconds", float, d.waiting_idle_seconds,

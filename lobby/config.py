@@ -49,6 +49,9 @@ class Settings:
     # lookups; filters on other keys are checked on the sessions a page walks).
     # None: every attribute key is indexed.
     indexed_attributes: tuple[str, ...] | None = None
+    # A node whose heartbeat (each sweep) is this old is taken for dead: its
+    # players' sockets are dropped (seat hold, then player_left timeout).
+    node_timeout_seconds: float = 10.0
 
 
 class StartupError(Exception):

@@ -25,7 +25,14 @@ from lobby.hub import Client, Hub
 from lobby.logs import fields
 from lobby.passwords import hash_password, verify_password
 from lobby.session import SessionRecord, public_session
-from lobby.store.base import Change, PasswordRequired, SessionStore, SweepResult, Timeouts
+from lobby.store.base import (
+    Change,
+    LiveClient,
+    PasswordRequired,
+    SessionStore,
+    SweepResult,
+    Timeouts,
+)
 from lobby.tickets import make_ticket
 
 log = logging.getLogger("lobby")
@@ -44,6 +51,10 @@ def _ignore(*args: Any) -> None:
     return None
 
 
+class StoreChanged(Exception):
+    """The store is not the generation this node synced with (emptied, rebuilding)."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -57,8 +68,13 @@ class Lobby:
     def __init__(
         self, settings: Settings, store: SessionStore, hub: Hub, allocator: Allocator,
         on_change: OnChange | None = None, recover: Recover | None = None,
+        node_id: str = "",
     ) -> None:
         self.settings = settings
+        self.node_id = node_id  # whose heartbeat each sweep is ("": none)
+        # Disconnects the store could not take (link down): (player, conn, when),
+        # retried until they land, with the time the socket really dropped.
+        self.failed_disconnects: list[tuple[str, str, int]] = []
         self.store = store
         self.hub = hub
         self.allocator = allocator
@@ -92,6 +108,8 @@ class Lobby:
             idle_ms=int(settings.waiting_idle_seconds * 1000),
             connecting_ms=int(settings.connecting_timeout_seconds * 1000),
             in_progress_ms=int(settings.in_progress_max_seconds * 1000),
+            node_ms=int(settings.node_timeout_seconds * 1000),
+            hold_ms=self.hold_ms,
         )
         # scrypt gets its own small pool so password guessing cannot starve the rest.
         self._pw_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lobby-scrypt")
@@ -171,13 +189,30 @@ class Lobby:
         if client.player_id is None:
             return
         await self.hub.detach(client.session_id, client)
-        rec = await self.store.disconnect(
-            client.player_id, client.conn_id, now_ms(), self.hold_ms)
+        when = now_ms()
+        try:
+            rec = await self.store.disconnect(
+                client.player_id, client.conn_id, when, self.hold_ms)
+        except Exception as exc:
+            # Lost, the seat would stay taken by nobody for good: keep it for retry.
+            log.warning("disconnect of %s not stored (%s); retrying", client.conn_id, exc)
+            self.failed_disconnects.append((client.player_id, client.conn_id, when))
+            return
         if rec is not None:
             self.changed(rec)
 
+    async def retry_disconnects(self) -> None:
+        """Store the disconnects that failed; raises (keeping the rest) while it cannot."""
+        while self.failed_disconnects:
+            pid, conn, when = self.failed_disconnects[0]
+            # A no-op if the player has resumed on another socket meanwhile.
+            rec = await self.store.disconnect(pid, conn, when, self.hold_ms)
+            self.failed_disconnects.pop(0)
+            if rec is not None:
+                self.changed(rec)
+
     async def sweep(self) -> SweepResult:
-        result = await self.store.sweep(now_ms(), self.timeouts)
+        result = await self.store.sweep(now_ms(), self.timeouts, node=self.node_id or None)
         for change in result.changes:
             self._on_change(change)
         return result
@@ -196,6 +231,40 @@ class Lobby:
 
     async def reconcile_servers(self) -> int:
         return await self.servers.reconcile(self.session_holder)
+    async def reconcile(self, epoch: str | None = None, batch: int = 500) -> int:
+        """After this node could not hear the store (Redis link cut, or taken for
+        dead), check every local socket against it. The store wins: a socket that
+        was replaced is closed with 4001; one removed from its session (kicked, or
+        the session ended) is told, with `kicked` or `session_closed`; one the
+        store had dropped is the player's again. Returns how many were told.
+        Raises StoreChanged if the store is not at `epoch` (sync with it first)."""
+        told = 0
+        clients = [c for c in self.hub.clients() if c.player_id is not None]
+        for i in range(0, len(clients), batch):
+            chunk = clients[i:i + batch]
+            live = [LiveClient(c.player_id, c.name, c.token_hash, c.conn_id, c.session_id)
+                    for c in chunk if c.player_id is not None]
+            verdicts = await self.store.reconcile(live, now_ms(), epoch)
+            if verdicts is None:
+                raise StoreChanged("the store changed generation: sync first")
+            for c, seen, verdict in zip(chunk, live, verdicts, strict=True):
+                if c.player_id != seen.player_id or c.session_id != seen.session_id:
+                    continue  # it moved on while we asked: its own requests decide
+                if verdict.kind == "REPLACED":
+                    self.hub.replace(c)
+                    told += 1
+                elif verdict.kind == "OUT" and seen.session_id is not None:
+                    self.hub.drop(seen.session_id, c)
+                    if verdict.session is not None:
+                        c.push(p.encode({"type": "kicked", "session_id": seen.session_id,
+                                         "session": public_session(verdict.session)}))
+                    else:
+                        c.push(p.encode({"type": "session_closed",
+                                         "session_id": seen.session_id, "reason": "lost"}))
+                    told += 1
+        if told:
+            log.warning("reconciled with the store: %d local sockets told", told)
+        return told
 
     # game-server callbacks ---------------------------------------------------
     async def mark_in_progress(self, session_id: str) -> SessionRecord:

@@ -97,6 +97,10 @@ class Hub:
             return False
         return True
 
+    def drop(self, session_id: str, client: Client) -> None:
+        """This socket is no longer in the session (the store says so)."""
+        self._forget_client(session_id, client)
+
     def replace(self, client: Client) -> None:
         """A newer socket resumed this client's player: forget and close this one."""
         if client.session_id is not None:
@@ -268,7 +272,10 @@ class Hub:
         if kind == "player_left":
             gone = members.get(ev["player_id"])
             if gone is not None and ev["reason"] == "kicked":
-                gone.client.push(encode({"type": "kicked", "session_id": sid}))
+                kicked = {"type": "kicked", "session_id": sid}
+                if "session" in out:  # the room as it is without them
+                    kicked["session"] = out["session"]
+                gone.client.push(encode(kicked))
                 self.frames_out += 1
         text = encode(out)
         version = ev["v"]

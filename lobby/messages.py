@@ -244,6 +244,7 @@ class SessionClosedEvent(_Event):
 
 class KickedEvent(_Event):
     type: Literal["kicked"]
+    session: Session | None = None  # the room as it is without them
 
 
 class SessionUpdatedEvent(_Event):

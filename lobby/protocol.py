@@ -336,7 +336,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "session_updated", "player_updated",
     "player_ready", "chat_message", "player_disconnected", "player_reconnected",
 )
-CLOSE_REASONS: tuple[str, ...] = ("completed", "idle", "server_timeout", "expired")
+# "lost": it ended while the member's node was cut off from the store (reconcile).
+CLOSE_REASONS: tuple[str, ...] = ("completed", "idle", "server_timeout", "expired", "lost")
 LEAVE_REASONS: tuple[str, ...] = ("left", "kicked", "timeout")
 
 

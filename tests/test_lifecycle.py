@@ -157,7 +157,10 @@ async def test_host_migration_on_leave(node: LobbyNode, connect_player) -> None:
         assert changed["session"]["host_id"] == second.player_id
     await second.ok("kick_player", player_id=third.player_id)
     kicked = await third.event("kicked")
-    assert kicked == {"type": "kicked", "session_id": sid}
+    assert kicked["session_id"] == sid
+    # The room as it is without them (what a reconciling node sends too).
+    assert third.player_id not in kicked["session"]["connected_players"]
+    assert kicked["session"]["player_count"] == 1
     left = await second.event("player_left")
     assert left["reason"] == "kicked" and left["player_id"] == third.player_id
     # The kicked player is free to join again (or elsewhere).

@@ -60,12 +60,20 @@ class Timeouts:
     idle_ms: int  # WAITING without activity (join, leave, start failure)
     connecting_ms: int  # CONNECTING without the game server reporting in
     in_progress_ms: int  # IN_PROGRESS without the complete callback (safety net)
+    # Node liveness: a sweep is its caller's heartbeat, good for node_ms; the
+    # sockets of a node whose heartbeat lapsed are dropped with a hold of hold_ms.
+    node_ms: int = 10_000
+    hold_ms: int = 60_000
 
 
 @dataclass(slots=True)
 class SweepResult:
     epoch: str | None  # the store's generation; None means Redis came back empty
     changes: list[Change]
+    # The caller's heartbeat had lapsed (or it is new): other nodes may have
+    # dropped its sockets, so it must reconcile them with the store.
+    revived: bool = False
+    more: bool = False  # dead nodes' sockets remain to be dropped: sweep again now
 
 
 @dataclass(slots=True)
@@ -77,6 +85,14 @@ class LiveClient:
     token_hash: str
     conn: str
     session_id: str | None
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the store says of a live socket (reconcile)."""
+
+    kind: str  # "OK", "REPLACED" (on another socket now) or "OUT" (not in its session)
+    session: SessionRecord | None  # with OUT: the session it thought it was in, if alive
 
 
 class SessionStore(Protocol):
@@ -217,9 +233,19 @@ class SessionStore(Protocol):
         that is not one, or has expired, is BAD_REQUEST."""
         ...
 
-    async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100) -> SweepResult:
+    async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100,
+                    node: str | None = None) -> SweepResult:
         """Remove players whose seat hold ran out and close sessions past their
-        state's timeout. Safe on every node at once: each expiry is taken once."""
+        state's timeout. Safe on every node at once: each expiry is taken once.
+        With `node`, also that node's heartbeat (good for timeouts.node_ms);
+        the sockets of nodes whose heartbeat lapsed are dropped (as disconnect)."""
+        ...
+
+    async def reconcile(self, clients: list[LiveClient], now: int, epoch: str | None = None
+                        ) -> list[Verdict] | None:
+        """Check this node's live sockets against the store after it could not hear
+        it (link cut, taken for dead); the store wins. One verdict per client, or
+        None (nothing done) if the store is not at `epoch` (emptied meanwhile)."""
         ...
 
     async def restore(

@@ -31,6 +31,7 @@ from lobby.store.base import (
     ResumeResult,
     SweepResult,
     Timeouts,
+    Verdict,
 )
 from lobby.store.redis import raise_script_error
 from lobby.store.search import (
@@ -72,6 +73,10 @@ class MemoryStore:
         self._ix: dict[str, dict[str, int]] = {}  # token -> {session id: seq}
         # most_players / fewest_players orders: token -> (expiry ms, session ids)
         self._snapshots: dict[str, tuple[float, list[str]]] = {}
+        # Node liveness, as NODES, DEAD and ckey() in prelude.lua.
+        self._nodes: dict[str, int] = {}  # node id -> heartbeat deadline ms
+        self._dead: dict[str, None] = {}
+        self._conns: dict[str, dict[str, None]] = {}  # node id -> ids of players on it
         self._seq = 0
         # Chat beside the records, as chatkey()/chatmetakey() in prelude.lua: the
         # kept messages' JSON texts, the counter, and each sender's send times.
@@ -101,6 +106,41 @@ class MemoryStore:
         if expiry is not None and expiry <= now:
             self._drop_player(pid)
         return self._players.get(pid)
+
+    def _set_conn(self, p: dict[str, Any], conn: str) -> None:
+        """Mirrors set_conn() in prelude.lua."""
+        was = p.get("conn")
+        if was and "." in was:
+            on = self._conns.get(was.rsplit(".", 1)[0])
+            if on is not None:
+                on.pop(p["id"], None)
+        p["conn"] = conn
+        if conn and "." in conn:
+            self._conns.setdefault(conn.rsplit(".", 1)[0], {})[p["id"]] = None
+
+    def _drop_conn(self, p: dict[str, Any], now: int, hold_ms: int) -> SessionRecord | None:
+        """Mirrors drop_conn() in prelude.lua."""
+        self._set_conn(p, "")
+        p["disc"] = now
+        player_id = p["id"]
+        if p.get("sid"):
+            s = self._load(p["sid"])
+            m = self._find(s, player_id)
+            if s is None or m is None:
+                return None
+            # Seats in a started session are held for the session's life: no deadline (0).
+            off = 0
+            if s["state"] == "WAITING":
+                off = now + hold_ms
+                self._holds[player_id] = off
+            m["off"] = off
+            self._touch(s, now)
+            saved = self._save(s)
+            self._event(s, {"e": "player_disconnected", "player_id": player_id,
+                            "hold_until": off / 1000 if off else None}, saved)
+            return json.loads(saved)  # type: ignore[no-any-return]
+        self._player_expiry[player_id] = now + max(hold_ms, 1)
+        return None
 
     def _drop_player(self, pid: str) -> None:
         self._players.pop(pid, None)
@@ -277,7 +317,9 @@ class MemoryStore:
     async def new_player(
         self, player_id: str, name: str, token_hash: str, conn: str, now: int
     ) -> PlayerInfo:
-        self._players[player_id] = {"id": player_id, "name": name, "tokh": token_hash, "conn": conn}
+        p = self._players[player_id] = {"id": player_id, "name": name, "tokh": token_hash,
+                                        "conn": ""}
+        self._set_conn(p, conn)
         return PlayerInfo(player_id, name, None)
 
     async def resume(
@@ -287,7 +329,7 @@ class MemoryStore:
         if p is None or p["tokh"] != token_hash:
             return None
         old = p["conn"]
-        p["conn"] = conn
+        self._set_conn(p, conn)
         p.pop("disc", None)
         self._holds.pop(player_id, None)
         self._player_expiry.pop(player_id, None)
@@ -323,26 +365,7 @@ class MemoryStore:
         p = self._player(player_id, now)
         if p is None or p["conn"] != conn:
             return None
-        p["conn"] = ""
-        p["disc"] = now
-        if p.get("sid"):
-            s = self._load(p["sid"])
-            m = self._find(s, player_id)
-            if s is None or m is None:
-                return None
-            # Seats in a started session are held for the session's life: no deadline (0).
-            off = 0
-            if s["state"] == "WAITING":
-                off = now + hold_ms
-                self._holds[player_id] = off
-            m["off"] = off
-            self._touch(s, now)
-            saved = self._save(s)
-            self._event(s, {"e": "player_disconnected", "player_id": player_id,
-                            "hold_until": off / 1000 if off else None}, saved)
-            return json.loads(saved)  # type: ignore[no-any-return]
-        self._player_expiry[player_id] = now + max(hold_ms, 1)
-        return None
+        return self._drop_conn(p, now, hold_ms)
 
     # sessions ----------------------------------------------------------------
     async def create_session(
@@ -752,9 +775,40 @@ class MemoryStore:
                 break
             del self._snapshots[token]
 
-    async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100) -> SweepResult:
+    async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100,
+                    node: str | None = None) -> SweepResult:
+        revived = False
+        if node:
+            if node not in self._nodes:
+                revived = True
+                self._dead.pop(node, None)
+            self._nodes[node] = now + timeouts.node_ms
+        for dead in sorted((d, n) for n, d in self._nodes.items() if d < now)[:limit]:
+            del self._nodes[dead[1]]
+            self._dead[dead[1]] = None
+        budget, more = 10 * limit, False
+        dropped: list[Change] = []
+        for dead_node in list(self._dead):
+            if budget <= 0:
+                more = True
+                break
+            on = self._conns.get(dead_node, {})
+            pids = list(on)[:budget]
+            budget -= len(pids)
+            for pid in pids:
+                del on[pid]
+                p = self._player(pid, now)
+                if p is not None and p["conn"].rsplit(".", 1)[0] == dead_node and p["conn"]:
+                    rec = self._drop_conn(p, now, timeouts.hold_ms)
+                    if rec is not None:
+                        dropped.append(Change(rec["id"], rec, None))
+            if not on:
+                self._conns.pop(dead_node, None)
+                del self._dead[dead_node]
+            elif budget <= 0:
+                more = True
         due = sorted((d, pid) for pid, d in self._holds.items() if d <= now)[:limit]
-        changes: list[Change] = []
+        changes: list[Change] = dropped
         for _, pid in due:
             del self._holds[pid]
             p = self._players.get(pid)
@@ -788,7 +842,48 @@ class MemoryStore:
                 changes.append(Change(sid, self._copy(self._close(s, reason, now)), reason))  # type: ignore[arg-type]
             else:
                 self._deadlines[sid] = since + window - shortest
-        return SweepResult(self.epoch, changes)
+        return SweepResult(self.epoch, changes, revived=revived, more=more)
+
+    async def reconcile(self, clients: list[LiveClient], now: int, epoch: str | None = None
+                        ) -> list[Verdict] | None:
+        """Mirrors reconcile.lua."""
+        if epoch is not None and epoch != self.epoch:
+            return None
+        out = []
+        for c in clients:
+            p = self._player(c.player_id, now)
+            kind = "OK"
+            if p is None:
+                p = self._players[c.player_id] = {
+                    "id": c.player_id, "name": c.name, "tokh": c.token_hash, "conn": ""}
+                if c.session_id:
+                    s = self._load(c.session_id)
+                    if s is not None and any(m["id"] == c.player_id for m in s["members"]):
+                        p["sid"] = c.session_id
+                self._set_conn(p, c.conn)
+            elif p["conn"] == "":
+                self._set_conn(p, c.conn)
+                p.pop("disc", None)
+                self._holds.pop(c.player_id, None)
+                self._player_expiry.pop(c.player_id, None)
+                # As a resume: the others learn that the held seat's player is back.
+                s = self._load(p.get("sid"))
+                m = self._find(s, c.player_id)
+                if s is not None and m is not None and "off" in m:
+                    del m["off"]
+                    self._touch(s, now)
+                    self._event(s, {"e": "player_reconnected", "player_id": c.player_id},
+                                self._save(s))
+            elif p["conn"] != c.conn:
+                kind = "REPLACED"
+            session = None
+            if kind == "OK" and c.session_id:
+                session = self._load(c.session_id)
+                if p.get("sid") != c.session_id or session is None or all(
+                        m["id"] != c.player_id for m in session["members"]):
+                    kind = "OUT"
+            out.append(Verdict(kind, session))
+        return out
 
     # A process's memory is never emptied under it: there is nothing to rebuild.
     epoch = "memory"

@@ -30,6 +30,7 @@ from lobby.store.base import (
     ResumeResult,
     SweepResult,
     Timeouts,
+    Verdict,
 )
 from lobby.store.search import SCAN_BUDGET, SNAPSHOT_MAX, SNAPSHOT_MS, cursor_position
 
@@ -37,7 +38,7 @@ _SCRIPTS = (
     "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
     "finish_start", "fail_start", "in_progress", "complete", "sweep", "list",
     "restore", "rebind", "by_server", "update", "promote", "update_player",
-    "set_ready", "chat", "chat_history",
+    "set_ready", "chat", "chat_history", "reconcile",
 )
 
 
@@ -130,7 +131,12 @@ class RedisStore:
         self, player_id: str, name: str, token_hash: str, conn: str, now: int
     ) -> PlayerInfo:
         record = {"id": player_id, "name": name, "tokh": token_hash, "conn": conn}
-        await self.redis.set(f"{self.prefix}p:{player_id}", json.dumps(record))
+        # With the node's set of connected players (see ckey() in prelude.lua),
+        # in one round trip.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(f"{self.prefix}p:{player_id}", json.dumps(record))
+            pipe.sadd(f"{self.prefix}nc:{conn.rsplit('.', 1)[0]}", player_id)
+            await pipe.execute()
         return PlayerInfo(player_id, name, None)
 
     async def resume(
@@ -303,18 +309,30 @@ class RedisStore:
         nxt, raws = res
         return [json.loads(r) for r in raws], (nxt.decode() or None)
 
-    async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100) -> SweepResult:
+    async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100,
+                    node: str | None = None) -> SweepResult:
         flat = await self._run(
             "sweep", limit, timeouts.idle_ms, timeouts.connecting_ms, timeouts.in_progress_ms,
-            now=now,
+            node or "", timeouts.node_ms, timeouts.hold_ms, now=now,
         )
         epoch = flat[0].decode() if flat[0] else None
         changes = []
-        for i in range(1, len(flat), 3):
+        for i in range(3, len(flat), 3):
             tag = flat[i + 2].decode()
             changes.append(Change(flat[i].decode(), ended_record(flat[i + 1]),
                                   None if tag == "OK" else tag))
-        return SweepResult(epoch, changes)
+        return SweepResult(epoch, changes, revived=bool(flat[1]), more=bool(flat[2]))
+
+    async def reconcile(self, clients: list[LiveClient], now: int, epoch: str | None = None
+                        ) -> list[Verdict] | None:
+        if not clients:
+            return []
+        flat = await self._run("reconcile", json.dumps([_live(c) for c in clients]),
+                               epoch or "", now=now)
+        if flat == [b"EPOCH"]:
+            return None
+        return [Verdict(flat[i].decode(), json.loads(flat[i + 1]) if flat[i + 1] else None)
+                for i in range(0, len(flat), 2)]
 
     async def restore(
         self, epoch: str, records: list[SessionRecord], hold_ms: int, now: int
@@ -327,11 +345,7 @@ class RedisStore:
     async def rebind(self, clients: list[LiveClient], now: int) -> int:
         if not clients:
             return 0
-        payload = json.dumps([
-            {"id": c.player_id, "name": c.name, "tokh": c.token_hash, "conn": c.conn,
-             **({"sid": c.session_id} if c.session_id else {})}
-            for c in clients
-        ])
+        payload = json.dumps([_live(c) for c in clients])
         return int(await self._run("rebind", payload, now=now))
 
     async def stats(self) -> dict[str, Any]:
@@ -340,3 +354,8 @@ class RedisStore:
         pipe.zcard(f"{self.prefix}holds")
         open_count, holds = await pipe.execute()
         return {"open_sessions": open_count, "held_seats": holds}
+
+
+def _live(c: LiveClient) -> dict[str, str]:
+    return {"id": c.player_id, "name": c.name, "tokh": c.token_hash, "conn": c.conn,
+            **({"sid": c.session_id} if c.session_id else {})}

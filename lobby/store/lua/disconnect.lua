@@ -4,28 +4,6 @@
 local pid, conn, hold = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local p = load(pkey(pid))
 if not p or p.conn ~= conn then return {'NO'} end
-p.conn = ''
-p.disc = NOW
-if p.sid then
-  local s = load(skey(p.sid))
-  save(pkey(pid), p)
-  local i = s and member_index(s, pid)
-  if i then
-    -- Seats in a started session are held for the session's life: no deadline (0).
-    local off = 0
-    if s.state == 'WAITING' then
-      off = NOW + hold
-      redis.call('ZADD', HOLDS, off, pid)
-    end
-    s.members[i].off = off
-    touch(s)
-    save(skey(s.id), s)
-    local deadline = NULL
-    if off > 0 then deadline = off / 1000 end
-    publish(s, {e = 'player_disconnected', player_id = pid, hold_until = deadline})
-    return ok(s)
-  end
-else
-  redis.call('SET', pkey(pid), cjson.encode(p), 'PX', math.max(hold, 1))
-end
+local s = drop_conn(p, hold)
+if s then return ok(s) end
 return {'NO'}

@@ -22,6 +22,11 @@ local PLAYERS_SCALE = 1e12
 -- Join code -> session id, for the live sessions.
 local CODES = P .. 'codes'
 
+-- Node liveness: node id -> the time its heartbeat (each sweep) lapses. A node
+-- past it is moved to DEAD, and the sweep drops its players' sockets.
+local NODES = P .. 'nodes'
+local DEAD = P .. 'dead'
+
 local function skey(sid) return P .. 's:' .. sid end
 local function pkey(pid) return P .. 'p:' .. pid end
 -- An equality index: the listed sessions (by seq) whose attribute has one value.
@@ -31,6 +36,10 @@ local function ixkey(token) return P .. 'ix:' .. token end
 -- of the message counter ('seq') and each sender's recent send times ('r:' .. pid).
 local function chatkey(sid) return P .. 'c:' .. sid end
 local function chatmetakey(sid) return P .. 'cm:' .. sid end
+-- The players whose socket is on a node (conn ids are 'NODEID.N'), so that a
+-- dead node's sockets can be found without scanning every player.
+local function ckey(node) return P .. 'nc:' .. node end
+local function conn_node(conn) return string.match(conn, '^(.+)%.[^.]*$') end
 
 local function load(key)
   local raw = redis.call('GET', key)
@@ -39,6 +48,15 @@ local function load(key)
 end
 
 local function save(key, t) redis.call('SET', key, cjson.encode(t)) end
+
+-- Every change of a player's conn goes through here, keeping ckey() in step.
+local function set_conn(p, conn)
+  local was = p.conn and p.conn ~= '' and conn_node(p.conn)
+  if was then redis.call('SREM', ckey(was), p.id) end
+  p.conn = conn
+  local now_on = conn ~= '' and conn_node(conn)
+  if now_on then redis.call('SADD', ckey(now_on), p.id) end
+end
 
 local function fail(code) return {'ERR', code} end
 local function ok(s) return {'OK', cjson.encode(s)} end
@@ -231,4 +249,35 @@ local function close_session(s, reason)
   delete_session(s)
   publish(s, {e = 'session_closed', reason = reason})
   return s
+end
+
+-- The player's socket is gone (it closed, or its node died). A member's seat is
+-- held and the others are told (player_disconnected); the session is returned.
+-- A player in no session is kept for the hold only.
+local function drop_conn(p, hold)
+  set_conn(p, '')
+  p.disc = NOW
+  if p.sid then
+    local s = load(skey(p.sid))
+    save(pkey(p.id), p)
+    local i = s and member_index(s, p.id)
+    if i then
+      -- Seats in a started session are held for the session's life: no deadline (0).
+      local off = 0
+      if s.state == 'WAITING' then
+        off = NOW + hold
+        redis.call('ZADD', HOLDS, off, p.id)
+      end
+      s.members[i].off = off
+      touch(s)
+      save(skey(s.id), s)
+      local deadline = NULL
+      if off > 0 then deadline = off / 1000 end
+      publish(s, {e = 'player_disconnected', player_id = p.id, hold_until = deadline})
+      return s
+    end
+  else
+    redis.call('SET', pkey(p.id), cjson.encode(p), 'PX', math.max(hold, 1))
+  end
+  return nil
 end

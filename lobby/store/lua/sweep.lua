@@ -1,5 +1,6 @@
--- ARGV: 3 limit, 4 idle ms (WAITING), 5 connecting ms, 6 in-progress ms.
--- Returns {epoch or false, then triples: session_id, record JSON, 'OK' | end reason}.
+-- ARGV: 3 limit, 4 idle ms (WAITING), 5 connecting ms, 6 in-progress ms, 7-9 below.
+-- Returns {epoch or false, revived (0/1), dead sockets left (0/1), then triples:
+-- session_id, record JSON, 'OK' | end reason}.
 -- One script takes each expired hold or deadline, so with many nodes sweeping
 -- at once every expiry is acted on exactly once.
 local limit = tonumber(ARGV[3])
@@ -8,6 +9,50 @@ local function changed(s, tag)
   table.insert(out, s.id)
   table.insert(out, cjson.encode(s))
   table.insert(out, tag)
+end
+
+-- Node liveness (ARGV 7 this node's id or '', 8 its heartbeat ms, 9 hold ms):
+-- this sweep is the caller's heartbeat. A caller missing from NODES was taken
+-- for dead (or is new): `revived` tells it to reconcile its sockets with the store.
+local me, hold = ARGV[7], tonumber(ARGV[9])
+local revived = 0
+if me ~= '' then
+  if not redis.call('ZSCORE', NODES, me) then
+    revived = 1
+    redis.call('SREM', DEAD, me) -- what was not dropped yet stays its own
+  end
+  redis.call('ZADD', NODES, NOW + tonumber(ARGV[8]), me)
+end
+table.insert(out, revived)
+table.insert(out, 0) -- set to 1 below when a dead node's sockets remain to drop
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', NODES, '-inf', '(' .. NOW, 'LIMIT', 0, limit)) do
+  redis.call('ZREM', NODES, node)
+  redis.call('SADD', DEAD, node)
+end
+-- A dead node's sockets are dropped as if each had closed: seat holds, then
+-- player_left timeout and host migration by the hold sweep below. Bounded:
+-- 10 * `limit` players per call (a drop is three commands); the caller sweeps
+-- again at once while some remain.
+local budget = 10 * limit
+for _, node in ipairs(redis.call('SMEMBERS', DEAD)) do
+  if budget <= 0 then
+    out[3] = 1
+    break
+  end
+  local pids = redis.call('SPOP', ckey(node), budget)
+  budget = budget - #pids
+  for _, pid in ipairs(pids) do
+    local p = load(pkey(pid))
+    if p and p.conn ~= '' and conn_node(p.conn) == node then
+      local s = drop_conn(p, hold)
+      if s then changed(s, 'OK') end
+    end
+  end
+  if redis.call('EXISTS', ckey(node)) == 0 then
+    redis.call('SREM', DEAD, node)
+  elseif budget <= 0 then
+    out[3] = 1
+  end
 end
 
 local due = redis.call('ZRANGEBYSCORE', HOLDS, '-inf', NOW, 'LIMIT', 0, limit)

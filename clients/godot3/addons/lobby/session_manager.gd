@@ -474,7 +474,8 @@ func _on_event(event: Dictionary) -> void:
 	if session.empty() or sid != str(session.get("session_id", "")):
 		emit_signal("event_received", event)
 		return
-	if typeof(event.get("session")) == TYPE_DICTIONARY:
+	# `kicked` carries the room as it is without this player: nothing to mirror.
+	if typeof(event.get("session")) == TYPE_DICTIONARY and type != "kicked":
 		_mirror(event["session"], false)
 	match type:
 		"chat_message":
