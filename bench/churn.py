@@ -242,6 +242,7 @@ def run(run: Run, cross_node: bool) -> list[dict[str, Any]]:
         if run.redis is not None:
             row["redis cpu%"] = usage.get("redis_cpu_pct")
             row["rt/join+leave"] = step["redis_per_join_leave"].get("round_trips_per_op")
+            row["script us"] = step["redis_per_join_leave"].get("evalsha_usec_per_call")
         row["driver cpu%"] = usage.get("driver_cpu_pct_total")
         row["others cpu%"] = usage.get("other_processes_cpu_pct")
         summary.append(row)

@@ -178,6 +178,7 @@ def run(run: Run) -> list[dict[str, Any]]:
         }
         if run.redis is not None:
             row["redis cpu%"] = usage.get("redis_cpu_pct")
+            row["script us"] = step["redis_per_list"].get("evalsha_usec_per_call")
         row["driver cpu%"] = usage.get("driver_cpu_pct_total")
         row["others cpu%"] = usage.get("other_processes_cpu_pct")
         summary.append(row)
