@@ -77,20 +77,24 @@ local function intersect(dst, scored, keys)
   redis.call('ZINTERSTORE', unpack(args))
 end
 
--- Walks candidate ids in order; pos(i) is the cursor just after the i-th.
+-- Walks the candidates in order: at(i) is the i-th id (nil past the last; at most
+-- `budget`), pos(i) the cursor just after it. Returns the next page's cursor.
 local out = {}
-local function walk(ids, pos, full)
+local function walk(at, pos)
   local last = nil
-  for i, sid in ipairs(ids) do
+  local i = 1
+  while i <= budget do
+    local sid = at(i)
+    if not sid then return nil end -- no more candidates: the last page
     local raw = redis.call('GET', skey(sid))
     if raw and matches(cjson.decode(raw)) then
       if #out == limit then return last end -- one more match: there is a next page
       table.insert(out, raw)
       last = pos(i)
     end
+    i = i + 1
   end
-  if full and #ids > 0 then return pos(#ids) end -- budget spent: go on from here
-  return nil
+  return pos(budget) -- budget spent: go on from here
 end
 
 local nxt = nil
@@ -103,19 +107,27 @@ if not players then
     table.insert(temps, src)
     intersect(src, OPEN, keys)
   end
-  local hits
-  if desc then
-    local max = '+inf'
-    if q.seq then max = '(' .. q.seq end
-    hits = redis.call('ZREVRANGEBYSCORE', src, max, '-inf', 'WITHSCORES', 'LIMIT', 0, budget)
-  else
-    local min = '-inf'
-    if q.seq then min = '(' .. q.seq end
-    hits = redis.call('ZRANGEBYSCORE', src, min, '+inf', 'WITHSCORES', 'LIMIT', 0, budget)
+  -- Candidates are read in growing chunks: most pages need only limit + 1.
+  local bound = q.seq and ('(' .. q.seq) or (desc and '+inf' or '-inf')
+  local ids, scores, ended = {}, {}, false
+  local function at(i)
+    while i > #ids and not ended do
+      local count = math.min(budget - #ids, math.max(limit + 1, #ids * 4))
+      local hits
+      if desc then
+        hits = redis.call('ZREVRANGEBYSCORE', src, bound, '-inf', 'WITHSCORES', 'LIMIT', #ids, count)
+      else
+        hits = redis.call('ZRANGEBYSCORE', src, bound, '+inf', 'WITHSCORES', 'LIMIT', #ids, count)
+      end
+      for j = 1, #hits, 2 do
+        table.insert(ids, hits[j])
+        table.insert(scores, hits[j + 1])
+      end
+      if #hits / 2 < count then ended = true end
+    end
+    return ids[i]
   end
-  local ids = {}
-  for i = 1, #hits, 2 do table.insert(ids, hits[i]) end
-  nxt = walk(ids, function(i) return hits[2 * i] end, #ids == budget)
+  nxt = walk(at, function(i) return scores[i] end)
 else
   -- Player counts change under a paging client: the order is taken once, on the
   -- first page, over the first snap_max candidates, and kept for snap_ms.
@@ -139,9 +151,7 @@ else
     end
     token, offset = q.token, 0
   end
-  local window = {}
-  for i = offset + 1, math.min(#ids, offset + budget) do table.insert(window, ids[i]) end
-  local at = walk(window, function(i) return offset + i end, #window == budget)
+  local at = walk(function(i) return ids[offset + i] end, function(i) return offset + i end)
   if at then
     nxt = 'p' .. token .. '.' .. at
     if not q.snap then
