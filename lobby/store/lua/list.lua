@@ -36,12 +36,44 @@ local function holds(attrs, c)
   if op == 'gt' then return v > want end
   return v >= want
 end
-local function matches(s)
-  if not listed(s) then return false end
+
+-- Conditions the indexes answer (eq and in on indexed keys: the drivers), and
+-- the rest, which need the record.
+local drivers, others = {}, {}
+for _, c in ipairs(q.conds) do
+  if (c[2] == 'eq' or c[2] == 'in') and (indexed == nil or indexed[c[1]]) then
+    table.insert(drivers, c)
+  else
+    table.insert(others, c)
+  end
+end
+local need_record = #others > 0 or q.min_free ~= NULL or q.has_pw ~= NULL
+
+-- Whether a session is listed and meets every driver, from the indexes alone
+-- (they hold exactly that): no record to decode for most candidates.
+local function indexed_match(sid)
+  if not redis.call('ZSCORE', OPEN, sid) then return false end
+  for _, c in ipairs(drivers) do
+    local values = c[3]
+    if c[2] == 'eq' then values = {c[3]} end
+    local found = false
+    for _, w in ipairs(values) do
+      if redis.call('ZSCORE', ixkey(attr_token(c[1], w)), sid) then
+        found = true
+        break
+      end
+    end
+    if not found then return false end
+  end
+  return true
+end
+local function record_match(raw)
+  if not need_record then return true end
+  local s = cjson.decode(raw)
   if q.min_free ~= NULL and s.max - #s.members < q.min_free then return false end
   if q.has_pw ~= NULL and (s.pw ~= NULL) ~= q.has_pw then return false end
   local attrs = s.attrs or {}
-  for _, c in ipairs(q.conds) do
+  for _, c in ipairs(others) do
     if not holds(attrs, c) then return false end
   end
   return true
@@ -51,18 +83,16 @@ end
 local temps = {}
 local function driver_keys()
   local keys = {}
-  for i, c in ipairs(q.conds) do
-    if (c[2] == 'eq' or c[2] == 'in') and (indexed == nil or indexed[c[1]]) then
-      if c[2] == 'eq' then
-        table.insert(keys, ixkey(attr_token(c[1], c[3])))
-      else
-        local union = P .. 'tmp:' .. q.token .. ':in' .. i
-        local args = {union, #c[3]}
-        for _, w in ipairs(c[3]) do table.insert(args, ixkey(attr_token(c[1], w))) end
-        redis.call('ZUNIONSTORE', unpack(args))
-        table.insert(temps, union)
-        table.insert(keys, union)
-      end
+  for i, c in ipairs(drivers) do
+    if c[2] == 'eq' then
+      table.insert(keys, ixkey(attr_token(c[1], c[3])))
+    else
+      local union = P .. 'tmp:' .. q.token .. ':in' .. i
+      local args = {union, #c[3]}
+      for _, w in ipairs(c[3]) do table.insert(args, ixkey(attr_token(c[1], w))) end
+      redis.call('ZUNIONSTORE', unpack(args))
+      table.insert(temps, union)
+      table.insert(keys, union)
     end
   end
   return keys
@@ -86,8 +116,8 @@ local function walk(at, pos)
   while i <= budget do
     local sid = at(i)
     if not sid then return nil end -- no more candidates: the last page
-    local raw = redis.call('GET', skey(sid))
-    if raw and matches(cjson.decode(raw)) then
+    local raw = indexed_match(sid) and redis.call('GET', skey(sid))
+    if raw and record_match(raw) then
       if #out == limit then return last end -- one more match: there is a next page
       table.insert(out, raw)
       last = pos(i)
@@ -130,12 +160,24 @@ if not players then
   nxt = walk(at, function(i) return scores[i] end)
 else
   -- Player counts change under a paging client: the order is taken once, on the
-  -- first page, over the first snap_max candidates, and kept for snap_ms.
-  local ids, token, offset
+  -- first page, over the first snap_max candidates, and kept for snap_ms (a list).
+  local token, offset, at
+  local ids = {}
   if q.snap then
-    local raw = redis.call('GET', P .. 'snap:' .. q.snap)
-    if not raw then return {'ERR', 'CURSOR_EXPIRED'} end
-    ids, token, offset = cjson.decode(raw), q.snap, q.offset
+    local key = P .. 'snap:' .. q.snap
+    if redis.call('EXISTS', key) == 0 then return {'ERR', 'CURSOR_EXPIRED'} end
+    token, offset = q.snap, q.offset
+    local ended = false
+    at = function(i)
+      while i > #ids and not ended do
+        local count = math.min(budget - #ids, math.max(limit + 1, #ids * 4))
+        local from = offset + #ids
+        local chunk = redis.call('LRANGE', key, from, from + count - 1)
+        for _, sid in ipairs(chunk) do table.insert(ids, sid) end
+        if #chunk < count then ended = true end
+      end
+      return ids[i]
+    end
   else
     local src = OPENP
     local keys = driver_keys()
@@ -150,12 +192,15 @@ else
       ids = redis.call('ZRANGE', src, 0, q.snap_max - 1)
     end
     token, offset = q.token, 0
+    at = function(i) return ids[i] end
   end
-  local at = walk(function(i) return ids[offset + i] end, function(i) return offset + i end)
-  if at then
-    nxt = 'p' .. token .. '.' .. at
+  local pos = walk(at, function(i) return offset + i end)
+  if pos then
+    nxt = 'p' .. token .. '.' .. pos
     if not q.snap then
-      redis.call('SET', P .. 'snap:' .. token, cjson.encode(ids), 'PX', q.snap_ms)
+      local key = P .. 'snap:' .. token
+      redis.call('RPUSH', key, unpack(ids))
+      redis.call('PEXPIRE', key, q.snap_ms)
     end
   end
 end
