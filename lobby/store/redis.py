@@ -74,6 +74,10 @@ def raise_script_error(code: str, target: str | None = None, detail: str | None 
         raise LobbyError(ErrorCode.BAD_REQUEST, "max_players is below the number of players")
     if code == "TOO_MANY_ATTRIBUTES":
         raise LobbyError(ErrorCode.BAD_REQUEST, "too many attributes after this update")
+    if code == "BANNED":
+        raise LobbyError(ErrorCode.BANNED, "the host banned you from this session")
+    if code == "SESSION_LOCKED":
+        raise LobbyError(ErrorCode.SESSION_LOCKED, "the host locked this session")
     if code == "PROMOTE_SELF":
         raise LobbyError(ErrorCode.BAD_REQUEST, "you are the host already")
     raise LobbyError(code)

@@ -1,7 +1,9 @@
 extends Control
 ## Browse Games: one page of open games at a time (Refresh: the first page, Next
 ## page: the following one). A game with a password is shown with "[locked] " and
-## asks for the password before joining. Emits joined(session) once in the game.
+## asks for the password before joining. Mode and Map filter the list (fullest
+## games first); "Join by code" joins a friend's game, listed or not. Emits
+## joined(session) once in the game.
 
 signal joined(session: Dictionary)
 
@@ -26,6 +28,10 @@ var _busy := false
 @onready var _session_list: ItemList = $Box/SessionList
 @onready var _password_edit: LineEdit = $Box/PasswordEdit
 @onready var _join_button: Button = $Box/JoinButton
+@onready var _mode_filter: LineEdit = $Box/Filters/ModeFilter
+@onready var _map_filter: LineEdit = $Box/Filters/MapFilter
+@onready var _code_edit: LineEdit = $Box/CodeBox/CodeEdit
+@onready var _join_code_button: Button = $Box/CodeBox/JoinCodeButton
 @onready var _error_label: Label = $Box/ErrorLabel
 
 
@@ -39,6 +45,7 @@ func _ready() -> void:
 	_join_button.pressed.connect(_on_join_pressed)
 	_session_list.item_activated.connect(_join)
 	_session_list.item_selected.connect(_on_item_selected)
+	_join_code_button.pressed.connect(_on_join_code_pressed)
 	if session_manager != null and session_manager.player_id != "":
 		_load_page("")
 
@@ -59,8 +66,30 @@ func _load_page(cursor: String) -> void:
 		return
 	_error_label.text = ""
 	_set_busy(true)
-	var req: LobbyRequestScript = session_manager.list_sessions(page_size, cursor)
+	var req: LobbyRequestScript = session_manager.list_sessions(page_size, cursor, _search())
 	req.completed.connect(_on_page)
+
+
+## The filter fields as list_sessions search fields (empty fields filter nothing).
+func _search() -> Dictionary:
+	var wanted := {}
+	if _mode_filter.text.strip_edges() != "":
+		wanted["mode"] = _mode_filter.text.strip_edges()
+	if _map_filter.text.strip_edges() != "":
+		wanted["map"] = _map_filter.text.strip_edges()
+	if wanted.is_empty():
+		return {}
+	return {"filter": wanted, "sort": "most_players"}
+
+
+func _on_join_code_pressed() -> void:
+	if _busy or session_manager == null:
+		return
+	_error_label.text = ""
+	_set_busy(true)
+	var req: LobbyRequestScript = session_manager.join_by_code(
+		_code_edit.text, _password_edit.text)
+	req.completed.connect(_on_join_reply)
 
 
 func _on_page(reply: Dictionary) -> void:

@@ -1,5 +1,7 @@
 extends Control
-## Host Game dialog: a name, max players (2-16) and an optional password.
+## Host Game dialog: a name, max players (2-16), an optional password, the room's
+## description (mode and map attributes) and Unlisted (friends join with the code
+## the waiting room shows).
 ## Emits hosted(session) once the lobby created the session, this player its host.
 
 signal hosted(session: Dictionary)
@@ -14,6 +16,9 @@ var session_manager: Node = null
 @onready var _name_edit: LineEdit = $Box/NameEdit
 @onready var _max_players: SpinBox = $Box/MaxPlayers
 @onready var _password_edit: LineEdit = $Box/PasswordEdit
+@onready var _mode_edit: LineEdit = $Box/ModeEdit
+@onready var _map_edit: LineEdit = $Box/MapEdit
+@onready var _unlisted_check: CheckBox = $Box/UnlistedCheck
 @onready var _host_button: Button = $Box/HostButton
 @onready var _error_label: Label = $Box/ErrorLabel
 
@@ -39,8 +44,15 @@ func _on_host_pressed() -> void:
 		return
 	_error_label.text = ""
 	_host_button.disabled = true
+	var attributes := {}
+	if _mode_edit.text.strip_edges() != "":
+		attributes["mode"] = _mode_edit.text.strip_edges()
+	if _map_edit.text.strip_edges() != "":
+		attributes["map"] = _map_edit.text.strip_edges()
+	var visibility := "unlisted" if _unlisted_check.button_pressed else "public"
 	var req: LobbyRequestScript = session_manager.create_session(
-		_name_edit.text.strip_edges(), int(_max_players.value), _password_edit.text
+		_name_edit.text.strip_edges(), int(_max_players.value), _password_edit.text,
+		attributes, visibility
 	)
 	req.completed.connect(_on_host_reply)
 

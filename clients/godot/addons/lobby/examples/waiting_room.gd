@@ -7,6 +7,8 @@ extends Control
 ## session_changed. Emits game_starting(server_endpoint) on session_started (the
 ## MultiplayerManager autoload connects by itself), and left() once this player is
 ## out of the session: Leave answered, kicked, or the session closed.
+## Lobby data: the join code to share, the room's attributes, and for the host Kick
+## and ban, Make host, Lock, and a settings edit (name, max players, map).
 
 signal left()
 signal game_starting(server_endpoint: String)
@@ -29,6 +31,17 @@ var _tick := 0.0
 @onready var _kick_button: Button = $Box/Buttons/KickButton
 @onready var _leave_button: Button = $Box/Buttons/LeaveButton
 @onready var _status_label: Label = $Box/StatusLabel
+@onready var _code_label: Label = $Box/CodeLabel
+@onready var _attributes_label: Label = $Box/AttributesLabel
+@onready var _host_buttons: HBoxContainer = $Box/HostButtons
+@onready var _ban_button: Button = $Box/HostButtons/BanButton
+@onready var _promote_button: Button = $Box/HostButtons/PromoteButton
+@onready var _lock_button: Button = $Box/HostButtons/LockButton
+@onready var _settings: HBoxContainer = $Box/Settings
+@onready var _settings_name: LineEdit = $Box/Settings/NameEdit
+@onready var _settings_max: SpinBox = $Box/Settings/MaxPlayers
+@onready var _settings_map: LineEdit = $Box/Settings/MapEdit
+@onready var _save_button: Button = $Box/Settings/SaveButton
 @onready var _error_label: Label = $Box/ErrorLabel
 @onready var _ready_box: VBoxContainer = $Box/ReadyBox
 @onready var _chat_log: TextEdit = $Box/ChatLog
@@ -45,6 +58,10 @@ func _ready() -> void:
 	_leave_button.pressed.connect(_on_leave_pressed)
 	_send_button.pressed.connect(_on_send_pressed)
 	_chat_edit.text_submitted.connect(_send_chat)
+	_ban_button.pressed.connect(_on_ban_pressed)
+	_promote_button.pressed.connect(_on_promote_pressed)
+	_lock_button.pressed.connect(_on_lock_pressed)
+	_save_button.pressed.connect(_on_save_pressed)
 	if session_manager != null:
 		session_manager.chat_message.connect(_on_chat_message)
 		session_manager.player_disconnected.connect(_on_presence)
@@ -75,6 +92,17 @@ func refresh() -> void:
 	var host_id := _text(current, "host_id")
 	var me: String = session_manager.player_id
 	_title.text = _text(current, "name")
+	var code := _text(current, "join_code")
+	_code_label.text = "" if code == "" else "Code: " + code
+	var description := PackedStringArray()
+	var raw_attributes: Variant = current.get("attributes")
+	if raw_attributes is Dictionary:
+		for key in raw_attributes:
+			description.append("%s: %s" % [key, str(raw_attributes[key])])
+	var locked: bool = current.get("locked", false) == true
+	if locked:
+		description.append("locked")
+	_attributes_label.text = ", ".join(description)
 	_member_list.clear()
 	for member in session_manager.members():
 		if not (member is Dictionary):
@@ -99,6 +127,12 @@ func refresh() -> void:
 	_kick_button.visible = host
 	_start_button.disabled = _starting or not session_manager.start_rule_met()
 	_kick_button.disabled = state != "WAITING"
+	_host_buttons.visible = host and state == "WAITING"
+	_settings.visible = host and state == "WAITING"
+	_lock_button.text = "Unlock" if locked else "Lock"
+	var max_players: Variant = current.get("max_players")
+	if max_players is int or max_players is float:
+		_settings_max.value = int(max_players)
 	var endpoint := _text(current, "server_endpoint")
 	_status_label.text = state if endpoint == "" else "%s, server %s" % [state, endpoint]
 	var missing: Array = session_manager.not_ready()
@@ -226,6 +260,56 @@ func _on_kick_pressed() -> void:
 func _on_kick_reply(reply: Dictionary) -> void:
 	if reply.get("ok", false) != true:
 		_error_label.text = "Could not kick: " + _describe(reply)
+
+
+func _selected_other() -> String:
+	var selected := _member_list.get_selected_items()
+	if selected.is_empty():
+		_error_label.text = "Pick a player first."
+		return ""
+	var player_id := str(_member_list.get_item_metadata(selected[0]))
+	if player_id == session_manager.player_id:
+		_error_label.text = "Pick another player."
+		return ""
+	_error_label.text = ""
+	return player_id
+
+
+func _on_ban_pressed() -> void:
+	var player_id := _selected_other()
+	if player_id != "":
+		var req: LobbyRequestScript = session_manager.kick_player(player_id, true)
+		req.completed.connect(_on_host_reply)
+
+
+func _on_promote_pressed() -> void:
+	var player_id := _selected_other()
+	if player_id != "":
+		var req: LobbyRequestScript = session_manager.promote_player(player_id)
+		req.completed.connect(_on_host_reply)
+
+
+func _on_lock_pressed() -> void:
+	var locked: bool = session_manager.session.get("locked", false) == true
+	var req: LobbyRequestScript = session_manager.update_session({"locked": not locked})
+	req.completed.connect(_on_host_reply)
+
+
+## Settings: the fields left empty are not changed.
+func _on_save_pressed() -> void:
+	var changes := {}
+	if _settings_name.text.strip_edges() != "":
+		changes["name"] = _settings_name.text.strip_edges()
+	changes["max_players"] = int(_settings_max.value)
+	if _settings_map.text.strip_edges() != "":
+		changes["attributes"] = {"map": _settings_map.text.strip_edges()}
+	var req: LobbyRequestScript = session_manager.update_session(changes)
+	req.completed.connect(_on_host_reply)
+
+
+func _on_host_reply(reply: Dictionary) -> void:
+	if reply.get("ok", false) != true:
+		_error_label.text = "Could not do that: " + _describe(reply)
 
 
 func _on_leave_pressed() -> void:

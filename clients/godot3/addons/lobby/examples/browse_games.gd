@@ -1,5 +1,6 @@
-# Browse Games: pages of open sessions (newest first), a lock on password
-# sessions, and join with a password prompt.
+# Browse Games: pages of open sessions (newest first, or filtered by mode and map
+# with the fullest first), a lock on password sessions, join with a password
+# prompt, and a "Join by code" box for a friend's (unlisted) room.
 extends Control
 
 signal joined(session)
@@ -20,6 +21,7 @@ func _ready() -> void:
 	$Box/Buttons/NextPageButton.connect("pressed", self, "_on_next_page")
 	$Box/JoinButton.connect("pressed", self, "_on_join_pressed")
 	$Box/SessionList.connect("item_selected", self, "_on_selected")
+	$Box/CodeBox/JoinCodeButton.connect("pressed", self, "_on_join_code_pressed")
 
 
 func refresh() -> void:
@@ -32,7 +34,7 @@ func _on_next_page() -> void:
 
 func _load_page(cursor: String) -> void:
 	$Box/ErrorLabel.text = ""
-	var reply = yield(session_manager.list_sessions(page_size, cursor), "completed")
+	var reply = yield(session_manager.list_sessions(page_size, cursor, _search()), "completed")
 	if not reply.get("ok", false):
 		$Box/ErrorLabel.text = reply["error"]["message"]
 		return
@@ -50,6 +52,30 @@ func _load_page(cursor: String) -> void:
 	_next_cursor = nxt if typeof(nxt) == TYPE_STRING else ""
 	$Box/Buttons/NextPageButton.disabled = _next_cursor == ""
 	$Box/PasswordEdit.visible = false
+
+
+# The filter fields as list_sessions search fields (empty fields filter nothing).
+func _search() -> Dictionary:
+	var wanted := {}
+	for field in [["mode", $Box/Filters/ModeFilter], ["map", $Box/Filters/MapFilter]]:
+		var text: String = field[1].text.strip_edges()
+		if text != "":
+			wanted[field[0]] = text
+	if wanted.empty():
+		return {}
+	return {"filter": wanted, "sort": "most_players"}
+
+
+func _on_join_code_pressed() -> void:
+	$Box/ErrorLabel.text = ""
+	var reply = yield(session_manager.join_by_code($Box/CodeBox/CodeEdit.text,
+			$Box/PasswordEdit.text), "completed")
+	if reply.get("ok", false):
+		emit_signal("joined", reply["session"])
+		return
+	if reply["error"]["code"] == "WRONG_PASSWORD":
+		$Box/PasswordEdit.visible = true
+	$Box/ErrorLabel.text = reply["error"]["message"]
 
 
 func _on_selected(index: int) -> void:

@@ -1,4 +1,6 @@
-# Host Game dialog: name, max players, optional password -> create_session.
+# Host Game dialog: name, max players, optional password, the room's description
+# (mode and map attributes) and whether it is listed -> create_session. An
+# unlisted room is joined with the join code the waiting room shows.
 extends Control
 
 signal hosted(session)
@@ -15,9 +17,15 @@ func _ready() -> void:
 func _on_host_pressed() -> void:
 	$Box/ErrorLabel.text = ""
 	$Box/HostButton.disabled = true
+	var attributes := {}
+	for field in [["mode", $Box/ModeEdit], ["map", $Box/MapEdit]]:
+		var text: String = field[1].text.strip_edges()
+		if text != "":
+			attributes[field[0]] = text
+	var visibility := "unlisted" if $Box/UnlistedCheck.pressed else "public"
 	var reply = yield(session_manager.create_session(
-			$Box/NameEdit.text.strip_edges(), int($Box/MaxPlayers.value), $Box/PasswordEdit.text),
-			"completed")
+			$Box/NameEdit.text.strip_edges(), int($Box/MaxPlayers.value), $Box/PasswordEdit.text,
+			attributes, visibility), "completed")
 	$Box/HostButton.disabled = false
 	if reply.get("ok", false):
 		emit_signal("hosted", reply["session"])

@@ -3,6 +3,8 @@
 # host's Start (enabled only while the session's start rule holds) and Kick,
 # Leave, a chat box, and why a start failed. It only reads SessionManager's
 # mirror (session, chat_log, hold_until), which replies and events keep current.
+# Lobby data: the join code to share, the room's attributes, and for the host
+# Kick and ban, Make host, Lock, and a settings edit (name, max players, map).
 extends Control
 
 signal left()
@@ -23,6 +25,10 @@ func _ready() -> void:
 	$Box/Buttons/LeaveButton.connect("pressed", self, "_on_leave_pressed")
 	$Box/ChatRow/SendButton.connect("pressed", self, "_on_send_pressed")
 	$Box/ChatRow/ChatEdit.connect("text_entered", self, "_on_chat_entered")
+	$Box/HostButtons/BanButton.connect("pressed", self, "_on_ban_pressed")
+	$Box/HostButtons/PromoteButton.connect("pressed", self, "_on_promote_pressed")
+	$Box/HostButtons/LockButton.connect("pressed", self, "_on_lock_pressed")
+	$Box/Settings/SaveButton.connect("pressed", self, "_on_save_pressed")
 	session_manager.connect("session_changed", self, "_on_session_changed")
 	session_manager.connect("session_started", self, "_on_session_started")
 	session_manager.connect("session_start_failed", self, "_on_start_failed")
@@ -48,6 +54,16 @@ func refresh() -> void:
 	var list: ItemList = $Box/MemberList
 	list.clear()
 	$Box/Title.text = str(session.get("name", "Not in a game"))
+	var code = session.get("join_code")
+	$Box/CodeLabel.text = "Code: %s" % code if typeof(code) == TYPE_STRING else ""
+	var attributes = session.get("attributes", {})
+	var description := PoolStringArray()
+	if typeof(attributes) == TYPE_DICTIONARY:
+		for key in attributes:
+			description.append("%s: %s" % [key, attributes[key]])
+	if session.get("locked", false):
+		description.append("locked")
+	$Box/AttributesLabel.text = description.join(", ")
 	for player in session_manager.members():
 		var id: String = player["player_id"]
 		var line: String = player["name"]
@@ -75,6 +91,10 @@ func refresh() -> void:
 	$Box/Buttons/KickButton.visible = host
 	$Box/Buttons/StartButton.disabled = not session_manager.start_rule_met()
 	$Box/Buttons/KickButton.disabled = not waiting
+	$Box/HostButtons.visible = host and waiting
+	$Box/Settings.visible = host and waiting
+	$Box/HostButtons/LockButton.text = "Unlock" if session.get("locked", false) else "Lock"
+	$Box/Settings/MaxPlayers.value = int(session.get("max_players", 4))
 	var status: String = session_manager.session_state()
 	if session_manager.server_endpoint() != "":
 		status += " server " + session_manager.server_endpoint()
@@ -186,6 +206,55 @@ func _on_kick_pressed() -> void:
 		return
 	var target: String = $Box/MemberList.get_item_metadata(selected[0])
 	var reply = yield(session_manager.kick_player(target), "completed")
+	if not reply.get("ok", false):
+		_show_error(reply)
+
+
+func _selected_player() -> String:
+	var selected: PoolIntArray = $Box/MemberList.get_selected_items()
+	if selected.empty():
+		$Box/ErrorLabel.text = "Select a player first"
+		return ""
+	return $Box/MemberList.get_item_metadata(selected[0])
+
+
+func _on_ban_pressed() -> void:
+	var target := _selected_player()
+	if target == "":
+		return
+	var reply = yield(session_manager.kick_player(target, true), "completed")
+	if not reply.get("ok", false):
+		_show_error(reply)
+
+
+func _on_promote_pressed() -> void:
+	var target := _selected_player()
+	if target == "":
+		return
+	var reply = yield(session_manager.promote_player(target), "completed")
+	if not reply.get("ok", false):
+		_show_error(reply)
+
+
+func _on_lock_pressed() -> void:
+	var locked: bool = session_manager.session.get("locked", false)
+	var reply = yield(session_manager.update_session({"locked": not locked}), "completed")
+	if not reply.get("ok", false):
+		_show_error(reply)
+
+
+# Settings: the fields left empty are not changed.
+func _on_save_pressed() -> void:
+	var changes := {}
+	var new_name: String = $Box/Settings/NameEdit.text.strip_edges()
+	if new_name != "":
+		changes["name"] = new_name
+	if int($Box/Settings/MaxPlayers.value) != int(session_manager.session.get("max_players", 0)):
+		changes["max_players"] = int($Box/Settings/MaxPlayers.value)
+	var new_map: String = $Box/Settings/MapEdit.text.strip_edges()
+	if new_map != "":
+		changes["attributes"] = {"map": new_map}
+	var reply = yield(session_manager.update_session(changes), "completed")
 	if not reply.get("ok", false):
 		_show_error(reply)
 
