@@ -398,15 +398,16 @@ class Lobby:
         sid = req.session_id
         assert sid is not None
         async with self._becoming_member(sid, client):
+            # The chat comes in the same atomic step as the join: newer messages
+            # reach the (already subscribed) joiner as chat_message events.
             try:
-                rec = await self.store.join_session(client.player_id, sid, None, now_ms())
+                rec, chat = await self.store.join_session_chat(
+                    client.player_id, sid, None, now_ms())
             except PasswordRequired as need:
                 await self._check_password(client, req.password, need)
-                rec = await self.store.join_session(client.player_id, sid, need.pw, now_ms())
+                rec, chat = await self.store.join_session_chat(
+                    client.player_id, sid, need.pw, now_ms())
         result, _ = self._member_result(rec)
-        # After the join (and the subscription), so no message falls in between:
-        # newer ones arrive as chat_message events.
-        chat = await self._chat_log(sid, client.player_id)
         result["chat"] = chat
         return result, (rec["id"], rec["v"], _last_seq(chat))
 

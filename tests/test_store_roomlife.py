@@ -229,8 +229,9 @@ async def test_chat_numbers_keeps_and_publishes(store: Harness) -> None:
     await h.store.kick("alice", "bob", T0 + 21)
     await fails(ErrorCode.NOT_IN_SESSION, h.store.send_chat("s1", "bob", "x", T0 + 22))
     await fails(ErrorCode.NOT_IN_SESSION, h.store.chat_history("s1", "bob"))
-    # A joiner sees what was said before.
-    await h.store.join_session("carol", "s1", None, T0 + 23)
+    # A joiner gets what was said before with the join (one atomic step).
+    rec, chat = await h.store.join_session_chat("carol", "s1", None, T0 + 23)
+    assert ids(rec) == ["alice", "carol"] and chat == sent
     assert await h.store.chat_history("s1", "carol") == sent
     assert summary(await h.drain(2)) == [("s1", "player_left", 3), ("s1", "player_joined", 4)]
 

@@ -141,6 +141,12 @@ class SessionStore(Protocol):
         caller has not verified (verified_pw must equal the stored hash)."""
         ...
 
+    async def join_session_chat(
+        self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
+    ) -> tuple[SessionRecord, list[dict[str, Any]]]:
+        """join_session, and the session's kept chat read in the same atomic step."""
+        ...
+
     async def leave_session(self, player_id: str, now: int) -> Change:
         """The session after the leave; `ended` is "abandoned" if it was the last member."""
         ...

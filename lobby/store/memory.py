@@ -443,6 +443,12 @@ class MemoryStore:
         self._event(s, {"e": "player_joined", "player_id": player_id, "name": p["name"]}, saved)
         return json.loads(saved)  # type: ignore[no-any-return]
 
+    async def join_session_chat(
+        self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
+    ) -> tuple[SessionRecord, list[dict[str, Any]]]:
+        rec = await self.join_session(player_id, session_id, verified_pw, now)
+        return rec, [json.loads(t) for t in self._chat.get(session_id, ())]
+
     async def leave_session(self, player_id: str, now: int) -> Change:
         p = self._require(player_id, now)
         if not p.get("sid"):

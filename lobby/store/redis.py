@@ -179,13 +179,19 @@ class RedisStore:
     async def join_session(
         self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
     ) -> SessionRecord:
+        return (await self.join_session_chat(player_id, session_id, verified_pw, now))[0]
+
+    async def join_session_chat(
+        self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
+    ) -> tuple[SessionRecord, list[dict[str, Any]]]:
         pw_json = json.dumps(verified_pw) if verified_pw else ""
         res = await self._run("join", player_id, session_id, pw_json, now=now)
         if res[0] == b"PW":
             raise PasswordRequired(json.loads(res[1]))
         if res[0] == b"ERR":
             raise_script_error(res[1].decode())
-        return json.loads(res[1])
+        chat = [json.loads(raw) for raw in res[2]] if len(res) > 2 else []
+        return json.loads(res[1]), chat
 
     async def _run_change(self, name: str, *args: Any, now: int, reason: str) -> Change:
         res = await self._run(name, *args, now=now)

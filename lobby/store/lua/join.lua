@@ -25,4 +25,5 @@ save(skey(sid), s)
 p.sid = sid
 save(pkey(pid), p)
 publish(s, {e = 'player_joined', player_id = pid, name = p.name})
-return ok(s)
+-- The chat so far, read in the same step: later messages reach the joiner as events.
+return {'OK', cjson.encode(s), redis.call('LRANGE', chatkey(sid), 0, -1)}
