@@ -9,7 +9,7 @@ import logging
 import resource
 import secrets
 import signal
-from http import HTTPStatus
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,14 +20,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from websockets.asyncio.server import Server, serve
 
 from lobby import play
+from lobby.admin import Call, Handler, OpsAPI
 from lobby.allocators.base import Allocator
 from lobby.allocators.static import StaticAllocator
 from lobby.bus import Bus, MemoryBus, RedisBus
 from lobby.callbacks import GameServerAPI
 from lobby.config import Settings, StartupError
 from lobby.handlers import Lobby, now_ms
-from lobby.http import HttpRequest, HttpResponse, json_response
+from lobby.http import HttpRequest, HttpResponse
 from lobby.hub import Hub
+from lobby.logs import fields
+from lobby.metrics import NodeMetrics
+from lobby.nodes import BEAT_SECONDS, NodeRegistry
 from lobby.persistence.dynamodb import PersistenceQueue, SessionTable
 from lobby.server import SocketServer, push_many
 from lobby.store.base import Change, LiveClient, SessionStore
@@ -35,6 +39,10 @@ from lobby.store.memory import MemoryStore
 from lobby.store.redis import RedisStore
 
 log = logging.getLogger("lobby")
+
+CLOSE_SERVICE_RESTART = 1012  # RFC 6455: "reconnect (to another node)"
+DRAIN_REASON = "lobby node restarting: reconnect and resume"
+READY_PING_SECONDS = 0.5
 
 
 class LobbyNode:
@@ -90,7 +98,22 @@ class LobbyNode:
         )
         GameServerAPI(self.lobby, settings.server_key).register(self.sockets.http.router)
         play.register(self.sockets.http.router)  # the /play/ demo page
-        self.sockets.http.router.add("GET", "/metrics", self._metrics_route)
+        router = self.sockets.http.router
+        ops = OpsAPI(self)
+        router.add("GET", "/metrics", _route(ops.metrics))
+        router.add("GET", "/metrics.json", _route(ops.metrics_json))
+        router.add("GET", "/readyz", _route(ops.readyz))
+        router.add(None, "/admin/", _route(ops.admin), prefix=True)
+        self.draining = False
+        self.started_at = time.time()
+        self.prometheus = NodeMetrics(self)
+        self.lobby.observe_request = self.prometheus.observe_request
+        self.lobby.observe_claim = self.prometheus.observe_claim
+        self.hub.on_fanout = self.prometheus.observe_fanout
+        if self.table is not None:
+            _time_writes(self.table, self.prometheus.observe_written)
+        self.registry = NodeRegistry(self._redis, settings.redis_prefix, self.node_id,
+                                     self.node_info)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._epoch: str | None = None  # the store generation this node has synced with
@@ -118,8 +141,48 @@ class LobbyNode:
             "persistence": self.persistence.metrics if self.persistence is not None else None,
         }
 
-    def _metrics_route(self, request: HttpRequest) -> HttpResponse:
-        return json_response(HTTPStatus.OK, self.metrics())
+    def node_info(self) -> dict[str, Any]:
+        """What GET /admin/nodes shows of this node."""
+        return {
+            "node_id": self.node_id, "mode": self.mode, "sockets": self.hub.client_count,
+            "players": sum(1 for c in self.hub.clients() if c.player_id is not None),
+            "local_sessions": self.hub.session_count, "draining": self.draining,
+            "started_at": self.started_at, "seen_at": time.time(),
+            "address": f"{self.settings.host}:{self.port if self._server else self.settings.port}",
+        }
+
+    async def admin_state_counts(self) -> dict[str, int]:
+        """Live sessions by state, store-wide (a scan: the metrics cache it)."""
+        counts: dict[str, int] = {}
+        cursor: str | None = None
+        while True:
+            records, cursor = await self.store.scan_sessions(cursor, 500)
+            for rec in records:
+                counts[rec["state"]] = counts.get(rec["state"], 0) + 1
+            if cursor is None:
+                return counts
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether a load balancer should send players here, and why not."""
+        problems: list[str] = []
+        if self.draining:
+            problems.append("draining: this node is shutting down")
+        if self._redis is not None:
+            try:
+                await asyncio.wait_for(self._redis.ping(), READY_PING_SECONDS)
+            except Exception as err:
+                problems.append(f"redis: no answer to PING within {READY_PING_SECONDS}s "
+                                f"({type(err).__name__})")
+        backlog = self.persistence.pending if self.persistence is not None else 0
+        limit = self.settings.ready_max_backlog
+        if backlog > limit:
+            problems.append(f"dynamodb: {backlog} sessions waiting to be written "
+                            f"(over {limit})")
+        detail: dict[str, Any] = {"ready": not problems, "node_id": self.node_id,
+                                  "persistence_backlog": backlog}
+        if problems:
+            detail["reason"] = "; ".join(problems)
+        return not problems, detail
 
     def _persist(self, change: Change) -> None:
         if self.persistence is not None:
@@ -163,6 +226,7 @@ class LobbyNode:
         self._tasks.append(asyncio.create_task(self._reconciler(), name="lobby-servers"))
         self._tasks.append(asyncio.create_task(self._store_reconciler(),
                                                name="lobby-store-reconciler"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="lobby-heartbeat"))
         self._log_mode()
 
     async def _listen(self) -> Server:
@@ -201,6 +265,52 @@ class LobbyNode:
             log.warning("no --server-key: game-server callbacks are refused and "
                         "join_ticket answers TICKETS_DISABLED")
         log.info("node %s listening on ws://%s:%d/ws", self.node_id, s.host, self.port)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await self.registry.beat()
+            except Exception as err:
+                log.debug("node heartbeat failed: %s", err)
+            await asyncio.sleep(BEAT_SECONDS)
+
+    async def drain(self) -> None:
+        """Stop accepting, tell every client to go elsewhere (1012), give them
+        --drain-seconds, then let stop() close what is left and flush writes.
+
+        The closes are spread over the first half of the window so that the
+        nodes taking over see a ramp, not every client of this node at once.
+        A client's seat stays held in the store (--seat-hold-seconds), so its
+        resume on another node finds it in its session.
+        """
+        self.draining = True
+        seconds = self.settings.drain_seconds
+        if self._server is not None:
+            # Only the listening socket (websockets' own close() would also close
+            # every connection with 1001, and is idempotent: stop() calls it).
+            self._server.server.close()
+        clients = self.hub.clients()
+        log.info("draining: %d sockets told to reconnect (1012) over %.1fs",
+                 len(clients), seconds / 2, extra=fields(count=len(clients)))
+        with contextlib.suppress(Exception):
+            await self.registry.beat()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        steps = max(1, min(len(clients), 20))
+        for i in range(steps):
+            for client in clients[i::steps]:
+                client.close(CLOSE_SERVICE_RESTART, DRAIN_REASON)
+            if i < steps - 1:
+                await asyncio.sleep(seconds / 2 / steps)
+        closing = [asyncio.ensure_future(c.ws.wait_closed())  # type: ignore[attr-defined]
+                   for c in clients if hasattr(c, "ws")]
+        if closing:
+            _, pending = await asyncio.wait(closing, timeout=max(0.0, deadline - loop.time()))
+            for fut in pending:
+                fut.cancel()
+            if pending:
+                log.warning("draining: %d sockets still open after %.1fs; closing them",
+                            len(pending), seconds)
 
     async def _reconciler(self) -> None:
         """Releases game servers held for sessions that do not use them (FleetIQ
@@ -298,6 +408,8 @@ class LobbyNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.registry.remove(), 2)
         # Each step is bounded: a dead Redis or AWS endpoint must not hang shutdown.
         if self._server is not None:
             self._server.close()
@@ -327,6 +439,7 @@ class LobbyNode:
             loop.add_signal_handler(sig, stopping.set)
         try:
             await stopping.wait()
+            await self.drain()
             log.info("shutting down")
         finally:
             await self.stop()
@@ -359,6 +472,31 @@ async def _until_reachable(what: str, call: Any, seconds: float) -> None:
             warned = True
         await asyncio.sleep(min(delay, left))
         delay = min(delay * 2, 1.0)
+
+
+def _route(handler: Handler) -> Any:
+    """An operator endpoint on the HTTP side of the node's port (lobby.http)."""
+
+    async def route(request: HttpRequest) -> HttpResponse:
+        reply = await handler(Call(request.method, request.path, request.query,
+                                   request.headers, request.body))
+        return HttpResponse(reply.status, reply.body, reply.content_type, list(reply.headers))
+
+    return route
+
+
+def _time_writes(table: SessionTable, observe: Any) -> None:
+    """Observe each successful DynamoDB write's lag (change time to written) from
+    outside the write-behind queue, which stays free of metrics code."""
+    put = table.put
+
+    def timed_put(rec: Any, *args: Any, **kwargs: Any) -> Any:
+        written = put(rec, *args, **kwargs)
+        if written and isinstance(rec, dict) and "updated" in rec:
+            observe(rec["updated"])
+        return written
+
+    table.put = timed_put  # type: ignore[method-assign]
 
 
 def _fd_budget() -> int:

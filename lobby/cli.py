@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
          "bearer key of the admin API and console at /admin/; unset = admin off")
     _add(serve, "--metrics-key", str, d.metrics_key,
          "bearer key required by /metrics and /metrics.json; unset = open")
+    _add(serve, "--ready-max-backlog", _positive_int, d.ready_max_backlog,
+         "GET /readyz answers 503 while more sessions than this wait for their DynamoDB write")
 
     init = sub.add_parser("init-table", help="create the DynamoDB sessions table (idempotent)")
     _add(init, "--dynamodb-table", str, d.dynamodb_table, "table name")

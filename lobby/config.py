@@ -52,6 +52,7 @@ class Settings:
     # A node whose heartbeat (each sweep) is this old is taken for dead: its
     # players' sockets are dropped (seat hold, then player_left timeout).
     node_timeout_seconds: float = 10.0
+    ready_max_backlog: int = 1000  # /readyz says 503 past this many unwritten sessions
 
 
 class StartupError(Exception):

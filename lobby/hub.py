@@ -76,6 +76,8 @@ class Hub:
         self.events_in = 0
         self.frames_out = 0
         self.linger_seconds = SUBSCRIPTION_LINGER_SECONDS
+        # Told (event type, the change's store time in ms) after each broadcast: metrics.
+        self.on_fanout: Callable[[str, Any], None] | None = None
         self._lingering: dict[str, asyncio.TimerHandle] = {}
 
     # connections -------------------------------------------------------------
@@ -290,6 +292,9 @@ class Hub:
         if ready:
             self._push_many(ready, text)
             self.frames_out += len(ready)
+            changed = (ev.get("s") or {}).get("updated")
+            if self.on_fanout is not None and changed is not None:
+                self.on_fanout(kind, changed)
         if kind == "player_left" and ev["player_id"] in members:
             self._forget(sid, ev["player_id"])
         elif kind == "session_closed":

@@ -101,7 +101,7 @@ async def test_http_endpoints(node: LobbyNode) -> None:
     assert await http_request(node.port, "GET", "/healthz") == (200, b"ok\n")
     status, _ = await http_request(node.port, "GET", "/nope")
     assert status == 404
-    status, body = await http_request(node.port, "GET", "/metrics")
+    status, body = await http_request(node.port, "GET", "/metrics.json")
     metrics = json.loads(body)
     assert status == 200 and metrics["mode"] == node.mode and metrics["clients"] == 0
 

@@ -266,3 +266,11 @@ class SessionStore(Protocol):
         ...
 
     async def stats(self) -> dict[str, Any]: ...
+
+    async def scan_sessions(
+        self, cursor: str | None, count: int
+    ) -> tuple[list[SessionRecord], str | None]:
+        """Every live session in any state, about `count` at a time, for operators
+        (admin API, metrics); the next cursor is None at the end. Sessions changed
+        during a scan may be seen twice or not at all."""
+        ...

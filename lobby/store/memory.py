@@ -904,3 +904,12 @@ class MemoryStore:
 
     async def stats(self) -> dict[str, Any]:
         return {"open_sessions": len(self._open), "held_seats": len(self._holds)}
+
+    async def scan_sessions(
+        self, cursor: str | None, count: int
+    ) -> tuple[list[SessionRecord], str | None]:
+        ids = sorted(self._sessions)
+        start = bisect.bisect_right(ids, cursor) if cursor else 0
+        page = ids[start:start + count]
+        nxt = page[-1] if start + count < len(ids) else None
+        return [json.loads(self._sessions[sid]) for sid in page], nxt

@@ -365,6 +365,19 @@ class RedisStore:
         open_count, holds = await pipe.execute()
         return {"open_sessions": open_count, "held_seats": holds}
 
+    async def scan_sessions(
+        self, cursor: str | None, count: int
+    ) -> tuple[list[SessionRecord], str | None]:
+        # SCAN, not one script over every session: an operator's listing must
+        # not hold Redis for the time it takes to read thousands of records.
+        head = f"{self.prefix}s:"
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in head) + "*"
+        nxt, keys = await self.redis.scan(int(cursor or 0), match=pattern, count=count)
+        keys = [k for k in dict.fromkeys(keys) if b":" not in k[len(head):]]
+        raws = await self.redis.mget(keys) if keys else []
+        records = [json.loads(r) for r in raws if r]
+        return records, (str(nxt) if int(nxt) else None)
+
 
 def _live(c: LiveClient) -> dict[str, str]:
     return {"id": c.player_id, "name": c.name, "tokh": c.token_hash, "conn": c.conn,

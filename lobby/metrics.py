@@ -1,0 +1,162 @@
+"""A node's Prometheus metrics (text exposition format, `prometheus_client`).
+
+Each node has its own registry (tests run several nodes in one process). What
+the node already counts as plain integers (hub, sockets, DynamoDB queue,
+allocator) is read at scrape time by a collector, so the hot paths pay nothing
+for it; what needs a distribution (latencies) is observed where it happens.
+Store-wide numbers (sessions by state, held seats) come from the store and
+are refreshed at most every STORE_STATS_SECONDS, so scrapes of many nodes do
+not each scan every session.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from lobby.session import LIVE_STATES
+
+if TYPE_CHECKING:
+    from lobby.app import LobbyNode
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+STORE_STATS_SECONDS = 5.0
+# Lobby requests take well under a millisecond to tens of ms; claims and
+# DynamoDB writes up to seconds.
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class NodeMetrics:
+    def __init__(self, node: LobbyNode) -> None:
+        self.node = node
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "lobby_requests", "WebSocket requests handled, by type and result code (OK or "
+            "the error code)", ["type", "code"], registry=r)
+        self.request_seconds = Histogram(
+            "lobby_request_duration_seconds", "time from a parsed request to its reply",
+            ["type"], buckets=FAST_BUCKETS, registry=r)
+        self.fanout_seconds = Histogram(
+            "lobby_fanout_latency_seconds", "time from a session change in the store (the "
+            "writer's clock, ms resolution) to its broadcast to this node's sockets",
+            ["event"], buckets=FAST_BUCKETS, registry=r)
+        self.claims = Counter(
+            "lobby_claims", "game-server claims by outcome (claimed, no_server, error)",
+            ["outcome"], registry=r)
+        self.claim_seconds = Histogram(
+            "lobby_claim_duration_seconds", "time of a game-server claim (the allocator call)",
+            ["outcome"], buckets=SLOW_BUCKETS, registry=r)
+        self.dynamodb_lag = Histogram(
+            "lobby_dynamodb_write_lag_seconds", "time from a session change to its DynamoDB "
+            "write succeeding", buckets=SLOW_BUCKETS, registry=r)
+        r.register(_NodeCollector(self))
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.store_stats: dict[str, Any] = {}
+        self.state_counts: dict[str, int] = {}
+        self._store_stats_at = 0.0
+
+    def observe_request(self, rtype: str, code: str, seconds: float) -> None:
+        children = self._children.get((rtype, code))
+        if children is None:
+            children = self._children[(rtype, code)] = (
+                self.requests.labels(rtype, code), self.request_seconds.labels(rtype))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_claim(self, outcome: str, seconds: float) -> None:
+        self.claims.labels(outcome).inc()
+        self.claim_seconds.labels(outcome).observe(seconds)
+
+    def observe_fanout(self, event: str, changed_ms: int | float) -> None:
+        self.fanout_seconds.labels(event).observe(max(0.0, time.time() - changed_ms / 1000))
+
+    def observe_written(self, changed_ms: int | float) -> None:
+        self.dynamodb_lag.observe(max(0.0, time.time() - changed_ms / 1000))
+
+    async def refresh(self) -> None:
+        """Store-wide gauges, at most every STORE_STATS_SECONDS."""
+        now = time.monotonic()
+        if now - self._store_stats_at < STORE_STATS_SECONDS and self._store_stats_at:
+            return
+        self._store_stats_at = now
+        self.store_stats = await self.node.store.stats()
+        self.state_counts = await self.node.admin_state_counts()
+
+    async def render(self) -> bytes:
+        await self.refresh()
+        return generate_latest(self.registry)
+
+
+class _NodeCollector:
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        node = m.node
+        hub = node.hub
+        yield _gauge("lobby_node_info", "this node (value 1)", 1,
+                     {"node": node.node_id, "mode": node.mode})
+        yield _gauge("lobby_sockets", "open WebSocket connections on this node",
+                     hub.client_count)
+        yield _gauge("lobby_players", "sockets on this node that said hello",
+                     sum(1 for c in hub.clients() if c.player_id is not None))
+        yield _gauge("lobby_local_sessions", "sessions with a member on this node",
+                     hub.session_count)
+        yield _gauge("lobby_draining", "1 while this node drains (SIGTERM)",
+                     1 if node.draining else 0)
+        sessions = GaugeMetricFamily("lobby_sessions", "live sessions in the store by state",
+                                     labels=["state"])
+        for state in LIVE_STATES:
+            sessions.add_metric([state], m.state_counts.get(state, 0))
+        yield sessions
+        stats = m.store_stats
+        yield _gauge("lobby_held_seats", "seats held for dropped players (store-wide)",
+                     stats.get("held_seats", 0))
+        yield _gauge("lobby_open_sessions", "WAITING sessions with a free seat (store-wide)",
+                     stats.get("open_sessions", 0))
+        yield _counter("lobby_events", "store events received by this node", hub.events_in)
+        yield _counter("lobby_frames_out", "event frames pushed to this node's sockets",
+                       hub.frames_out)
+        yield _counter("lobby_slow_socket_drops", "sockets dropped for not reading",
+                       node.sockets.stats.get("slow_drops", 0))
+        allocator = node.allocator
+        for attr in ("retries", "failures"):
+            if hasattr(allocator, attr):
+                yield _counter(f"lobby_allocator_{attr}", f"allocator {attr}",
+                               getattr(allocator, attr))
+        persistence = node.persistence
+        if persistence is not None:
+            counts = dict(persistence.metrics)
+            yield _gauge("lobby_dynamodb_pending", "sessions waiting for their DynamoDB write",
+                         counts.pop("pending", persistence.pending))
+            writes = CounterMetricFamily(
+                "lobby_dynamodb_writes", "DynamoDB write-behind outcomes (written, stale: a "
+                "newer version was there, gave_up, retries, coalesced, overflow)",
+                labels=["result"])
+            for key, value in sorted(counts.items()):
+                if isinstance(value, int | float):
+                    writes.add_metric([key], value)
+            yield writes
+            yield _counter("lobby_dynamodb_give_ups", "session writes given up",
+                           counts.get("gave_up", 0))
+
+
+def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None
+           ) -> GaugeMetricFamily:
+    if labels:
+        family = GaugeMetricFamily(name, doc, labels=list(labels))
+        family.add_metric(list(labels.values()), value)
+        return family
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)

@@ -1,0 +1,146 @@
+"""Prometheus /metrics with real traffic, and /readyz against a Redis that stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from lobby.app import LobbyNode
+from tests.conftest import RedisServer, http_request
+
+FAMILIES = {
+    # gauges
+    "lobby_sockets", "lobby_players", "lobby_sessions", "lobby_held_seats",
+    "lobby_local_sessions", "lobby_open_sessions", "lobby_draining", "lobby_node_info",
+    # counters
+    "lobby_requests", "lobby_events", "lobby_frames_out", "lobby_slow_socket_drops",
+    "lobby_claims",
+    # histograms
+    "lobby_request_duration_seconds", "lobby_fanout_latency_seconds",
+    "lobby_claim_duration_seconds",
+}
+
+
+async def scrape(node: LobbyNode, headers: dict[str, str] | None = None
+                 ) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    """{family: {(sample name, labels): value}} from a real GET /metrics."""
+    status, body = await http_request(node.port, "GET", "/metrics", headers)
+    assert status == 200, body
+    out: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        samples = out.setdefault(family.name, {})
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(metrics: dict[str, Any], family: str, sample: str | None = None, **labels: str
+          ) -> float:
+    key = (sample or family, tuple(sorted(labels.items())))
+    return metrics[family].get(key, 0.0)
+
+
+async def test_prometheus_families_and_counters_move(node: LobbyNode, connect_player) -> None:
+    before = await scrape(node)
+    assert FAMILIES <= before.keys(), FAMILIES - before.keys()
+    assert value(before, "lobby_sockets") == 0
+
+    host = await connect_player(node, "host")
+    guest = await connect_player(node, "guest")
+    sid = (await host.ok("create_session", max_players=4))["session"]["session_id"]
+    await guest.ok("join_session", session_id=sid)
+    await host.event("player_joined")
+    await guest.error("join_session", "ALREADY_IN_SESSION", session_id=sid)
+    node.prometheus._store_stats_at = 0.0  # the store-wide gauges: no 5 s cache in a test
+    during = await scrape(node)
+    assert value(during, "lobby_sockets") == 2
+    assert value(during, "lobby_players") == 2
+    assert value(during, "lobby_sessions", state="WAITING") == 1
+    assert value(during, "lobby_open_sessions") == 1
+    assert value(during, "lobby_requests", "lobby_requests_total", type="hello", code="OK") == 2
+    assert value(during, "lobby_requests", "lobby_requests_total", type="join_session",
+                 code="ALREADY_IN_SESSION") == 1
+    assert value(during, "lobby_request_duration_seconds",
+                 "lobby_request_duration_seconds_count", type="create_session") == 1
+    # The host's player_joined push: one fan-out observed, one frame out.
+    assert value(during, "lobby_fanout_latency_seconds", "lobby_fanout_latency_seconds_count",
+                 event="player_joined") == 1
+    assert value(during, "lobby_frames_out", "lobby_frames_out_total") >= 1
+    assert value(during, "lobby_events", "lobby_events_total") > value(
+        before, "lobby_events", "lobby_events_total")
+
+    await host.ok("start_session")
+    await guest.event("session_started")
+    after = await scrape(node)
+    assert value(after, "lobby_claims", "lobby_claims_total", outcome="claimed") == 1
+    assert value(after, "lobby_claim_duration_seconds", "lobby_claim_duration_seconds_count",
+                 outcome="claimed") == 1
+    assert value(after, "lobby_node_info", mode=node.mode, node=node.node_id) == 1
+
+    status, body = await http_request(node.port, "GET", "/metrics.json")
+    assert status == 200 and json.loads(body)["clients"] == 2
+
+
+async def test_metrics_key(make_node) -> None:
+    node = await make_node(metrics_key="scrape-secret")
+    assert (await http_request(node.port, "GET", "/metrics"))[0] == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert (await http_request(node.port, "GET", "/metrics", wrong))[0] == 403
+    assert (await http_request(node.port, "GET", "/metrics.json", wrong))[0] == 403
+    ok = await scrape(node, {"Authorization": "Bearer scrape-secret"})
+    assert "lobby_sockets" in ok
+
+
+async def _readyz(node: LobbyNode) -> tuple[int, dict[str, Any]]:
+    status, body = await http_request(node.port, "GET", "/readyz")
+    return status, json.loads(body)
+
+
+async def _until_status(node: LobbyNode, want: int, seconds: float) -> float:
+    """Seconds until /readyz answers `want` (polled: readiness is asked, not pushed)."""
+    started = time.monotonic()
+    async with asyncio.timeout(seconds):
+        while (await _readyz(node))[0] != want:
+            await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_readyz_follows_redis(make_node) -> None:
+    redis = RedisServer()
+    redis.start()
+    try:
+        node = await make_node(redis_url=redis.url)
+        status, detail = await _readyz(node)
+        assert status == 200 and detail["ready"] is True
+        assert (await http_request(node.port, "GET", "/healthz"))[0] == 200
+        redis.stop()
+        # "Within a second" of Redis stopping, measured from the process's exit.
+        assert await _until_status(node, 503, 1.0) < 1.0
+        status, detail = await _readyz(node)
+        assert status == 503 and "redis" in detail["reason"]
+        assert (await http_request(node.port, "GET", "/healthz"))[0] == 200  # still alive
+        redis.start()
+        await _until_status(node, 200, 5.0)
+    finally:
+        redis.stop()
+
+
+async def test_readyz_says_503_over_the_persistence_backlog(make_node) -> None:
+    from lobby.persistence.dynamodb import PersistenceQueue, SessionTable
+
+    node = await make_node(ready_max_backlog=1)
+    # A queue whose workers never started: what it holds stays pending, as
+    # when DynamoDB stops answering.
+    node.persistence = PersistenceQueue(SessionTable("unused", endpoint_url="http://127.0.0.1:1"))
+    record = {"id": "s1", "v": 1, "state": "WAITING", "members": [], "updated": 0}
+    node.persistence.submit(record)
+    assert (await _readyz(node))[0] == 200
+    node.persistence.submit({**record, "id": "s2"})
+    status, detail = await _readyz(node)
+    assert status == 503 and detail["persistence_backlog"] == 2
+    assert "dynamodb" in detail["reason"]
+    node.persistence = None
