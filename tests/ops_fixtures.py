@@ -25,6 +25,7 @@ class NodeProcess:
         self.lines: list[str] = []
         self._reader: asyncio.Task[None] | None = None
         self._seen = asyncio.Condition()
+        self._signalled = False
 
     @property
     def url(self) -> str:
@@ -62,10 +63,17 @@ class NodeProcess:
                         f"lobby exited without logging {needle!r}:\n" + "\n".join(self.lines))
                 await self._seen.wait()
 
-    async def terminate(self, seconds: float = 30) -> int:
+    def signal_stop(self) -> None:
+        """SIGTERM, once: a node drains and exits by itself."""
         assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signal.SIGTERM)
+        self._signalled = True
+
+    async def terminate(self, seconds: float = 30) -> int:
+        """SIGTERM (unless signal_stop() sent it) and the exit code."""
+        assert self.proc is not None
+        if not self._signalled:
+            self.signal_stop()
         code = await asyncio.wait_for(self.proc.wait(), seconds)
         if self._reader is not None:
             await asyncio.wait_for(self._reader, 5)

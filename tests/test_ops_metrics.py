@@ -101,12 +101,14 @@ async def _readyz(node: LobbyNode) -> tuple[int, dict[str, Any]]:
 
 
 async def _until_status(node: LobbyNode, want: int, seconds: float) -> float:
-    """Seconds until /readyz answers `want` (polled: readiness is asked, not pushed)."""
+    """Seconds until /readyz answers `want`, asked every 20 ms as a load balancer
+    would (readiness is polled by design: there is no event to await)."""
     started = time.monotonic()
     async with asyncio.timeout(seconds):
-        while (await _readyz(node))[0] != want:
+        while True:
+            if (await _readyz(node))[0] == want:
+                return time.monotonic() - started
             await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 async def test_readyz_follows_redis(make_node) -> None:
