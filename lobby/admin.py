@@ -107,6 +107,7 @@ class OpsAPI:
         s = node.settings
         self.admin_key = s.admin_key or None
         self.metrics_key = s.metrics_key or None
+        self.scan_batch = SCAN_BATCH
 
     # metrics and readiness ---------------------------------------------------
     async def metrics(self, call: Call) -> Reply:
@@ -180,7 +181,7 @@ class OpsAPI:
         found: list[SessionRecord] = []
         store = self.node.store
         for _ in range(MAX_SCAN_BATCHES):
-            records, cursor = await store.scan_sessions(cursor, SCAN_BATCH)
+            records, cursor = await store.scan_sessions(cursor, self.scan_batch)
             found.extend(r for r in records if _matches(r, state, q))
             if cursor is None or len(found) >= limit:
                 break

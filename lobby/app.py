@@ -99,7 +99,7 @@ class LobbyNode:
         GameServerAPI(self.lobby, settings.server_key).register(self.sockets.http.router)
         play.register(self.sockets.http.router)  # the /play/ demo page
         router = self.sockets.http.router
-        ops = OpsAPI(self)
+        self.ops = ops = OpsAPI(self)
         router.add("GET", "/metrics", _route(ops.metrics))
         router.add("GET", "/metrics.json", _route(ops.metrics_json))
         router.add("GET", "/readyz", _route(ops.readyz))

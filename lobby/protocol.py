@@ -337,7 +337,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "player_ready", "chat_message", "player_disconnected", "player_reconnected",
 )
 # "lost": it ended while the member's node was cut off from the store (reconcile).
-CLOSE_REASONS: tuple[str, ...] = ("completed", "idle", "server_timeout", "expired", "lost")
+# "closed_by_admin": an operator closed it (POST /admin/sessions/{id}/close).
+CLOSE_REASONS: tuple[str, ...] = ("completed", "idle", "server_timeout", "expired", "lost",
+                                   "closed_by_admin")
 LEAVE_REASONS: tuple[str, ...] = ("left", "kicked", "timeout")
 
 

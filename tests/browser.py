@@ -43,3 +43,18 @@ def watch_frames(page: Any) -> None:
         ws.on("framereceived", received)
 
     page.on("websocket", on_socket)
+
+
+@pytest.fixture
+async def page(browser: Any) -> AsyncIterator[Any]:
+    """A fresh page in its own context; an uncaught error in the page's scripts
+    fails the test that used it."""
+    context = await browser.new_context()
+    new_page = await context.new_page()
+    errors: list[str] = []
+    new_page.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        yield new_page
+    finally:
+        await context.close()
+    assert not errors, f"the page threw: {errors}"
