@@ -105,6 +105,7 @@ class LobbyNode:
         router.add("GET", "/readyz", _route(ops.readyz))
         router.add(None, "/admin/", _route(ops.admin), prefix=True)
         self.draining = False
+        self._stopping = False
         self.started_at = time.time()
         self.prometheus = NodeMetrics(self)
         self.lobby.observe_request = self.prometheus.observe_request
@@ -267,7 +268,9 @@ class LobbyNode:
         log.info("node %s listening on ws://%s:%d/ws", self.node_id, s.host, self.port)
 
     async def _heartbeat(self) -> None:
-        while True:
+        # Checks the flag too: a cancellation that lands inside a Redis call can
+        # come out as a connection error, which this loop would survive.
+        while not self._stopping:
             try:
                 await self.registry.beat()
             except Exception as err:
@@ -402,11 +405,15 @@ class LobbyNode:
             return self.lobby.store_generation
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: a task stuck in a Redis call that ignores cancellation
+            # must not hold the shutdown.
+            _, stuck = await asyncio.wait(self._tasks, timeout=5)
+            for task in stuck:
+                log.error("shutdown: task %s did not stop", task.get_name())
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.registry.remove(), 2)

@@ -1,12 +1,14 @@
 """Which lobby nodes are alive, and what each holds (GET /admin/nodes).
 
-Each node in Redis mode refreshes one small key with a time to live; a node
-that dies stops refreshing and drops out of the list within NODE_TTL_SECONDS.
+Each node in Redis mode refreshes its entry every BEAT_SECONDS; a node that
+dies stops refreshing and drops out of the list within NODE_TTL_SECONDS (the
+nodes' clocks must agree to within a few seconds, as NTP keeps them).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,28 +21,35 @@ Info = Callable[[], dict[str, Any]]
 
 
 class NodeRegistry:
+    """One Redis hash, node id -> its latest info with `seen_at`; an entry not
+    refreshed within NODE_TTL_SECONDS is a dead node's and is dropped."""
+
     def __init__(self, redis: aioredis.Redis | None, prefix: str, node_id: str, info: Info
                  ) -> None:
         self._redis = redis
-        self._head = f"{prefix}nodeinfo:"
-        self._key = self._head + node_id
+        self._key = f"{prefix}nodes"
+        self._node_id = node_id
         self._info = info
 
     async def beat(self) -> None:
         if self._redis is not None:
-            await self._redis.set(self._key, json.dumps(self._info()), ex=NODE_TTL_SECONDS)
+            await self._redis.hset(self._key, self._node_id, json.dumps(self._info()))
 
     async def remove(self) -> None:
         if self._redis is not None:
-            await self._redis.delete(self._key)
+            await self._redis.hdel(self._key, self._node_id)
 
     async def nodes(self) -> list[dict[str, Any]]:
         if self._redis is None:
             return [self._info()]
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self._head) + "*"
-        keys: list[bytes] = []
-        async for key in self._redis.scan_iter(match=pattern, count=500):
-            keys.append(key)
-        raws = await self._redis.mget(keys) if keys else []
-        found = [json.loads(r) for r in raws if r]
-        return sorted(found, key=lambda n: n.get("node_id", ""))
+        raw = await self._redis.hgetall(self._key)
+        now = time.time()
+        live, dead = [], []
+        for node_id, text in raw.items():
+            info = json.loads(text)
+            (live if now - info.get("seen_at", 0) < NODE_TTL_SECONDS else dead).append(info)
+            if info in dead:
+                dead[-1] = node_id
+        if dead:
+            await self._redis.hdel(self._key, *dead)
+        return sorted(live, key=lambda n: n.get("node_id", ""))

@@ -78,7 +78,7 @@ async def test_json_bodies_errors_and_keep_alive(make_mode_node, connect_player)
         ("GET", f"/v1/sessions/{sid}/in-progress", AUTH, None),
         ("GET", "/v1/nowhere", AUTH, None),
         ("POST", f"/v1/sessions/{sid}/in-progress", {**AUTH, **JSON}, b"{}"),
-        ("GET", "/metrics", {}, None),
+        ("GET", "/metrics.json", {}, None),
     )
     # Every request answered, all on one connection.
     assert opened == 1 and len(answers) == 11

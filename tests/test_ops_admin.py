@@ -126,7 +126,7 @@ async def test_admin_calls(node: LobbyNode, make_node, connect_player) -> None:
     status, nodes = await admin(node, "GET", "/admin/nodes")
     assert status == 200
     mine = next(n for n in nodes["nodes"] if n["node_id"] == node.node_id)
-    assert mine["sockets"] == node.hub.client_count == 5
+    assert mine["sockets"] == node.hub.client_count == 6  # three rooms of two
     if node.mode == "redis":
         other = await make_node(redis_url=node.settings.redis_url, admin_key=KEY)
         await other.registry.beat()
@@ -139,9 +139,8 @@ async def test_admin_calls(node: LobbyNode, make_node, connect_player) -> None:
 
 async def test_admin_console_in_chromium(make_node, connect_player, page) -> None:  # noqa: F811
     node = await make_node(admin_key=KEY)
-    alpha, alpha_host, (alpha_guest,) = await _room(node, connect_player, "alpha", guests=2)
+    alpha, alpha_host, (second_guest, _) = await _room(node, connect_player, "alpha", guests=2)
     beta, _, _ = await _room(node, connect_player, "beta")
-    second_guest = alpha_guest  # one of alpha's two guests: kicked from the page
     page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
 
     await page.goto(f"http://127.0.0.1:{node.port}/admin/")
