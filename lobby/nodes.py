@@ -44,12 +44,14 @@ class NodeRegistry:
             return [self._info()]
         raw = await self._redis.hgetall(self._key)
         now = time.time()
-        live, dead = [], []
+        live: list[dict[str, Any]] = []
+        dead: list[bytes] = []
         for node_id, text in raw.items():
             info = json.loads(text)
-            (live if now - info.get("seen_at", 0) < NODE_TTL_SECONDS else dead).append(info)
-            if info in dead:
-                dead[-1] = node_id
+            if now - info.get("seen_at", 0) < NODE_TTL_SECONDS:
+                live.append(info)
+            else:
+                dead.append(node_id)
         if dead:
             await self._redis.hdel(self._key, *dead)
         return sorted(live, key=lambda n: n.get("node_id", ""))
