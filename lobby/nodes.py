@@ -27,7 +27,9 @@ class NodeRegistry:
     def __init__(self, redis: aioredis.Redis | None, prefix: str, node_id: str, info: Info
                  ) -> None:
         self._redis = redis
-        self._key = f"{prefix}nodes"
+        # Beside the store's own liveness set (prefix + "nodes", the sweep's heartbeat):
+        # this one carries what an operator reads (sockets, players, address).
+        self._key = f"{prefix}nodeinfo"
         self._node_id = node_id
         self._info = info
 
