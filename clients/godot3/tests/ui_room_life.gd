@@ -3,7 +3,8 @@
 # over the wire) is ready too; a chat line typed into the scene reaches the
 # guest and the guest's line shows in the scene's chat box; the guest's socket
 # is cut and its line is greyed with the hold countdown, then normal again when
-# it resumes; then the scene's Start starts the game.
+# it resumes; then the scene's Start starts the game, and a chat that restarts
+# from seq 1 (a rebuilt store) replaces the chat box's lines.
 extends "res://tests/harness.gd"
 
 var sm: Node
@@ -77,8 +78,21 @@ func step(_delta: float) -> void:
 		"starting":
 			if status().begins_with("CONNECTING server "):
 				say("RL_STARTED status=%s" % status().replace(" ", "_"))
-				pass_with("RL_OK")
+				_chat_restart()
 				phase = "done"
+
+
+# A lobby that lost its store and rebuilt the session numbers its chat from 1
+# again: the mirror and the chat box start over instead of dropping the line.
+func _chat_restart() -> void:
+	sm._on_event({"type": "chat_message", "session_id": sm.session["session_id"], "seq": 1,
+			"player_id": guest_id, "name": "rl-guest", "text": "after a store loss",
+			"sent_at": 1.0})
+	if not check(sm.chat_log.size() == 1 and sm.chat_log[0]["text"] == "after a store loss",
+			"chat log after a restart: %s" % [sm.chat_log]):
+		return
+	if check(chat_text() == "rl-guest: after a store loss", "chat box: %s" % chat_text()):
+		pass_with("RL_OK")
 
 
 func ready_box() -> VBoxContainer:

@@ -755,6 +755,10 @@ func _on_event(event: Dictionary) -> void:
 				_mirror(snapshot, false)
 				player_ready.emit(_text(event, "player_id"), event.get("ready", false) == true)
 		"chat_message":
+			# Events come once each, in order: an older seq means the lobby lost its
+			# store and the session's chat started again from 1.
+			if not chat_log.is_empty() and _number(event.get("seq")) <= _number(chat_log[-1].get("seq")):
+				chat_log = []
 			if current and in_session() and _add_chat(event):
 				chat_message.emit(chat_log[chat_log.size() - 1])
 		"player_disconnected":

@@ -479,6 +479,10 @@ func _on_event(event: Dictionary) -> void:
 		_mirror(event["session"], false)
 	match type:
 		"chat_message":
+			# Events come once each, in order: an older seq means the lobby lost its
+			# store and the session's chat started again from 1.
+			if not chat_log.empty() and int(event.get("seq", 0)) <= int(chat_log[-1]["seq"]):
+				chat_log = []
 			if _add_chat(event):
 				emit_signal("chat_message", chat_log[chat_log.size() - 1])
 		"player_ready":

@@ -140,7 +140,8 @@ func _refresh_chat() -> void:
 			_shown_chat = 0
 		return
 	var first := int(messages[0]["seq"])
-	if _shown_chat != 0 and _shown_chat < first - 1:
+	var last := int(messages[messages.size() - 1]["seq"])
+	if _shown_chat != 0 and (_shown_chat < first - 1 or last < _shown_chat):
 		log_view.text = ""  # a different session, or lines we never had
 		_shown_chat = 0
 	for message in messages:
