@@ -22,8 +22,20 @@ func _on_connected() -> void:
 	var reply = yield(sm.hello("rl-host"), "completed")
 	if not check(reply.get("ok", false), "hello"):
 		return
-	reply = yield(sm.create_session("life room", 4, "", {}, "", "all_ready", 2), "completed")
-	if not check(reply.get("ok", false), "create_session %s" % [reply]):
+	# Hosted through the Host dialog: everyone must be ready, 2 players needed.
+	var dialog: Control = load("res://addons/lobby/examples/host_dialog.tscn").instance()
+	root.add_child(dialog)
+	dialog.get_node("Box/NameEdit").text = "life room"
+	dialog.get_node("Box/AllReadyCheck").pressed = true
+	dialog.get_node("Box/MinPlayers").value = 2
+	dialog.connect("hosted", self, "_on_hosted", [dialog])
+	dialog.get_node("Box/HostButton").emit_signal("pressed")
+
+
+func _on_hosted(session: Dictionary, dialog: Control) -> void:
+	dialog.queue_free()
+	if not check(session["start_rule"] == "all_ready" and int(session["min_players"]) == 2,
+			"hosted with the rule: %s" % [session]):
 		return
 	room = load("res://addons/lobby/examples/waiting_room.tscn").instance()
 	root.add_child(room)

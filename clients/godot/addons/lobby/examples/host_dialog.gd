@@ -19,6 +19,8 @@ var session_manager: Node = null
 @onready var _mode_edit: LineEdit = $Box/ModeEdit
 @onready var _map_edit: LineEdit = $Box/MapEdit
 @onready var _unlisted_check: CheckBox = $Box/UnlistedCheck
+@onready var _all_ready_check: CheckBox = $Box/AllReadyCheck
+@onready var _min_players: SpinBox = $Box/MinPlayers
 @onready var _host_button: Button = $Box/HostButton
 @onready var _error_label: Label = $Box/ErrorLabel
 
@@ -50,9 +52,11 @@ func _on_host_pressed() -> void:
 	if _map_edit.text.strip_edges() != "":
 		attributes["map"] = _map_edit.text.strip_edges()
 	var visibility := "unlisted" if _unlisted_check.button_pressed else "public"
+	var rule := "all_ready" if _all_ready_check.button_pressed else ""
+	var needed := int(_min_players.value)
 	var req: LobbyRequestScript = session_manager.create_session(
 		_name_edit.text.strip_edges(), int(_max_players.value), _password_edit.text,
-		attributes, visibility
+		attributes, visibility, rule, needed if needed > 1 else 0
 	)
 	req.completed.connect(_on_host_reply)
 

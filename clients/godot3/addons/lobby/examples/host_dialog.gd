@@ -1,6 +1,7 @@
 # Host Game dialog: name, max players, optional password, the room's description
 # (mode and map attributes) and whether it is listed -> create_session. An
-# unlisted room is joined with the join code the waiting room shows.
+# unlisted room is joined with the join code the waiting room shows. The start
+# rule: everyone ready (all_ready) or the host's say, and the players needed.
 extends Control
 
 signal hosted(session)
@@ -23,9 +24,11 @@ func _on_host_pressed() -> void:
 		if text != "":
 			attributes[field[0]] = text
 	var visibility := "unlisted" if $Box/UnlistedCheck.pressed else "public"
+	var rule := "all_ready" if $Box/AllReadyCheck.pressed else ""
+	var needed := int($Box/MinPlayers.value)
 	var reply = yield(session_manager.create_session(
 			$Box/NameEdit.text.strip_edges(), int($Box/MaxPlayers.value), $Box/PasswordEdit.text,
-			attributes, visibility), "completed")
+			attributes, visibility, rule, needed if needed > 1 else 0), "completed")
 	$Box/HostButton.disabled = false
 	if reply.get("ok", false):
 		emit_signal("hosted", reply["session"])
