@@ -61,6 +61,15 @@ def _rename_refs(node: Any, names: dict[str, str]) -> Any:
     return node
 
 
+def _untitled(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _untitled(v) for k, v in node.items()
+                if not (k == "title" and isinstance(v, str))}
+    if isinstance(node, list):
+        return [_untitled(v) for v in node]
+    return node
+
+
 def _union(names: list[str], description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -86,6 +95,10 @@ def json_schema() -> dict[str, Any]:
         pyd_name = refs[(model, mode)]["$ref"].rsplit("/", 1)[1]  # type: ignore[index]
         names[pyd_name] = name
     defs = {names.get(k, k): _rename_refs(v, names) for k, v in generated.items()}
+    # pydantic titles every field ("Player Id"); code generators turn each into a
+    # type alias of its own (PlayerId2, Type15). Only the definitions keep a title.
+    defs = {k: {**_untitled(v), **({"title": v["title"]} if "title" in v else {})}
+            for k, v in defs.items()}
     for name in defs_by_name:
         # The discriminator: every message has a `type` (a const, but for ErrorReply,
         # whose type echoes the refused request's).
