@@ -9,6 +9,7 @@ import logging
 import resource
 import secrets
 import signal
+import socket
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from websockets.asyncio.server import Server, serve
 
 from lobby import play
+from lobby.addresses import ConnectionGate, install_accept_error_limiter, parse_proxies
 from lobby.admin import Call, Handler, OpsAPI
 from lobby.allocators.base import Allocator
 from lobby.allocators.static import StaticAllocator
@@ -39,6 +41,8 @@ from lobby.store.memory import MemoryStore
 from lobby.store.redis import RedisStore
 
 log = logging.getLogger("lobby")
+LISTEN_BACKLOG = 4096  # connections the kernel queues for this node
+ACCEPT_BATCH = 64  # connections asyncio accepts per wake-up of the listening socket
 
 CLOSE_SERVICE_RESTART = 1012  # RFC 6455: "reconnect (to another node)"
 DRAIN_REASON = "lobby node restarting: reconnect and resume"
@@ -89,13 +93,30 @@ class LobbyNode:
             settings, self.store, self.hub, self.allocator,
             on_change=self._persist, recover=self.check_store, node_id=self.node_id,
         )
+        max_clients = settings.max_clients if settings.max_clients is not None else _fd_budget()
+        # Handshakes in flight hold descriptors too: with the sockets they stay
+        # within the open-file limit's reserve (_fd_budget keeps 256 back).
+        # Kept clear of the open-file limit by two accept batches: asyncio may
+        # accept that many before the gate counts them.
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.gate = ConnectionGate(
+            max_connections=max(16, min(max_clients + settings.max_handshakes,
+                                        soft_limit - 64 - 2 * ACCEPT_BATCH)),
+            max_handshakes=settings.max_handshakes,
+            max_handshakes_per_ip=settings.max_handshakes_per_ip,
+            max_sockets_per_ip=settings.max_sockets_per_ip,
+            trusted_proxies=parse_proxies(settings.trusted_proxy),
+        )
         self.sockets = SocketServer(
             self.lobby, self.node_id,
             rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst,
-            max_clients=settings.max_clients if settings.max_clients is not None
-            else _fd_budget(),
+            max_clients=max_clients,
             max_buffered=settings.max_buffered_bytes,
+            gate=self.gate,
         )
+        # A connection's first request (a WebSocket upgrade or plain HTTP) must come
+        # within the handshake timeout: until then it is a handshake in flight.
+        self.sockets.http.head_timeout = settings.handshake_timeout_seconds
         GameServerAPI(self.lobby, settings.server_key).register(self.sockets.http.router)
         play.register(self.sockets.http.router)  # the /play/ demo page
         router = self.sockets.http.router
@@ -231,6 +252,17 @@ class LobbyNode:
         self._log_mode()
 
     async def _listen(self) -> Server:
+        server = await self._serve()
+        for sock in server.sockets:
+            # asyncio's default listen backlog (100) drops handshakes in bursts:
+            # with 4096, 1,000 concurrent connects went from p99 2.5 s to 0.5 s.
+            # listen() again only resizes the kernel's queue of the socket (on a
+            # duplicate descriptor: asyncio hands out no way to the socket itself).
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+                dup.listen(LISTEN_BACKLOG)
+        return server
+
+    async def _serve(self) -> Server:
         s = self.settings
         return await serve(
             self.sockets.handle, s.host, s.port,
@@ -244,9 +276,14 @@ class LobbyNode:
             ping_interval=s.ping_interval_seconds,
             ping_timeout=s.ping_interval_seconds,
             server_header="lobby",
-            # asyncio's default listen backlog (100) drops handshakes in bursts:
-            # with 4096, 1,000 concurrent connects went from p99 2.5 s to 0.5 s.
-            backlog=4096,
+            # asyncio accepts up to `backlog` connections per wake-up before any of
+            # them is seen by the gate; out of descriptors, that burst is what hits
+            # the open-file limit. So it is kept small, and the kernel's queue is
+            # made long again below.
+            backlog=ACCEPT_BATCH,
+            # Counted from the TCP accept (half-open connections included), and
+            # given little time: a real client sends its request at once.
+            open_timeout=s.handshake_timeout_seconds,
         )
 
     def _log_mode(self) -> None:
@@ -442,6 +479,7 @@ class LobbyNode:
         gc.set_threshold(50_000, 20, 100)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
+        install_accept_error_limiter(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         try:

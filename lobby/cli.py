@@ -145,6 +145,16 @@ def _attribute_keys(raw: str) -> tuple[str, ...] | None:
     return keys
 
 
+def _cidrs(raw: str) -> str:
+    from lobby.addresses import parse_proxies
+
+    try:
+        parse_proxies(raw)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a CIDR list: {err}") from None
+    return raw
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lobby", description="WebSocket lobby server for multiplayer games"
@@ -231,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
          "bearer key required by /metrics and /metrics.json; unset = open")
     _add(serve, "--ready-max-backlog", _positive_int, d.ready_max_backlog,
          "GET /readyz answers 503 while more sessions than this wait for their DynamoDB write")
+    # identity: per-address limits (all per node), trusted proxies
+    _add(serve, "--max-sockets-per-ip", _positive_int, d.max_sockets_per_ip,
+         "WebSockets one client address may hold on this node; more get HTTP 429")
+    _add(serve, "--max-handshakes", _positive_int, d.max_handshakes,
+         "TCP connections that have not finished their handshake; more are closed at once")
+    _add(serve, "--max-handshakes-per-ip", _positive_int, d.max_handshakes_per_ip,
+         "of those, per peer address (trusted proxies exempt)")
+    _add(serve, "--handshake-timeout-seconds", float, d.handshake_timeout_seconds,
+         "time a connection gets to finish its TLS and WebSocket handshake")
+    _add(serve, "--trusted-proxy", _cidrs, d.trusted_proxy,
+         "comma-separated CIDRs of load balancers whose X-Forwarded-For names the client")
 
     init = sub.add_parser("init-table", help="create the DynamoDB sessions table (idempotent)")
     _add(init, "--dynamodb-table", str, d.dynamodb_table, "table name")

@@ -55,6 +55,14 @@ class Settings:
     ready_max_backlog: int = 1000  # /readyz says 503 past this many unwritten sessions
 
 
+    # Per-address limits (lobby/addresses.py); all per node.
+    max_sockets_per_ip: int = 32  # WebSockets per client address (NAT'd households fit)
+    max_handshakes: int = 128  # TCP connections that have not sent their request yet
+    max_handshakes_per_ip: int = 16  # of those, per peer address (trusted proxies exempt)
+    handshake_timeout_seconds: float = 5.0  # to finish the WebSocket (and TLS) handshake
+    trusted_proxy: str | None = None  # CIDRs whose X-Forwarded-For names the client
+
+
 class StartupError(Exception):
     """A node cannot start: one line for the operator, and the process's exit code
     (2: the configuration is wrong; 1: a dependency stayed unreachable)."""

@@ -383,6 +383,16 @@ def parse_request(raw: str | bytes) -> Request:
     raise BadFrame(error_reply(rtype, rid, ErrorCode.BAD_REQUEST, _describe(failure)))
 
 
+def envelope_of(raw: str | bytes) -> tuple[str, Any]:
+    """The (type, id) to address a reply to a frame that is not parsed as a request."""
+    try:
+        env = _Envelope.model_validate_json(raw)
+    except ValidationError:
+        return "error", None
+    rtype = env.type if isinstance(env.type, str) and env.type in REQUEST_TYPES else "error"
+    return rtype, env.id if _is_valid_id(env.id) else None
+
+
 def _is_valid_id(value: Any) -> bool:
     if isinstance(value, bool):
         return False

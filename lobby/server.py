@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from lobby import protocol as p
+from lobby.addresses import ConnectionGate, GuardedConnection, GuardedFront, Tracked
 from lobby.errors import ErrorCode
 from lobby.handlers import Lobby
 from lobby.http import FrontProtocol, HttpRequest, HttpResponse, HttpService, Router, text_response
@@ -34,17 +35,27 @@ WS_PATH = "/ws"
 _BINARY_REFUSED = p.encode(p.error_reply(
     "error", None, ErrorCode.BAD_REQUEST,
     "binary frames are not supported: send JSON as a text frame"))
+# Frames are charged by size before they are parsed: a request costs one token,
+# and one more per this many bytes, so big frames cannot buy parse time cheaply.
+FRAME_COST_BYTES = 4096
+# A frame refused by the rate limit is answered with its own type and id only if
+# it is small enough for that to be cheap; bigger ones get type "error".
+PEEK_MAX_BYTES = 1024
 
 
 class WsClient:
     """A player socket as the domain sees it (satisfies `hub.Client`)."""
 
-    __slots__ = ("_last", "_tokens", "conn_id", "max_buffered", "name", "password_failures",
-                 "player_id", "session_id", "stats", "token_hash", "ws")
+    __slots__ = ("_last", "_tokens", "address", "conn_id", "max_buffered", "name",
+                 "password_failures", "player_id", "refused", "session_id", "stats",
+                 "token_hash", "ws")
 
     def __init__(self, ws: ServerConnection, conn_id: str, burst: int,
-                 max_buffered: int = 1 << 20, stats: dict[str, int] | None = None) -> None:
+                 max_buffered: int = 1 << 20, stats: dict[str, int] | None = None,
+                 address: str = "unknown") -> None:
         self.ws = ws
+        self.address = address  # the client's address (X-Forwarded-For when trusted)
+        self.refused = 0  # frames refused by the rate limit since the last one allowed
         self.max_buffered = max_buffered
         self.stats = stats if stats is not None else {}
         self.conn_id = conn_id
@@ -84,14 +95,14 @@ class WsClient:
     def close(self, code: int, reason: str) -> None:
         asyncio.get_running_loop().create_task(self.ws.close(code, reason))
 
-    def allow(self, rate: float, burst: int) -> bool:
+    def allow(self, rate: float, burst: int, cost: float = 1.0) -> bool:
         """Token bucket: `rate` requests a second, bursts up to `burst`."""
         now = time.monotonic()
         self._tokens = min(float(burst), self._tokens + (now - self._last) * rate)
         self._last = now
-        if self._tokens < 1.0:
+        if self._tokens < cost:
             return False
-        self._tokens -= 1.0
+        self._tokens -= cost
         return True
 
 
@@ -106,8 +117,10 @@ def push_many(clients: Iterable[Client], text: str) -> None:
 
 class SocketServer:
     def __init__(self, lobby: Lobby, node_id: str, *, rate: float, burst: int,
-                 max_clients: int | None = None, max_buffered: int = 1 << 20) -> None:
+                 max_clients: int | None = None, max_buffered: int = 1 << 20,
+                 gate: ConnectionGate | None = None) -> None:
         self.lobby = lobby
+        self.gate = gate
         self.max_clients = max_clients
         self.max_buffered = max_buffered
         self.stats: dict[str, int] = {"slow_drops": 0}
@@ -124,28 +137,47 @@ class SocketServer:
                       ) -> FrontProtocol:
         """websockets' `create_connection` hook: every accepted socket starts as
         HTTP and becomes this ServerConnection only if it asks for an upgrade."""
-        return FrontProtocol(self.http, lambda: ServerConnection(protocol, server, **kwargs))
+        if self.gate is None:
+            return FrontProtocol(self.http, lambda: ServerConnection(protocol, server, **kwargs))
+        gate = self.gate
+        tracked = Tracked()
+        return GuardedFront(self.http, lambda: GuardedConnection(
+            protocol, server, gate=gate, tracked=tracked, **kwargs), gate, tracked)
 
     async def process_request(self, connection: ServerConnection, request: Request
                               ) -> Response | None:
         """Only WebSocket upgrades get here (plain HTTP is lobby.http's)."""
         path = request.path.split("?", 1)[0]
+        tracked = getattr(connection, "tracked", None)
+        if self.gate is not None and tracked is not None:
+            refusal = self.gate.request_received(tracked)
+            if refusal is not None:
+                return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                          f"too many connections: {refusal}\n")
         if path != WS_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found; the WebSocket is at /ws\n")
         if self.max_clients is not None and self.lobby.hub.client_count >= self.max_clients:
             # Refuse cleanly while there are file descriptors left to do so;
             # the client (or its load balancer) tries another node.
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "lobby node full\n")
+        if self.gate is not None:
+            address = self.gate.client_address(connection, request)
+            if not self.gate.admit_socket(tracked, address):
+                return connection.respond(
+                    HTTPStatus.TOO_MANY_REQUESTS,
+                    "too many connections from your address (--max-sockets-per-ip)\n")
         return None
 
     def _healthz(self, request: HttpRequest) -> HttpResponse:
         return text_response(HTTPStatus.OK, "ok\n")
 
     async def handle(self, ws: ServerConnection) -> None:
+        tracked = getattr(ws, "tracked", None)
+        remote = (tracked.client_ip if tracked is not None else None) or (
+            ws.remote_address[0] if ws.remote_address else "unknown")
         client = WsClient(ws, f"{self.node_id}.{next(self._ids)}", self.burst,
-                          self.max_buffered, self.stats)
+                          self.max_buffered, self.stats, address=remote)
         self.lobby.hub.add_client(client)
-        remote = ws.remote_address[0] if ws.remote_address else None
         log.info("connect %s from %s", client.conn_id, remote,
                  extra=fields(conn=client.conn_id, remote=remote))
         try:
@@ -153,18 +185,25 @@ class SocketServer:
                 if isinstance(frame, bytes):
                     client.push(_BINARY_REFUSED)
                     continue
-                # Bad frames count against the limit too: they cost a parse and a reply.
-                allowed = client.allow(self.rate, self.burst)
+                # Charged before parsing, bad frames too: a parse and a reply cost
+                # the same whether the frame turns out valid or not.
+                if not client.allow(self.rate, self.burst, 1 + len(frame) // FRAME_COST_BYTES):
+                    client.refused += 1
+                    if client.refused > self.burst:
+                        # It keeps sending while refused: answering it is the cost
+                        # now. Frames read until its close reply are dropped unread.
+                        if client.refused == self.burst + 1:
+                            client.close(1008, "rate limit exceeded")
+                        continue
+                    rtype, rid = (p.envelope_of(frame) if len(frame) <= PEEK_MAX_BYTES
+                                  else ("error", None))
+                    client.push(_rate_limited(rtype, rid))
+                    continue
+                client.refused = 0
                 try:
                     req = p.parse_request(frame)
                 except p.BadFrame as bad:
-                    if allowed:
-                        client.push(p.encode(bad.reply))
-                    else:
-                        client.push(_rate_limited(bad.reply["type"], bad.reply["id"]))
-                    continue
-                if not allowed:
-                    client.push(_rate_limited(req.type, req.id))
+                    client.push(p.encode(bad.reply))
                     continue
                 await self.lobby.handle(client, req)
         except ConnectionClosed:

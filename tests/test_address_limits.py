@@ -1,0 +1,278 @@
+"""Per-address limits: sockets per client address, handshakes in flight, frames
+charged before parsing, and a node that survives a flood of half-open
+connections at its open-file limit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from lobby.addresses import client_address, parse_proxies
+from tests.conftest import Player, free_port, stop_process, ws_url
+
+
+def test_client_address_from_forwarded_for() -> None:
+    lb = parse_proxies("10.0.0.0/8, 127.0.0.1")
+    # Not from a trusted proxy: the header is the client's word, ignored.
+    assert client_address("198.51.100.9", "203.0.113.7", lb) == "198.51.100.9"
+    assert client_address("10.1.2.3", None, lb) == "10.1.2.3"
+    assert client_address("10.1.2.3", "203.0.113.7", lb) == "203.0.113.7"
+    # The first untrusted hop from the right: what the client wrote itself is left of it.
+    assert client_address("10.1.2.3", "1.1.1.1, 203.0.113.7, 10.9.9.9", lb) == "203.0.113.7"
+    assert client_address("10.1.2.3", "10.0.0.5", lb) == "10.0.0.5"
+    assert client_address("10.1.2.3", "not-an-ip", lb) == "10.1.2.3"
+    assert client_address("127.0.0.1", "2001:db8::1", lb) == "2001:db8::1"
+    assert client_address("10.1.2.3", "203.0.113.7", ()) == "10.1.2.3"
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Until the node's counters (read in this process) say so: they change on
+    socket events that have no notification of their own."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def _open(url: str, source: str, **kw: Any) -> Any:
+    return await connect(url, compression=None, local_addr=(source, 0), open_timeout=10,
+                         **kw)
+
+
+async def test_sockets_per_address_capped_others_unaffected(make_node) -> None:
+    node = await make_node()  # --max-sockets-per-ip 32, --max-handshakes-per-ip 16
+    url = ws_url(node)
+    # 1,000 sockets from one address, 16 handshakes at a time.
+    gate = asyncio.Semaphore(16)
+
+    async def one() -> Any:
+        async with gate:
+            return await _open(url, "127.0.0.1")
+
+    results = await asyncio.gather(*(one() for _ in range(1000)), return_exceptions=True)
+    opened = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    # And 300 at once from another: past 16 in flight, refused at once as well.
+    burst = await asyncio.gather(*(_open(url, "127.0.0.10") for _ in range(300)),
+                                 return_exceptions=True)
+    opened += [r for r in burst if not isinstance(r, BaseException)]
+    burst_refused = [r for r in burst if isinstance(r, BaseException)]
+    try:
+        assert len(opened) == 32 + (300 - len(burst_refused))
+        assert 16 <= 300 - len(burst_refused) <= 32
+        # A clean refusal: an HTTP answer naming the limit, not a reset or a hang.
+        for r in refused + burst_refused:
+            assert isinstance(r, InvalidStatus) and r.response.status_code == 429, repr(r)
+        assert all(b"--max-sockets-per-ip" in r.response.body for r in refused)
+        assert any(b"--max-handshakes-per-ip" in r.response.body for r in burst_refused)
+        assert node.gate.sockets_of("127.0.0.1") == 32
+        # Players from other addresses are unaffected: each connects and plays.
+        players = [Player(await _open(url, f"127.0.0.{i}")) for i in range(2, 10)]
+        for i, player in enumerate(players):
+            await player.hello(f"p{i}")
+        sid = (await players[0].ok("create_session", max_players=8))["session"]["session_id"]
+        for player in players[1:]:
+            await player.ok("join_session", session_id=sid)
+        started = await players[0].ok("start_session")
+        assert started["session"]["player_count"] == 8
+        # The capped sockets still work too, and a closed one frees its slot.
+        first = Player(opened[0])
+        await first.hello("one-of-32")
+        await first.ok("ping")
+        await first.close()
+        opened.pop(0)
+        await _until(lambda: node.gate.sockets_of("127.0.0.1") < 32)
+        again = await _open(url, "127.0.0.1")
+        opened.append(again)
+        for player in players:
+            await player.close()
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+
+
+async def test_forwarded_for_counts_the_client_behind_a_trusted_proxy(make_node) -> None:
+    node = await make_node(max_sockets_per_ip=3, trusted_proxy="127.0.0.1/32")
+    url = ws_url(node)
+    behind = [await _open(url, "127.0.0.1", additional_headers={"X-Forwarded-For": "203.0.113.7"})
+              for _ in range(3)]
+    with pytest.raises(InvalidStatus) as refused:
+        await _open(url, "127.0.0.1", additional_headers={"X-Forwarded-For": "203.0.113.7"})
+    assert refused.value.response.status_code == 429
+    # Another client behind the same balancer has its own count.
+    other = await _open(url, "127.0.0.1", additional_headers={"X-Forwarded-For": "203.0.113.8"})
+    # An untrusted peer cannot pick its address with the header.
+    spoofers = [await _open(url, "127.0.0.3", additional_headers={"X-Forwarded-For": f"9.9.9.{i}"})
+                for i in range(3)]
+    with pytest.raises(InvalidStatus):
+        await _open(url, "127.0.0.3", additional_headers={"X-Forwarded-For": "9.9.9.99"})
+    assert node.gate.sockets_of("203.0.113.7") == 3 and node.gate.sockets_of("127.0.0.3") == 3
+    for ws in [*behind, other, *spoofers]:
+        await ws.close()
+
+
+async def _half_open(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            return await reader.read(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_handshakes_in_flight_capped_per_address_and_timed_out(make_node) -> None:
+    node = await make_node(max_handshakes_per_ip=8, handshake_timeout_seconds=3.0)
+    links = [await _half_open(node.port, "127.0.0.5") for _ in range(20)]
+    # Past the 8 in flight from that address, connections are dropped after 1 s
+    # (REFUSE_SECONDS: a request arriving meanwhile would get its 429).
+    closed = await asyncio.gather(*(_closed_by_server(r, 2.0) for r, _ in links))
+    assert closed.count(True) == 12, closed
+    assert node.gate.handshakes == 8
+    # Meanwhile another address connects and plays.
+    player = Player(await _open(ws_url(node), "127.0.0.6"))
+    await player.hello("real")
+    await player.ok("create_session")
+    # The 8 that never sent a request are dropped after the handshake timeout.
+    kept = [r for (r, _), c in zip(links, closed, strict=True) if not c]
+    assert all(await asyncio.gather(*(_closed_by_server(r, 5) for r in kept)))
+    await _until(lambda: node.gate.handshakes == 0)
+    assert node.gate.connections == 1  # the player's
+    for _, writer in links:
+        writer.close()
+    await player.close()
+
+
+async def test_frames_charged_by_size_before_parsing_and_floods_closed(make_node) -> None:
+    node = await make_node(rate_limit_per_second=1.0, rate_limit_burst=40)
+    player = Player(await connect(ws_url(node), compression=None))
+    big = json.dumps({"type": "ping", "id": 1, "pad": "x" * 60_000})  # costs 15 tokens
+    for _ in range(2):
+        await player.ws.send(big)
+        assert (await asyncio.wait_for(player.orphans.get(), 5))["error"]["code"] \
+            == "NOT_AUTHENTICATED"
+    await player.ws.send(big)  # 10 tokens left: refused unparsed, type unknown
+    refused = await asyncio.wait_for(player.orphans.get(), 5)
+    assert refused["error"]["code"] == "RATE_LIMITED"
+    assert (refused["type"], refused["id"]) == ("error", None)
+    # A small frame still gets its own type and id back.
+    reply = await player.request("hello", name="x")
+    assert reply["ok"] is True
+    # Sending on and on while refused: the socket is closed with 1008.
+    with contextlib.suppress(ConnectionClosed):
+        for _ in range(200):
+            await player.ws.send(big)
+    async with asyncio.timeout(5):
+        await player.ws.wait_closed()
+    assert player.ws.close_code == 1008
+
+
+# 2,000 half-open connections at a node whose open-file limit is 512 ---------------
+def _low_nofile() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+
+
+async def test_half_open_flood_at_the_open_file_limit(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    port = free_port()
+    log_path = tmp_path / "node.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(  # noqa: ASYNC220 (started once, not waited on)
+            [sys.executable, "-m", "lobby.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--handshake-timeout-seconds", "2"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env, preexec_fn=_low_nofile,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    try:
+        url = f"ws://127.0.0.1:{port}/ws"
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    (await connect(url)).transport.abort()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+        flood: list[asyncio.StreamWriter] = []
+        stop = asyncio.Event()
+
+        async def flooder(source: str, count: int) -> None:
+            # Keeps `count` connections open from one address, re-opening each
+            # one the node drops, until the players are done.
+            async def one() -> None:
+                while not stop.is_set():
+                    try:
+                        reader, writer = await _half_open(port, source)
+                    except OSError:
+                        await asyncio.sleep(0.05)
+                        continue
+                    flood.append(writer)
+                    with contextlib.suppress(OSError):
+                        await reader.read(1)
+                    writer.close()
+                    await asyncio.sleep(0.5)
+            await asyncio.gather(*(one() for _ in range(count)))
+
+        flooders = [asyncio.create_task(flooder(f"127.0.1.{i}", 100)) for i in range(1, 21)]
+        await _until(lambda: len(flood) >= 2000, 20)
+        # Real players from their own addresses, during the flood: they connect,
+        # meet in a session and start it.
+        started = time.monotonic()
+        players = []
+        retries = 0
+        for i in range(2, 6):
+            for attempt in range(20):  # a player's client retries a failed connect
+                try:
+                    players.append(Player(await connect(
+                        url, local_addr=(f"127.0.0.{i}", 0), open_timeout=5)))
+                    break
+                except (OSError, InvalidHandshake, TimeoutError):
+                    # Refused (429, or dropped past the node's budget): try again.
+                    if attempt == 19:
+                        raise
+                    retries += 1
+                    await asyncio.sleep(0.1)
+        connected = time.monotonic() - started
+        for i, player in enumerate(players):
+            await player.hello(f"real{i}")
+        hellos = time.monotonic() - started
+        sid = (await players[0].ok("create_session"))["session"]["session_id"]
+        for player in players[1:]:
+            await player.ok("join_session", session_id=sid)
+        assert (await players[0].ok("start_session"))["session"]["player_count"] == 4
+        took = time.monotonic() - started
+        stop.set()
+        for task in flooders:
+            task.cancel()
+        for writer in flood:
+            writer.close()
+        for player in players:
+            await player.close()
+        assert took < 15, took
+        print(f"players connected in {connected:.2f}s, said hello by {hellos:.2f}s, played "
+              f"by {took:.2f}s, {retries} retries; {len(flood)} flood connects")
+        assert proc.poll() is None, "the node died"
+    finally:
+        stop_process(proc)
+    size = log_path.stat().st_size
+    text = log_path.read_text(errors="replace")
+    assert size < 1_000_000, (size, text[-2000:])
+    assert "Traceback" not in text, text[-3000:]
