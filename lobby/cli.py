@@ -252,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
          "time a connection gets to finish its TLS and WebSocket handshake")
     _add(serve, "--trusted-proxy", _cidrs, d.trusted_proxy,
          "comma-separated CIDRs of load balancers whose X-Forwarded-For names the client")
+    _add(serve, "--password-guesses-per-session", _positive_int, d.password_guesses_per_session,
+         "password guesses a minute on one session from all addresses (all nodes); then the "
+         "session locks for addresses that guessed")
+    _add(serve, "--password-guesses-per-address", _positive_int, d.password_guesses_per_address,
+         "password guesses a minute from one client address on all sessions (all nodes)")
+    _add(serve, "--password-lockout-seconds", float, d.password_lockout_seconds,
+         "first lockout past a guess limit; each consecutive one doubles, up to 15 min")
+    _add(serve, "--password-queue", _positive_int, d.password_queue,
+         "scrypt jobs (joins and creates with a password) queued or running on this node; "
+         "past it RATE_LIMITED at once")
 
     init = sub.add_parser("init-table", help="create the DynamoDB sessions table (idempotent)")
     _add(init, "--dynamodb-table", str, d.dynamodb_table, "table name")

@@ -61,6 +61,11 @@ class Settings:
     max_handshakes_per_ip: int = 16  # of those, per peer address (trusted proxies exempt)
     handshake_timeout_seconds: float = 5.0  # to finish the WebSocket (and TLS) handshake
     trusted_proxy: str | None = None  # CIDRs whose X-Forwarded-For names the client
+    # Password guesses, counted in the store (shared by every node)
+    password_guesses_per_session: int = 10  # a minute, then the session locks
+    password_guesses_per_address: int = 20  # a minute, on all sessions together (NAT)
+    password_lockout_seconds: float = 60.0  # the first lock; doubles, up to 15 min
+    password_queue: int = 8  # scrypt jobs queued or running; past it RATE_LIMITED at once
 
 
 class StartupError(Exception):

@@ -27,6 +27,7 @@ from lobby.passwords import hash_password, verify_password
 from lobby.session import SessionRecord, public_session
 from lobby.store.base import (
     Change,
+    GuessLimits,
     LiveClient,
     PasswordRequired,
     SessionStore,
@@ -45,6 +46,7 @@ OnChange = Callable[[Change], None]
 Recover = Callable[[], Awaitable[int]]
 
 PASSWORD_FAILURES_ALLOWED = 5  # per connection per minute: scrypt is costly
+_BUSY = "the server is busy checking passwords, try again in a moment"
 
 
 def _ignore(*args: Any) -> None:
@@ -114,6 +116,16 @@ class Lobby:
         # scrypt gets its own small pool so password guessing cannot starve the rest.
         self._pw_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lobby-scrypt")
         self._held: dict[str, tuple[str, int]] = {}  # conn id -> (session, version)
+        # ...and a bounded queue: past it a password request is refused at once
+        # rather than waiting behind an attacker's guesses.
+        self._pw_pending = 0
+        self.password_checks = 0  # scrypt verifications run (wrong and right)
+        self.guess_limits = GuessLimits(
+            per_session=settings.password_guesses_per_session,
+            per_address=settings.password_guesses_per_address,
+            lock_ms=int(settings.password_lockout_seconds * 1000),
+            lock_max_ms=max(int(settings.password_lockout_seconds * 1000), 900_000),
+        )
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Result]]] = {
             "hello": self.hello,
             "create_session": self.create_session,
@@ -361,8 +373,7 @@ class Lobby:
         self._not_in_session(client)
         pw = None
         if req.password:
-            pw = await asyncio.get_running_loop().run_in_executor(
-                self._pw_pool, hash_password, req.password)
+            pw = await self._scrypt(hash_password, req.password)
         session_id = secrets.token_urlsafe(8)  # no '.': join tickets separate fields with it
         async with self._becoming_member(session_id, client):
             rec = await self.store.create_session(
@@ -404,7 +415,7 @@ class Lobby:
                 rec, chat = await self.store.join_session_chat(
                     client.player_id, sid, None, now_ms())
             except PasswordRequired as need:
-                await self._check_password(client, req.password, need)
+                await self._check_password(client, sid, req.password, need)
                 rec, chat = await self.store.join_session_chat(
                     client.player_id, sid, need.pw, now_ms())
         result, _ = self._member_result(rec)
@@ -459,17 +470,43 @@ class Lobby:
     def _guess_failed(client: Client) -> None:
         client.password_failures.append(time.monotonic())
 
+    async def _scrypt(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._pw_pending >= self.settings.password_queue:
+            raise LobbyError(ErrorCode.RATE_LIMITED, _BUSY)
+        self._pw_pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pw_pool, fn, *args)
+        finally:
+            self._pw_pending -= 1
+
     async def _check_password(
-        self, client: Client, password: str | None, need: PasswordRequired
+        self, client: Client, session_id: str, password: str | None, need: PasswordRequired
     ) -> None:
         if not password:
             raise LobbyError(ErrorCode.WRONG_PASSWORD, "this session needs a password")
         self._guess_allowed(client)
-        good = await asyncio.get_running_loop().run_in_executor(
-            self._pw_pool, verify_password, password, need.pw)
-        if not good:
-            self._guess_failed(client)
-            raise LobbyError(ErrorCode.WRONG_PASSWORD, "wrong password")
+        if self._pw_pending >= self.settings.password_queue:
+            raise LobbyError(ErrorCode.RATE_LIMITED, _BUSY)  # before counting the guess
+        # Counted in the store before scrypt runs: the limits hold across sockets
+        # and nodes, and concurrent guesses cannot overrun them.
+        limits = self.guess_limits
+        verdict = await self.store.password_guess(session_id, client.address, now_ms(), limits)
+        if verdict.retry_ms:
+            whom = "this session" if verdict.scope == "session" else "your address"
+            raise LobbyError(ErrorCode.RATE_LIMITED,
+                             f"too many wrong passwords for {whom}: try again in "
+                             f"{-(-verdict.retry_ms // 1000)} s")
+        try:
+            good = await self._scrypt(verify_password, password, need.pw)
+        except LobbyError:
+            await self.store.password_refund(session_id, client.address, now_ms(), limits)
+            raise
+        self.password_checks += 1
+        if good:
+            await self.store.password_refund(session_id, client.address, now_ms(), limits)
+            return
+        self._guess_failed(client)
+        raise LobbyError(ErrorCode.WRONG_PASSWORD, "wrong password")
 
     async def leave_session(self, client: Client, req: p.LeaveSession) -> Result:
         assert client.player_id is not None

@@ -41,6 +41,7 @@ class Client(Protocol):
     name: str  # set by hello, with token_hash: what a store rebuild needs
     token_hash: str
     password_failures: list[float]  # monotonic times of wrong passwords
+    address: str  # the client's address: per-address limits shared by all nodes
 
     def push(self, text: str) -> None:
         """Queue a text frame without waiting (no backpressure)."""

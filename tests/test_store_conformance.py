@@ -24,6 +24,8 @@ from lobby.protocol import attr_value
 from lobby.session import Member, PasswordHash, SessionRecord
 from lobby.store.base import (
     Change,
+    GuessLimits,
+    GuessVerdict,
     LiveClient,
     PasswordRequired,
     PlayerInfo,
@@ -1646,3 +1648,62 @@ async def test_memory_and_redis_agree_step_by_step(request: pytest.FixtureReques
         None, "abandoned", "completed", "idle", "server_timeout"]
     errors = [entry[1:] for entry in expected if isinstance(entry, tuple) and entry[0] == "error"]
     assert (ErrorCode.BAD_REQUEST, "the session is not CONNECTING") in errors
+
+
+# password guesses, counted in the store (shared by every node) -----------------
+GL = GuessLimits(per_session=4, per_address=6, window_ms=60_000, lock_ms=10_000,
+                 lock_max_ms=35_000)
+
+
+async def _guesses(h: Harness, sid: str, addr: str, n: int, now: int) -> list[GuessVerdict]:
+    return [await h.store.password_guess(sid, addr, now, GL) for _ in range(n)]
+
+
+async def test_guesses_per_session_then_a_growing_lock(store: Harness) -> None:
+    s = store.store
+    allowed = await _guesses(store, "s1", "10.0.0.1", 2, T0)
+    allowed += await _guesses(store, "s1", "10.0.0.2", 2, T0 + 1)
+    assert allowed == [GuessVerdict()] * 4
+    # The fifth guess in the window locks the session for the addresses that guessed.
+    assert await s.password_guess("s1", "10.0.0.1", T0 + 2, GL) == \
+        GuessVerdict(10_000, "session")
+    assert await s.password_guess("s1", "10.0.0.2", T0 + 1_002, GL) == \
+        GuessVerdict(9_000, "session")
+    # Another session is not affected.
+    assert await s.password_guess("s2", "10.0.0.1", T0 + 3, GL) == GuessVerdict()
+    # A fresh address gets one guess during the lock, then is locked out too.
+    assert await s.password_guess("s1", "10.0.0.9", T0 + 5, GL) == GuessVerdict()
+    assert await s.password_guess("s1", "10.0.0.9", T0 + 6, GL) == GuessVerdict(9_996, "session")
+    # After the lock: the window began with it (the fresh address's guess counts),
+    # and the next lock lasts twice as long, then is capped.
+    t = T0 + 2 + 10_000
+    assert await _guesses(store, "s1", "10.0.0.4", 3, t) == [GuessVerdict()] * 3
+    assert await s.password_guess("s1", "10.0.0.4", t, GL) == GuessVerdict(20_000, "session")
+    t += 25_000  # past the lock (the window began with it)
+    assert await _guesses(store, "s1", "10.0.0.3", 4, t) == [GuessVerdict()] * 4
+    assert await s.password_guess("s1", "10.0.0.3", t, GL) == GuessVerdict(35_000, "session")
+
+
+async def test_guesses_per_address_across_sessions(store: Harness) -> None:
+    s = store.store
+    verdicts = [await s.password_guess(f"s{i}", "10.0.0.7", T0 + i, GL) for i in range(6)]
+    assert verdicts == [GuessVerdict()] * 6
+    assert await s.password_guess("s9", "10.0.0.7", T0 + 10, GL) == \
+        GuessVerdict(10_000, "address")
+    assert await s.password_guess("s0", "10.0.0.7", T0 + 20, GL) == \
+        GuessVerdict(9_990, "address")
+    assert await s.password_guess("s0", "10.0.0.8", T0 + 20, GL) == GuessVerdict()
+    # The window passes: the address may guess again.
+    assert await s.password_guess("s9", "10.0.0.7", T0 + 10 + 10_000, GL) == GuessVerdict()
+
+
+async def test_right_passwords_are_refunded_and_windows_reset(store: Harness) -> None:
+    s = store.store
+    for i in range(10):  # right passwords, each refunded: never a lock
+        assert await s.password_guess("s1", "10.0.0.1", T0 + i, GL) == GuessVerdict()
+        await s.password_refund("s1", "10.0.0.1", T0 + i, GL)
+    assert await _guesses(store, "s1", "10.0.0.1", 4, T0 + 20) == [GuessVerdict()] * 4
+    assert (await s.password_guess("s1", "10.0.0.1", T0 + 21, GL)).scope == "session"
+    # A window without a lock: the count starts again.
+    assert await _guesses(store, "s2", "10.0.0.2", 4, T0) == [GuessVerdict()] * 4
+    assert await _guesses(store, "s2", "10.0.0.2", 4, T0 + 60_000) == [GuessVerdict()] * 4

@@ -53,6 +53,25 @@ class Change:
     ended: str | None = None  # "abandoned", "completed", "idle", "server_timeout", "expired"
 
 
+@dataclass(slots=True, frozen=True)
+class GuessLimits:
+    """Password guesses allowed before scrypt runs (password_guess.lua says how)."""
+
+    per_session: int = 10  # per window, on one session, from all addresses together
+    per_address: int = 20  # per window, from one client address, on all sessions together
+    window_ms: int = 60_000
+    lock_ms: int = 60_000  # the first lockout; each consecutive one doubles
+    lock_max_ms: int = 900_000
+
+
+@dataclass(slots=True)
+class GuessVerdict:
+    """None of these fields set: verify the guess. Else refused for retry_ms."""
+
+    retry_ms: int = 0
+    scope: str = ""  # "session" or "address"
+
+
 @dataclass(slots=True)
 class Timeouts:
     """How long a session may stay in each state without the change that moves it on."""
@@ -273,4 +292,15 @@ class SessionStore(Protocol):
         """Every live session in any state, about `count` at a time, for operators
         (admin API, metrics); the next cursor is None at the end. Sessions changed
         during a scan may be seen twice or not at all."""
+        ...
+
+    # abuse limits shared by every node -----------------------------------------
+    async def password_guess(self, session_id: str, address: str, now: int,
+                             limits: GuessLimits) -> GuessVerdict:
+        """Count a guess before it is verified, or refuse it (RATE_LIMITED)."""
+        ...
+
+    async def password_refund(self, session_id: str, address: str, now: int,
+                              limits: GuessLimits) -> None:
+        """The counted guess was right: it does not count against anyone."""
         ...

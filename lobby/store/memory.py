@@ -25,6 +25,8 @@ from lobby.store.base import (
     CHAT_RATE,
     CHAT_WINDOW_MS,
     Change,
+    GuessLimits,
+    GuessVerdict,
     LiveClient,
     PasswordRequired,
     PlayerInfo,
@@ -83,6 +85,10 @@ class MemoryStore:
         self._chat: dict[str, deque[str]] = {}
         self._chat_seq: dict[str, int] = {}
         self._chat_sent: dict[str, dict[str, list[int]]] = {}
+        # password_guess.lua's keys: bucket key -> {w, n, u, lv, exp}; session id ->
+        # {address: expiry} of the addresses that guessed on it.
+        self._guess_buckets: dict[str, dict[str, int]] = {}
+        self._guessed: dict[str, tuple[int, set[str]]] = {}
 
     async def start(self) -> None:
         return None
@@ -901,6 +907,78 @@ class MemoryStore:
 
     async def rebind(self, clients: list[LiveClient], now: int) -> int:
         return 0
+
+    # password guesses (password_guess.lua, rule for rule) ---------------------
+    def _bucket(self, key: str, now: int, limits: GuessLimits) -> dict[str, int]:
+        b = self._guess_buckets.get(key)
+        if b is None or b["exp"] <= now:
+            b = {"w": 0, "n": 0, "u": 0, "lv": 0, "exp": 0}
+        b = dict(b)
+        if now - b["w"] >= limits.window_ms:
+            b["w"], b["n"] = now, 0
+        if b["u"] > 0 and now - b["u"] >= limits.lock_max_ms:
+            b["lv"] = 0
+        return b
+
+    def _save_bucket(self, key: str, b: dict[str, int], now: int, limits: GuessLimits) -> None:
+        b["exp"] = now + limits.lock_max_ms + limits.window_ms
+        self._guess_buckets[key] = b
+        if len(self._guess_buckets) > 50_000:  # no key expiry here: drop the lapsed ones
+            self._guess_buckets = {k: v for k, v in self._guess_buckets.items()
+                                   if v["exp"] > now}
+            self._guessed = {k: v for k, v in self._guessed.items() if v[0] > now}
+
+    def _guessed_on(self, sid: str, now: int) -> set[str]:
+        entry = self._guessed.get(sid)
+        if entry is None or entry[0] <= now:
+            return set()
+        return entry[1]
+
+    def _mark_guessed(self, sid: str, address: str, now: int, ttl: int) -> None:
+        addresses = self._guessed_on(sid, now)
+        addresses.add(address)
+        self._guessed[sid] = (now + ttl, addresses)
+
+    @staticmethod
+    def _lock(b: dict[str, int], now: int, limits: GuessLimits) -> None:
+        b["u"] = now + min(limits.lock_max_ms, limits.lock_ms * 2 ** b["lv"])
+        b["lv"] += 1
+        b["w"], b["n"] = now, 0
+
+    async def password_guess(self, session_id: str, address: str, now: int,
+                             limits: GuessLimits) -> GuessVerdict:
+        sk, ak = f"s:{session_id}", f"a:{address}"
+        s, a = self._bucket(sk, now, limits), self._bucket(ak, now, limits)
+        if a["u"] > now:
+            return GuessVerdict(a["u"] - now, "address")
+        guessed = address in self._guessed_on(session_id, now)
+        if s["u"] > now and guessed:
+            return GuessVerdict(s["u"] - now, "session")
+        if a["n"] >= limits.per_address:
+            self._lock(a, now, limits)
+            self._save_bucket(ak, a, now, limits)
+            return GuessVerdict(a["u"] - now, "address")
+        if s["u"] <= now and s["n"] >= limits.per_session:
+            self._lock(s, now, limits)
+            if guessed:
+                self._save_bucket(sk, s, now, limits)
+                self._mark_guessed(session_id, address, now,
+                                   max(limits.window_ms, s["u"] - now))
+                return GuessVerdict(s["u"] - now, "session")
+        s["n"] += 1
+        a["n"] += 1
+        self._save_bucket(sk, s, now, limits)
+        self._save_bucket(ak, a, now, limits)
+        self._mark_guessed(session_id, address, now, max(limits.window_ms, s["u"] - now))
+        return GuessVerdict()
+
+    async def password_refund(self, session_id: str, address: str, now: int,
+                              limits: GuessLimits) -> None:
+        for key in (f"s:{session_id}", f"a:{address}"):
+            b = self._guess_buckets.get(key)
+            if b is not None and b["n"] > 0:
+                b["n"] -= 1
+        self._guessed_on(session_id, now).discard(address)
 
     async def stats(self) -> dict[str, Any]:
         return {"open_sessions": len(self._open), "held_seats": len(self._holds)}

@@ -24,6 +24,8 @@ from lobby.store.base import (
     CHAT_RATE,
     CHAT_WINDOW_MS,
     Change,
+    GuessLimits,
+    GuessVerdict,
     LiveClient,
     PasswordRequired,
     PlayerInfo,
@@ -38,7 +40,7 @@ _SCRIPTS = (
     "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
     "finish_start", "fail_start", "in_progress", "complete", "sweep", "list",
     "restore", "rebind", "by_server", "update", "promote", "update_player",
-    "set_ready", "chat", "chat_history", "reconcile",
+    "set_ready", "chat", "chat_history", "reconcile", "password_guess",
 )
 
 
@@ -357,6 +359,23 @@ class RedisStore:
             return 0
         payload = json.dumps([_live(c) for c in clients])
         return int(await self._run("rebind", payload, now=now))
+
+    async def password_guess(self, session_id: str, address: str, now: int,
+                             limits: GuessLimits) -> GuessVerdict:
+        res = await self._guess(session_id, address, now, limits, "guess")
+        if res[0] == b"OK":
+            return GuessVerdict()
+        return GuessVerdict(int(res[1]), res[2].decode())
+
+    async def password_refund(self, session_id: str, address: str, now: int,
+                              limits: GuessLimits) -> None:
+        await self._guess(session_id, address, now, limits, "refund")
+
+    async def _guess(self, session_id: str, address: str, now: int, limits: GuessLimits,
+                     mode: str) -> Any:
+        return await self._run(
+            "password_guess", session_id, address, limits.per_session, limits.per_address,
+            limits.window_ms, limits.lock_ms, limits.lock_max_ms, mode, now=now)
 
     async def stats(self) -> dict[str, Any]:
         pipe = self.redis.pipeline(transaction=False)

@@ -1,0 +1,117 @@
+"""Password guessing: limits kept in the store hold across sockets and nodes, and
+the scrypt queue is bounded so that nobody waits behind an attacker's guesses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from lobby.app import LobbyNode
+from tests.conftest import Player, ws_url
+
+
+async def _player(node: LobbyNode, source: str, name: str) -> Player:
+    player = Player(await connect(ws_url(node), compression=None, local_addr=(source, 0)))
+    await player.hello(name)
+    return player
+
+
+async def _players(nodes: list[LobbyNode], source: str, count: int) -> list[Player]:
+    gate = asyncio.Semaphore(8)  # within --max-handshakes-per-ip
+
+    async def one(i: int) -> Player:
+        async with gate:
+            return await _player(nodes[i % len(nodes)], source, f"guesser{i}")
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def test_brute_force_from_200_sockets_on_2_nodes(make_node, redis_url: str) -> None:
+    nodes = [await make_node(redis_url=redis_url, max_sockets_per_ip=100) for _ in range(2)]
+    host = await _player(nodes[0], "127.0.0.2", "host")
+    sid = (await host.ok("create_session", password="correct horse"))["session"]["session_id"]
+    attackers = (await _players(nodes, "127.0.1.1", 100)
+                 + await _players(nodes, "127.0.1.2", 100))
+    friend = await _player(nodes[1], "127.0.0.3", "friend")
+    bystander = await _player(nodes[0], "127.0.0.4", "bystander")
+    codes: dict[str, int] = {}
+    under_way = asyncio.Event()
+
+    async def guess(player: Player, i: int) -> None:
+        for attempt in range(5):
+            reply = await player.request("join_session", session_id=sid,
+                                         password=f"guess-{i}-{attempt}")
+            code = reply["error"]["code"]
+            codes[code] = codes.get(code, 0) + 1
+            if codes.get("RATE_LIMITED", 0) >= 300:
+                under_way.set()
+
+    attack = asyncio.gather(*(guess(p, i) for i, p in enumerate(attackers)))
+    # The attack is under way (the session's guesses are used up) when the friend comes.
+    await asyncio.wait_for(under_way.wait(), 30)
+    started = time.monotonic()
+    joined = await friend.ok("join_session", session_id=sid, password="correct horse")
+    join_took = time.monotonic() - started
+    started = time.monotonic()
+    await bystander.ok("list_sessions")
+    await bystander.ok("ping")
+    bystander_took = time.monotonic() - started
+    await attack
+    wrong = sum(n.lobby.password_checks for n in nodes) - 1  # the friend's was right
+    print(f"verified wrong guesses {wrong}, replies {codes}, friend joined in "
+          f"{join_took * 1000:.0f} ms, bystander {bystander_took * 1000:.0f} ms")
+    assert joined["session"]["player_count"] == 2
+    assert join_took < 1.0, join_took
+    assert bystander_took < 0.5, bystander_took
+    # 10 a minute for the session (--password-guesses-per-session), and each
+    # attacking address that had not guessed yet when the lock began gets one.
+    assert wrong <= 10 + 2, wrong
+    assert codes["WRONG_PASSWORD"] == wrong
+    assert codes["RATE_LIMITED"] == 1000 - wrong
+    # Still locked for the attackers, on either node, whatever socket they use.
+    late = await _player(nodes[1], "127.0.1.1", "late")
+    reply = await late.error("join_session", "RATE_LIMITED", session_id=sid, password="x")
+    assert "this session" in reply["error"]["message"]
+    for player in [host, friend, bystander, late, *attackers]:
+        await player.close()
+
+
+async def test_scrypt_queue_is_bounded(make_node, connect_player) -> None:
+    node = await make_node(password_queue=4, password_guesses_per_address=1000,
+                           max_sockets_per_ip=100)
+    host = await connect_player(node, "host")
+    sid = (await host.ok("create_session", password="pw"))["session"]["session_id"]
+    creators = [await connect_player(node, f"c{i}") for i in range(40)]
+
+    async def create(player: Player) -> tuple[str, float]:
+        started = time.monotonic()
+        reply = await player.request("create_session", password="secret")
+        return ("ok" if reply["ok"] else reply["error"]["code"]), time.monotonic() - started
+
+    flood = asyncio.gather(*(create(p) for p in creators))
+    await asyncio.sleep(0)  # the creates are on their way
+    guest = await connect_player(node, "guest")
+    started = time.monotonic()
+    tries = 0
+    while True:  # a client retries RATE_LIMITED after a moment
+        tries += 1
+        reply: dict[str, Any] = await guest.request("join_session", session_id=sid,
+                                                    password="pw")
+        if reply["ok"]:
+            break
+        assert reply["error"]["code"] == "RATE_LIMITED", reply
+        assert "busy" in reply["error"]["message"]
+        await asyncio.sleep(0.05)
+    guest_took = time.monotonic() - started
+    results = await flood
+    busy = [took for code, took in results if code == "RATE_LIMITED"]
+    print(f"guest joined in {guest_took * 1000:.0f} ms after {tries} tries; "
+          f"{len(busy)} of 40 creates refused busy")
+    assert busy, "the queue never filled"
+    assert all(code in ("ok", "RATE_LIMITED") for code, _ in results)
+    # Refused at once, not after a wait in the queue.
+    assert max(busy) < 1.0, max(busy)
+    assert guest_took < 3.0, guest_took
