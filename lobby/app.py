@@ -237,6 +237,8 @@ class LobbyNode:
                                    s.startup_timeout_seconds)
             self.persistence.start()
         await self.bus.start(self.node_id, self.hub.on_message)
+        if self.lobby.auth is not None:
+            await self.lobby.auth.start()
         await self.check_store()
         try:
             self._server = await self._listen()
@@ -288,6 +290,14 @@ class LobbyNode:
 
     def _log_mode(self) -> None:
         s = self.settings
+        if self.lobby.auth is None:
+            log.warning(
+                "AUTH NONE: players are whoever their hello says they are and hello's token "
+                "is not checked. Facing the internet, use --auth jwt with the keys of the "
+                "game's backend (--jwt-jwks-url, --jwt-public-key-file or --jwt-secret).")
+        else:
+            log.info("auth jwt: players are the sub of tokens verified with %s",
+                     s.jwt_jwks_url or s.jwt_public_key_file or "the shared secret")
         if self.mode == "embedded":
             log.warning(
                 "EMBEDDED MODE: sessions live in this process's memory, one node only, lost "

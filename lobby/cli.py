@@ -145,6 +145,12 @@ def _attribute_keys(raw: str) -> tuple[str, ...] | None:
     return keys
 
 
+def _auth_mode(raw: str) -> str:
+    if raw not in ("none", "jwt"):
+        raise argparse.ArgumentTypeError(f"must be none or jwt, not {raw!r}")
+    return raw
+
+
 def _cidrs(raw: str) -> str:
     from lobby.addresses import parse_proxies
 
@@ -259,6 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
          "password guesses a minute from one client address on all sessions (all nodes)")
     _add(serve, "--password-lockout-seconds", float, d.password_lockout_seconds,
          "first lockout past a guess limit; each consecutive one doubles, up to 15 min")
+    _add(serve, "--auth", _auth_mode, d.auth,
+         "none: a player is whoever hello says (a start-up warning says so); jwt: hello "
+         "needs a token signed by the game's backend, the player id is its sub")
+    _add(serve, "--jwt-secret", str, d.jwt_secret, "HS256 shared secret of the tokens")
+    _add(serve, "--jwt-jwks-url", str, d.jwt_jwks_url,
+         "JWKS URL of the tokens' public keys (RS256/ES256...), cached, refreshed on an "
+         "unknown kid")
+    _add(serve, "--jwt-public-key-file", str, d.jwt_public_key_file,
+         "PEM public key of the tokens (RS256/ES256...)")
+    _add(serve, "--jwt-issuer", str, d.jwt_issuer, "required iss claim")
+    _add(serve, "--jwt-audience", str, d.jwt_audience, "required aud claim")
+    _add(serve, "--jwt-leeway-seconds", float, d.jwt_leeway_seconds,
+         "clock skew allowed when checking exp and nbf")
+    _add(serve, "--jwt-name-claim", str, d.jwt_name_claim,
+         "claim holding the display name (else the hello's name)")
+    _add(serve, "--jwt-jwks-refresh-seconds", float, d.jwt_jwks_refresh_seconds,
+         "age after which the JWKS is fetched again")
+    _add(serve, "--jwt-jwks-min-refresh-seconds", float, d.jwt_jwks_min_refresh_seconds,
+         "at most one JWKS fetch per this many seconds for tokens with an unknown kid")
     _add(serve, "--password-queue", _positive_int, d.password_queue,
          "scrypt jobs (joins and creates with a password) queued or running on this node; "
          "past it RATE_LIMITED at once")

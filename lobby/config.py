@@ -66,6 +66,17 @@ class Settings:
     password_guesses_per_address: int = 20  # a minute, on all sessions together (NAT)
     password_lockout_seconds: float = 60.0  # the first lock; doubles, up to 15 min
     password_queue: int = 8  # scrypt jobs queued or running; past it RATE_LIMITED at once
+    # Player identity (lobby/auth.py): "none" (anyone is who they say) or "jwt"
+    auth: str = "none"
+    jwt_secret: str | None = None  # HS256/384/512
+    jwt_jwks_url: str | None = None  # RS*/PS*/ES*/EdDSA keys by kid (Cognito, Auth0, ...)
+    jwt_public_key_file: str | None = None  # one PEM public key
+    jwt_issuer: str | None = None  # required iss, when set
+    jwt_audience: str | None = None  # required aud, when set
+    jwt_leeway_seconds: float = 30.0  # clock skew allowed on exp/nbf/iat
+    jwt_name_claim: str = "name"  # the display name's claim (else hello's name)
+    jwt_jwks_refresh_seconds: float = 600.0  # a JWKS older than this is fetched again
+    jwt_jwks_min_refresh_seconds: float = 30.0  # at most one fetch per this, for unknown kids
 
 
 class StartupError(Exception):

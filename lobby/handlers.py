@@ -19,6 +19,7 @@ from typing import Any
 
 from lobby import protocol as p
 from lobby.allocators.base import Allocator, NoServerAvailable, lifecycle
+from lobby.auth import JwtVerifier, player_id_for
 from lobby.config import Settings
 from lobby.errors import ErrorCode, LobbyError
 from lobby.hub import Client, Hub
@@ -30,6 +31,7 @@ from lobby.store.base import (
     GuessLimits,
     LiveClient,
     PasswordRequired,
+    ResumeResult,
     SessionStore,
     SweepResult,
     Timeouts,
@@ -104,6 +106,8 @@ class Lobby:
         # Asked when a resume token is unknown: rebuilds the store if it was emptied
         # and returns its generation, which changes with every rebuild.
         self._recover = recover
+        # --auth jwt: who a player is comes from the game's backend (lobby/auth.py).
+        self.auth: JwtVerifier | None = JwtVerifier(settings) if settings.auth == "jwt" else None
         self.store_generation = 0
         self.hold_ms = int(settings.seat_hold_seconds * 1000)
         self.timeouts = Timeouts(
@@ -314,6 +318,8 @@ class Lobby:
                 resumed = await self._resume(client, req.resume_token)
             if resumed is not None:
                 return resumed
+        if self.auth is not None:
+            return await self._hello_verified(client, req)
         # URL-safe base64 has no '.', which resume tokens and join tickets use
         # as their separator.
         player_id = "p_" + secrets.token_urlsafe(8)
@@ -328,6 +334,27 @@ class Lobby:
         return {"player_id": player_id, "name": name, "resume_token": resume_token,
                 "resumed": False, "session": None, "chat": []}, None
 
+    async def _hello_verified(self, client: Client, req: p.Hello) -> Result:
+        """--auth jwt: the player is the token's sub; a second socket with the same
+        sub takes the player over (the first gets 4001), session and all."""
+        assert self.auth is not None
+        if not req.token:
+            raise LobbyError(ErrorCode.NOT_AUTHENTICATED,
+                             "this lobby needs a token from the game's backend: "
+                             "hello {token} (or a resume_token)")
+        claims = await self.auth.verify(req.token)
+        player_id = player_id_for(claims["sub"])
+        name = req.name
+        claimed = claims.get(self.auth.name_claim)
+        if isinstance(claimed, str):
+            with contextlib.suppress(ValueError):
+                name = p.check_name(claimed)
+        name = name or f"Player-{player_id[:4]}"
+        resume_token = f"{player_id}.{secrets.token_urlsafe(24)}"
+        res, new = await self.store.claim(
+            player_id, name, token_hash(resume_token), client.conn_id, now_ms())
+        return await self._resumed(client, player_id, res, resume_token, resumed=not new)
+
     async def _resume(self, client: Client, resume_token: str) -> Result | None:
         player_id = resume_token.split(".", 1)[0]
         res = await self.store.resume(
@@ -335,14 +362,20 @@ class Lobby:
         )
         if res is None:
             return None
+        return await self._resumed(client, player_id, res, resume_token)
+
+    async def _resumed(self, client: Client, player_id: str, res: ResumeResult,
+                       resume_token: str, resumed: bool = True) -> Result:
+        """The reply of a socket that has (re)taken an existing or claimed player."""
         if res.reconnected and res.session is not None:
             self.changed(res.session)
         bound = self.hub.bind(client, player_id)
         client.name = res.player.name
         client.token_hash = token_hash(resume_token)
+        # resumed: the player existed (by its resume token, or its sub had a player).
         reply: dict[str, Any] = {
             "player_id": player_id, "name": res.player.name, "resume_token": resume_token,
-            "resumed": True, "session": None, "chat": []}
+            "resumed": resumed, "session": None, "chat": []}
         if not bound:  # a racing resume elsewhere won: this socket is closing with 4001
             return reply, None
         sid = res.player.session_id
@@ -535,8 +568,7 @@ class Lobby:
         if req.password is not None:
             changes["pw"] = None
             if req.password:
-                changes["pw"] = await asyncio.get_running_loop().run_in_executor(
-                    self._pw_pool, hash_password, req.password)
+                changes["pw"] = await self._scrypt(hash_password, req.password)
         if req.attributes is not None:
             changes["attrs"] = req.attributes
         if req.visibility is not None:

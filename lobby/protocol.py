@@ -31,6 +31,7 @@ MAX_NAME_CHARS = 64
 MAX_ID_CHARS = 64
 MAX_PASSWORD_CHARS = 128
 MAX_TOKEN_CHARS = 512
+MAX_JWT_CHARS = 8192  # identity providers' tokens run to a few KiB (Cognito ID tokens: ~1.5)
 MAX_CURSOR_CHARS = 64
 MAX_CHAT_CHARS = 500
 
@@ -223,7 +224,7 @@ class _Request(BaseModel):
 class Hello(_Request):
     type: Literal["hello"]
     name: Name | None = None
-    token: Annotated[str, Field(max_length=MAX_TOKEN_CHARS)] | None = None
+    token: Annotated[str, Field(max_length=MAX_JWT_CHARS)] | None = None
     resume_token: Annotated[str, Field(max_length=MAX_TOKEN_CHARS)] | None = None
 
 

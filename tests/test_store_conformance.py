@@ -1707,3 +1707,25 @@ async def test_right_passwords_are_refunded_and_windows_reset(store: Harness) ->
     # A window without a lock: the count starts again.
     assert await _guesses(store, "s2", "10.0.0.2", 4, T0) == [GuessVerdict()] * 4
     assert await _guesses(store, "s2", "10.0.0.2", 4, T0 + 60_000) == [GuessVerdict()] * 4
+
+
+async def test_claim_creates_or_takes_over_a_player(store: Harness) -> None:
+    h = store
+    res, new = await h.store.claim("sub-1", "Alice", "tokh-1", conn("sub-1"), T0)
+    assert new and res == ResumeResult(PlayerInfo("sub-1", "Alice", None), None)
+    await h.drain(0)
+    rec = await h.store.create_session("sub-1", "s1", "", 4, None, T0 + 1)
+    await h.store.disconnect("sub-1", conn("sub-1"), T0 + 2, HOLD)
+    # The same identity on another node: same player, same session, seat hold ended,
+    # and the name it had (a claim's name is for new players only).
+    res, new = await h.store.claim("sub-1", "Other", "tokh-2", conn("sub-1", "n2"), T0 + 3)
+    assert not new and res == ResumeResult(PlayerInfo("sub-1", "Alice", "s1"), rec)
+    assert (await h.store.stats())["held_seats"] == 0
+    await h.drain(0)  # the dropped socket's conn was cleared: nobody to tell
+    # A third socket: the second one's node is told; only the newest resume token works.
+    await h.store.claim("sub-1", "Alice", "tokh-3", conn("sub-1", "n3"), T0 + 4)
+    assert await h.drain(1) == [
+        ("node:n2", {"e": "replaced", "player_id": "sub-1", "conn": "n2.sub-1"})]
+    assert await h.store.resume("sub-1", "tokh-2", conn("sub-1", "n4"), T0 + 5) is None
+    resumed = await h.store.resume("sub-1", "tokh-3", conn("sub-1", "n4"), T0 + 6)
+    assert resumed is not None and resumed.player == PlayerInfo("sub-1", "Alice", "s1")

@@ -133,6 +133,13 @@ class SessionStore(Protocol):
         (a `replaced` message on its node channel). None if unknown or expired."""
         ...
 
+    async def claim(
+        self, player_id: str, name: str, token_hash: str, conn: str, now: int
+    ) -> tuple[ResumeResult, bool]:
+        """A verified identity takes its player (created with `name` if new, True):
+        like `resume` without the token check; the new token hash replaces the old."""
+        ...
+
     async def disconnect(
         self, player_id: str, conn: str, now: int, hold_ms: int
     ) -> SessionRecord | None:

@@ -365,6 +365,20 @@ class MemoryStore:
                 return m  # type: ignore[no-any-return]
         return None
 
+    async def claim(
+        self, player_id: str, name: str, token_hash: str, conn: str, now: int
+    ) -> tuple[ResumeResult, bool]:
+        """claim.lua: a new player at once, else a new token hash and then resume."""
+        p = self._player(player_id, now)
+        if p is None:
+            self._players[player_id] = {"id": player_id, "name": name, "tokh": token_hash,
+                                        "conn": conn}
+            return ResumeResult(PlayerInfo(player_id, name, None), None), True
+        p["tokh"] = token_hash
+        res = await self.resume(player_id, token_hash, conn, now)  # never suspends
+        assert res is not None
+        return res, False
+
     async def disconnect(
         self, player_id: str, conn: str, now: int, hold_ms: int
     ) -> SessionRecord | None:

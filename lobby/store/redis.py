@@ -108,6 +108,9 @@ class RedisStore:
         self._scripts = {
             name: client.register_script(prelude + "\n" + _load_lua(name)) for name in _SCRIPTS
         }
+        # claim.lua ends by running resume.lua on the player it has taken.
+        self._scripts["claim"] = client.register_script(
+            prelude + "\n" + _load_lua("claim") + "\n" + _load_lua("resume"))
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -161,6 +164,17 @@ class RedisStore:
     ) -> SessionRecord | None:
         res = await self._run("disconnect", player_id, conn, hold_ms, now=now)
         return json.loads(res[1]) if res[0] == b"OK" else None
+
+    async def claim(
+        self, player_id: str, name: str, token_hash: str, conn: str, now: int
+    ) -> tuple[ResumeResult, bool]:
+        res = await self._scripts["claim"](
+            args=[self.prefix, now, player_id, token_hash, conn, name])
+        p = json.loads(res[1])
+        session = json.loads(res[2]) if res[2] else None
+        reconnected = int(res[3]) == 1
+        return (ResumeResult(PlayerInfo(p["id"], p["name"], p.get("sid")), session, reconnected),
+                len(res) > 4 and res[4] == b"new")
 
     # sessions ----------------------------------------------------------------
     async def create_session(
