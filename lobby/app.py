@@ -10,6 +10,7 @@ import resource
 import secrets
 import signal
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -138,6 +139,7 @@ class LobbyNode:
                                      self.node_info)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._tls = _tls_context(settings)
         self._epoch: str | None = None  # the store generation this node has synced with
         self._epoch_lock = asyncio.Lock()
         # Set when this node may have missed what the store did (its link was down,
@@ -286,6 +288,9 @@ class LobbyNode:
             # Counted from the TCP accept (half-open connections included), and
             # given little time: a real client sends its request at once.
             open_timeout=s.handshake_timeout_seconds,
+            # --tls-cert: wss:// and https:// on the same port (websockets applies
+            # the handshake timeout to the TLS handshake too).
+            ssl=self._tls,
         )
 
     def _log_mode(self) -> None:
@@ -312,7 +317,8 @@ class LobbyNode:
         if not s.server_key:
             log.warning("no --server-key: game-server callbacks are refused and "
                         "join_ticket answers TICKETS_DISABLED")
-        log.info("node %s listening on ws://%s:%d/ws", self.node_id, s.host, self.port)
+        log.info("node %s listening on %s://%s:%d/ws", self.node_id,
+                 "wss" if self._tls else "ws", s.host, self.port)
 
     async def _heartbeat(self) -> None:
         # Checks the flag too: a cancellation that lands inside a Redis call can
@@ -552,6 +558,19 @@ def _time_writes(table: SessionTable, observe: Any) -> None:
         return written
 
     table.put = timed_put  # type: ignore[method-assign]
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert and not settings.tls_key:
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise StartupError("--tls-cert and --tls-key go together", 2)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as err:
+        raise StartupError(f"--tls-cert/--tls-key: {err}", 2) from err
+    return context
 
 
 def _fd_budget() -> int:

@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
          "password guesses a minute from one client address on all sessions (all nodes)")
     _add(serve, "--password-lockout-seconds", float, d.password_lockout_seconds,
          "first lockout past a guess limit; each consecutive one doubles, up to 15 min")
+    _add(serve, "--tls-cert", str, d.tls_cert,
+         "PEM certificate (chain) to serve wss:// directly; else put TLS at the load balancer")
+    _add(serve, "--tls-key", str, d.tls_key, "PEM private key of --tls-cert")
     _add(serve, "--auth", _auth_mode, d.auth,
          "none: a player is whoever hello says (a start-up warning says so); jwt: hello "
          "needs a token signed by the game's backend, the player id is its sub")

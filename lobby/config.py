@@ -66,6 +66,8 @@ class Settings:
     password_guesses_per_address: int = 20  # a minute, on all sessions together (NAT)
     password_lockout_seconds: float = 60.0  # the first lock; doubles, up to 15 min
     password_queue: int = 8  # scrypt jobs queued or running; past it RATE_LIMITED at once
+    tls_cert: str | None = None  # PEM certificate chain: serve wss:// and https://
+    tls_key: str | None = None  # its PEM private key
     # Player identity (lobby/auth.py): "none" (anyone is who they say) or "jwt"
     auth: str = "none"
     jwt_secret: str | None = None  # HS256/384/512
