@@ -83,6 +83,22 @@ def check_key(call: Call, key: str | None, flag: str) -> Reply | None:
     return None
 
 
+def check_any_key(call: Call, keys: list[str]) -> Reply | None:
+    """None when no key is required or one of `keys` is given; else the refusal.
+    Every key is compared (no early exit), so the time taken says nothing of which."""
+    if not keys:
+        return None
+    scheme, _, given = call.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return error_reply(401, "UNAUTHORIZED",
+                           "send the metrics, admin or server key as 'Authorization: Bearer KEY'",
+                           [("WWW-Authenticate", 'Bearer realm="lobby"')])
+    token = given.strip().encode()
+    if not sum(hmac.compare_digest(token, key.encode()) for key in keys):
+        return error_reply(403, "FORBIDDEN", "wrong key")
+    return None
+
+
 def admin_session(rec: SessionRecord) -> dict[str, Any]:
     """The public session object plus what an operator needs to judge it."""
     out = public_session(rec)
@@ -107,23 +123,24 @@ class OpsAPI:
         s = node.settings
         self.admin_key = s.admin_key or None
         self.metrics_key = s.metrics_key or None
+        # What leaks (identity): once any operator or server key is set, metrics are
+        # for whoever holds one of them; a lobby with no key at all (a laptop) is open.
+        self.metrics_keys = [k for k in (s.metrics_key, s.admin_key, s.server_key) if k]
         self.scan_batch = SCAN_BATCH
 
     # metrics and readiness ---------------------------------------------------
     async def metrics(self, call: Call) -> Reply:
-        if self.metrics_key is not None:
-            denied = check_key(call, self.metrics_key, "--metrics-key")
-            if denied is not None:
-                return denied
+        denied = check_any_key(call, self.metrics_keys)
+        if denied is not None:
+            return denied
         from lobby.metrics import CONTENT_TYPE
 
         return Reply(200, await self.node.prometheus.render(), CONTENT_TYPE)
 
     async def metrics_json(self, call: Call) -> Reply:
-        if self.metrics_key is not None:
-            denied = check_key(call, self.metrics_key, "--metrics-key")
-            if denied is not None:
-                return denied
+        denied = check_any_key(call, self.metrics_keys)
+        if denied is not None:
+            return denied
         return json_reply(200, self.node.metrics())
 
     async def readyz(self, call: Call) -> Reply:

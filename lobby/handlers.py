@@ -55,6 +55,16 @@ def _ignore(*args: Any) -> None:
     return None
 
 
+def _listed(rec: SessionRecord, viewer: str | None) -> dict[str, Any]:
+    """A session as the browser shows it: who is in a password room is for its
+    members to know; everyone else sees the counts."""
+    view = public_session(rec)
+    if rec["pw"] is not None and all(m["id"] != viewer for m in rec["members"]):
+        view["players"] = []
+        view["connected_players"] = []
+    return view
+
+
 class StoreChanged(Exception):
     """The store is not the generation this node synced with (emptied, rebuilding)."""
 
@@ -430,7 +440,8 @@ class Lobby:
         # The store checks the cursor (BAD_REQUEST when it is not one of its own).
         records, nxt = await self.store.list_sessions(req.limit or 20, req.cursor or None,
                                                       query=query)
-        return {"sessions": [public_session(r) for r in records], "next_cursor": nxt}, None
+        return {"sessions": [_listed(r, client.player_id) for r in records],
+                "next_cursor": nxt}, None
 
     async def join_session(self, client: Client, req: p.JoinSession) -> Result:
         assert client.player_id is not None

@@ -78,7 +78,7 @@ async def test_json_bodies_errors_and_keep_alive(make_mode_node, connect_player)
         ("GET", f"/v1/sessions/{sid}/in-progress", AUTH, None),
         ("GET", "/v1/nowhere", AUTH, None),
         ("POST", f"/v1/sessions/{sid}/in-progress", {**AUTH, **JSON}, b"{}"),
-        ("GET", "/metrics.json", {}, None),
+        ("GET", "/metrics.json", AUTH, None),
     )
     # Every request answered, all on one connection.
     assert opened == 1 and len(answers) == 11
@@ -204,3 +204,26 @@ async def test_silent_and_idle_connections_are_closed(node) -> None:
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok\n")
     silent.close()
     idle.close()
+
+
+async def test_metrics_need_an_operator_key_once_one_is_set(make_node) -> None:
+    from tests.conftest import http_request
+
+    for keys, good in (({"server_key": "srv"}, "srv"), ({"admin_key": "adm"}, "adm"),
+                       ({"metrics_key": "met", "server_key": "srv"}, "srv")):
+        node = await make_node(**keys)
+        for path in ("/metrics", "/metrics.json"):
+            status, body = await http_request(node.port, "GET", path)
+            assert status == 401 and json.loads(body)["error"]["code"] == "UNAUTHORIZED"
+            status, body = await http_request(node.port, "GET", path,
+                                              {"Authorization": "Bearer wrong"})
+            assert status == 403 and json.loads(body)["error"]["code"] == "FORBIDDEN"
+        status, body = await http_request(node.port, "GET", "/metrics.json",
+                                          {"Authorization": f"Bearer {good}"})
+        assert status == 200 and json.loads(body)["node_id"] == node.node_id
+        status, body = await http_request(node.port, "GET", "/metrics",
+                                          {"Authorization": f"Bearer {good}"})
+        assert status == 200 and b"# TYPE" in body
+    # A lobby with no key at all (a laptop) keeps them open.
+    bare = await make_node()
+    assert (await http_request(bare.port, "GET", "/metrics.json"))[0] == 200

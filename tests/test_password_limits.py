@@ -115,3 +115,25 @@ async def test_scrypt_queue_is_bounded(make_node, connect_player) -> None:
     # Refused at once, not after a wait in the queue.
     assert max(busy) < 1.0, max(busy)
     assert guest_took < 3.0, guest_took
+
+
+async def test_who_is_in_a_password_room_is_for_its_members(node: LobbyNode,
+                                                            connect_player) -> None:
+    host = await connect_player(node, "host")
+    sid = (await host.ok("create_session", password="pw"))["session"]["session_id"]
+    guest = await connect_player(node, "guest")
+    await guest.ok("join_session", session_id=sid, password="pw")
+    other = await connect_player(node, "other")
+    open_sid = (await other.ok("create_session"))["session"]["session_id"]
+    stranger = await connect_player(node, "stranger")
+
+    def listed(reply: dict[str, Any], session_id: str) -> dict[str, Any]:
+        return next(s for s in reply["sessions"] if s["session_id"] == session_id)
+
+    seen = listed(await stranger.ok("list_sessions"), sid)
+    assert seen["players"] == [] and seen["connected_players"] == []
+    assert seen["player_count"] == 2 and seen["has_password"] is True
+    assert [p["name"] for p in listed(await stranger.ok("list_sessions"), open_sid)["players"]] \
+        == ["other"]
+    inside = listed(await guest.ok("list_sessions"), sid)
+    assert [p["name"] for p in inside["players"]] == ["host", "guest"]
