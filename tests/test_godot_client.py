@@ -96,3 +96,24 @@ async def test_a_restarted_game_resumes_from_the_token_in_user_dir(
     await watcher.ok("ping")
     while not watcher.no_event():
         assert (await watcher.event())["type"] == "player_disconnected"
+
+
+async def test_hello_with_the_backends_token(make_node, tmp_path: Path) -> None:
+    import jwt
+
+    secret = "backend-and-lobby-share-this-32-bytes"
+    node = await make_node(auth="jwt", jwt_secret=secret)
+    now = int(time.time())
+    token = jwt.encode({"sub": "godot-player-7", "name": "Godette", "exp": now + 300},
+                       secret, algorithm="HS256")
+    expired = jwt.encode({"sub": "godot-player-7", "exp": now - 120}, secret,
+                         algorithm="HS256")
+    async with godot_runner(tmp_path) as godot:
+        auth = await godot.run("auth.gd", "auth", url=f"ws://127.0.0.1:{node.port}/ws",
+                               token=token, bad=expired)
+        await auth.passes("AUTH_OK")
+    refused = next(line for line in auth.lines if line.startswith("REFUSED "))
+    assert value(refused, "code") == "NOT_AUTHENTICATED" and "expired" in refused
+    hello = next(line for line in auth.lines if line.startswith("HELLO "))
+    assert value(hello, "player") == "godot-player-7" and value(hello, "name") == "Godette"
+    assert value(hello, "kept") == "True"

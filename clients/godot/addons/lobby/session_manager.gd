@@ -78,6 +78,10 @@ var session: Dictionary = {}
 var chat_log: Array = []
 ## Player id -> Unix time at which a dropped member's held seat is given up.
 var hold_until: Dictionary = {}
+## The identity token from the game's backend (a JWT, for a lobby run with --auth jwt):
+## set by hello(name, token) or connect_and_hello(url, name, token) and sent with every
+## hello after, the reconnects' too (a resume that fails still identifies the player).
+var auth_token := ""
 
 var _socket: WebSocketPeer = null
 var _socket_open := false
@@ -136,8 +140,10 @@ func connect_to_lobby(lobby_url: String) -> int:
 ## attempt failed, another socket of this player replaced this one, or
 ## disconnect_from_lobby() was called). `await SessionManager.connected` alone never
 ## returns when the lobby cannot be reached; this does.
-func connect_and_hello(lobby_url: String, display_name := "") -> LobbyRequestScript:
+func connect_and_hello(lobby_url: String, display_name := "", token := "") -> LobbyRequestScript:
 	_fail_connect("superseded by a newer connect_and_hello()")
+	if token != "":
+		auth_token = token
 	var req := _new_request("hello")
 	_connect_request = req
 	_connect_name = display_name
@@ -161,10 +167,14 @@ func disconnect_from_lobby() -> void:
 
 ## Must come first on each socket. Sends the resume token too when one is known
 ## (in memory, else in token_path), so a restarted game is the same player again.
-func hello(display_name := "") -> LobbyRequestScript:
+func hello(display_name := "", token := "") -> LobbyRequestScript:
 	var fields := {}
 	if display_name != "":
 		fields["name"] = display_name
+	if token != "":
+		auth_token = token
+	if auth_token != "":
+		fields["token"] = auth_token
 	var token := _known_token()
 	if token != "":
 		fields["resume_token"] = token
@@ -507,7 +517,10 @@ func _poll_socket() -> void:
 func _on_open() -> void:
 	if connection_state == "reconnecting" and _ever_authenticated and _known_token() != "":
 		# Stay "reconnecting" until the resume hello is answered.
-		var req := _send("hello", {"resume_token": _known_token()})
+		var fields := {"resume_token": _known_token()}
+		if auth_token != "":
+			fields["token"] = auth_token
+		var req := _send("hello", fields)
 		if req.done:
 			_resume_failed.call_deferred(_socket)  # could not even be sent
 		else:

@@ -54,6 +54,10 @@ var session := {}
 var chat_log := []
 # Player id -> Unix time at which a dropped member's held seat is given up.
 var hold_until := {}
+# The identity token from the game's backend (a JWT, for a lobby run with --auth jwt):
+# set by hello(name, token) or connect_and_hello(url, name, token) and sent with every
+# hello after, the reconnects' too (a resume that fails still identifies the player).
+var auth_token := ""
 
 var _ws: WebSocketClient = null
 var _socket_open := false
@@ -103,8 +107,10 @@ func connect_to_lobby(lobby_url: String) -> int:
 # completes with the hello reply (ok: online, new or resumed) or with a client-made
 # NOT_CONNECTED error saying why (the url was refused, every reconnect attempt failed,
 # another socket of this player replaced this one, disconnect_from_lobby()).
-func connect_and_hello(lobby_url: String, display_name := "") -> Reference:
+func connect_and_hello(lobby_url: String, display_name := "", token := "") -> Reference:
 	_fail_connect("superseded by a newer connect_and_hello()")
+	if token != "":
+		auth_token = token
 	var req = LobbyRequestScript.new()
 	_next_id += 1
 	req.type = "hello"
@@ -237,10 +243,14 @@ func _set_state(state: String) -> void:
 
 # requests --------------------------------------------------------------------
 
-func hello(display_name := "") -> Reference:
+func hello(display_name := "", token := "") -> Reference:
 	var fields := {}
 	if display_name != "":
 		fields["name"] = display_name
+	if token != "":
+		auth_token = token
+	if auth_token != "":
+		fields["token"] = auth_token
 	if _resume_token == "" and persist_token:
 		_resume_token = _load_token()
 	if _resume_token != "":
