@@ -163,6 +163,10 @@ class LobbyNode:
             "store_generation": self.lobby.store_generation,
             "allocator": allocator,
             "persistence": self.persistence.metrics if self.persistence is not None else None,
+            # per-address limits and password checks (identity)
+            "connections": {"open": self.gate.connections, "handshakes": self.gate.handshakes,
+                            **self.gate.stats},
+            "password_checks": self.lobby.password_checks,
         }
 
     def node_info(self) -> dict[str, Any]:

@@ -79,6 +79,10 @@ async def test_sockets_per_address_capped_others_unaffected(make_node) -> None:
         assert all(b"--max-sockets-per-ip" in r.response.body for r in refused)
         assert any(b"--max-handshakes-per-ip" in r.response.body for r in burst_refused)
         assert node.gate.sockets_of("127.0.0.1") == 32
+        counted = node.metrics()["connections"]
+        assert counted["refused_per_ip"] >= len(refused)
+        assert counted["refused_per_ip"] + counted["refused_handshakes"] \
+            == len(refused) + len(burst_refused)
         # Players from other addresses are unaffected: each connects and plays.
         players = [Player(await _open(url, f"127.0.0.{i}")) for i in range(2, 10)]
         for i, player in enumerate(players):
