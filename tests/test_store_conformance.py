@@ -1714,14 +1714,18 @@ async def test_claim_creates_or_takes_over_a_player(store: Harness) -> None:
     res, new = await h.store.claim("sub-1", "Alice", "tokh-1", conn("sub-1"), T0)
     assert new and res == ResumeResult(PlayerInfo("sub-1", "Alice", None), None)
     await h.drain(0)
-    rec = await h.store.create_session("sub-1", "s1", "", 4, None, T0 + 1)
+    await h.store.create_session("sub-1", "s1", "", 4, None, T0 + 1)
     await h.store.disconnect("sub-1", conn("sub-1"), T0 + 2, HOLD)
-    # The same identity on another node: same player, same session, seat hold ended,
-    # and the name it had (a claim's name is for new players only).
+    await h.drain(1)  # player_disconnected
+    # The same identity on another node: same player, same session, seat hold ended
+    # (as a resume: player_reconnected), and the name it had (a claim's name is for
+    # new players only).
     res, new = await h.store.claim("sub-1", "Other", "tokh-2", conn("sub-1", "n2"), T0 + 3)
-    assert not new and res == ResumeResult(PlayerInfo("sub-1", "Alice", "s1"), rec)
+    rec = await h.store.get_session("s1")
+    assert not new and res == ResumeResult(PlayerInfo("sub-1", "Alice", "s1"), rec, True)
     assert (await h.store.stats())["held_seats"] == 0
-    await h.drain(0)  # the dropped socket's conn was cleared: nobody to tell
+    # The dropped socket's conn was cleared: no node to tell it was replaced.
+    assert summary(await h.drain(1)) == [("s1", "player_reconnected", rec["v"])]
     # A third socket: the second one's node is told; only the newest resume token works.
     await h.store.claim("sub-1", "Alice", "tokh-3", conn("sub-1", "n3"), T0 + 4)
     assert await h.drain(1) == [
