@@ -119,6 +119,10 @@ def test_settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "host": "127.0.0.1", "port": 0, "sweep_interval_seconds": 0.05,
         "rate_limit_per_second": 1000.0, "rate_limit_burst": 1000,
+        # Every test client comes from 127.0.0.1: the per-address caps are lifted like
+        # the rate limit, and tests/test_address_limits.py sets the ones it tests.
+        "max_sockets_per_ip": 100_000, "max_handshakes_per_ip": 100_000,
+        "max_handshakes": 100_000,
     }
     base.update(overrides)
     return Settings(**base)

@@ -53,7 +53,8 @@ async def _open(url: str, source: str, **kw: Any) -> Any:
 
 
 async def test_sockets_per_address_capped_others_unaffected(make_node) -> None:
-    node = await make_node()  # --max-sockets-per-ip 32, --max-handshakes-per-ip 16
+    node = await make_node(max_sockets_per_ip=32, max_handshakes_per_ip=16,
+                           max_handshakes=128)  # the defaults
     url = ws_url(node)
     # 1,000 sockets from one address, 16 handshakes at a time.
     gate = asyncio.Semaphore(16)

@@ -94,6 +94,9 @@ def _check_seats(replies: list[dict[str, Any]], links: list[Link], rooms: dict[s
 
 async def test_rolling_restart_moves_every_player_with_its_seat(redis_url: str) -> None:
     args = ["--redis-url", redis_url, "--drain-seconds", "1", "--seat-hold-seconds", "60",
+            # 200 players from 127.0.0.1: not what the per-address caps are for.
+            "--max-sockets-per-ip", "1000", "--max-handshakes-per-ip", "1000",
+            "--max-handshakes", "1000",
 ]
     node_a, node_b = await asyncio.gather(NodeProcess(args).start(), NodeProcess(args).start())
     nodes = [node_a, node_b]
