@@ -206,6 +206,12 @@ class LobbyNode:
         if backlog > limit:
             problems.append(f"dynamodb: {backlog} sessions waiting to be written "
                             f"(over {limit})")
+        # The write-behind's age of its oldest unwritten change, where it reports one.
+        age = getattr(self.persistence, "oldest_unwritten_age", None)
+        max_lag = getattr(self.settings, "durability_max_lag_seconds", None)
+        if callable(age) and max_lag is not None and age() > max_lag:
+            problems.append(f"dynamodb: oldest unwritten change {age():.1f}s old "
+                            f"(over {max_lag:g}s)")
         detail: dict[str, Any] = {"ready": not problems, "node_id": self.node_id,
                                   "persistence_backlog": backlog}
         if problems:

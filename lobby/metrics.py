@@ -142,9 +142,14 @@ class _NodeCollector:
                 "newer version was there, gave_up, retries, coalesced, overflow)",
                 labels=["result"])
             for key, value in sorted(counts.items()):
-                if isinstance(value, int | float):
+                # Whole numbers are counts; ages and other readings are not counters.
+                if type(value) is int:
                     writes.add_metric([key], value)
             yield writes
+            age = getattr(persistence, "oldest_unwritten_age", None)
+            if callable(age):
+                yield _gauge("lobby_dynamodb_oldest_unwritten_seconds",
+                             "age of the oldest change not yet in DynamoDB", age())
             yield _counter("lobby_dynamodb_give_ups", "session writes given up",
                            counts.get("gave_up", 0))
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from lobby.app import LobbyNode
+from tests.aws_fixtures import moto_endpoint  # noqa: F401  (fixture)
 from tests.conftest import RedisServer, http_request
 
 FAMILIES = {
@@ -146,3 +148,27 @@ async def test_readyz_says_503_over_the_persistence_backlog(make_node) -> None:
     assert status == 503 and detail["persistence_backlog"] == 2
     assert "dynamodb" in detail["reason"]
     node.persistence = None
+
+
+async def test_dynamodb_write_metrics_move(make_node, redis_url, moto_endpoint: str,  # noqa: F811
+                                           connect_player) -> None:
+    node = await make_node(redis_url=redis_url, dynamodb=True,
+                           dynamodb_table=f"ops-metrics-{uuid.uuid4().hex[:8]}",
+                           dynamodb_endpoint_url=moto_endpoint)
+    assert node.persistence is not None
+    before = await scrape(node)
+    assert value(before, "lobby_dynamodb_writes", "lobby_dynamodb_writes_total",
+                 result="written") == 0
+    host = await connect_player(node, "host")
+    await host.ok("create_session")
+    await host.ok("leave_session")
+    assert await node.persistence.flush(10)
+    after = await scrape(node)
+    written = value(after, "lobby_dynamodb_writes", "lobby_dynamodb_writes_total",
+                    result="written")
+    assert written >= 1
+    # Every successful write observed its lag (change -> in DynamoDB).
+    assert value(after, "lobby_dynamodb_write_lag_seconds",
+                 "lobby_dynamodb_write_lag_seconds_count") == written
+    assert value(after, "lobby_dynamodb_give_ups", "lobby_dynamodb_give_ups_total") == 0
+    assert value(after, "lobby_dynamodb_pending") == 0
