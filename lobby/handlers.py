@@ -474,13 +474,21 @@ class Lobby:
 
     async def _join_by_code(self, client: Client, req: p.JoinSession) -> Result:
         assert client.player_id is not None and req.join_code is not None
-        # Codes can be guessed: unknown ones count as wrong passwords do.
+        # Codes can be guessed: unknown ones count as wrong passwords do, on the
+        # socket and (in the store, across nodes) against the client's address.
         self._guess_allowed(client)
+        limits = self.guess_limits
+        verdict = await self.store.password_guess("", client.address, now_ms(), limits)
+        if verdict.retry_ms:
+            raise LobbyError(ErrorCode.RATE_LIMITED,
+                             "too many wrong guesses for your address: try again in "
+                             f"{-(-verdict.retry_ms // 1000)} s")
         code = p.normalise_join_code(req.join_code)
         sid = await self.store.session_of_code(code) if code is not None else None
         if sid is None:
             self._guess_failed(client)
             raise LobbyError(ErrorCode.SESSION_NOT_FOUND, "no session has this join code")
+        await self.store.password_refund("", client.address, now_ms(), limits)
         # The node must be subscribed before the join, so the code is resolved
         # first and the join goes by id (to the session the code named then).
         return await self.join_session(client, p.JoinSession(

@@ -137,3 +137,24 @@ async def test_who_is_in_a_password_room_is_for_its_members(node: LobbyNode,
         == ["other"]
     inside = listed(await guest.ok("list_sessions"), sid)
     assert [p["name"] for p in inside["players"]] == ["host", "guest"]
+
+
+async def test_join_code_guesses_limited_per_address_across_nodes(make_node,
+                                                                  redis_url: str) -> None:
+    nodes = [await make_node(redis_url=redis_url) for _ in range(2)]
+    host = await _player(nodes[0], "127.0.0.2", "host")
+    code = (await host.ok("create_session", visibility="unlisted"))["session"]["join_code"]
+    guessers = await _players(nodes, "127.0.1.3", 10)
+    replies = await asyncio.gather(*(
+        g.request("join_session", join_code=f"ZZZ{i}{k}A") for i, g in enumerate(guessers)
+        for k in range(5)))
+    codes = [r["error"]["code"] for r in replies]
+    # 20 a minute from one address (--password-guesses-per-address), whatever the sockets
+    # and nodes; every one past it refused before the lookup.
+    assert codes.count("SESSION_NOT_FOUND") == 20, codes
+    assert codes.count("RATE_LIMITED") == 30
+    friend = await _player(nodes[1], "127.0.0.4", "friend")
+    joined = await friend.ok("join_session", join_code=code)
+    assert joined["session"]["player_count"] == 2
+    for player in [host, friend, *guessers]:
+        await player.close()

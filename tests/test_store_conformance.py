@@ -1733,3 +1733,19 @@ async def test_claim_creates_or_takes_over_a_player(store: Harness) -> None:
     assert await h.store.resume("sub-1", "tokh-2", conn("sub-1", "n4"), T0 + 5) is None
     resumed = await h.store.resume("sub-1", "tokh-3", conn("sub-1", "n4"), T0 + 6)
     assert resumed is not None and resumed.player == PlayerInfo("sub-1", "Alice", "s1")
+
+
+async def test_guesses_at_no_session_count_for_the_address_only(store: Harness) -> None:
+    s = store.store
+    for i in range(6):  # join codes: the address limit, no session to lock
+        assert await s.password_guess("", "10.0.0.5", T0 + i, GL) == GuessVerdict()
+    assert await s.password_guess("", "10.0.0.5", T0 + 10, GL) == GuessVerdict(10_000, "address")
+    # The same address is locked for passwords too; another address is not.
+    assert (await s.password_guess("s1", "10.0.0.5", T0 + 11, GL)).scope == "address"
+    assert await s.password_guess("", "10.0.0.6", T0 + 11, GL) == GuessVerdict()
+    # A code that named a session is refunded.
+    await s.password_refund("", "10.0.0.6", T0 + 12, GL)
+    for i in range(5):
+        assert await s.password_guess("", "10.0.0.6", T0 + 13 + i, GL) == GuessVerdict()
+    assert await s.password_guess("", "10.0.0.6", T0 + 20, GL) == GuessVerdict()
+    assert (await s.password_guess("", "10.0.0.6", T0 + 21, GL)).scope == "address"

@@ -962,6 +962,17 @@ class MemoryStore:
     async def password_guess(self, session_id: str, address: str, now: int,
                              limits: GuessLimits) -> GuessVerdict:
         sk, ak = f"s:{session_id}", f"a:{address}"
+        if not session_id:  # a guess at no session in particular: the address only
+            a = self._bucket(ak, now, limits)
+            if a["u"] > now:
+                return GuessVerdict(a["u"] - now, "address")
+            if a["n"] >= limits.per_address:
+                self._lock(a, now, limits)
+                self._save_bucket(ak, a, now, limits)
+                return GuessVerdict(a["u"] - now, "address")
+            a["n"] += 1
+            self._save_bucket(ak, a, now, limits)
+            return GuessVerdict()
         s, a = self._bucket(sk, now, limits), self._bucket(ak, now, limits)
         if a["u"] > now:
             return GuessVerdict(a["u"] - now, "address")
@@ -988,7 +999,8 @@ class MemoryStore:
 
     async def password_refund(self, session_id: str, address: str, now: int,
                               limits: GuessLimits) -> None:
-        for key in (f"s:{session_id}", f"a:{address}"):
+        keys = (f"s:{session_id}", f"a:{address}") if session_id else (f"a:{address}",)
+        for key in keys:
             b = self._guess_buckets.get(key)
             if b is not None and b["n"] > 0:
                 b["n"] -= 1

@@ -8,6 +8,8 @@
 --     friend typing the right password during an attack), then it is locked too;
 --   * per address, across sessions: ARGV[6] guesses per window, locked the same way.
 -- ARGV[10] is 'guess' or 'refund' (the password was right: it does not count).
+-- An empty session id is a guess at no session in particular (a join code): the
+-- address limit only.
 -- Returns {'OK'} or {'LIMITED', retry_after_ms, 'session' | 'address'}.
 local SID, ADDR = ARGV[3], ARGV[4]
 local PER_SESSION, PER_ADDRESS = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -29,6 +31,24 @@ end
 local function save(key, b)
   redis.call('HSET', key, 'w', b.w, 'n', b.n, 'u', b.u, 'lv', b.lv)
   redis.call('PEXPIRE', key, LOCK_MAX + WINDOW)
+end
+
+if SID == '' then
+  if ARGV[10] == 'refund' then
+    local n = tonumber(redis.call('HGET', AK, 'n') or '0')
+    if n > 0 then redis.call('HSET', AK, 'n', n - 1) end
+    return {'OK'}
+  end
+  local a = state(AK)
+  if a.u > NOW then return {'LIMITED', a.u - NOW, 'address'} end
+  if a.n >= PER_ADDRESS then
+    a.u = NOW + math.min(LOCK_MAX, LOCK * 2 ^ a.lv); a.lv = a.lv + 1; a.w = NOW; a.n = 0
+    save(AK, a)
+    return {'LIMITED', a.u - NOW, 'address'}
+  end
+  a.n = a.n + 1
+  save(AK, a)
+  return {'OK'}
 end
 
 if ARGV[10] == 'refund' then
