@@ -96,6 +96,15 @@ class SweepResult:
 
 
 @dataclass(slots=True)
+class RestoreLease:
+    """Where the rebuild of an emptied store stands, as seen by one would-be owner."""
+
+    epoch: str | None  # set: the store has a generation, there is nothing to rebuild
+    mine: bool  # the caller holds (or renewed) the rebuild lease
+    holder: str | None = None  # the other owner while it is busy
+
+
+@dataclass(slots=True)
 class LiveClient:
     """A socket this node still holds, to re-register after a store rebuild."""
 
@@ -284,7 +293,39 @@ class SessionStore(Protocol):
         self, epoch: str, records: list[SessionRecord], hold_ms: int, now: int
     ) -> tuple[str, int]:
         """Rebuild an emptied store from persisted records, unless another node
-        already did: returns the store's epoch and how many sessions were restored."""
+        already did: returns the store's epoch and how many sessions were restored.
+        The whole lease protocol below in one call (waits while another owner works)."""
+        ...
+
+    # The rebuild in bounded steps, one owner at a time (lobby/recovery.py drives it).
+    async def take_restore_lease(self, owner: str, lease_ms: int) -> RestoreLease:
+        """Acquire or renew the rebuild lease, or learn that the store has an epoch."""
+        ...
+
+    async def drop_restore_lease(self, owner: str) -> None: ...
+
+    async def restore_batch(
+        self, owner: str, batch: str, hold_ms: int, lease_ms: int, now: int
+    ) -> int | None:
+        """Restore the records of `batch` (a JSON list, see redis.restore_batches)
+        that do not exist yet, renewing the lease; None when the caller does not
+        hold the lease (any more)."""
+        ...
+
+    async def finish_restore(self, owner: str, epoch: str) -> str | None:
+        """Set the epoch and release the lease; the store's epoch, None if the
+        lease was lost before the end."""
+        ...
+
+    async def current_epoch(self) -> str | None:
+        """The store's generation; None while it is empty or being rebuilt."""
+        ...
+
+    async def scan_sessions(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[SessionRecord], str | None]:
+        """Every live session (any state), about `limit` a page; a full pass
+        returns each session that lived throughout it at least once."""
         ...
 
     async def rebind(self, clients: list[LiveClient], now: int) -> int:

@@ -30,6 +30,7 @@ from lobby.store.base import (
     LiveClient,
     PasswordRequired,
     PlayerInfo,
+    RestoreLease,
     ResumeResult,
     SweepResult,
     Timeouts,
@@ -918,6 +919,33 @@ class MemoryStore:
         self, epoch: str, records: list[SessionRecord], hold_ms: int, now: int
     ) -> tuple[str, int]:
         return self.epoch, 0
+
+    async def take_restore_lease(self, owner: str, lease_ms: int) -> RestoreLease:
+        return RestoreLease(self.epoch, False)
+
+    async def drop_restore_lease(self, owner: str) -> None:
+        return None
+
+    async def restore_batch(
+        self, owner: str, batch: str, hold_ms: int, lease_ms: int, now: int
+    ) -> int | None:
+        return None  # nobody ever holds a lease on a store that is never emptied
+
+    async def finish_restore(self, owner: str, epoch: str) -> str | None:
+        return self.epoch
+
+    async def current_epoch(self) -> str | None:
+        return self.epoch
+
+    async def scan_sessions(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[SessionRecord], str | None]:
+        # Session ids in order; the cursor is the last id returned.
+        ids = sorted(self._sessions)
+        start = bisect.bisect_right(ids, cursor) if cursor else 0
+        page = ids[start:start + limit]
+        records = [json.loads(self._sessions[sid]) for sid in page]
+        return records, (page[-1] if start + limit < len(ids) else None)
 
     async def rebind(self, clients: list[LiveClient], now: int) -> int:
         return 0

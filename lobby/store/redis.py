@@ -9,6 +9,7 @@ two, because scrypt runs outside Redis).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from importlib import resources
@@ -29,6 +30,7 @@ from lobby.store.base import (
     LiveClient,
     PasswordRequired,
     PlayerInfo,
+    RestoreLease,
     ResumeResult,
     SweepResult,
     Timeouts,
@@ -39,9 +41,15 @@ from lobby.store.search import SCAN_BUDGET, SNAPSHOT_MAX, SNAPSHOT_MS, cursor_po
 _SCRIPTS = (
     "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
     "finish_start", "fail_start", "in_progress", "complete", "sweep", "list",
-    "restore", "rebind", "by_server", "update", "promote", "update_player",
-    "set_ready", "chat", "chat_history", "reconcile", "password_guess",
+    "restore_lease", "restore_batch", "restore_done", "rebind", "by_server", "update",
+    "promote", "update_player", "set_ready", "chat", "chat_history", "reconcile",
+    "password_guess",
 )
+# A single rebuild batch or rebind call stays well under Redis' slow-call
+# threshold (about 0.1 ms of script time per session).
+RESTORE_BATCH = 200
+REBIND_BATCH = 500
+RESTORE_LEASE_MS = 10_000
 
 
 def _load_lua(name: str) -> str:
@@ -90,6 +98,30 @@ class StateConflict(LobbyError):
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.BAD_REQUEST, message)
+
+
+def restore_batches(
+    records: list[SessionRecord], size: int = RESTORE_BATCH, max_bytes: int = 256 * 1024
+) -> list[str]:
+    """The records as restore batches (JSON lists) of at most `size` records or
+    about `max_bytes` each, newest sessions (highest seq) first, so that the
+    first batch already raises the store's counter past every restored session
+    and sessions created meanwhile are numbered after them. CPU-bound for many
+    records: the rebuild calls it from a thread."""
+    ordered = sorted(records, key=lambda r: r["seq"], reverse=True)
+    batches: list[str] = []
+    batch: list[str] = []
+    size_now = 0
+    for rec in ordered:
+        text = json.dumps(rec, separators=(",", ":"))
+        if batch and (len(batch) >= size or size_now + len(text) > max_bytes):
+            batches.append("[" + ",".join(batch) + "]")
+            batch, size_now = [], 0
+        batch.append(text)
+        size_now += len(text)
+    if batch or not batches:
+        batches.append("[" + ",".join(batch) + "]")
+    return batches
 
 
 def ended_record(raw: bytes) -> SessionRecord:
@@ -363,16 +395,66 @@ class RedisStore:
     async def restore(
         self, epoch: str, records: list[SessionRecord], hold_ms: int, now: int
     ) -> tuple[str, int]:
-        current, restored = await self._run(
-            "restore", epoch, json.dumps(records) if records else "[]", hold_ms, now=now
-        )
-        return current.decode(), int(restored)
+        while True:
+            lease = await self.take_restore_lease(epoch, RESTORE_LEASE_MS)
+            if lease.epoch is not None:
+                return lease.epoch, 0
+            if lease.mine:
+                restored = 0
+                for batch in restore_batches(records):
+                    n = await self.restore_batch(epoch, batch, hold_ms, RESTORE_LEASE_MS, now)
+                    if n is None:
+                        break
+                    restored += n
+                else:
+                    done = await self.finish_restore(epoch, epoch)
+                    if done is not None:
+                        return done, restored if done == epoch else 0
+            # Another owner is at work (or took over): its epoch ends the wait.
+            await asyncio.sleep(0.02)
+
+    async def take_restore_lease(self, owner: str, lease_ms: int) -> RestoreLease:
+        tag, value = await self._run("restore_lease", "take", owner, lease_ms, now=0)
+        if tag == b"DONE":
+            return RestoreLease(value.decode(), False)
+        if tag == b"MINE":
+            return RestoreLease(None, True)
+        return RestoreLease(None, False, value.decode())
+
+    async def drop_restore_lease(self, owner: str) -> None:
+        await self._run("restore_lease", "drop", owner, 0, now=0)
+
+    async def restore_batch(
+        self, owner: str, batch: str, hold_ms: int, lease_ms: int, now: int
+    ) -> int | None:
+        n = int(await self._run("restore_batch", owner, lease_ms, hold_ms, batch, now=now))
+        return None if n < 0 else n
+
+    async def finish_restore(self, owner: str, epoch: str) -> str | None:
+        done = await self._run("restore_done", owner, epoch, now=0)
+        return done.decode() if done else None
+
+    async def current_epoch(self) -> str | None:
+        raw = await self.redis.get(f"{self.prefix}epoch")
+        return raw.decode() if raw else None
+
+    async def scan_sessions(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[SessionRecord], str | None]:
+        # SCAN, not a script: it never blocks Redis, and a full pass returns
+        # every key that existed throughout it.
+        nxt, keys = await self.redis.scan(
+            int(cursor or 0), match=f"{self.prefix}s:*", count=limit)
+        raws = await self.redis.mget(keys) if keys else []
+        records = [json.loads(r) for r in raws if r]
+        return records, (None if int(nxt) == 0 else str(int(nxt)))
 
     async def rebind(self, clients: list[LiveClient], now: int) -> int:
-        if not clients:
-            return 0
-        payload = json.dumps([_live(c) for c in clients])
-        return int(await self._run("rebind", payload, now=now))
+        rebound = 0
+        for i in range(0, len(clients), REBIND_BATCH):
+            payload = json.dumps([_live(c) for c in clients[i:i + REBIND_BATCH]])
+            rebound += int(await self._run("rebind", payload, now=now))
+        return rebound
 
     async def password_guess(self, session_id: str, address: str, now: int,
                              limits: GuessLimits) -> GuessVerdict:
