@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import time
+from dataclasses import asdict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,7 +37,9 @@ from lobby.logs import fields
 from lobby.metrics import NodeMetrics
 from lobby.nodes import BEAT_SECONDS, NodeRegistry
 from lobby.persistence.dynamodb import PersistenceQueue, SessionTable
+from lobby.recovery import Rebuilder, Reconciler
 from lobby.server import SocketServer, push_many
+from lobby.session import SessionRecord
 from lobby.store.base import Change, LiveClient, SessionStore
 from lobby.store.memory import MemoryStore
 from lobby.store.redis import RedisStore
@@ -64,7 +67,8 @@ class LobbyNode:
                 settings.dynamodb_table, region=settings.aws_region,
                 endpoint_url=settings.dynamodb_endpoint_url or settings.aws_endpoint_url,
             )
-            self.persistence = PersistenceQueue(self.table)
+            self.persistence = PersistenceQueue(
+                self.table, on_recovered=self._dynamodb_recovered)
         self.store: SessionStore
         self.bus: Bus
         self._redis: aioredis.Redis | None = None
@@ -92,7 +96,7 @@ class LobbyNode:
         self.hub = Hub(self.bus, push_many)
         self.lobby = Lobby(
             settings, self.store, self.hub, self.allocator,
-            on_change=self._persist, recover=self.check_store, node_id=self.node_id,
+            on_change=self._persist, recover=self._recover, node_id=self.node_id,
         )
         max_clients = settings.max_clients if settings.max_clients is not None else _fd_budget()
         # Handshakes in flight hold descriptors too: with the sockets they stay
@@ -108,6 +112,13 @@ class LobbyNode:
             max_sockets_per_ip=settings.max_sockets_per_ip,
             trusted_proxies=parse_proxies(settings.trusted_proxy),
         )
+        self.rebuilder = Rebuilder(
+            self.store, self._load_records, f"{self.node_id}.{secrets.token_hex(4)}",
+            hold_ms=lambda: self.lobby.hold_ms, now_ms=now_ms,
+        )
+        self.reconciler: Reconciler | None = None
+        if self.table is not None and self.persistence is not None:
+            self.reconciler = Reconciler(self.store, self.table, self.persistence)
         self.sockets = SocketServer(
             self.lobby, self.node_id,
             rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst,
@@ -167,6 +178,8 @@ class LobbyNode:
             "connections": {"open": self.gate.connections, "handshakes": self.gate.handshakes,
                             **self.gate.stats},
             "password_checks": self.lobby.password_checks,
+            "reconcile": asdict(self.reconciler.stats) if self.reconciler is not None else None,
+            "rebuild": {**asdict(self.rebuilder.stats), "rebuilding": self.rebuilder.rebuilding},
         }
 
     def node_info(self) -> dict[str, Any]:
@@ -206,17 +219,42 @@ class LobbyNode:
         if backlog > limit:
             problems.append(f"dynamodb: {backlog} sessions waiting to be written "
                             f"(over {limit})")
-        # The write-behind's age of its oldest unwritten change, where it reports one.
-        age = getattr(self.persistence, "oldest_unwritten_age", None)
-        max_lag = getattr(self.settings, "durability_max_lag_seconds", None)
-        if callable(age) and max_lag is not None and age() > max_lag:
-            problems.append(f"dynamodb: oldest unwritten change {age():.1f}s old "
-                            f"(over {max_lag:g}s)")
+        durability = self.durability()
+        if durability is not None and durability["behind"]:
+            problems.append(
+                f"durability behind: the oldest change not yet in DynamoDB is "
+                f"{durability['oldest_unwritten_age_s']:.1f}s old (limit "
+                f"{self.settings.durability_max_lag_seconds:g}s), "
+                f"{durability['pending']} sessions waiting")
         detail: dict[str, Any] = {"ready": not problems, "node_id": self.node_id,
-                                  "persistence_backlog": backlog}
+                                  "persistence_backlog": backlog, "durability": durability}
         if problems:
             detail["reason"] = "; ".join(problems)
         return not problems, detail
+
+    def durability(self) -> dict[str, Any] | None:
+        """How far DynamoDB is behind this node's changes (None: no persistence).
+        `behind` once the oldest unwritten change is older than
+        --durability-max-lag-seconds: a Redis loss now would lose that much."""
+        q = self.persistence
+        if q is None:
+            return None
+        age = q.oldest_unwritten_age()
+        return {
+            "pending": q.pending, "oldest_unwritten_age_s": round(age, 3),
+            "gave_up": q.gave_up, "failing_for_s": round(q.failing_for(), 3),
+            "behind": age > self.settings.durability_max_lag_seconds,
+        }
+
+    def _dynamodb_recovered(self) -> None:
+        if self.reconciler is not None:
+            self.reconciler.trigger()
+
+    async def _load_records(self) -> list[SessionRecord]:
+        if self.table is None:
+            return []
+        return await asyncio.to_thread(self.table.load_live_records)
+
 
     def _persist(self, change: Change) -> None:
         if self.persistence is not None:
@@ -428,10 +466,26 @@ class LobbyNode:
                 await asyncio.sleep(interval)
                 self._reconcile_wanted.set()
 
-    async def check_store(self) -> int:
+    async def check_store(self, *, wait: float = 0.0) -> int:
         """Sweep expiries, and rebuild the store if it came back empty (from
         DynamoDB, and re-register this node's sockets). Returns the store
-        generation this node is on: it grows with every rebuild it has seen."""
+        generation this node is on: it grows with every rebuild it has seen.
+        While another node holds the rebuild lease, waits up to `wait` seconds
+        for it to finish (the sweeper does not wait; a missed resume does)."""
+        deadline = time.monotonic() + wait
+        while True:
+            synced = await self._sync_store()
+            if synced or time.monotonic() >= deadline:
+                return self.lobby.store_generation
+            # Another node rebuilds; its epoch (or its lease running out) ends this.
+            await asyncio.sleep(0.05)
+
+    async def _recover(self) -> int:
+        return await self.check_store(wait=20.0)
+
+    async def _sync_store(self) -> bool:
+        """One sweep, and the rebuild or re-registration it calls for; True when
+        this node is on the store's current generation."""
         result = await self.lobby.sweep()
         revived = result.revived
         while len(result.changes) >= 100 or result.more:  # a backlog: keep taking it
@@ -441,21 +495,15 @@ class LobbyNode:
             # Other nodes took this one for dead and dropped its sockets.
             self._reconcile_wanted.set()
         if result.epoch is not None and result.epoch == self._epoch:
-            return self.lobby.store_generation
+            return True
         async with self._epoch_lock:
             epoch = result.epoch
             if epoch is None:
-                records = []
-                if self.table is not None:
-                    records = await asyncio.to_thread(self.table.load_live_records)
-                epoch, restored = await self.store.restore(
-                    secrets.token_hex(8), records, self.lobby.hold_ms, now_ms())
-                if self._epoch is not None or restored:
-                    log.warning(
-                        "the store came back empty: restored %d live sessions from %s",
-                        restored, "DynamoDB" if self.table else "nowhere (no --dynamodb)")
+                epoch = await self.rebuilder.run(secrets.token_hex(8))
+                if epoch is None:
+                    return False
             if epoch == self._epoch:
-                return self.lobby.store_generation
+                return True
             if self._epoch is not None:
                 clients = [
                     LiveClient(c.player_id, c.name, c.token_hash, c.conn_id, c.session_id)
@@ -465,7 +513,7 @@ class LobbyNode:
                 log.warning("store generation changed: %d local players re-registered", rebound)
             self._epoch = epoch
             self.lobby.store_generation += 1
-            return self.lobby.store_generation
+            return True
 
     async def stop(self) -> None:
         self._stopping = True
@@ -487,6 +535,8 @@ class LobbyNode:
             await _bounded("closing sockets", self._server.wait_closed(), 10)
         self.hub.close()
         await _bounded("closing pub/sub", self.bus.close(), 5)
+        if self.reconciler is not None:
+            await self.reconciler.close()
         if self.persistence is not None:
             await _bounded("flushing DynamoDB writes", self.persistence.close(), 15)
         await self.lobby.close()

@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "--dynamodb-table", str, d.dynamodb_table, "DynamoDB table of sessions")
     _add(serve, "--dynamodb-endpoint-url", str, d.dynamodb_endpoint_url,
          "DynamoDB endpoint override (a local DynamoDB-compatible server)")
+    _add(serve, "--durability-max-lag-seconds", float, d.durability_max_lag_seconds,
+         "GET /readyz answers 503 once the oldest session change not yet written to "
+         "DynamoDB is older than this")
     serve.add_argument(
         "--ws-compression", action="store_true",
         default=_flag(os.environ.get("LOBBY_WS_COMPRESSION", "")),

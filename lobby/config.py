@@ -38,6 +38,8 @@ class Settings:
     dynamodb: bool = False
     dynamodb_table: str = "lobby_sessions"
     dynamodb_endpoint_url: str | None = None  # defaults to aws_endpoint_url
+    # /readyz says 503 once the oldest change not yet in DynamoDB is older than this
+    durability_max_lag_seconds: float = 10.0
     node_id: str | None = None  # random when unset
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one object per line (lobby/logs.py)

@@ -261,26 +261,89 @@ async def test_queue_copies_record_on_submit(table: SessionTable) -> None:
         await q.close()
 
 
-async def test_queue_gives_up_on_dead_endpoint(
-    dead_endpoint: str, caplog: pytest.LogCaptureFixture
+class _CountingTable(SessionTable):
+    """The real table, plus a count of failed put() calls the test can wait for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = 0
+        self._changed = threading.Condition()
+
+    def put(self, rec: Any, *, ended_reason: str | None = None, now_ms: int | None = None) -> bool:
+        try:
+            return super().put(rec, ended_reason=ended_reason, now_ms=now_ms)
+        except Exception:
+            with self._changed:
+                self.failures += 1
+                self._changed.notify_all()
+            raise
+
+    def wait_failures(self, n: int, timeout: float = 10.0) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.failures >= n, timeout), self.failures
+
+
+async def test_queue_keeps_the_newest_write_until_dynamodb_answers(
+    table: SessionTable, dead_endpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    table = SessionTable("lobby_sessions", endpoint_url=dead_endpoint)
-    q = PersistenceQueue(table, max_attempts=3, base_delay=0.01, max_delay=0.02)
+    # The same table, first reached through an endpoint that refuses every
+    # connection (DynamoDB down), then through the working one.
+    down = _CountingTable(table.table_name, endpoint_url=dead_endpoint)
+    recovered: list[int] = []
+    q = PersistenceQueue(down, base_delay=0.01, max_delay=0.05,
+                         on_recovered=lambda: recovered.append(q.pending))
     q.start()
     try:
-        with caplog.at_level(logging.ERROR, logger="lobby.persistence.dynamodb"):
+        with caplog.at_level(logging.WARNING, logger="lobby.persistence.dynamodb"):
             t0 = time.perf_counter()
             q.submit(make_record("dead", v=1))
             assert time.perf_counter() - t0 < 0.05  # no I/O on the caller's path
-            assert q.pending == 1 and q.metrics["gave_up"] == 0
+            # Far past the old give-up point (6 attempts, ~1.5 s of backoff).
+            await asyncio.to_thread(down.wait_failures, 12)
+            q.submit(make_record("dead", v=2))
+            q.submit(make_record("dead", v=3), ended_reason="abandoned")
+            await asyncio.to_thread(down.wait_failures, down.failures + 3)
+            m = q.metrics
+            assert m["pending"] == 1 and m["gave_up"] == 0 and m["written"] == 0
+            assert m["retries"] >= 15 and m["outages"] == 0
+            # The age is the first unwritten change's, not the newest one's.
+            assert m["oldest_unwritten_age_s"] >= time.perf_counter() - t0 - 0.2 > 0
+            assert m["failing_for_s"] > 0
+            assert not recovered
+            down.client = table.client  # DynamoDB answers again
+            assert await q.flush(10)
+        item = table.get("dead")
+        # The last write of the session (its end) is the one that landed.
+        assert item is not None and item["session_state"] == "ENDED" and item["version"] == 3
+        m = q.metrics
+        assert m["written"] == 1 and m["gave_up"] == 0 and m["coalesced"] == 2
+        assert m["outages"] == 1 and m["failing_for_s"] == 0
+        assert m["oldest_unwritten_age_s"] == 0 and m["pending"] == 0
+        assert recovered == [0]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        # One line per few seconds of failures, and one for the recovery.
+        assert any("failing" in w for w in warnings) and len(warnings) <= 4, warnings
+        assert "recovered" in warnings[-1]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        await q.close()
+
+
+async def test_queue_gives_up_only_what_dynamodb_refuses_to_store(
+    table: SessionTable, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = PersistenceQueue(table)
+    q.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="lobby.persistence.dynamodb"):
+            q.submit(make_record("", v=1))  # an empty key: ValidationException, every time
+            q.submit(make_record("fine", v=1))
             assert await q.flush(10)
         m = q.metrics
-        assert m["gave_up"] == 1
-        assert m["retries"] == 2
-        assert m["written"] == 0 and m["pending"] == 0
-        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert len(errors) == 1
-        assert "dead" in errors[0].getMessage()
+        assert m["gave_up"] == 1 and m["written"] == 1 and m["retries"] == 0
+        assert table.get("fine") is not None
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "giving this version up" in errors[0]
     finally:
         await q.close()
 

@@ -30,14 +30,20 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    ParamValidationError,
+)
 
 from lobby.aws import make_client
 from lobby.session import LIVE_STATES, SessionRecord
@@ -89,6 +95,22 @@ def _plain(value: Any) -> Any:
 
 def _decode_item(item: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _plain(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+# Errors the request itself causes: the same item is refused the same way on
+# every attempt, so retrying it could only block a worker forever.
+_PERMANENT_CODES = frozenset({"ValidationException", "SerializationException"})
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """An error no retry of the same write can clear (everything else is retried)."""
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code") in _PERMANENT_CODES
+    if isinstance(exc, ParamValidationError):
+        return True
+    # botocore's own errors (connections, timeouts, credentials) can clear;
+    # anything else is a bug of ours that the same record would hit again.
+    return not isinstance(exc, BotoCoreError)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -311,11 +333,41 @@ class SessionTable:
                 out.append(cast(SessionRecord, json.loads(item["record"]["S"])))
         return out
 
+    def scan_keys(self) -> dict[str, StoredKey]:
+        """Every item's ordering key, for reconciling the table with the store
+        (a Scan of the few key attributes only, not of the records)."""
+        paginator = self.client.get_paginator("scan")
+        out: dict[str, StoredKey] = {}
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            ProjectionExpression="session_id, created_at, session_state, version, expires_at",
+            ConsistentRead=True,
+        ):
+            for item in page.get("Items", []):
+                created = int(Decimal(item["created_at"]["N"]) * 1000)
+                ended = int(item["session_state"]["S"] == ENDED)
+                out[item["session_id"]["S"]] = StoredKey(
+                    (created, ended, int(item["version"]["N"])), int(item["expires_at"]["N"]))
+        return out
+
+
+@dataclass(slots=True, frozen=True)
+class StoredKey:
+    """The ordering key of a stored item (see the module docstring), and its expiry."""
+
+    key: tuple[int, int, int]  # (created_at ms, ended, version)
+    expires_at: int
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.key[1])
+
 
 @dataclass(slots=True)
 class _Write:
     rec: Mapping[str, Any]
     ended_reason: str | None
+    since: float  # when the oldest change this write carries was submitted (monotonic)
 
     @property
     def session_id(self) -> str:
@@ -333,6 +385,21 @@ class PersistenceQueue:
     is never in flight twice at once: its next write waits until the current
     one finishes, so a later version cannot land before an earlier one.
 
+    Never give up the newest version. A write that fails for a reason that can
+    clear (connection refused or cut, timeouts, throttling, 5xx, but also a
+    missing table or expired credentials, which an operator fixes) stays dirty
+    and is retried with capped exponential backoff and full jitter for as long
+    as the trouble lasts; meanwhile newer submits of that session coalesce into
+    it, so the write that finally lands is the newest one, an ENDED one
+    included. Only an error the item itself causes (DynamoDB's validation of
+    the request) is given up: retrying the same item can never succeed. While
+    DynamoDB fails, the workers are the only ones probing it (one attempt per
+    worker per backoff), so an outage costs a handful of calls a second.
+
+    After an outage (a success following failures) `on_recovered` is called:
+    the node then reconciles what is live against the table, which repairs
+    what no queue holds any more (a node that stopped during the outage).
+
     Overflow policy: when more than `max_pending` distinct sessions wait, the
     submit is still accepted, and counted (`overflow`) and logged (at most once
     a second). Dropping would lose durability and blocking would hand DynamoDB
@@ -340,15 +407,16 @@ class PersistenceQueue:
     the number of sessions, which the lobby holds in memory anyway. Overflow
     means DynamoDB is behind, which is what the metric and log are for.
 
-    A write that fails `max_attempts` times (or fails with an error that is not
-    retryable) is logged at ERROR with its session id and counted `gave_up`.
-
     `metrics`: written (PutItem succeeded), stale (condition failed: a newer or
     equal write was already stored), coalesced (replaced before being sent by a
     newer submit of the same session, or older than the one already pending),
-    retries, gave_up, overflow, pending (sessions waiting or in flight).
-    Every submit ends up counted exactly once in written, stale, coalesced or
-    gave_up.
+    retries (failed attempts that will be retried), gave_up (writes dropped:
+    refused by validation, or unwritten at close), overflow, pending (sessions
+    waiting or in flight), oldest_unwritten_age_s (how long the oldest change
+    not yet in DynamoDB has waited), failing_for_s (how long writes have been
+    failing; 0 when the last attempt succeeded), outages (failure runs that
+    ended in a success). Every submit ends up counted exactly once in written,
+    stale, coalesced or gave_up.
     """
 
     def __init__(
@@ -357,22 +425,25 @@ class PersistenceQueue:
         *,
         max_pending: int = 10_000,
         workers: int = 4,
-        max_attempts: int = 6,
         base_delay: float = 0.05,
         max_delay: float = 2.0,
+        on_recovered: Callable[[], None] | None = None,
     ) -> None:
         self.table = table
         self.max_pending = max_pending
         self.workers = workers
-        self.max_attempts = max(1, max_attempts)
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self.on_recovered = on_recovered
         self._counts: dict[str, int] = {
             "written": 0, "stale": 0, "coalesced": 0, "retries": 0, "gave_up": 0, "overflow": 0,
+            "outages": 0,
         }
-        # Insertion-ordered: the ready queue hands out the longest-waiting first.
+        # Insertion-ordered: the ready queue hands out the longest-waiting first,
+        # and the first entry carries the oldest change of all that are pending
+        # (an entry's `since` is its insertion time and survives coalescing).
         self._pending: dict[str, _Write] = {}
-        self._inflight: set[str] = set()
+        self._inflight: dict[str, _Write] = {}
         # Invariant: a session id is in _ready at most once, and only while it
         # is pending and not in flight.
         self._ready: asyncio.Queue[str] = asyncio.Queue()
@@ -382,16 +453,41 @@ class PersistenceQueue:
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
         self._last_overflow_log = 0.0
+        self._failing_since: float | None = None
+        self._last_failure_log = 0.0
 
     # -- observation ----------------------------------------------------------
 
     @property
     def pending(self) -> int:
+        """Queue depth: sessions with a change not yet in DynamoDB."""
         return len(self._pending) + len(self._inflight)
 
     @property
-    def metrics(self) -> dict[str, int]:
-        return {**self._counts, "pending": self.pending}
+    def gave_up(self) -> int:
+        return self._counts["gave_up"]
+
+    def oldest_unwritten_age(self) -> float:
+        """Seconds the oldest change not yet in DynamoDB has waited (0 if none)."""
+        oldest = [w.since for w in self._inflight.values()]
+        first = next(iter(self._pending.values()), None)
+        if first is not None:
+            oldest.append(first.since)
+        return max(0.0, time.monotonic() - min(oldest)) if oldest else 0.0
+
+    def failing_for(self) -> float:
+        """Seconds since writes started failing; 0 while they succeed."""
+        if self._failing_since is None:
+            return 0.0
+        return time.monotonic() - self._failing_since
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return {
+            **self._counts, "pending": self.pending,
+            "oldest_unwritten_age_s": round(self.oldest_unwritten_age(), 3),
+            "failing_for_s": round(self.failing_for(), 3),
+        }
 
     # -- producer side --------------------------------------------------------
 
@@ -403,7 +499,7 @@ class PersistenceQueue:
         The record is copied (JSON-deep) so later in-place edits by the caller
         do not change what gets written.
         """
-        write = _Write(json.loads(json.dumps(rec)), ended_reason)
+        write = _Write(json.loads(json.dumps(rec)), ended_reason, time.monotonic())
         sid = write.session_id
         if self._closed:
             self._counts["gave_up"] += 1
@@ -415,6 +511,7 @@ class PersistenceQueue:
         current = self._pending.get(sid)
         if current is not None:
             if write.key() > current.key():
+                write.since = current.since  # the older change is unwritten too
                 self._pending[sid] = write
             self._counts["coalesced"] += 1
             return
@@ -492,17 +589,21 @@ class PersistenceQueue:
         while True:
             sid = await self._ready.get()
             write = self._pending.pop(sid)
-            self._inflight.add(sid)
+            self._inflight[sid] = write
+            answered = False
             try:
-                await self._write(write)
+                answered = await self._write(write)
             finally:
-                self._inflight.discard(sid)
+                self._inflight.pop(sid, None)
                 if sid in self._pending:
                     self._ready.put_nowait(sid)
                 elif not self._pending and not self._inflight:
                     self._idle.set()
+            if answered:
+                self._succeeded()
 
-    async def _write(self, write: _Write) -> None:
+    async def _write(self, write: _Write) -> bool:
+        """Write until DynamoDB answers (True), or refuses the item for good (False)."""
         loop = asyncio.get_running_loop()
         sid = write.session_id
         attempt = 0
@@ -514,19 +615,21 @@ class PersistenceQueue:
                     functools.partial(self.table.put, write.rec, ended_reason=write.ended_reason),
                 )
             except Exception as exc:
-                retryable = is_retryable(exc)
-                if not retryable or attempt >= self.max_attempts:
+                if is_permanent(exc):
                     self._counts["gave_up"] += 1
                     log.error(
-                        "dynamodb write of session %s (version %s) gave up after %d attempt(s): %s",
-                        sid, write.rec["v"], attempt, exc,
-                        exc_info=not retryable,
+                        "dynamodb refused session %s (version %s); giving this version up: %s",
+                        sid, write.rec["v"], exc, exc_info=True,
                     )
-                    return
-                self._counts["retries"] += 1
+                    return False
+                self._failed(sid, exc)
                 # Full jitter: spreads the retries of many writers hit by the
-                # same throttling instead of bunching them up again.
-                cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+                # same trouble instead of bunching them up again.
+                cap = min(self.max_delay, self.base_delay * (2 ** min(attempt - 1, 20)))
+                if not is_retryable(exc):
+                    # A missing table or refused credentials: an operator has to
+                    # act, so probe at the slowest pace from the start.
+                    cap = self.max_delay
                 await asyncio.sleep(random.uniform(0, cap))
                 # A newer submit of this session arrived while we waited: send
                 # that instead, the old one would only lose the condition.
@@ -534,7 +637,35 @@ class PersistenceQueue:
                 if newer is not None and newer.key() > write.key():
                     del self._pending[sid]
                     self._counts["coalesced"] += 1
-                    write = newer
+                    newer.since = min(newer.since, write.since)
+                    write = self._inflight[sid] = newer
                 continue
             self._counts["written" if written else "stale"] += 1
+            return True
+
+    def _failed(self, sid: str, exc: BaseException) -> None:
+        self._counts["retries"] += 1
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        # One line per few seconds of an outage, not one per attempt.
+        if now - self._last_failure_log >= 5.0:
+            self._last_failure_log = now
+            log.warning(
+                "dynamodb writes failing for %.1fs (%d sessions waiting, oldest change %.1fs"
+                " old), retrying; last: session %s: %s",
+                now - self._failing_since, self.pending, self.oldest_unwritten_age(), sid, exc,
+            )
+
+    def _succeeded(self) -> None:
+        if self._failing_since is None:
             return
+        log.warning(
+            "dynamodb writes recovered after %.1fs of failures (%d sessions still waiting)",
+            time.monotonic() - self._failing_since, self.pending,
+        )
+        self._failing_since = None
+        self._last_failure_log = 0.0
+        self._counts["outages"] += 1
+        if self.on_recovered is not None:
+            self.on_recovered()
