@@ -24,6 +24,7 @@ from lobby.persistence.dynamodb import SessionTable
 from lobby.session import SessionRecord
 from tests.aws_fixtures import dead_endpoint, moto_endpoint  # noqa: F401  (fixtures)
 from tests.conftest import RedisServer, http_request
+from tests.faults import private_redis, tcp_proxy  # noqa: F401  (fixtures)
 
 _tables = itertools.count()
 
@@ -261,3 +262,108 @@ async def test_readyz_and_reconcile_after_a_dynamodb_outage(
     assert n1.reconciler.stats.rewritten == 1 and n1.reconciler.stats.ended == 1
     status, body = await http_request(n1.port, "GET", "/readyz")
     assert status == 200 and json.loads(body)["ready"] is True
+
+
+OUTAGE_S = 3.5  # the report's 30 s, scaled down: the old queue gave up after ~1.5 s
+KEY = "durability-key"
+
+
+async def live_ids(node: LobbyNode) -> set[str]:
+    ids: set[str] = set()
+    cursor = None
+    while True:
+        page, cursor = await node.store.scan_sessions(cursor, 100)
+        ids.update(r["id"] for r in page)
+        if cursor is None:
+            return ids
+
+
+async def test_dynamodb_refused_for_seconds_loses_nothing_then_a_redis_loss_rebuilds_it(
+    make_node, private_redis: RedisServer, moto_endpoint: str, table_name: str,  # noqa: F811
+    tcp_proxy, connect_player,  # noqa: F811
+) -> None:
+    proxy = tcp_proxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    settings = {"redis_url": private_redis.url, "dynamodb": True, "dynamodb_table": table_name,
+                "dynamodb_endpoint_url": proxy.url("http", ""), "server_key": KEY,
+                "durability_max_lag_seconds": 1.0}
+    n1: LobbyNode = await make_node(**settings)
+    n2: LobbyNode = await make_node(**settings)
+    nodes = (n1, n2)
+    table = SessionTable(table_name, endpoint_url=moto_endpoint)  # past the proxy
+
+    async def room(name: str, host_node: LobbyNode, guest_node: LobbyNode | None
+                   ) -> tuple[str, Any, Any]:
+        host = await connect_player(host_node, f"{name}-host")
+        sid = (await host.ok("create_session", name=name))["session"]["session_id"]
+        guest = None
+        if guest_node is not None:
+            guest = await connect_player(guest_node, f"{name}-guest")
+            await guest.ok("join_session", session_id=sid)
+        return sid, host, guest
+
+    leave_sid, _, leaver = await room("leave", n1, n2)
+    done_sid, done_host, _ = await room("complete", n2, n1)
+    await done_host.ok("start_session")
+    assert (await http_request(n2.port, "POST", f"/v1/sessions/{done_sid}/in-progress",
+                               {"Authorization": f"Bearer {KEY}"}))[0] == 200
+    start_sid, start_host, _ = await room("start", n1, n2)
+    gone_sid, gone_host, _ = await room("abandon", n2, None)
+    for n in nodes:
+        assert n.persistence is not None
+        assert await n.persistence.flush(10)
+
+    proxy.down()  # DynamoDB refuses every connection, open ones are reset
+    t_down = time.monotonic()
+    await leaver.ok("leave_session")
+    assert (await http_request(n2.port, "POST", f"/v1/sessions/{done_sid}/complete",
+                               {"Authorization": f"Bearer {KEY}"}))[0] == 200
+    await start_host.ok("start_session")
+    await gone_host.ok("leave_session")
+    creator = await connect_player(n2, "creator")
+    new_sid = (await creator.ok("create_session", name="created"))["session"]["session_id"]
+    # Players went on as if nothing had happened; DynamoDB stays away for a
+    # while longer than the old queue's give-up point, twice over.
+    await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_down)))
+    for n in nodes:
+        assert n.persistence is not None
+        m = n.persistence.metrics
+        assert m["pending"] >= 1 and m["gave_up"] == 0, m
+        assert m["failing_for_s"] > 3.0, m
+        status, body = await http_request(n.port, "GET", "/readyz")
+        assert status == 503 and not json.loads(body)["ready"]
+
+    proxy.restore()
+    for n in nodes:
+        assert n.persistence is not None and n.reconciler is not None
+        assert await n.persistence.flush(15)
+        await n.reconciler.wait(1)
+        assert n.persistence.gave_up == 0
+        assert n.persistence.metrics["outages"] == 1
+        assert (await http_request(n.port, "GET", "/readyz"))[0] == 200
+
+    # Every DynamoDB item is the live state: live sessions as the store holds
+    # them, ended ones ENDED, and no other live item.
+    live = await live_ids(n1)
+    assert live == {leave_sid, start_sid, new_sid}
+    before = {sid: await n1.store.get_session(sid) for sid in live}
+    for rec in before.values():
+        await assert_item_is_live(table, rec)
+    for sid, reason in ((done_sid, "completed"), (gone_sid, "abandoned")):
+        item = await item_of(table, sid)
+        assert item is not None and item["session_state"] == "ENDED", item
+        assert item["end_reason"] == reason
+    persisted = await asyncio.to_thread(table.load_live_records)
+    assert {r["id"] for r in persisted} == live
+
+    # Redis is lost: the rebuild brings back exactly the live sessions.
+    generations = [n.lobby.store_generation for n in nodes]
+    private_redis.restart_empty()
+    for n, generation in zip(nodes, generations, strict=True):
+        assert await n.check_store(wait=20) > generation
+    assert await live_ids(n2) == live
+    for sid, rec in before.items():
+        assert await n2.store.get_session(sid) == rec
+    assert before[leave_sid] is not None and leaver.player_id not in [
+        m["id"] for m in before[leave_sid]["members"]]
+    assert before[start_sid] is not None and before[start_sid]["state"] == "CONNECTING"
+    assert before[start_sid]["endpoint"] == "127.0.0.1:6060"
