@@ -253,6 +253,9 @@ class LobbyNode:
     async def _load_records(self) -> list[SessionRecord]:
         if self.table is None:
             return []
+        if self.persistence is not None:
+            # Our own latest changes first, so the rebuild reads them back.
+            await self.persistence.flush(2)
         return await asyncio.to_thread(self.table.load_live_records)
 
 

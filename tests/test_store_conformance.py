@@ -29,13 +29,14 @@ from lobby.store.base import (
     LiveClient,
     PasswordRequired,
     PlayerInfo,
+    RestoreLease,
     ResumeResult,
     SessionStore,
     SweepResult,
     Timeouts,
 )
 from lobby.store.memory import MemoryStore
-from lobby.store.redis import RedisStore, StateConflict
+from lobby.store.redis import RedisStore, StateConflict, restore_batches
 
 T0 = 1_700_000_000_000  # a realistic epoch in ms: Lua's cjson must round-trip it exactly
 HOLD = 30_000
@@ -1749,3 +1750,83 @@ async def test_guesses_at_no_session_count_for_the_address_only(store: Harness) 
         assert await s.password_guess("", "10.0.0.6", T0 + 13 + i, GL) == GuessVerdict()
     assert await s.password_guess("", "10.0.0.6", T0 + 20, GL) == GuessVerdict()
     assert (await s.password_guess("", "10.0.0.6", T0 + 21, GL)).scope == "address"
+
+
+# the rebuild lease and its batches; scanning every live session ------------------
+
+
+async def test_scan_sessions_returns_every_live_session(store: Harness) -> None:
+    h = store
+    pids = [f"sc{i}" for i in range(7)]
+    await add_players(h, *pids)
+    for i, pid in enumerate(pids):
+        await h.store.create_session(pid, f"s{i}", "", 4, None, T0 + i)
+    await h.store.begin_start("sc3", T0 + 10)
+    await h.store.leave_session("sc5", T0 + 11)  # ended: not live
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = await h.store.scan_sessions(cursor, 2)
+        for rec in page:
+            assert rec == await h.store.get_session(rec["id"])
+        seen.extend(r["id"] for r in page)
+        if cursor is None:
+            break
+    assert sorted(set(seen)) == ["s0", "s1", "s2", "s3", "s4", "s6"]
+    assert await h.store.current_epoch() == h.epoch
+    await h.drain()
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_rebuild_lease_is_exclusive_and_taken_over_when_it_runs_out(
+    store: Harness,
+) -> None:
+    h = store
+    assert isinstance(h, RedisHarness)
+    src, _ = await persisted(h)
+    records = []
+    for i in range(3):
+        pid = f"r{i}"
+        await src.new_player(pid, name(pid), tokh(pid), conn(pid), T0)
+        records.append(await src.create_session(pid, f"s{i}", "", 4, None, T0 + i))
+    first, rest = restore_batches(records[:2], size=1), restore_batches(records, size=2)
+    assert len(first) == 2 and len(rest) == 2
+
+    assert await h.store.take_restore_lease("a", 60_000) == RestoreLease(None, True)
+    assert await h.store.take_restore_lease("b", 60_000) == RestoreLease(None, False, "a")
+    assert await h.store.restore_batch("b", first[0], HOLD, 60_000, T0 + 10) is None
+    assert await h.store.restore_batch("a", first[0], HOLD, 60_000, T0 + 10) == 1
+    assert await h.store.current_epoch() is None  # not done: nodes keep waiting
+    assert await sweep(h, T0 + 11) == []
+    # a stalls; its lease runs out and b takes over, keeping what a restored.
+    assert await h.store.take_restore_lease("a", 1) == RestoreLease(None, True)
+    lease = f"{h.prefix}rebuild"
+    async with asyncio.timeout(5):
+        while (ttl := await h.client.pttl(lease)) != -2:
+            assert ttl != -1, "the lease must have a TTL"
+            await asyncio.sleep(max(ttl, 1) / 1000)
+    assert await h.store.take_restore_lease("b", 60_000) == RestoreLease(None, True)
+    assert await h.store.restore_batch("a", first[1], HOLD, 60_000, T0 + 12) is None
+    assert [await h.store.restore_batch("b", b, HOLD, 60_000, T0 + 12) for b in rest] == [1, 1]
+    assert await h.store.finish_restore("b", "gen-b") == "gen-b"
+    h.epoch = "gen-b"
+    assert not await h.client.exists(lease)
+    # a's late end learns b's epoch; nothing is left to do for anyone.
+    assert await h.store.finish_restore("a", "gen-a") == "gen-b"
+    assert await h.store.take_restore_lease("a", 60_000) == RestoreLease("gen-b", False)
+    assert await h.store.restore_batch("b", rest[0], HOLD, 60_000, T0 + 13) is None
+    for rec in records:
+        assert await h.store.get_session(rec["id"]) == rec
+    # The newest session came first, so the counter was past all of them at once.
+    assert (await h.client.get(f"{h.prefix}seq")) == b"3"
+    assert await open_ids(h) == ["s2", "s1", "s0"]
+    assert await sweep(h, T0 + 14) == []
+    await h.drain(0)
+
+
+@pytest.mark.parametrize("store", ["memory"], indirect=True)
+async def test_memory_store_never_holds_a_rebuild_lease(store: Harness) -> None:
+    h = store
+    assert await h.store.take_restore_lease("a", 1000) == RestoreLease("memory", False)
+    assert await h.store.restore_batch("a", "[]", HOLD, 1000, T0) is None
+    assert await h.store.finish_restore("a", "x") == "memory"
