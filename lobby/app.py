@@ -246,9 +246,9 @@ class LobbyNode:
             "behind": age > self.settings.durability_max_lag_seconds,
         }
 
-    def _dynamodb_recovered(self) -> None:
+    def _dynamodb_recovered(self, failed_for: float) -> None:
         if self.reconciler is not None:
-            self.reconciler.trigger()
+            self.reconciler.trigger(failed_for)
 
     async def _load_records(self) -> list[SessionRecord]:
         if self.table is None:

@@ -159,10 +159,18 @@ class Reconciler:
         self._done = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._last_end = 0.0
+        self.min_outage_s = 0.25
+        self.cooldown_s = 30.0
 
-    def trigger(self) -> None:
-        """Reconcile soon (from the queue's recovery callback); runs once at a
-        time, and once more if asked again while running."""
+    def trigger(self, failed_for: float) -> None:
+        """After writes failed for `failed_for` seconds (the queue's recovery
+        callback). A blip (one throttled call) loses nothing a queue does not
+        hold, and each pass reads the whole table, so short failure runs are
+        ignored and passes are at least `cooldown_s` apart; one pass runs at a
+        time, and one more if asked again meanwhile."""
+        if failed_for < self.min_outage_s:
+            return
         if self._task is not None and not self._task.done():
             self._again = True
             return
@@ -171,10 +179,14 @@ class Reconciler:
     async def _loop(self) -> None:
         while True:
             self._again = False
+            wait = self._last_end + self.cooldown_s - time.monotonic()
+            if self._last_end and wait > 0:
+                await asyncio.sleep(wait)
             try:
                 await self.run()
             except Exception:
                 log.exception("reconciling DynamoDB with the store failed")
+            self._last_end = time.monotonic()
             if not self._again:
                 return
 

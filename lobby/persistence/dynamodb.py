@@ -396,7 +396,8 @@ class PersistenceQueue:
     DynamoDB fails, the workers are the only ones probing it (one attempt per
     worker per backoff), so an outage costs a handful of calls a second.
 
-    After an outage (a success following failures) `on_recovered` is called:
+    After an outage (a success following failures) `on_recovered` is called
+    with how long writes had been failing:
     the node then reconciles what is live against the table, which repairs
     what no queue holds any more (a node that stopped during the outage).
 
@@ -427,7 +428,7 @@ class PersistenceQueue:
         workers: int = 4,
         base_delay: float = 0.05,
         max_delay: float = 2.0,
-        on_recovered: Callable[[], None] | None = None,
+        on_recovered: Callable[[float], None] | None = None,
     ) -> None:
         self.table = table
         self.max_pending = max_pending
@@ -660,12 +661,13 @@ class PersistenceQueue:
     def _succeeded(self) -> None:
         if self._failing_since is None:
             return
+        failed_for = time.monotonic() - self._failing_since
         log.warning(
             "dynamodb writes recovered after %.1fs of failures (%d sessions still waiting)",
-            time.monotonic() - self._failing_since, self.pending,
+            failed_for, self.pending,
         )
         self._failing_since = None
         self._last_failure_log = 0.0
         self._counts["outages"] += 1
         if self.on_recovered is not None:
-            self.on_recovered()
+            self.on_recovered(failed_for)
