@@ -95,7 +95,7 @@ async def first_of(*aws: Any, timeout: float) -> None:
 
 
 async def test_rebuild_of_many_sessions_is_batched_and_nodes_serve_meanwhile(
-    make_node, own_redis: RedisServer, moto_endpoint: str, table_name: str,  # noqa: F811
+    own_redis: RedisServer, moto_endpoint: str, make_node, table_name: str,  # noqa: F811
     connect_player,
 ) -> None:
     settings = {"redis_url": own_redis.url, "dynamodb": True, "dynamodb_table": table_name,
@@ -279,9 +279,10 @@ async def live_ids(node: LobbyNode) -> set[str]:
 
 
 async def test_dynamodb_refused_for_seconds_loses_nothing_then_a_redis_loss_rebuilds_it(
-    make_node, private_redis: RedisServer, moto_endpoint: str, table_name: str,  # noqa: F811
-    tcp_proxy, connect_player,  # noqa: F811
+    private_redis: RedisServer, tcp_proxy, moto_endpoint: str,  # noqa: F811
+    make_node, table_name: str, connect_player,
 ) -> None:
+    # (Redis and the proxy first: they outlive the nodes, which stop cleanly.)
     proxy = tcp_proxy(int(moto_endpoint.rsplit(":", 1)[1]))
     settings = {"redis_url": private_redis.url, "dynamodb": True, "dynamodb_table": table_name,
                 "dynamodb_endpoint_url": proxy.url("http", ""), "server_key": KEY,
