@@ -240,10 +240,15 @@ async def test_readyz_and_reconcile_after_a_dynamodb_outage(
     status, body = await http_request(n1.port, "GET", "/readyz")
     ready = json.loads(body)
     assert status == 503 and ready["ready"] is False, ready
-    assert "durability behind" in ready["reasons"][0]
+    assert "durability behind" in ready["reason"]
     assert ready["durability"]["pending"] == 1 and ready["durability"]["gave_up"] == 0
     assert ready["durability"]["oldest_unwritten_age_s"] > 0.3
     status, body = await http_request(n1.port, "GET", "/metrics")
+    prometheus = body.decode()
+    assert "lobby_dynamodb_pending 1.0" in prometheus
+    assert "lobby_dynamodb_oldest_unwritten_age_seconds " in prometheus
+    assert "lobby_dynamodb_give_ups_total 0.0" in prometheus
+    status, body = await http_request(n1.port, "GET", "/metrics.json")
     persistence = json.loads(body)["persistence"]
     assert persistence["pending"] == 1 and persistence["retries"] > 0
     assert persistence["failing_for_s"] > 0

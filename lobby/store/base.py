@@ -321,13 +321,6 @@ class SessionStore(Protocol):
         """The store's generation; None while it is empty or being rebuilt."""
         ...
 
-    async def scan_sessions(
-        self, cursor: str | None, limit: int
-    ) -> tuple[list[SessionRecord], str | None]:
-        """Every live session (any state), about `limit` a page; a full pass
-        returns each session that lived throughout it at least once."""
-        ...
-
     async def rebind(self, clients: list[LiveClient], now: int) -> int:
         """Give players still connected to this node their sockets back."""
         ...

@@ -937,16 +937,6 @@ class MemoryStore:
     async def current_epoch(self) -> str | None:
         return self.epoch
 
-    async def scan_sessions(
-        self, cursor: str | None, limit: int
-    ) -> tuple[list[SessionRecord], str | None]:
-        # Session ids in order; the cursor is the last id returned.
-        ids = sorted(self._sessions)
-        start = bisect.bisect_right(ids, cursor) if cursor else 0
-        page = ids[start:start + limit]
-        records = [json.loads(self._sessions[sid]) for sid in page]
-        return records, (page[-1] if start + limit < len(ids) else None)
-
     async def rebind(self, clients: list[LiveClient], now: int) -> int:
         return 0
 

@@ -438,17 +438,6 @@ class RedisStore:
         raw = await self.redis.get(f"{self.prefix}epoch")
         return raw.decode() if raw else None
 
-    async def scan_sessions(
-        self, cursor: str | None, limit: int
-    ) -> tuple[list[SessionRecord], str | None]:
-        # SCAN, not a script: it never blocks Redis, and a full pass returns
-        # every key that existed throughout it.
-        nxt, keys = await self.redis.scan(
-            int(cursor or 0), match=f"{self.prefix}s:*", count=limit)
-        raws = await self.redis.mget(keys) if keys else []
-        records = [json.loads(r) for r in raws if r]
-        return records, (None if int(nxt) == 0 else str(int(nxt)))
-
     async def rebind(self, clients: list[LiveClient], now: int) -> int:
         rebound = 0
         for i in range(0, len(clients), REBIND_BATCH):
