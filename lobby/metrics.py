@@ -137,9 +137,6 @@ class _NodeCollector:
             counts = dict(persistence.metrics)
             yield _gauge("lobby_dynamodb_pending", "sessions waiting for their DynamoDB write",
                          counts.pop("pending", persistence.pending))
-            yield _gauge("lobby_dynamodb_oldest_unwritten_age_seconds",
-                         "age of the oldest session change not yet written to DynamoDB",
-                         counts.pop("oldest_unwritten_age_s", 0.0))
             yield _gauge("lobby_dynamodb_failing_seconds",
                          "how long DynamoDB writes have been failing (0: they succeed)",
                          counts.pop("failing_for_s", 0.0))

@@ -246,7 +246,7 @@ async def test_readyz_and_reconcile_after_a_dynamodb_outage(
     status, body = await http_request(n1.port, "GET", "/metrics")
     prometheus = body.decode()
     assert "lobby_dynamodb_pending 1.0" in prometheus
-    assert "lobby_dynamodb_oldest_unwritten_age_seconds " in prometheus
+    assert "lobby_dynamodb_oldest_unwritten_seconds " in prometheus
     assert "lobby_dynamodb_give_ups_total 0.0" in prometheus
     status, body = await http_request(n1.port, "GET", "/metrics.json")
     persistence = json.loads(body)["persistence"]
