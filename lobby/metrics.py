@@ -127,6 +127,20 @@ class _NodeCollector:
                        hub.frames_out)
         yield _counter("lobby_slow_socket_drops", "sockets dropped for not reading",
                        node.sockets.stats.get("slow_drops", 0))
+        gate = getattr(node, "gate", None)  # per-address limits (lobby/addresses.py)
+        if gate is not None:
+            yield _gauge("lobby_handshakes_in_flight", "WebSocket handshakes not yet done",
+                         gate.handshakes)
+            limits = CounterMetricFamily(
+                "lobby_connection_limits", "connections refused, evicted or dropped by the "
+                "per-address and handshake limits, by event", labels=["event"])
+            for key, value in sorted(gate.stats.items()):
+                if type(value) is int:
+                    limits.add_metric([key], value)
+            yield limits
+        checks = getattr(node.lobby, "password_checks", None)
+        if type(checks) is int:
+            yield _counter("lobby_password_checks", "scrypt password verifications run", checks)
         allocator = node.allocator
         for attr in ("retries", "failures"):
             if hasattr(allocator, attr):

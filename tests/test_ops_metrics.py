@@ -20,7 +20,8 @@ FAMILIES = {
     "lobby_local_sessions", "lobby_open_sessions", "lobby_draining", "lobby_node_info",
     # counters
     "lobby_requests", "lobby_events", "lobby_frames_out", "lobby_slow_socket_drops",
-    "lobby_claims",
+    "lobby_claims", "lobby_connection_limits", "lobby_password_checks",
+    "lobby_handshakes_in_flight",
     # histograms
     "lobby_request_duration_seconds", "lobby_fanout_latency_seconds",
     "lobby_claim_duration_seconds",
