@@ -86,6 +86,7 @@ class Lobby:
     ) -> None:
         self.settings = settings
         self.node_id = node_id  # whose heartbeat each sweep is ("": none)
+        self._swept = False  # the first sweep tells the store this process is new
         # Disconnects the store could not take (link down): (player, conn, when),
         # retried until they land, with the time the socket really dropped.
         self.failed_disconnects: list[tuple[str, str, int]] = []
@@ -238,7 +239,9 @@ class Lobby:
                 self.changed(rec)
 
     async def sweep(self) -> SweepResult:
-        result = await self.store.sweep(now_ms(), self.timeouts, node=self.node_id or None)
+        result = await self.store.sweep(now_ms(), self.timeouts, node=self.node_id or None,
+                                        fresh=not self._swept)
+        self._swept = True
         for change in result.changes:
             self._on_change(change)
         return result

@@ -155,3 +155,26 @@ async def test_redis_link_cut_loses_no_disconnect_and_no_kick(
     await kicked.error("leave_session", "NOT_IN_SESSION")
     own = await kicked.ok("create_session")
     assert own["session"]["host_id"] == kicked.player_id
+
+
+async def test_node_restarted_at_once_under_the_same_id_drops_the_old_sockets(
+    make_node, redis_url, node_procs, connect_player  # noqa: F811
+) -> None:
+    """A fixed --node-id (a container restarted in place) comes back before its
+    heartbeat lapses: its predecessor's players must not stay as ghosts."""
+    n1 = await make_node(redis_url=redis_url, seat_hold_seconds=1)
+    fixed = ["--node-id", "fixed-node", "--node-timeout-seconds", "30",
+             "--seat-hold-seconds", "1"]
+    first = await node_procs(redis_url=redis_url, extra=fixed)
+    host = await connect_player(n1, "host")
+    sid = (await host.ok("create_session", max_players=4))["session"]["session_id"]
+    guest = await connect_player(first, "guest")
+    await guest.ok("join_session", session_id=sid)
+    await host.event("player_joined")
+    first.kill()
+    await node_procs(redis_url=redis_url, extra=fixed)  # well within its 30 s timeout
+    dropped = await host.event("player_disconnected", timeout=5)
+    assert dropped["player_id"] == guest.player_id
+    left = await host.event("player_left", timeout=5)
+    assert (left["player_id"], left["reason"]) == (guest.player_id, "timeout")
+    assert (await listed(host, sid))["player_count"] == 1

@@ -238,3 +238,29 @@ async def test_reconcile_refuses_to_judge_a_store_of_another_epoch(
     if h.epoch is not None:
         assert await h.store.reconcile([live("erin", "n1", "s1")], T0, h.epoch) == [
             Verdict("OK", await h.store.get_session("s1"))]
+
+
+async def test_a_restarted_node_with_the_same_id_drops_its_predecessors_sockets(
+    store: Harness  # noqa: F811
+) -> None:
+    """A fixed --node-id restarted within the node timeout: the heartbeat never
+    lapsed, but the sockets on the books under that id died with the old process."""
+    h = store
+    await beat(h, "n1", T0)
+    await player(h, "host", "n2")
+    await player(h, "ghost", "n1")
+    await h.store.create_session("host", "s1", "", 4, None, T0)
+    await h.store.join_session("ghost", "s1", None, T0)
+    await h.drain(1)
+    # The new process's first sweep, well within the old one's heartbeat.
+    result = await h.store.sweep(T0 + 10, LIVE, node="n1", fresh=True)
+    assert await held(h) == 1
+    rec = await h.store.get_session("s1")
+    assert rec is not None and result.changes == [Change("s1", rec, None)]
+    assert [ev["e"] for _, ev in await h.drain(1)] == ["player_disconnected"]
+    # Its own new sockets are its own: later sweeps leave them alone.
+    await player(h, "newcomer", "n1", T0 + 20)
+    await h.store.sweep(T0 + 30, LIVE, node="n1")
+    res = await h.store.resume("newcomer", tokh("newcomer"), "n1.newcomer", T0 + 40)
+    assert res is not None
+    assert await held(h) == 1

@@ -275,11 +275,13 @@ class SessionStore(Protocol):
         ...
 
     async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100,
-                    node: str | None = None) -> SweepResult:
+                    node: str | None = None, fresh: bool = False) -> SweepResult:
         """Remove players whose seat hold ran out and close sessions past their
         state's timeout. Safe on every node at once: each expiry is taken once.
         With `node`, also that node's heartbeat (good for timeouts.node_ms);
-        the sockets of nodes whose heartbeat lapsed are dropped (as disconnect)."""
+        the sockets of nodes whose heartbeat lapsed are dropped (as disconnect).
+        `fresh` (a process's first sweep): sockets still on the books under this
+        node id belong to an earlier process with the same id, and are dropped."""
         ...
 
     async def reconcile(self, clients: list[LiveClient], now: int, epoch: str | None = None

@@ -803,8 +803,12 @@ class MemoryStore:
             del self._snapshots[token]
 
     async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100,
-                    node: str | None = None) -> SweepResult:
+                    node: str | None = None, fresh: bool = False) -> SweepResult:
         revived = False
+        if node and fresh and self._conns.get(node):
+            stale = f"{node}#{now}"
+            self._conns[stale] = self._conns.pop(node)
+            self._dead[stale] = None
         if node:
             if node not in self._nodes:
                 revived = True
@@ -825,7 +829,8 @@ class MemoryStore:
             for pid in pids:
                 del on[pid]
                 p = self._player(pid, now)
-                if p is not None and p["conn"].rsplit(".", 1)[0] == dead_node and p["conn"]:
+                owner = dead_node.split("#", 1)[0]
+                if p is not None and p["conn"].rsplit(".", 1)[0] == owner and p["conn"]:
                     rec = self._drop_conn(p, now, timeouts.hold_ms)
                     if rec is not None:
                         dropped.append(Change(rec["id"], rec, None))

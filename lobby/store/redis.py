@@ -368,10 +368,10 @@ class RedisStore:
         return [json.loads(r) for r in raws], (nxt.decode() or None)
 
     async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100,
-                    node: str | None = None) -> SweepResult:
+                    node: str | None = None, fresh: bool = False) -> SweepResult:
         flat = await self._run(
             "sweep", limit, timeouts.idle_ms, timeouts.connecting_ms, timeouts.in_progress_ms,
-            node or "", timeouts.node_ms, timeouts.hold_ms, now=now,
+            node or "", timeouts.node_ms, timeouts.hold_ms, "1" if fresh else "", now=now,
         )
         epoch = flat[0].decode() if flat[0] else None
         changes = []

@@ -1,4 +1,4 @@
--- ARGV: 3 limit, 4 idle ms (WAITING), 5 connecting ms, 6 in-progress ms, 7-9 below.
+-- ARGV: 3 limit, 4 idle ms (WAITING), 5 connecting ms, 6 in-progress ms, 7-10 below.
 -- Returns {epoch or false, revived (0/1), dead sockets left (0/1), then triples:
 -- session_id, record JSON, 'OK' | end reason}.
 -- One script takes each expired hold or deadline, so with many nodes sweeping
@@ -11,11 +11,19 @@ local function changed(s, tag)
   table.insert(out, tag)
 end
 
--- Node liveness (ARGV 7 this node's id or '', 8 its heartbeat ms, 9 hold ms):
+-- Node liveness (ARGV 7 this node's id or '', 8 its heartbeat ms, 9 hold ms,
+-- 10 '1' on a process's first sweep):
 -- this sweep is the caller's heartbeat. A caller missing from NODES was taken
 -- for dead (or is new): `revived` tells it to reconcile its sockets with the store.
 local me, hold = ARGV[7], tonumber(ARGV[9])
 local revived = 0
+if me ~= '' and ARGV[10] == '1' and redis.call('EXISTS', ckey(me)) == 1 then
+  -- A new process under a node id that was in use (a fixed --node-id restarted
+  -- within the timeout): the sockets on the books under it were the old one's.
+  local stale = me .. '#' .. ARGV[2]
+  redis.call('RENAME', ckey(me), ckey(stale))
+  redis.call('SADD', DEAD, stale)
+end
 if me ~= '' then
   if not redis.call('ZSCORE', NODES, me) then
     revived = 1
@@ -43,7 +51,7 @@ for _, node in ipairs(redis.call('SMEMBERS', DEAD)) do
   budget = budget - #pids
   for _, pid in ipairs(pids) do
     local p = load(pkey(pid))
-    if p and p.conn ~= '' and conn_node(p.conn) == node then
+    if p and p.conn ~= '' and conn_node(p.conn) == (string.match(node, '^(.*)#%d+$') or node) then
       local s = drop_conn(p, hold)
       if s then changed(s, 'OK') end
     end
