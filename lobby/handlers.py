@@ -15,11 +15,10 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lobby import protocol as p
 from lobby.allocators.base import Allocator, NoServerAvailable, lifecycle
-from lobby.auth import JwtVerifier, player_id_for
 from lobby.config import Settings
 from lobby.errors import ErrorCode, LobbyError
 from lobby.hub import Client, Hub
@@ -37,6 +36,9 @@ from lobby.store.base import (
     Timeouts,
 )
 from lobby.tickets import make_ticket
+
+if TYPE_CHECKING:
+    from lobby.auth import JwtVerifier
 
 log = logging.getLogger("lobby")
 
@@ -118,7 +120,12 @@ class Lobby:
         # and returns its generation, which changes with every rebuild.
         self._recover = recover
         # --auth jwt: who a player is comes from the game's backend (lobby/auth.py).
-        self.auth: JwtVerifier | None = JwtVerifier(settings) if settings.auth == "jwt" else None
+        self.auth: JwtVerifier | None = None
+        if settings.auth == "jwt":
+            # Imported only here: PyJWT and cryptography cost a node ~9 MiB of RSS.
+            from lobby.auth import JwtVerifier
+
+            self.auth = JwtVerifier(settings)
         self.store_generation = 0
         self.hold_ms = int(settings.seat_hold_seconds * 1000)
         self.timeouts = Timeouts(
@@ -355,6 +362,8 @@ class Lobby:
             raise LobbyError(ErrorCode.NOT_AUTHENTICATED,
                              "this lobby needs a token from the game's backend: "
                              "hello {token} (or a resume_token)")
+        from lobby.auth import player_id_for
+
         claims = await self.auth.verify(req.token)
         player_id = player_id_for(claims["sub"])
         name = req.name
