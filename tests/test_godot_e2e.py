@@ -1,14 +1,15 @@
 """Issue 6 end to end in the real engine: Godot 3 players and a Godot game server.
 
 The lobby node (Redis mode, FleetIQ allocator) runs in this process; FleetIQ is
-`lobby fleetiq-local`, reached with the real boto3 client; every Godot process
-is a real headless `godot3-server` running a script of `clients/godot3/tests/`
-on the addon the game would ship. Nothing is mocked.
+`lobby fleetiq-local`, reached by the lobby with the real boto3 client; every Godot
+process is a real headless `godot3-server` running a script of `clients/godot3/tests/`
+on the addon the game would ship. Nothing is mocked. The game server's whole FleetIQ
+life (issue 11: register, heartbeat, session, in-progress, complete, register again)
+goes through the lobby's HTTP API: the test itself makes no boto3 call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lobby.aws import make_client
 from lobby.tickets import make_ticket
 from tests.conftest import http_request
 from tests.fleetiq_fixtures import FleetIQProcess, _fleetiq_long_ttl, fleetiq_local, instance_id
@@ -64,19 +64,14 @@ async def play_until_in_progress(node: Any, godot: Godot, fleetiq: FleetIQProces
                                  guest_url: str, tmp_path: Path, lobby_cut: bool) -> Match:
     """Host creates, guest browses and joins, host starts; both get tickets and
     are admitted over ENet; the game server reports in-progress."""
-    group = group_for(tmp_path)
     enet_port = free_udp_port()
     server_args: dict[str, Any] = {
         "port": enet_port, "lobby": f"http://127.0.0.1:{node.port}", "key": KEY,
-        "server_id": "godot-gs-1", "done_file": tmp_path / "match-over",
-        "stop_file": tmp_path / "stop"}
+        "server_id": "godot-gs-1", "instance_id": instance_id(1), "heartbeat": 0.3,
+        "done_file": tmp_path / "match-over", "stop_file": tmp_path / "stop"}
     server = await start_server(godot, "game-server", **server_args)
-    # The game's own registration code does this with boto3 at boot.
-    gamelift = make_client("gamelift", endpoint_url=fleetiq.url)
-    await asyncio.to_thread(
-        gamelift.register_game_server, GameServerGroupName=group,
-        GameServerId="godot-gs-1", InstanceId=instance_id(1),
-        ConnectionInfo=f"127.0.0.1:{enet_port}")
+    # It registers itself through the lobby (FleetIQ's group exists from then on).
+    assert value(await server.expect("SERVER_REGISTERED n=1"), "status") == "200"
 
     cut = "yes" if lobby_cut else "no"
     host = await godot.run("e2e_player.gd", "host", mode="host",
@@ -101,6 +96,8 @@ async def play_until_in_progress(node: Any, godot: Godot, fleetiq: FleetIQProces
     await server.expect("SERVER_ADMITTED player=" + host_id)
     await server.expect("SERVER_ADMITTED player=" + guest_id)
     assert value(await server.expect("SERVER_SESSION"), "session") == sid
+    # The heartbeat named the session too (however the tickets raced it).
+    assert value(await server.expect("SERVER_ASSIGNED"), "session") == sid
     assert "ok=True status=200" in await server.expect("SERVER_REPORTED call=in-progress")
     await host.expect("HOST_IN_PROGRESS")
     await guest.expect("GUEST_IN_PROGRESS")
@@ -114,9 +111,16 @@ async def complete_match(m: Match, server: GodotProcess,
                          guest: tuple[GodotProcess, str] | None = None) -> None:
     """The game server reports the match over; both players see it closed."""
     guest_process, guest_marker = guest or (m.guest, "GUEST_OK")
+    registered = len([line for line in server.lines if line.startswith("SERVER_REGISTERED")])
     Path(m.server_args["done_file"]).write_text("over")
-    await server.passes("SERVER_OK")
     assert "ok=True status=200" in await server.expect("SERVER_REPORTED call=complete")
+    # complete deregistered it; it registered again for its next match, and passed.
+    again = await server.expect(f"SERVER_REGISTERED n={registered + 1}")
+    assert value(again, "status") == "200"
+    await server.passes("SERVER_OK")
+    status, body = await http_request(m.node.port, "POST", "/v1/servers/godot-gs-1/heartbeat",
+                                      {"Authorization": f"Bearer {KEY}"})
+    assert status == 200 and json.loads(body)["session"] is None
     await m.host.passes("HOST_OK")
     await guest_process.passes(guest_marker)
     status, _ = await http_request(m.node.port, "GET", f"/v1/sessions/{m.sid}",
@@ -171,6 +175,8 @@ async def test_godot_players_rejoin_a_restarted_game_server_with_fresh_tickets(
         # The same server (id, port) comes back, as after a crash and restart.
         Path(m.server_args["stop_file"]).unlink()
         restarted = await start_server(godot, "game-server-2", **m.server_args)
+        # Its registration finds the live session using it: it is registered (409).
+        assert value(await restarted.expect("SERVER_REGISTERED n=1"), "status") == "409"
         for player, tag in ((m.host, "HOST"), (m.guest, "GUEST")):
             dropped = await player.expect(f"{tag}_GAME_DISCONNECTED")
             assert value(dropped, "state") == "IN_PROGRESS"

@@ -1,12 +1,15 @@
-# The dedicated game server: ENet on --port, admits players with their join
-# tickets through LobbyGameServer, which reports in-progress once all are in.
-# It reports the match complete when the suite creates --done-file, or shuts
-# down mid-match (a server restart, as the players see it) on --stop-file.
+# The dedicated game server: ENet on --port, registers through the lobby's HTTP
+# API (no AWS SDK), heartbeats and learns its session from the heartbeat, admits
+# players with their join tickets through LobbyGameServer, which reports
+# in-progress once all are in. It reports the match complete when the suite
+# creates --done-file (and passes once it has registered again for its next
+# match), or shuts down mid-match (a server restart) on --stop-file.
 extends "res://tests/harness.gd"
 
 var gs: Node
 var complete_sent := false
 var in_progress_ok := false
+var registrations := 0
 
 
 func setup() -> void:
@@ -15,16 +18,22 @@ func setup() -> void:
 	gs.lobby_url = args.get("lobby", "")
 	gs.server_key = args.get("key", "")
 	gs.server_id = args.get("server-id", "")
+	gs.instance_id = args.get("instance-id", "")
+	gs.heartbeat_interval = float(args.get("heartbeat", "5"))
 	root.add_child(gs)
 	gs.connect("player_admitted", self, "_on_admitted")
 	gs.connect("player_refused", self, "_on_refused")
 	gs.connect("player_disconnected", self, "_on_player_gone")
 	gs.connect("session_loaded", self, "_on_session_loaded")
 	gs.connect("reported", self, "_on_reported")
+	gs.connect("registered", self, "_on_registered")
+	gs.connect("session_assigned", self, "_on_assigned")
 	var port := int(args.get("port", "0"))
+	gs.connection_info = "127.0.0.1:%d" % port
 	if not check(gs.serve(port) == OK, "ENet server on port %d" % port):
 		return
 	say("SERVER_LISTENING port=%d" % port)
+	gs.register()
 
 
 func step(_delta: float) -> void:
@@ -55,8 +64,23 @@ func _on_refused(_peer_id: int, reason: String) -> void:
 
 
 func _on_reported(call: String, ok: bool, status: int) -> void:
+	if call == "heartbeat":
+		return  # several a second: SERVER_ASSIGNED says what they brought
 	say("SERVER_REPORTED call=%s ok=%s status=%d" % [call, ok, status])
 	if call == "in-progress":
 		in_progress_ok = check(ok, "in-progress report failed")
-	elif call == "complete" and check(ok, "complete report failed"):
+	elif call == "complete":
+		check(ok, "complete report failed")
+
+
+func _on_registered(ok: bool, status: int) -> void:
+	if not check(ok, "registration refused with %d" % status):
+		return
+	registrations += 1
+	say("SERVER_REGISTERED n=%d status=%d" % [registrations, status])
+	if complete_sent:
 		pass_with("SERVER_OK")
+
+
+func _on_assigned(session: Dictionary) -> void:
+	say("SERVER_ASSIGNED session=%s" % session["session_id"])

@@ -12,6 +12,12 @@ extends Node
 ## timed out) keeps the new link; the old one is dropped. report_in_progress() and
 ## report_complete() are the lobby's callbacks (POST /v1/sessions/{id}/in-progress
 ## and /complete, no body).
+## Its FleetIQ life goes through the lobby too, with no AWS SDK: register() when
+## ready (POST /v1/servers/register), a heartbeat every heartbeat_interval seconds
+## (POST /v1/servers/{id}/heartbeat) whose answer names the session to host
+## (session_assigned), and after complete (the lobby deregisters the server) or when
+## a heartbeat answers SERVER_NOT_REGISTERED (its session failed), register() again
+## for the next match (auto_reregister).
 ## Add the node to the tree before serve(): it uses the tree's `multiplayer`.
 
 signal session_loaded(session: Dictionary)
@@ -25,6 +31,13 @@ signal player_disconnected(peer_id: int, player_id: String)
 ## call: "in-progress", "complete" or "session"; status is the HTTP status (0 when
 ## the request could not be made).
 signal reported(call: String, ok: bool, status: int)
+## ok: registered (also on 409: a live session uses this server, e.g. after a
+## restart mid-match); status is the HTTP status (0: no answer).
+signal registered(ok: bool, status: int)
+## The heartbeat named a session for this server to host.
+signal session_assigned(session: Dictionary)
+## The match is over for this server: completed, or its session failed.
+signal match_ended()
 
 ## By path, not class_name: a dedicated server run headless from a fresh checkout
 ## has no editor class cache to resolve LobbyTicket from.
@@ -46,6 +59,16 @@ var ticket_timeout := 5.0
 var auto_in_progress := true
 ## The session this server serves; {} until known.
 var session: Dictionary = {}
+## FleetIQ registration through the lobby: the EC2 instance id ("i-" and 17
+## characters), what players connect to ("ip:port"), optional GameServerData.
+var instance_id: String = ""
+var connection_info: String = ""
+var server_data: String = ""
+## Seconds between heartbeats (FleetIQ deregisters a server silent for 60 s).
+var heartbeat_interval := 5.0
+## Register again after the match (complete, or the session failed).
+var auto_reregister := true
+var is_registered := false
 
 var _enet: ENetMultiplayerPeer = null
 var _scene_mp: SceneMultiplayer = null
@@ -61,6 +84,21 @@ var _players := {}
 var _connected := {}
 var _fetching := false
 var _in_progress_sent := false
+var _registering := false
+var _beating := false
+var _next_beat_msec := 0
+var _retry_register_msec := -1
+var _assigned_id := ""
+
+
+func _process(_delta: float) -> void:
+	var now := Time.get_ticks_msec()
+	if is_registered and not _beating and now >= _next_beat_msec:
+		_next_beat_msec = now + int(heartbeat_interval * 1000)
+		heartbeat()
+	if _retry_register_msec >= 0 and now >= _retry_register_msec:
+		_retry_register_msec = -1
+		register()
 
 
 ## Starts the ENet server on `port` with the ticket gate on. Returns OK or an Error.
@@ -123,6 +161,36 @@ func report_complete() -> void:
 		reported.emit("complete", false, 0)
 		return
 	_http(HTTPClient.METHOD_POST, "/v1/sessions/%s/complete" % sid.uri_encode(), "complete")
+
+
+## POST /v1/servers/register: ready for a match (RegisterGameServer, AVAILABLE).
+func register() -> void:
+	if _registering:
+		return
+	_registering = true
+	var body := {"server_id": server_id, "connection_info": connection_info}
+	if instance_id != "":
+		body["instance_id"] = instance_id
+	if server_data != "":
+		body["data"] = server_data
+	_http(HTTPClient.METHOD_POST, "/v1/servers/register", "register", body)
+
+
+## POST /v1/servers/{id}/heartbeat: health report; the answer names the session.
+func heartbeat() -> void:
+	if _beating:
+		return
+	_beating = true
+	_http(HTTPClient.METHOD_POST, "/v1/servers/%s/heartbeat" % server_id.uri_encode(),
+		"heartbeat", {})
+
+
+## POST /v1/servers/{id}/deregister: this server stops taking matches.
+func deregister() -> void:
+	is_registered = false
+	auto_reregister = false
+	_http(HTTPClient.METHOD_POST, "/v1/servers/%s/deregister" % server_id.uri_encode(),
+		"deregister", {})
 
 
 ## Whether the peer's ticket was accepted and its connection completed.
@@ -269,13 +337,17 @@ func _member_ids() -> Array:
 # --- the lobby's game-server HTTP API -------------------------------------------
 
 
-func _http(method: int, path: String, call_name: String) -> void:
+func _http(method: int, path: String, call_name: String, body: Variant = null) -> void:
 	var http := HTTPRequest.new()
 	http.timeout = HTTP_TIMEOUT
 	add_child(http)
 	http.request_completed.connect(_on_http_done.bind(http, call_name))
 	var headers := PackedStringArray(["Authorization: Bearer " + server_key])
-	var err := http.request(lobby_url.trim_suffix("/") + path, headers, method)
+	var data := ""
+	if body != null:
+		headers.append("Content-Type: application/json")
+		data = JSON.stringify(body)
+	var err := http.request(lobby_url.trim_suffix("/") + path, headers, method, data)
 	if err != OK:
 		http.queue_free()
 		_on_http_result(call_name, false, 0, {})
@@ -321,10 +393,66 @@ func _on_http_result(call_name: String, ok: bool, status: int, reply: Dictionary
 			elif not snapshot.is_empty():
 				session = snapshot
 			reported.emit(call_name, ok, status)
+		"register":
+			_on_registered(status, reply)
+			reported.emit(call_name, is_registered, status)
+		"heartbeat":
+			_on_heartbeat(ok, status, reply)
+			reported.emit(call_name, ok, status)
+		"complete":
+			reported.emit(call_name, ok, status)
+			if ok:
+				# The lobby deregistered this server: register again for the next match.
+				_end_match()
 		_:
 			if ok and not snapshot.is_empty():
 				session = snapshot
 			reported.emit(call_name, ok, status)
+
+
+func _error_code(reply: Dictionary) -> String:
+	var raw_error: Variant = reply.get("error")
+	return _text(raw_error, "code") if raw_error is Dictionary else ""
+
+
+func _on_registered(status: int, reply: Dictionary) -> void:
+	_registering = false
+	# 409: a live session uses this server (a restart mid-match): it is registered.
+	is_registered = status == 200 or (status == 409 and _error_code(reply) == "STATE_CONFLICT")
+	if is_registered:
+		_next_beat_msec = 0
+	elif status == 0 or status >= 500:
+		_retry_register_msec = Time.get_ticks_msec() + int(heartbeat_interval * 1000)
+	registered.emit(is_registered, status)
+
+
+func _on_heartbeat(ok: bool, status: int, reply: Dictionary) -> void:
+	_beating = false
+	if status == 404 and _error_code(reply) == "SERVER_NOT_REGISTERED":
+		# Deregistered by the lobby (its session failed, or no health reports).
+		if is_registered:
+			_end_match()
+		return
+	var raw: Variant = reply.get("session")
+	if not ok or not raw is Dictionary:
+		return
+	var assigned: Dictionary = raw
+	var sid := _text(assigned, "session_id")
+	if sid == _assigned_id:
+		return
+	_assigned_id = sid
+	_set_session(assigned)
+	session_assigned.emit(session)
+
+
+func _end_match() -> void:
+	is_registered = false
+	session = {}
+	_assigned_id = ""
+	_in_progress_sent = false
+	match_ended.emit()
+	if auto_reregister:
+		register()
 
 
 func _set_session(snapshot: Dictionary) -> void:

@@ -2,6 +2,11 @@
 # ENet, admits a peer only with a valid join ticket (checked offline with the
 # server key), learns its session from the lobby's game-server HTTP API by its
 # FleetIQ server id, and reports in-progress and complete.
+# Its FleetIQ life goes through the lobby too (no AWS SDK): register() when
+# ready, a heartbeat every heartbeat_interval seconds whose answer names the
+# session to host, and, after complete (the lobby deregisters the server) or
+# when the lobby says SERVER_NOT_REGISTERED (its session failed), register
+# again for the next match (auto_reregister).
 # Godot 3 edition; the Godot 4 one (clients/godot) has the same API.
 #
 # Godot 3 has no connection-level authentication: a peer is connected before
@@ -13,6 +18,13 @@ signal player_admitted(peer_id, player_id)
 signal player_refused(peer_id, reason)
 signal player_disconnected(peer_id, player_id)
 signal reported(call, ok, status)
+# ok: registered (also when the lobby answers 409: a live session uses this
+# server, e.g. after a restart mid-match); status is the HTTP status.
+signal registered(ok, status)
+# The heartbeat named a session for this server to host.
+signal session_assigned(session)
+# The match is over for this server: completed, or its session failed.
+signal match_ended()
 
 const LobbyTicketScript = preload("lobby_ticket.gd")
 const TicketGateScript = preload("ticket_gate.gd")
@@ -26,6 +38,20 @@ var ticket_timeout := 5.0
 var auto_in_progress := true
 var session := {}
 var peer: NetworkedMultiplayerENet = null
+# FleetIQ registration (through the lobby): the EC2 instance id, what players
+# connect to ("ip:port"), and optional GameServerData until claimed.
+var instance_id := ""
+var connection_info := ""
+var server_data := ""
+var heartbeat_interval := 5.0
+var auto_reregister := true
+var is_registered := false
+
+var _registering := false
+var _beating := false
+var _next_beat_msec := 0
+var _retry_register_msec := -1
+var _assigned_id := ""
 
 # peer id -> {"player_id": String, "admitted": bool, "since": msec}
 var _peers := {}
@@ -54,6 +80,12 @@ func serve(port: int, max_clients := 32) -> int:
 
 func _process(_delta: float) -> void:
 	var now := OS.get_ticks_msec()
+	if is_registered and not _beating and now >= _next_beat_msec:
+		_next_beat_msec = now + int(heartbeat_interval * 1000)
+		heartbeat()
+	if _retry_register_msec >= 0 and now >= _retry_register_msec:
+		_retry_register_msec = -1
+		register()
 	for peer_id in _peers.keys():
 		var info: Dictionary = _peers[peer_id]
 		if not info["admitted"] and not _dropping.has(peer_id):
@@ -152,6 +184,34 @@ func _everyone_admitted() -> bool:
 
 # lobby HTTP API --------------------------------------------------------------
 
+# POST /v1/servers/register: ready for a match (RegisterGameServer, AVAILABLE).
+func register() -> void:
+	if _registering:
+		return
+	_registering = true
+	var body := {"server_id": server_id, "connection_info": connection_info}
+	if instance_id != "":
+		body["instance_id"] = instance_id
+	if server_data != "":
+		body["data"] = server_data
+	_call("POST", "/v1/servers/register", "register", body)
+
+
+# POST /v1/servers/{id}/heartbeat: health report; the answer names the session.
+func heartbeat() -> void:
+	if _beating:
+		return
+	_beating = true
+	_call("POST", "/v1/servers/%s/heartbeat" % server_id.percent_encode(), "heartbeat", {})
+
+
+# POST /v1/servers/{id}/deregister: this server stops taking matches.
+func deregister() -> void:
+	is_registered = false
+	auto_reregister = false
+	_call("POST", "/v1/servers/%s/deregister" % server_id.percent_encode(), "deregister", {})
+
+
 func fetch_session() -> void:
 	if _fetching:
 		return
@@ -172,13 +232,17 @@ func _session_id() -> String:
 	return str(session.get("session_id", ""))
 
 
-func _call(method: String, path: String, what: String) -> void:
+func _call(method: String, path: String, what: String, body = null) -> void:
 	var http := HTTPRequest.new()
 	add_child(http)
 	http.connect("request_completed", self, "_on_http_done", [http, what])
 	var headers := PoolStringArray(["Authorization: Bearer " + server_key])
+	var data := ""
+	if body != null:
+		headers.append("Content-Type: application/json")
+		data = JSON.print(body)
 	var verb := HTTPClient.METHOD_GET if method == "GET" else HTTPClient.METHOD_POST
-	var err := http.request(lobby_url.trim_suffix("/") + path, headers, false, verb)
+	var err := http.request(lobby_url.trim_suffix("/") + path, headers, false, verb, data)
 	if err != OK:
 		http.queue_free()
 		_on_answer(what, 0, {})
@@ -212,7 +276,61 @@ func _on_answer(what: String, status: int, payload: Dictionary) -> void:
 		_recheck_waiting(ok or no_session)
 	elif what == "in-progress" and not ok:
 		_in_progress_reported = false
+	elif what == "register":
+		_on_registered(status, payload)
+	elif what == "heartbeat":
+		_on_heartbeat(ok, status, payload)
+	elif what == "complete" and ok:
+		# The lobby deregistered this server: register again for the next match.
+		_end_match()
 	emit_signal("reported", what, ok, status)
+
+
+func _error_code(payload: Dictionary) -> String:
+	var error = payload.get("error")
+	if typeof(error) == TYPE_DICTIONARY:
+		return str(error.get("code", ""))
+	return ""
+
+
+func _on_registered(status: int, payload: Dictionary) -> void:
+	_registering = false
+	# 409: a live session uses this server (a restart mid-match): it is registered.
+	is_registered = status == 200 or (status == 409 and _error_code(payload) == "STATE_CONFLICT")
+	if is_registered:
+		_next_beat_msec = 0
+	elif status == 0 or status >= 500:
+		_retry_register_msec = OS.get_ticks_msec() + int(heartbeat_interval * 1000)
+	emit_signal("registered", is_registered, status)
+
+
+func _on_heartbeat(ok: bool, status: int, payload: Dictionary) -> void:
+	_beating = false
+	if status == 404 and _error_code(payload) == "SERVER_NOT_REGISTERED":
+		# Deregistered by the lobby (its session failed, or no health reports).
+		if is_registered:
+			_end_match()
+		return
+	if not ok or typeof(payload.get("session")) != TYPE_DICTIONARY:
+		return
+	var assigned: Dictionary = payload["session"]
+	var sid := str(assigned.get("session_id", ""))
+	if sid == _assigned_id:
+		return
+	_assigned_id = sid
+	session = assigned
+	emit_signal("session_loaded", session)
+	emit_signal("session_assigned", session)
+
+
+func _end_match() -> void:
+	is_registered = false
+	session = {}
+	_assigned_id = ""
+	_in_progress_reported = false
+	emit_signal("match_ended")
+	if auto_reregister:
+		register()
 
 
 func _recheck_waiting(lobby_answered: bool) -> void:
