@@ -221,3 +221,26 @@ async def test_a_crashed_godot_guest_restarts_into_its_running_match(
     assert gone < second
     # The host never saw the guest leave: its seat was held through the crash.
     assert not [line for line in m.host.lines if line.startswith("HOST_PLAYER_LEFT")]
+
+
+async def test_a_godot_server_whose_session_failed_registers_again(
+    make_node, redis_url: str, fleetiq_local: FleetIQProcess, tmp_path: Path, connect_player
+) -> None:
+    """Everyone leaves while CONNECTING: the lobby deregisters the server, whose next
+    heartbeat answers SERVER_NOT_REGISTERED; it ends the match and registers again."""
+    node = await make_node(redis_url=redis_url, fleetiq_group=group_for(tmp_path),
+                           aws_endpoint_url=fleetiq_local.url, server_key=KEY)
+    async with godot_runner(tmp_path) as godot:
+        server = await start_server(
+            godot, "game-server", port=free_udp_port(), lobby=f"http://127.0.0.1:{node.port}",
+            key=KEY, server_id="godot-gs-2", instance_id=instance_id(2), heartbeat=0.3,
+            done_file=tmp_path / "never", registrations=2)
+        assert value(await server.expect("SERVER_REGISTERED n=1"), "status") == "200"
+        host = await connect_player(node, "host")
+        sid = (await host.ok("create_session"))["session"]["session_id"]
+        assert (await host.ok("start_session"))["session"]["server_id"] == "godot-gs-2"
+        assert value(await server.expect("SERVER_ASSIGNED"), "session") == sid
+        await host.ok("leave_session")
+        await server.expect("SERVER_MATCH_ENDED")
+        assert value(await server.expect("SERVER_REGISTERED n=2"), "status") == "200"
+        await server.passes("SERVER_OK")

@@ -28,6 +28,7 @@ func setup() -> void:
 	gs.connect("reported", self, "_on_reported")
 	gs.connect("registered", self, "_on_registered")
 	gs.connect("session_assigned", self, "_on_assigned")
+	gs.connect("match_ended", self, "_on_match_ended")
 	var port := int(args.get("port", "0"))
 	gs.connection_info = "127.0.0.1:%d" % port
 	if not check(gs.serve(port) == OK, "ENet server on port %d" % port):
@@ -78,8 +79,14 @@ func _on_registered(ok: bool, status: int) -> void:
 		return
 	registrations += 1
 	say("SERVER_REGISTERED n=%d status=%d" % [registrations, status])
-	if complete_sent:
+	# --registrations=N: pass once registered N times (a session that failed).
+	var wanted := int(args.get("registrations", "0"))
+	if complete_sent or (wanted > 0 and registrations >= wanted):
 		pass_with("SERVER_OK")
+
+
+func _on_match_ended() -> void:
+	say("SERVER_MATCH_ENDED")
 
 
 func _on_assigned(session: Dictionary) -> void:
