@@ -111,6 +111,12 @@ JS_API = """async () => {
   const updated = guest.nextEvent("session_updated");
   await host.updateSession({ attributes: { mode: "ctf" } });
   out.guestMirror = (await updated, guest.session.attributes);
+  const readied = host.nextEvent("player_ready");
+  await guest.setReady(true);
+  out.ready = (await readied).player_id === guest.playerId;
+  const said = guest.nextEvent("chat_message");
+  await host.sendChat("gl hf");
+  out.chat = [(await said).text, (await guest.chatHistory()).map((c) => c.text)];
   const promoted = guest.nextEvent("host_changed");
   await host.promotePlayer(guest.playerId);
   await promoted;
@@ -137,7 +143,8 @@ async def test_lobby_js_api_in_the_browser(node, browser) -> None:  # noqa: F811
     await page.goto(f"http://127.0.0.1:{node.port}/play/")
     out = await page.evaluate(JS_API)
     assert out == {
-        "joined": True, "hostSeesTwo": 2, "listed": 1,
+        "joined": True, "hostSeesTwo": 2, "listed": 1, "ready": True,
+        "chat": ["gl hf", ["gl hf"]],
         "guestMirror": {"map": "dust", "mode": "ctf"}, "guestIsHost": True,
         "notHost": "NOT_HOST", "endpoint": ["127.0.0.1:6060"] * 3,
         "ticket": "TICKETS_DISABLED", "hostAfterLeave": None,
