@@ -20,7 +20,13 @@ async def test_unlisted_room_join_by_code_and_settings(node, connect_player,
         browser = await connect_player(node, "browser")
         assert (await browser.ok("list_sessions"))["sessions"] == []  # unlisted
 
+        # 70 listed rooms of ~2 KiB each: one page is over 64 KiB.
+        fat = {f"k{i:02d}": "é" * 60 + f"{i:04d}" for i in range(16)}
+        for i in range(70):
+            other = await connect_player(node, f"h{i}")
+            await other.ok("create_session", attributes=fat)
         guest = await godot.run("lobbydata.gd", "guest", url=url, mode="guest", code=code)
+        assert await guest.expect("GUEST_LISTED ") == "GUEST_LISTED sessions=70 attributes=16"
         joined = await guest.expect("GUEST_JOINED ")
         assert value(joined, "code") == code
         assert value(await host.expect("HOST_SAW_JOIN "), "name") == "guest"

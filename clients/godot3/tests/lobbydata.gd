@@ -30,6 +30,13 @@ func _on_connected() -> void:
 		say("HOST_CODE code=%s visibility=%s map=%s" % [sm.session["join_code"],
 				sm.session["visibility"], sm.session["attributes"]["map"]])
 		return
+	# A full page of sessions with every attribute set: more than the engine's
+	# default 64 KiB inbound buffer.
+	reply = yield(sm.list_sessions(100, "", {"sort": "oldest"}), "completed")
+	if not check(reply.get("ok", false), "list_sessions: %s" % reply):
+		return
+	say("GUEST_LISTED sessions=%d attributes=%d" % [reply["sessions"].size(),
+			reply["sessions"][0]["attributes"].size()])
 	var code: String = args.get("code", "")
 	var typed := code.substr(0, 3).to_lower() + "-" + code.substr(3, 3).to_lower()
 	reply = yield(sm.join_by_code(typed), "completed")

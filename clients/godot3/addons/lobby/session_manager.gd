@@ -153,6 +153,9 @@ func disconnect_from_lobby() -> void:
 
 func _open_socket() -> int:
 	_ws = WebSocketClient.new()
+	# Room for a list_sessions page of 100 full sessions with attributes (the
+	# default inbound buffer is 64 KiB): 4 MiB in, 64 KiB out.
+	_ws.set_buffers(4096, 1024, 64, 1024)
 	_ws.connect("connection_established", self, "_on_established")
 	_ws.connect("connection_closed", self, "_on_closed")
 	_ws.connect("connection_error", self, "_on_error")
