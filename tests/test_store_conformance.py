@@ -166,10 +166,12 @@ class RedisHarness(Harness):
         await asyncio.wait_for(fut, 5)
 
     async def until_player_expired(self, player_id: str) -> None:
-        key = f"{self.prefix}p:{player_id}"
+        await self.until_key_expired(f"{self.prefix}p:{player_id}")
+
+    async def until_key_expired(self, key: str) -> None:
         async with asyncio.timeout(5):
             # PTTL is -2 once the key is gone; reading a key past its deadline
-            # expires it at once, so this polls for about the remaining TTL.
+            # expires it at once, so this sleeps for about the remaining TTL.
             while (ttl := await self.client.pttl(key)) != -2:
                 assert ttl != -1, f"{key} has no expiry, so it would never go"
                 await asyncio.sleep(max(ttl, 1) / 1000)
@@ -1801,10 +1803,7 @@ async def test_rebuild_lease_is_exclusive_and_taken_over_when_it_runs_out(
     # a stalls; its lease runs out and b takes over, keeping what a restored.
     assert await h.store.take_restore_lease("a", 1) == RestoreLease(None, True)
     lease = f"{h.prefix}rebuild"
-    async with asyncio.timeout(5):
-        while (ttl := await h.client.pttl(lease)) != -2:
-            assert ttl != -1, "the lease must have a TTL"
-            await asyncio.sleep(max(ttl, 1) / 1000)
+    await h.until_key_expired(lease)
     assert await h.store.take_restore_lease("b", 60_000) == RestoreLease(None, True)
     assert await h.store.restore_batch("a", first[1], HOLD, 60_000, T0 + 12) is None
     assert [await h.store.restore_batch("b", b, HOLD, 60_000, T0 + 12) for b in rest] == [1, 1]
