@@ -238,7 +238,8 @@ class OpsAPI:
             return error_reply(409, "STATE_CONFLICT",
                                "the host cannot be kicked: close the session instead")
         # The host's own kick: the same rules (WAITING rooms) and the same events.
-        after = await self.node.store.kick(rec["host"], player_id, now_ms())
+        after = await self.node.store.kick(rec["host"], player_id, now_ms(),
+                                           session_id=session_id)
         self.node.lobby.changed(after)
         log.info("admin kicked %s from session %s", player_id, session_id,
                  extra=fields(session=session_id, player=player_id, reason="kicked"))

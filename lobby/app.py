@@ -92,8 +92,8 @@ class LobbyNode:
             except ValueError as err:
                 raise StartupError(f"--redis-url (LOBBY_REDIS_URL): {err}", 2) from err
             self._redis = aioredis.Redis(connection_pool=pool)
-            self.store = RedisStore(self._redis, settings.redis_prefix)
-            self.bus = RedisBus(self._redis, settings.redis_prefix)
+            self.store = RedisStore(self._redis, settings.redis_prefix, settings.redis_buckets)
+            self.bus = RedisBus(self._redis, self.store.keys)
         else:
             memory_bus = MemoryBus()
             self.store = MemoryStore(memory_bus.publish)

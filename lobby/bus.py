@@ -18,6 +18,8 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
+from lobby.store.keys import Keys
+
 log = logging.getLogger("lobby.bus")
 
 Handler = Callable[[bytes | str], None]
@@ -79,9 +81,9 @@ class RedisBus:
     local member followed at once by a new local join must end subscribed.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "lobby:") -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self._client = client
-        self._prefix = prefix
+        self._keys = keys
         self._pubsub: PubSub | None = None
         self._handler: Handler | None = None
         self._task: asyncio.Task[None] | None = None
@@ -97,11 +99,11 @@ class RedisBus:
         self.on_restored: Callable[[], None] | None = None
 
     def _channel(self, session_id: str) -> str:
-        return f"{self._prefix}ev:{session_id}"
+        return self._keys.channel(session_id)
 
     async def start(self, node_id: str, handler: Handler) -> None:
         self._handler = handler
-        self._node_channel = f"{self._prefix}node:{node_id}"
+        self._node_channel = self._keys.node_channel(node_id)
         await self._connect()
         self._task = asyncio.create_task(self._listen(), name="lobby-bus")
         self._writer_task = asyncio.create_task(self._write(), name="lobby-bus-writer")
@@ -110,7 +112,7 @@ class RedisBus:
         """Open the connection subscribed to every wanted channel; returns those."""
         channels = set(self._wanted)
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self._node_channel, *channels)
+        await pubsub.ssubscribe(self._node_channel, *channels)
         self._pubsub = pubsub
         self._ready.set()
         return channels
@@ -138,9 +140,9 @@ class RedisBus:
                 continue  # the rebuilt connection subscribes to exactly what is wanted
             try:
                 if subscribe:
-                    await pubsub.subscribe(channel)
+                    await pubsub.ssubscribe(channel)
                 else:
-                    await pubsub.unsubscribe(channel)
+                    await pubsub.sunsubscribe(channel)
             except Exception as exc:  # the listener is rebuilding the connection
                 log.debug("pub/sub command on %s failed: %s", channel, exc)
 
@@ -174,10 +176,10 @@ class RedisBus:
                     if msg is None:
                         continue
                     kind = msg[0]
-                    if kind == b"message":
+                    if kind == b"smessage":
                         if self._handler is not None:
                             self._handler(msg[2])
-                    elif kind == b"subscribe":
+                    elif kind == b"ssubscribe":
                         self._confirm(msg[1])
             except asyncio.CancelledError:
                 raise

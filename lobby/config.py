@@ -11,6 +11,9 @@ class Settings:
     port: int = 8080
     redis_url: str | None = None  # None: embedded mode (state in process memory)
     redis_prefix: str = "lobby:"
+    # Session buckets (lobby/store/keys.py): fixed for a deployment; more than the
+    # masters of a Redis Cluster (e.g. 4 per master) so sessions spread over them.
+    redis_buckets: int = 1
     game_server: str = "127.0.0.1:6060"  # static allocator's endpoint
     seat_hold_seconds: float = 60.0
     max_message_bytes: int = 64 * 1024

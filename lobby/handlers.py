@@ -575,14 +575,15 @@ class Lobby:
     async def leave_session(self, client: Client, req: p.LeaveSession) -> Result:
         assert client.player_id is not None
         sid = client.session_id
-        change = await self.store.leave_session(client.player_id, now_ms())
+        change = await self.store.leave_session(client.player_id, now_ms(), session_id=sid)
         await self.hub.detach(sid, client)
         self._on_change(change)
         return {}, None
 
     async def kick_player(self, client: Client, req: p.KickPlayer) -> Result:
         assert client.player_id is not None
-        rec = await self.store.kick(client.player_id, req.player_id, now_ms(), ban=bool(req.ban))
+        rec = await self.store.kick(client.player_id, req.player_id, now_ms(), ban=bool(req.ban),
+                                    session_id=client.session_id)
         self.changed(rec)
         return {}, None
 
@@ -612,26 +613,28 @@ class Lobby:
             changes["minp"] = req.min_players
         rec = await self.store.update_session(
             client.player_id, changes, now_ms(), indexed=self.settings.indexed_attributes,
-            attribute_limit=p.MAX_SESSION_ATTRIBUTES)
+            attribute_limit=p.MAX_SESSION_ATTRIBUTES, session_id=client.session_id)
         self.changed(rec)
         return {"session": public_session(rec, member=True)}, None
 
     async def update_player(self, client: Client, req: p.UpdatePlayer) -> Result:
         assert client.player_id is not None
         rec = await self.store.update_player(
-            client.player_id, req.attributes, now_ms(), attribute_limit=p.MAX_PLAYER_ATTRIBUTES)
+            client.player_id, req.attributes, now_ms(), attribute_limit=p.MAX_PLAYER_ATTRIBUTES,
+            session_id=client.session_id)
         self.changed(rec)
         return {}, None
 
     async def promote_player(self, client: Client, req: p.PromotePlayer) -> Result:
         assert client.player_id is not None
-        rec = await self.store.promote(client.player_id, req.player_id, now_ms())
+        rec = await self.store.promote(client.player_id, req.player_id, now_ms(),
+                                       session_id=client.session_id)
         self.changed(rec)
         return {}, None
 
     async def start_session(self, client: Client, req: p.StartSession) -> Result:
         assert client.player_id is not None
-        rec = await self.store.begin_start(client.player_id, now_ms())
+        rec = await self.store.begin_start(client.player_id, now_ms(), session_id=client.session_id)
         sid = rec["id"]
         self.changed(rec)
         claim_started = time.perf_counter()
@@ -686,7 +689,8 @@ class Lobby:
 
     async def set_ready(self, client: Client, req: p.SetReady) -> Result:
         assert client.player_id is not None
-        rec = await self.store.set_ready(client.player_id, req.ready, now_ms())
+        rec = await self.store.set_ready(client.player_id, req.ready, now_ms(),
+                                         session_id=client.session_id)
         self.changed(rec)
         return {}, None
 

@@ -97,6 +97,16 @@ def public_session(
     }
 
 
+def bus_view(rec: SessionRecord | dict[str, Any]) -> dict[str, Any]:
+    """What an event on the bus carries of the record (mirrors bus_view in
+    prelude.lua): everything clients see, never a token or password hash."""
+    out = {k: v for k, v in rec.items() if k not in ("conns", "ix", "bans")}
+    if rec.get("pw") is not None:
+        out["pw"] = {}
+    out["members"] = [{k: v for k, v in m.items() if k != "tokh"} for m in rec["members"]]
+    return out
+
+
 def hold_until(member: Member | dict[str, Any]) -> float | None:
     """Unix seconds at which a dropped member's seat is given up, or None
     (connected, or held for the session's life)."""

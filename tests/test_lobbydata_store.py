@@ -1,3 +1,4 @@
+
 """Lobby data in both stores: settings updates, attributes, visibility, lock,
 join codes, bans and host promotion (the conformance harness of
 test_store_conformance: every test runs against MemoryStore and RedisStore)."""
@@ -8,6 +9,7 @@ import pytest
 
 from lobby.errors import ErrorCode
 from lobby.protocol import attr_value
+from lobby.session import bus_view
 from tests.test_store_conformance import (
     PW,
     T0,
@@ -41,7 +43,8 @@ async def test_update_session_is_host_only_in_waiting_and_publishes(store: Harne
     assert rec["attrs"] == {"mode": "ctf", "map": "dust", "ranked": False}
     assert (rec["v"], rec["updated"], rec["active"]) == (4, T0 + 3, T0 + 3)
     assert await h.store.get_session("s1") == rec
-    assert await h.drain(1) == [("s1", {"e": "session_updated", "sid": "s1", "v": 4, "s": rec})]
+    assert await h.drain(1) == [("s1", {"e": "session_updated", "sid": "s1", "v": 4,
+        "s": bus_view(rec)})]
 
     # password None removes it; an update of nothing still versions the session
     rec = await h.store.update_session("alice", {"pw": None}, T0 + 4)
@@ -150,7 +153,7 @@ async def test_promote_player(store: Harness) -> None:
     rec = await h.store.promote("alice", "bob", T0 + 3)
     assert (rec["host"], rec["v"], ids(rec)) == ("bob", 3, ["alice", "bob"])
     assert await h.drain(1) == [
-        ("s1", {"e": "host_changed", "host_id": "bob", "sid": "s1", "v": 3, "s": rec})]
+        ("s1", {"e": "host_changed", "host_id": "bob", "sid": "s1", "v": 3, "s": bus_view(rec)})]
     await fails(ErrorCode.NOT_HOST, h.store.kick("alice", "bob", T0 + 4))
     # Any state: the host of a running match may hand it on.
     await h.store.begin_start("bob", T0 + 5)
@@ -168,7 +171,7 @@ async def test_update_player_attributes(store: Harness) -> None:
     assert rec["members"][1]["attrs"] == {"team": "red", "level": 7}
     assert rec["members"][0]["attrs"] == {}
     assert await h.drain(1) == [("s1", {
-        "e": "player_updated", "player_id": "bob", "sid": "s1", "v": 3, "s": rec})]
+        "e": "player_updated", "player_id": "bob", "sid": "s1", "v": 3, "s": bus_view(rec)})]
     rec = await h.store.update_player("bob", {"team": None, "ready": True}, T0 + 3)
     assert rec["members"][1]["attrs"] == {"level": 7, "ready": True}
     err = await fails(ErrorCode.BAD_REQUEST, h.store.update_player(
@@ -187,7 +190,7 @@ async def test_restore_brings_codes_and_indexes_back(store: Harness) -> None:
     rec = await h.store.create_session("alice", "s1", "", 4, None, T0, codes=["RESTOR"],
                                        attributes={"mode": "ctf"})
     client = h.client  # type: ignore[attr-defined]
-    prefix = h.prefix  # type: ignore[attr-defined]
+    prefix = h.store.keys.bucket_prefix(0)  # type: ignore[attr-defined]
     assert await client.zrange(f"{prefix}ix:mode=s:ctf", 0, -1) == [b"s1"]
     await client.flushdb()
     assert await h.store.restore("gen-1", [rec], 30_000, T0 + 1) == ("gen-1", 1)

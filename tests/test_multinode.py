@@ -8,6 +8,7 @@ from collections import Counter
 import redis.asyncio as aioredis
 
 from lobby.errors import ErrorCode, LobbyError
+from lobby.store.keys import Keys
 from lobby.store.redis import RedisStore
 
 
@@ -43,9 +44,10 @@ async def test_nodes_subscribe_only_to_their_sessions(make_node, redis_url, conn
     sid_a = (await a.ok("create_session"))["session"]["session_id"]
     sid_b = (await b.ok("create_session"))["session"]["session_id"]
     client = aioredis.from_url(redis_url)
-    channels = {c.decode() for c in await client.pubsub_channels("lobby:ev:*")}
+    channels = {c.decode() for c in await client.pubsub_shardchannels("lobby:*:ev:*")}
     await client.aclose()
-    assert channels == {f"lobby:ev:{sid_a}", f"lobby:ev:{sid_b}"}
+    keys = Keys("lobby:")
+    assert channels == {keys.channel(sid_a), keys.channel(sid_b)}
     assert n1.hub.session_count == 1 and n2.hub.session_count == 1
     # Leaving drops the subscription (the node no longer receives that session).
     await a.ok("leave_session")

@@ -312,7 +312,7 @@ async def test_redis_indexes_hold_exactly_the_listed_sessions(store: Harness) ->
     await pop.create(150)
     await pop.churn(set(), 300)
     client = h.client  # type: ignore[attr-defined]
-    prefix = h.prefix  # type: ignore[attr-defined]
+    prefix = h.store.keys.bucket_prefix(0)  # type: ignore[attr-defined]
     records = await pop.records()
     listed = {r["id"]: r for r in records if brute_match(r, {})}
     want: dict[str, set[str]] = {}

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import attr_value
-from lobby.session import Member, PasswordHash, SessionRecord
+from lobby.session import Member, PasswordHash, SessionRecord, bus_view
 from lobby.store.base import (
     Change,
     GuessLimits,
@@ -66,7 +66,13 @@ class Harness:
         self._arrived = asyncio.Event()
 
     def _collect(self, channel: str, message: str | bytes) -> None:
-        self.events.append((channel, json.loads(message)))
+        ev = json.loads(message)
+        # Compared as the bus carries them: the Redis store publishes the record's
+        # bus view (no token or password hashes); the memory store, whose events
+        # never leave the process, the whole record.
+        if isinstance(ev.get("s"), dict):
+            ev["s"] = bus_view(ev["s"])
+        self.events.append((channel, ev))
         self._arrived.set()
 
     async def wait_events(self, n: int, timeout: float = 5.0) -> None:
@@ -116,45 +122,92 @@ class MemoryHarness(Harness):
         self._collect(channel, message)
 
 
+# Sharded pub/sub has no pattern subscription: the harness subscribes to the
+# channels of the nodes the tests use up front, and to each session's as it
+# appears (watch()); a few session ids up front for tests that write records
+# themselves.
+WATCHED_SESSIONS = [f"s{i}" for i in range(10)]
+WATCHED_NODES = [f"n{i}" for i in range(10)] + ["eu.west", "eu"]
+
+
 class RedisHarness(Harness):
     kind = "redis"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, buckets: int = 1) -> None:
         super().__init__()
         self.epoch = None  # a fresh prefix has no epoch key until a restore sets it
         self.client = aioredis.from_url(url)
         # A unique prefix proves the store confines itself to the prefix it is given.
         self.prefix = f"conf-{uuid.uuid4().hex[:8]}:"
-        self.store = RedisStore(self.client, self.prefix)
+        self.store = RedisStore(self.client, self.prefix, buckets)
+        keys = self.store.keys
+        self._channels = {keys.channel(sid).encode(): sid for sid in WATCHED_SESSIONS}
+        self._channels.update(
+            {keys.node_channel(node).encode(): f"node:{node}" for node in WATCHED_NODES})
+        self._fence_channel = f"{self.prefix}fence"
         self._pubsub = self.client.pubsub()
         self._reader: asyncio.Task[None] | None = None
         self._fences: dict[str, asyncio.Future[None]] = {}
+        self._confirm: dict[bytes, asyncio.Future[None]] = {}
+        # Sessions made by the test are watched as they appear (create publishes
+        # nothing, so nothing of theirs is missed), restored ones before restoring.
+        create, restore, restore_batch = (
+            self.store.create_session, self.store.restore, self.store.restore_batch)
+
+        async def watched_create(*args: Any, **kwargs: Any) -> Any:
+            rec = await create(*args, **kwargs)
+            await self.watch(rec["id"])
+            return rec
+
+        async def watched_restore(epoch: str, records: Any, *args: Any) -> Any:
+            for rec in records:
+                await self.watch(rec["id"])
+            return await restore(epoch, records, *args)
+
+        async def watched_batch(owner: str, batch: str, *args: Any) -> Any:
+            for rec in json.loads(batch):
+                await self.watch(rec["id"])
+            return await restore_batch(owner, batch, *args)
+
+        self.store.create_session = watched_create  # type: ignore[method-assign]
+        self.store.restore = watched_restore  # type: ignore[method-assign]
+        self.store.restore_batch = watched_batch  # type: ignore[method-assign]
+
+    async def watch(self, session_id: str) -> None:
+        channel = self.store.keys.channel(session_id).encode()
+        if channel in self._channels:
+            return
+        self._channels[channel] = session_id
+        fut = self._confirm[channel] = asyncio.get_running_loop().create_future()
+        await self._pubsub.ssubscribe(channel)
+        await asyncio.wait_for(fut, 5)
 
     async def open(self) -> None:
-        await self._pubsub.psubscribe(f"{self.prefix}*")
-        # Events published before Redis confirms the pattern would be lost.
+        await self._pubsub.ssubscribe(self._fence_channel, *self._channels)
+        # Events published before Redis confirms the subscriptions would be lost.
+        confirmed = 0
         async with asyncio.timeout(5):
-            while True:
+            while confirmed < len(self._channels) + 1:
                 msg = await self._pubsub.get_message(timeout=1.0)
-                if msg is not None and msg["type"] == "psubscribe":
-                    break
+                if msg is not None and msg["type"] == "ssubscribe":
+                    confirmed += 1
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         async for msg in self._pubsub.listen():
-            if msg["type"] != "pmessage":
+            if msg["type"] == "ssubscribe":
+                fut = self._confirm.pop(msg["channel"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
                 continue
-            rest = msg["channel"].decode()[len(self.prefix):]
-            if rest == "fence":
+            if msg["type"] != "smessage":
+                continue
+            if msg["channel"].decode() == self._fence_channel:
                 fut = self._fences.pop(msg["data"].decode(), None)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
-            elif rest.startswith("ev:"):
-                self._collect(rest[3:], msg["data"])
             else:
-                # "node:<id>" already has the memory form; anything else is left
-                # as it came so that a stray channel shows up in an assertion.
-                self._collect(rest, msg["data"])
+                self._collect(self._channels[msg["channel"]], msg["data"])
 
     async def fence(self) -> None:
         # Redis delivers one subscriber's messages in publish order, so once our
@@ -162,11 +215,11 @@ class RedisHarness(Harness):
         token = uuid.uuid4().hex
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._fences[token] = fut
-        await self.client.publish(f"{self.prefix}fence", token)
+        await self.client.spublish(self._fence_channel, token)
         await asyncio.wait_for(fut, 5)
 
     async def until_player_expired(self, player_id: str) -> None:
-        await self.until_key_expired(f"{self.prefix}p:{player_id}")
+        await self.until_key_expired(self.store.keys.player(player_id))
 
     async def until_key_expired(self, key: str) -> None:
         async with asyncio.timeout(5):
@@ -315,7 +368,8 @@ async def test_join(store: Harness) -> None:
     assert (rec["host"], rec["state"], rec["v"], rec["created"], rec["updated"], rec["active"]) == (
         "alice", "WAITING", 2, T0, T0 + 100, T0 + 100)
     assert await h.drain(1) == [("s1", {
-        "e": "player_joined", "player_id": "bob", "name": "Bob", "sid": "s1", "v": 2, "s": rec,
+        "e": "player_joined", "player_id": "bob", "name": "Bob", "sid": "s1", "v": 2,
+            "s": bus_view(rec),
     })]
 
     await fails(ErrorCode.SESSION_NOT_FOUND, h.store.join_session("carol", "nope", None, T0))
@@ -358,7 +412,8 @@ async def test_join_password(store: Harness) -> None:
     rec = await h.store.join_session("bob", "s1", need.value.pw, T0 + 3)
     assert ids(rec) == ["alice", "bob"] and rec["pw"] == PW and rec["v"] == 2
     assert await h.drain(1) == [("s1", {
-        "e": "player_joined", "player_id": "bob", "name": "Bob", "sid": "s1", "v": 2, "s": rec,
+        "e": "player_joined", "player_id": "bob", "name": "Bob", "sid": "s1", "v": 2,
+            "s": bus_view(rec),
     })]
     # Capacity is checked before the password, so a full room never asks for one.
     await fails(ErrorCode.SESSION_FULL, h.store.join_session("carol", "s1", None, T0 + 4))
@@ -457,8 +512,8 @@ async def test_leave_migrates_host_to_longest_present_and_deletes_with_last(
     assert (rec["host"], rec["v"], rec["updated"]) == ("carol", 6, T0 + 5)
     assert await h.drain(2) == [
         ("s1", {"e": "player_left", "player_id": "alice", "reason": "left",
-                "sid": "s1", "v": 6, "s": rec}),
-        ("s1", {"e": "host_changed", "host_id": "carol", "sid": "s1", "v": 6, "s": rec}),
+                "sid": "s1", "v": 6, "s": bus_view(rec)}),
+        ("s1", {"e": "host_changed", "host_id": "carol", "sid": "s1", "v": 6, "s": bus_view(rec)}),
     ]
 
     change = await h.store.leave_session("carol", T0 + 6)
@@ -506,7 +561,8 @@ async def test_kick(store: Harness) -> None:
     assert rec["members"] == [member("alice", T0), member("carol", T0 + 2)]
     assert (rec["host"], rec["v"]) == ("alice", 4)
     assert await h.drain(1) == [("s1", {
-        "e": "player_left", "player_id": "bob", "reason": "kicked", "sid": "s1", "v": 4, "s": rec,
+        "e": "player_left", "player_id": "bob", "reason": "kicked", "sid": "s1", "v": 4,
+            "s": bus_view(rec),
     })]
 
     # The kicked player is free again: he can join another session.
@@ -568,7 +624,7 @@ async def test_begin_start_is_host_only_and_exactly_once(store: Harness) -> None
         "CONNECTING", "gs-1", "10.0.0.7:7777", 4, T0 + 10)
     assert await h.drain(1) == [("s1", {
         "e": "session_started", "server_id": "gs-1", "server_endpoint": "10.0.0.7:7777",
-        "sid": "s1", "v": 4, "s": done,
+        "sid": "s1", "v": 4, "s": bus_view(done),
     })]
 
     assert await h.store.finish_start("s1", "gs-2", "10.0.0.8:7777", T0 + 21) is None
@@ -600,7 +656,7 @@ async def test_fail_start_returns_to_waiting(store: Harness) -> None:
     assert (await h.drain(2))[1] == ("s1", {
         "e": "session_start_failed",
         "error": {"code": "NO_SERVER_AVAILABLE", "message": "no game server is available"},
-        "sid": "s1", "v": 4, "s": back,
+        "sid": "s1", "v": 4, "s": bus_view(back),
     })
     assert await h.store.fail_start("s1", "NO_SERVER_AVAILABLE", "again", T0 + 5, HOLD) is None
 
@@ -636,7 +692,7 @@ async def test_capacity_race(store: Harness) -> None:
     assert [ev["player_id"] for _, ev in events] == ids(final)[1:]
     for _, ev in events:
         assert ev["e"] == "player_joined" and len(ev["s"]["members"]) == ev["v"]
-        assert winners[ev["player_id"]] == ev["s"]
+        assert bus_view(winners[ev["player_id"]]) == ev["s"]
     # A refused join leaves no trace: a loser is still free to create a session.
     loser = next(pid for pid in joiners if pid not in winners)
     assert (await h.store.create_session(loser, "s2", "", 4, None, T0 + 200))["host"] == loser
@@ -662,7 +718,7 @@ async def test_seat_hold_expires_and_moves_host(store: Harness) -> None:
     assert await h.store.get_session("s1") == held
     assert await h.drain(1) == [
         ("s1", {"e": "player_disconnected", "player_id": "alice",
-                "hold_until": (T0 + 10 + HOLD) / 1000, "sid": "s1", "v": 3, "s": held})]
+                "hold_until": (T0 + 10 + HOLD) / 1000, "sid": "s1", "v": 3, "s": bus_view(held)})]
 
     changes = await sweep(h, T0 + 10 + HOLD)
     after = await h.store.get_session("s1")
@@ -672,8 +728,8 @@ async def test_seat_hold_expires_and_moves_host(store: Harness) -> None:
         ["bob"], "bob", 4, T0 + 10 + HOLD)
     assert await h.drain(2) == [
         ("s1", {"e": "player_left", "player_id": "alice", "reason": "timeout",
-                "sid": "s1", "v": 4, "s": after}),
-        ("s1", {"e": "host_changed", "host_id": "bob", "sid": "s1", "v": 4, "s": after}),
+                "sid": "s1", "v": 4, "s": bus_view(after)}),
+        ("s1", {"e": "host_changed", "host_id": "bob", "sid": "s1", "v": 4, "s": bus_view(after)}),
     ]
     assert (await h.store.stats())["held_seats"] == 0
     # The player went with the seat: the old token resumes nothing.
@@ -749,7 +805,7 @@ async def test_resume_before_deadline_cancels_hold(store: Harness) -> None:
     assert summary(events) == [("s1", "player_joined", 2), ("s1", "player_disconnected", 3),
                                ("s1", "player_reconnected", 4)]
     assert events[2][1] == {"e": "player_reconnected", "player_id": "bob", "sid": "s1", "v": 4,
-                            "s": session}
+                            "s": bus_view(session)}
 
 
 async def test_disconnect_of_a_stale_conn_is_a_no_op(store: Harness) -> None:
@@ -871,7 +927,7 @@ async def test_sessionless_disconnected_player_expires(store: Harness) -> None:
     assert res == ResumeResult(PlayerInfo("bob", "Bob", None), None)
     assert await sweep(h, T0 + 100 * 60_000) == []
     if isinstance(h, RedisHarness):
-        assert await h.client.pttl(f"{h.prefix}p:bob") == -1
+        assert await h.client.pttl(h.store.keys.player("bob")) == -1
     later = await h.store.resume("bob", tokh("bob"), conn("bob", "n3"), T0 + 100 * 60_000)
     assert later is not None and later.player.player_id == "bob"
     assert summary(await h.drain(1)) == [("node:n2", "replaced", None)]
@@ -949,7 +1005,7 @@ async def test_mark_in_progress(store: Harness) -> None:
     assert (rec["started"], rec["server_id"]) == (T0 + 10, "gs-1")
     assert await h.store.get_session("s1") == rec
     assert await h.drain(1) == [
-        ("s1", {"e": "session_in_progress", "sid": "s1", "v": 5, "s": rec})]
+        ("s1", {"e": "session_in_progress", "sid": "s1", "v": 5, "s": bus_view(rec)})]
 
     # A retried callback is harmless: same record, no version, no event.
     assert await h.store.mark_in_progress("s1", T0 + 40) == rec
@@ -986,7 +1042,8 @@ async def test_complete_ends_a_running_match(store: Harness) -> None:
     assert change == Change("s1", final, "completed")
     assert ids(final) == ["alice", "bob", "carol"] and final["state"] == "IN_PROGRESS"
     assert await h.drain(1) == [("s1", {
-        "e": "session_closed", "reason": "completed", "sid": "s1", "v": final["v"], "s": final,
+        "e": "session_closed", "reason": "completed", "sid": "s1", "v": final["v"],
+            "s": bus_view(final),
     })]
     assert await h.store.get_session("s1") is None
     await fails(ErrorCode.SESSION_NOT_FOUND, h.store.complete("s1", "completed", T0 + 51))
@@ -1125,7 +1182,7 @@ async def test_idle_waiting_session_closes_at_its_deadline(store: Harness) -> No
     final = ended(rec, T0 + 1 + TO.idle_ms)
     assert changes == [Change("s1", final, "idle")]
     assert await h.drain(1) == [("s1", {
-        "e": "session_closed", "reason": "idle", "sid": "s1", "v": 4, "s": final})]
+        "e": "session_closed", "reason": "idle", "sid": "s1", "v": 4, "s": bus_view(final)})]
     assert await h.store.get_session("s1") is None
     assert await h.store.stats() == {"open_sessions": 0, "held_seats": 0}
     assert await sweep(h, T0 + 10 * TO.idle_ms, TO) == []
@@ -1190,7 +1247,7 @@ async def test_connecting_session_times_out_from_started(store: Harness) -> None
     assert changes == [Change("s1", final, "server_timeout")]
     assert (await h.drain(6))[-1] == ("s1", {
         "e": "session_closed", "reason": "server_timeout", "sid": "s1", "v": final["v"],
-        "s": final})
+        "s": bus_view(final)})
     assert await h.store.resume("bob", tokh("bob"), conn("bob", "n2"), start + 10**6) is None
     await h.store.create_session("alice", "s2", "", 4, None, start + 10**6)
 
@@ -1227,9 +1284,10 @@ async def test_in_progress_session_expires_from_mark_in_progress(store: Harness)
     assert changes == [Change("s1", final, "expired")]
     assert await h.drain(3) == [
         ("s1", {"e": "player_joined", "player_id": "bob", "name": "Bob", "sid": "s1", "v": 2,
-                "s": joined}),
-        ("s1", {"e": "session_in_progress", "sid": "s1", "v": 4, "s": rec}),
-        ("s1", {"e": "session_closed", "reason": "expired", "sid": "s1", "v": 5, "s": final}),
+                "s": bus_view(joined)}),
+        ("s1", {"e": "session_in_progress", "sid": "s1", "v": 4, "s": bus_view(rec)}),
+        ("s1", {"e": "session_closed", "reason": "expired", "sid": "s1", "v": 5,
+            "s": bus_view(final)}),
     ]
     assert await h.store.get_session("s1") is None
     # Both players were connected: both are free again.
@@ -1379,7 +1437,7 @@ async def test_restore_rebuilds_the_server_index(store: Harness) -> None:
     h.epoch = "gen-1"
     assert await h.store.get_session_by_server("gs-1") == records["s3"]
     assert await h.store.get_session_by_server("gs-2") == records["s2"]
-    assert await h.client.hlen(f"{h.prefix}servers") == 2
+    assert len([k async for k in h.client.scan_iter(match=f"{h.prefix}srv:*")]) == 2
     await h.store.complete("s1", "completed", T0 + 101)
     assert await h.store.get_session_by_server("gs-1") == records["s3"]
     await h.store.complete("s3", "completed", T0 + 102)
@@ -1802,7 +1860,7 @@ async def test_rebuild_lease_is_exclusive_and_taken_over_when_it_runs_out(
     assert await sweep(h, T0 + 11) == []
     # a stalls; its lease runs out and b takes over, keeping what a restored.
     assert await h.store.take_restore_lease("a", 1) == RestoreLease(None, True)
-    lease = f"{h.prefix}rebuild"
+    lease = f"{h.store.keys.bucket_prefix(0)}rebuild"
     await h.until_key_expired(lease)
     assert await h.store.take_restore_lease("b", 60_000) == RestoreLease(None, True)
     assert await h.store.restore_batch("a", first[1], HOLD, 60_000, T0 + 12) is None
@@ -1817,7 +1875,7 @@ async def test_rebuild_lease_is_exclusive_and_taken_over_when_it_runs_out(
     for rec in records:
         assert await h.store.get_session(rec["id"]) == rec
     # The newest session came first, so the counter was past all of them at once.
-    assert (await h.client.get(f"{h.prefix}seq")) == b"3"
+    assert (await h.client.get(f"{h.store.keys.bucket_prefix(0)}seq")) == b"3"
     assert await open_ids(h) == ["s2", "s1", "s0"]
     assert await sweep(h, T0 + 14) == []
     await h.drain(0)

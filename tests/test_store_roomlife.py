@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lobby.errors import ErrorCode
-from lobby.session import public_session
+from lobby.session import bus_view, public_session
 from lobby.store.base import CHAT_KEEP, CHAT_RATE, CHAT_WINDOW_MS, PlayerInfo, ResumeResult
 from tests.test_store_conformance import (
     HOLD,
@@ -58,7 +58,8 @@ async def test_set_ready(store: Harness) -> None:
     assert await h.store.get_session("s1") == rec
     assert [p["ready"] for p in public_session(rec)["players"]] == [False, True]
     assert await h.drain(1) == [("s1", {
-        "e": "player_ready", "player_id": "bob", "ready": True, "sid": "s1", "v": 3, "s": rec})]
+        "e": "player_ready", "player_id": "bob", "ready": True, "sid": "s1", "v": 3,
+            "s": bus_view(rec)})]
 
     # Setting the flag it already has changes nothing and tells nobody.
     assert await h.store.set_ready("bob", True, T0 + 3) == rec
@@ -112,7 +113,7 @@ async def test_start_rules(store: Harness) -> None:
     back = await h.store.fail_start("s1", "NO_SERVER_AVAILABLE", "none", T0 + 11, HOLD)
     assert back is not None and all("ready" not in m for m in back["members"])
     events = await h.drain(6)
-    assert events[-1][1]["e"] == "session_start_failed" and events[-1][1]["s"] == back
+    assert events[-1][1]["e"] == "session_start_failed" and events[-1][1]["s"] == bus_view(back)
     await fails(ErrorCode.NOT_READY, h.store.begin_start("alice", T0 + 12))
 
     # Under the host rule ready flags are advice; min_players still holds.
@@ -172,7 +173,7 @@ async def test_presence_of_a_dropped_member(store: Harness) -> None:
     assert public_session(held)["connected_players"] == ["alice", "bob"]
     assert await h.drain(1) == [("s1", {
         "e": "player_disconnected", "player_id": "bob", "hold_until": (T0 + 10 + HOLD) / 1000,
-        "sid": "s1", "v": 3, "s": held})]
+        "sid": "s1", "v": 3, "s": bus_view(held)})]
     # A second report of the same drop is a no-op.
     assert await h.store.disconnect("bob", conn("bob"), T0 + 11, HOLD) is None
     await h.drain(0)
@@ -182,7 +183,8 @@ async def test_presence_of_a_dropped_member(store: Harness) -> None:
     assert res.session is not None and "off" not in res.session["members"][1]
     assert public_session(res.session)["players"][1]["connected"] is True
     assert await h.drain(1) == [("s1", {
-        "e": "player_reconnected", "player_id": "bob", "sid": "s1", "v": 4, "s": res.session})]
+        "e": "player_reconnected", "player_id": "bob", "sid": "s1", "v": 4,
+            "s": bus_view(res.session)})]
 
     # A resume that replaces a live socket is no reconnection: nobody is told.
     again = await h.store.resume("bob", tokh("bob"), conn("bob", "n3"), T0 + 21)
@@ -279,7 +281,7 @@ async def test_chat_goes_with_its_session(store: Harness) -> None:
     await h.store.leave_session("alice", T0 + 2)
     if isinstance(h, RedisHarness):
         # Nothing of the session is left behind in Redis.
-        assert await h.client.keys(f"{h.prefix}c*") == []
+        assert await h.client.keys(f"{h.store.keys.bucket_prefix(0)}c*") == []
     # A new session under the same id starts a new log and a new count.
     await h.store.create_session("bob", "s1", "", 4, None, T0 + 3)
     assert await h.store.chat_history("s1", "bob") == []
@@ -288,7 +290,7 @@ async def test_chat_goes_with_its_session(store: Harness) -> None:
     change = await h.store.complete("s1", "completed", T0 + 5)
     assert change.ended == "completed"
     if isinstance(h, RedisHarness):
-        assert await h.client.keys(f"{h.prefix}c*") == []
+        assert await h.client.keys(f"{h.store.keys.bucket_prefix(0)}c*") == []
     await h.drain()
 
 

@@ -124,7 +124,12 @@ class Verdict:
 
 
 class SessionStore(Protocol):
-    """All times are ms since the epoch, passed in so that tests and nodes agree."""
+    """All times are ms since the epoch, passed in so that tests and nodes agree.
+
+    Requests on "the caller's session" take `session_id`, the session the node
+    believes the caller is in: a hint that saves the Redis store a read of the
+    player's record (the session's member list decides; a stale hint falls back
+    to the record). The memory store needs no hint."""
 
     async def start(self) -> None: ...
 
@@ -182,12 +187,14 @@ class SessionStore(Protocol):
         """join_session, and the session's kept chat read in the same atomic step."""
         ...
 
-    async def leave_session(self, player_id: str, now: int) -> Change:
+    async def leave_session(self, player_id: str, now: int, *,
+                            session_id: str | None = None) -> Change:
         """The session after the leave; `ended` is "abandoned" if it was the last member."""
         ...
 
     async def kick(
-        self, host_id: str, target_id: str, now: int, *, ban: bool = False
+        self, host_id: str, target_id: str, now: int, *, ban: bool = False,
+        session_id: str | None = None,
     ) -> SessionRecord:
         """With `ban`, the target's joins are refused (BANNED) for the session's life."""
         ...
@@ -195,23 +202,27 @@ class SessionStore(Protocol):
     async def update_session(
         self, host_id: str, changes: dict[str, Any], now: int, *,
         indexed: tuple[str, ...] | None = None, attribute_limit: int = 16,
+        session_id: str | None = None,
     ) -> SessionRecord:
         """Host only, WAITING only; publishes session_updated. `changes` holds any of
         name, max, pw (a hash, or None to remove it), attrs (None values delete
         keys), vis, locked."""
         ...
 
-    async def promote(self, host_id: str, target_id: str, now: int) -> SessionRecord:
+    async def promote(self, host_id: str, target_id: str, now: int, *,
+                      session_id: str | None = None) -> SessionRecord:
         """Host only: `target_id` becomes the host; publishes host_changed."""
         ...
 
     async def update_player(
         self, player_id: str, attributes: dict[str, Any], now: int, *, attribute_limit: int = 8,
+        session_id: str | None = None,
     ) -> SessionRecord:
         """A member's own attributes (None values delete keys); publishes player_updated."""
         ...
 
-    async def begin_start(self, player_id: str, now: int) -> SessionRecord:
+    async def begin_start(self, player_id: str, now: int, *,
+                          session_id: str | None = None) -> SessionRecord:
         """WAITING -> CONNECTING, host only, exactly once."""
         ...
 
@@ -235,7 +246,8 @@ class SessionStore(Protocol):
         """End the session in any state; members get session_closed with `reason`."""
         ...
 
-    async def set_ready(self, player_id: str, ready: bool, now: int) -> SessionRecord:
+    async def set_ready(self, player_id: str, ready: bool, now: int, *,
+                        session_id: str | None = None) -> SessionRecord:
         """The member's ready flag, WAITING only; player_ready when it changes."""
         ...
 

@@ -470,7 +470,8 @@ class MemoryStore:
         rec = await self.join_session(player_id, session_id, verified_pw, now)
         return rec, [json.loads(t) for t in self._chat.get(session_id, ())]
 
-    async def leave_session(self, player_id: str, now: int) -> Change:
+    async def leave_session(self, player_id: str, now: int, *,
+                            session_id: str | None = None) -> Change:
         p = self._require(player_id, now)
         if not p.get("sid"):
             raise_script_error("NOT_IN_SESSION")
@@ -482,7 +483,8 @@ class MemoryStore:
         return Change(s["id"], self._copy(after), "abandoned" if ended else None)  # type: ignore[arg-type]
 
     async def kick(
-        self, host_id: str, target_id: str, now: int, *, ban: bool = False
+        self, host_id: str, target_id: str, now: int, *, ban: bool = False,
+        session_id: str | None = None,
     ) -> SessionRecord:
         s = self._hosted_waiting_session(host_id, now)
         if target_id == host_id:
@@ -503,6 +505,7 @@ class MemoryStore:
     async def update_session(
         self, host_id: str, changes: dict[str, Any], now: int, *,
         indexed: tuple[str, ...] | None = None, attribute_limit: int = 16,
+        session_id: str | None = None,
     ) -> SessionRecord:
         """Mirrors update.lua. `changes`: name, max, pw (None: remove), attrs, vis, locked."""
         s = self._hosted_waiting_session(host_id, now)
@@ -542,7 +545,8 @@ class MemoryStore:
         self._event(s, {"e": "session_updated"}, saved)
         return json.loads(saved)  # type: ignore[no-any-return]
 
-    async def promote(self, host_id: str, target_id: str, now: int) -> SessionRecord:
+    async def promote(self, host_id: str, target_id: str, now: int, *,
+                      session_id: str | None = None) -> SessionRecord:
         """Mirrors promote.lua."""
         s = self._hosted_session(host_id, now)
         if target_id == host_id:
@@ -557,6 +561,7 @@ class MemoryStore:
 
     async def update_player(
         self, player_id: str, attributes: dict[str, Any], now: int, *, attribute_limit: int = 8,
+        session_id: str | None = None,
     ) -> SessionRecord:
         """Mirrors update_player.lua."""
         p = self._require(player_id, now)
@@ -575,7 +580,8 @@ class MemoryStore:
         self._event(s, {"e": "player_updated", "player_id": player_id}, saved)
         return json.loads(saved)  # type: ignore[no-any-return]
 
-    async def begin_start(self, player_id: str, now: int) -> SessionRecord:
+    async def begin_start(self, player_id: str, now: int, *,
+                          session_id: str | None = None) -> SessionRecord:
         s = self._hosted_waiting_session(player_id, now)
         minp = s.get("minp", 1)
         if len(s["members"]) < minp:
@@ -646,7 +652,8 @@ class MemoryStore:
         s = self._existing(session_id)
         return Change(session_id, self._copy(self._close(s, reason, now)), reason)  # type: ignore[arg-type]
 
-    async def set_ready(self, player_id: str, ready: bool, now: int) -> SessionRecord:
+    async def set_ready(self, player_id: str, ready: bool, now: int, *,
+                        session_id: str | None = None) -> SessionRecord:
         p = self._require(player_id, now)
         if not p.get("sid"):
             raise_script_error("NOT_IN_SESSION")

@@ -1,10 +1,20 @@
-"""The Redis session store: each rule-bearing change is one Lua script call.
+"""The Redis session store: each rule-bearing change is one Lua script call on
+one hash slot (lobby/store/keys.py has the layout), so it runs on one Redis,
+behind Sentinel and on Redis Cluster alike.
 
 Scripts run atomically, so capacity, state, host and password checks cannot
-race across nodes, and each script publishes its own events before it returns,
-so a session's events reach every node in the order its changes happened.
-One EVALSHA per operation is the round-trip budget (join on a password session:
-two, because scrypt runs outside Redis).
+race across nodes, and each session script publishes its own events (SPUBLISH
+on the session's slot) before it returns, so a session's events reach every node
+in the order its changes happened.
+
+A change that involves a player and a session is two scripts: the player's
+pointer (`sid`) is written before a join and cleared after a leave, and every
+reader checks it against the session's member list, which is the truth: a
+crash between the two steps leaves at worst a pointer to a session that does
+not list the player, which shows nothing wrong and is repaired on the next use.
+On one Redis the two steps of a leave travel in one pipeline (they run in that
+order); on a cluster they go one after the other (a cluster pipeline sends to
+several masters at once, in no order).
 """
 
 from __future__ import annotations
@@ -12,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import zlib
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
@@ -36,14 +48,19 @@ from lobby.store.base import (
     Timeouts,
     Verdict,
 )
+from lobby.store.keys import Keys
 from lobby.store.search import SCAN_BUDGET, SNAPSHOT_MAX, SNAPSHOT_MS, cursor_position
 
 _SCRIPTS = (
-    "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
-    "finish_start", "fail_start", "in_progress", "complete", "sweep", "list",
-    "restore_lease", "restore_batch", "restore_done", "rebind", "by_server", "update",
-    "promote", "update_player", "set_ready", "chat", "chat_history", "reconcile",
-    "password_guess",
+    # a session's bucket (KEYS[1]: the bucket's prefix)
+    "create", "join", "leave", "kick", "begin_start", "finish_start", "fail_start",
+    "in_progress", "complete", "sweep", "list", "restore", "restore_batch", "update",
+    "promote", "update_player", "set_ready", "chat", "chat_history", "s_reconnect", "s_drop",
+    # a player (KEYS[1]: the player's key)
+    "p_resume", "p_drop", "p_drop_dead", "p_intent", "p_release", "p_reconcile", "p_restore",
+    # others: node liveness, password guesses (an address' or a bucket's slot), a
+    # key that names a session (join code, game server)
+    "nodes", "password_guess", "kv_cas",
 )
 # A single rebuild batch or rebind call stays well under Redis' slow-call
 # threshold (about 0.1 ms of script time per session).
@@ -132,97 +149,269 @@ def ended_record(raw: bytes) -> SessionRecord:
     return rec
 
 
+def _rec(raw: bytes | str) -> SessionRecord:
+    rec = json.loads(raw)
+    rec.pop("conns", None)  # which socket holds each seat: the store's own bookkeeping
+    return rec  # type: ignore[no-any-return]
+
+
+def _conn_node(conn: str) -> str:
+    return conn.rsplit(".", 1)[0]
+
+
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, prefix: str = "lobby:") -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, prefix: str = "lobby:",
+                 buckets: int = 1) -> None:
         self.redis = client
         self.prefix = prefix
+        self.keys = Keys(prefix, buckets)
+        self.cluster = isinstance(client, RedisCluster)
         prelude = _load_lua("prelude")
         self._scripts = {
             name: client.register_script(prelude + "\n" + _load_lua(name)) for name in _SCRIPTS
         }
-        # claim.lua ends by running resume.lua on the player it has taken.
-        self._scripts["claim"] = client.register_script(
-            prelude + "\n" + _load_lua("claim") + "\n" + _load_lua("resume"))
+        # Buckets whose rebuild lease this process holds, per owner token.
+        self._restoring: dict[str, set[int]] = {}
 
     async def start(self) -> None:
-        await self.redis.ping()
+        # Which bucket holds a session depends on B: every node of a deployment
+        # must agree, or sessions would be looked up in the wrong bucket.
+        meta = self.keys.meta
+        await self.redis.hsetnx(meta, "buckets", self.keys.buckets)
+        held = int(await self.redis.hget(meta, "buckets") or self.keys.buckets)
+        if held != self.keys.buckets:
+            raise LobbyError(ErrorCode.INTERNAL, (
+                f"this Redis holds sessions in {held} buckets (--redis-buckets {held}); "
+                f"this node was started with {self.keys.buckets}"))
 
     async def close(self) -> None:
         await self.redis.aclose()
 
-    async def _run(self, name: str, *args: Any, now: int, keys: tuple[str, ...] = ()) -> Any:
+    async def _run(self, name: str, key: str, *args: Any, now: int, client: Any = None) -> Any:
         # redis-py's Script falls back from EVALSHA to EVAL on NOSCRIPT, which is
         # what a restarted (emptied) Redis answers.
-        return await self._scripts[name](keys=list(keys), args=[self.prefix, now, *args])
+        return await self._scripts[name](keys=[key], args=[self.prefix, now, *args],
+                                         client=client)
 
-    async def _run_session(self, name: str, *args: Any, now: int) -> SessionRecord | None:
-        res = await self._run(name, *args, now=now)
+    def _on(self, session_id: str) -> str:
+        return self.keys.of_session(session_id)
+
+    async def _ordered(self, *calls: tuple[str, str, tuple[Any, ...]], now: int) -> list[Any]:
+        """Script calls that must run in this order, whatever their slots: one
+        pipeline on one Redis (executed in order), one call after the other on a
+        cluster (whose pipelines send to several masters at once)."""
+        if self.cluster:
+            return [await self._run(name, key, *args, now=now) for name, key, args in calls]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, key, args in calls:
+                await self._run(name, key, *args, now=now, client=pipe)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+    async def _together(self, calls: list[tuple[str, str, tuple[Any, ...]]], now: int
+                        ) -> list[Any]:
+        """Independent script calls, in one round trip per master."""
+        if not calls:
+            return []
+        if self.cluster:
+            return list(await asyncio.gather(
+                *(self._run(name, key, *args, now=now) for name, key, args in calls)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, key, args in calls:
+                await self._run(name, key, *args, now=now, client=pipe)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+    def _pointer_error(self, res: Any) -> None:
         if res[0] == b"ERR":
-            raise_script_error(res[1].decode(), args[1] if len(args) > 1 else None,
-                               res[2].decode() if len(res) > 2 else None)
-        return json.loads(res[1]) if res[1] else None
+            raise_script_error(res[1].decode())
 
-    def _session_keys(self, session_id: str) -> tuple[str, str, str]:
-        """The session's record, chat log and chat meta keys (as in prelude.lua)."""
-        p = self.prefix
-        return f"{p}s:{session_id}", f"{p}c:{session_id}", f"{p}cm:{session_id}"
+    async def _pointer(self, player_id: str) -> str:
+        """The session the player's record points to (checked by the caller's script)."""
+        raw = await self.redis.get(self.keys.player(player_id))
+        if not raw:
+            raise LobbyError(ErrorCode.NOT_AUTHENTICATED)
+        sid = json.loads(raw).get("sid")
+        if not sid:
+            raise LobbyError(ErrorCode.NOT_IN_SESSION)
+        return sid  # type: ignore[no-any-return]
+
+    async def _in_session(self, name: str, player_id: str, hint: str | None, *args: Any,
+                          now: int) -> Any:
+        """Runs a script on the session the player is in: `hint` (what the node
+        believes) first, the player's pointer if the session says otherwise."""
+        sid = hint
+        if sid is None:
+            sid = await self._pointer(player_id)
+        res = await self._run(name, self._on(sid), player_id, *args, sid, now=now)
+        if res[0] == b"ERR" and res[1] == b"NOT_IN_SESSION" and hint is not None:
+            pointer = await self._pointer(player_id)
+            if pointer != hint:
+                res = await self._run(name, self._on(pointer), player_id, *args, pointer,
+                                      now=now)
+        return res
+
+    async def _session_script(self, name: str, player_id: str, hint: str | None, *args: Any,
+                              now: int) -> SessionRecord:
+        res = await self._in_session(name, player_id, hint, *args, now=now)
+        if res[0] == b"ERR":
+            raise_script_error(res[1].decode(), args[0] if args else None,
+                               res[2].decode() if len(res) > 2 else None)
+        return _rec(res[1])
+
+    async def _released(self, rec: SessionRecord, now: int) -> None:
+        """After a session ended: its members' players, its code and server keys."""
+        calls = [("p_release", self.keys.player(m["id"]), (rec["id"], "forget"))
+                 for m in rec["members"]]
+        calls += self._index_cleanup(rec)
+        await self._together(calls, now)
+
+    def _index_cleanup(self, rec: SessionRecord) -> list[tuple[str, str, tuple[Any, ...]]]:
+        calls: list[tuple[str, str, tuple[Any, ...]]] = []
+        if isinstance(rec.get("code"), str):
+            calls.append(("kv_cas", self.keys.code(rec["code"]), (rec["id"], "")))  # type: ignore[arg-type]
+        if isinstance(rec.get("server_id"), str):
+            calls.append(("kv_cas", self.keys.server(rec["server_id"]), (rec["id"], "")))  # type: ignore[arg-type]
+        return calls
+
+    def _node_set(self, node: str) -> str:
+        """The players whose socket is on a node, so that a dead node's sockets can
+        be found without scanning every player (a slot per node)."""
+        return f"{self.prefix}{{n:{node.split('#', 1)[0]}}}:players" + (
+            "#" + node.split("#", 1)[1] if "#" in node else "")
 
     # players -----------------------------------------------------------------
     async def new_player(
         self, player_id: str, name: str, token_hash: str, conn: str, now: int
     ) -> PlayerInfo:
         record = {"id": player_id, "name": name, "tokh": token_hash, "conn": conn}
-        # With the node's set of connected players (see ckey() in prelude.lua),
-        # in one round trip.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(f"{self.prefix}p:{player_id}", json.dumps(record))
-            pipe.sadd(f"{self.prefix}nc:{conn.rsplit('.', 1)[0]}", player_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(self._node_set(_conn_node(conn)), player_id)
+            pipe.set(self.keys.player(player_id), json.dumps(record))
             await pipe.execute()
         return PlayerInfo(player_id, name, None)
+
+    async def _take(self, mode: str, player_id: str, token_hash: str, conn: str, name: str,
+                    now: int) -> tuple[ResumeResult, bool] | None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(self._node_set(_conn_node(conn)), player_id)
+            await self._run("p_resume", self.keys.player(player_id), player_id, token_hash,
+                            conn, mode, name, now=now, client=pipe)
+            res = (await pipe.execute())[1]
+        if res[0] != b"OK":
+            return None
+        p = json.loads(res[1])
+        old = res[2].decode()
+        tell = None
+        if old and old != conn:
+            tell = self.redis.spublish(
+                self.keys.node_channel(_conn_node(old)),
+                json.dumps({"e": "replaced", "player_id": player_id, "conn": old}))
+        sid = p.get("sid")
+        session, back = None, False
+        if sid:
+            if tell is not None:
+                got, _ = await asyncio.gather(
+                    self._run("s_reconnect", self._on(sid), player_id, sid, conn, now=now), tell)
+            else:
+                got = await self._run("s_reconnect", self._on(sid), player_id, sid, conn, now=now)
+            if got[0] == b"OK":
+                session, back = _rec(got[1]), int(got[2]) == 1
+            else:
+                await self._run("p_release", self.keys.player(player_id), sid, "", now=now)
+                sid = None
+        elif tell is not None:
+            await tell
+        return ResumeResult(PlayerInfo(p["id"], p["name"], sid), session, back), res[3] == b"new"
 
     async def resume(
         self, player_id: str, token_hash: str, conn: str, now: int
     ) -> ResumeResult | None:
-        res = await self._run("resume", player_id, token_hash, conn, now=now)
-        if res[0] != b"OK":
-            return None
-        p = json.loads(res[1])
-        session = json.loads(res[2]) if len(res) > 2 and res[2] else None
-        reconnected = len(res) > 3 and int(res[3]) == 1
-        return ResumeResult(PlayerInfo(p["id"], p["name"], p.get("sid")), session, reconnected)
-
-    async def disconnect(
-        self, player_id: str, conn: str, now: int, hold_ms: int
-    ) -> SessionRecord | None:
-        res = await self._run("disconnect", player_id, conn, hold_ms, now=now)
-        return json.loads(res[1]) if res[0] == b"OK" else None
+        got = await self._take("resume", player_id, token_hash, conn, "", now)
+        return got[0] if got else None
 
     async def claim(
         self, player_id: str, name: str, token_hash: str, conn: str, now: int
     ) -> tuple[ResumeResult, bool]:
-        res = await self._scripts["claim"](
-            args=[self.prefix, now, player_id, token_hash, conn, name])
-        p = json.loads(res[1])
-        session = json.loads(res[2]) if res[2] else None
-        reconnected = int(res[3]) == 1
-        return (ResumeResult(PlayerInfo(p["id"], p["name"], p.get("sid")), session, reconnected),
-                len(res) > 4 and res[4] == b"new")
+        got = await self._take("claim", player_id, token_hash, conn, name, now)
+        assert got is not None
+        return got
+
+    async def disconnect(
+        self, player_id: str, conn: str, now: int, hold_ms: int
+    ) -> SessionRecord | None:
+        res = await self._run("p_drop", self.keys.player(player_id), conn, hold_ms, now=now)
+        if res[0] != b"OK":
+            return None
+        sid = res[1].decode()
+        forget = self.redis.srem(self._node_set(_conn_node(conn)), player_id)
+        if not sid:
+            await forget
+            return None
+        got, _ = await asyncio.gather(
+            self._run("s_drop", self._on(sid), player_id, sid, conn, hold_ms, now=now), forget)
+        return _rec(got[1]) if got[0] == b"OK" else None
 
     # sessions ----------------------------------------------------------------
+    async def _intent(self, player_id: str, session_id: str, now: int) -> tuple[str, str, str]:
+        """The player's pointer set to `session_id` (a join or create is about to
+        happen): the player's name, token hash and conn."""
+        for _ in range(3):
+            res = await self._run("p_intent", self.keys.player(player_id), session_id, now=now)
+            if res[0] == b"OK":
+                return res[1].decode(), res[2].decode(), res[3].decode()
+            self._pointer_error(res)
+            other = res[1].decode()  # BUSY: still a member there?
+            rec = await self.get_session(other)
+            if rec is not None and any(m["id"] == player_id for m in rec["members"]):
+                raise LobbyError(ErrorCode.ALREADY_IN_SESSION)
+            await self._run("p_release", self.keys.player(player_id), other, "", now=now)
+        raise LobbyError(ErrorCode.ALREADY_IN_SESSION)
+
+    async def _reserve_code(self, session_id: str, codes: list[str], now: int) -> str | None:
+        """The first candidate no live session holds, now pointing to this session.
+        A key left by a session that is gone (a crash after its end) is taken over."""
+        for code in codes:
+            key = self.keys.code(code)
+            if await self.redis.set(key, session_id, nx=True):
+                return code
+            holder = await self.redis.get(key)
+            if holder is None:
+                if await self.redis.set(key, session_id, nx=True):
+                    return code
+                continue
+            rec = await self.get_session(holder.decode())
+            if (rec is None or rec.get("code") != code) and await self._run(
+                    "kv_cas", key, holder.decode(), session_id, now=now):
+                return code
+        return None
+
     async def create_session(
         self, player_id: str, session_id: str, name: str, max_players: int,
         pw: PasswordHash | None, now: int, *, attributes: dict[str, Any] | None = None,
         visibility: str = "public", codes: list[str] | None = None,
         indexed: tuple[str, ...] | None = None, start_rule: str = "host", min_players: int = 1,
     ) -> SessionRecord:
+        intent = asyncio.ensure_future(self._intent(player_id, session_id, now))
+        code = await self._reserve_code(session_id, codes or new_join_codes(), now)
+        try:
+            pname, ptokh, pconn = await intent
+        except BaseException:
+            if code is not None:
+                await self._run("kv_cas", self.keys.code(code), session_id, "", now=now)
+            raise
+        if code is None:
+            await self._run("p_release", self.keys.player(player_id), session_id, "", now=now)
+            raise_script_error("INTERNAL")
         pw_json = json.dumps(pw) if pw else ""
-        rec = await self._run_session(
-            "create", player_id, session_id, name, max_players, pw_json,
-            json.dumps(attributes or {}), visibility, json.dumps(codes or new_join_codes()),
-            _indexed_arg(indexed), start_rule, min_players, now=now,
-        )
-        assert rec is not None
-        return rec
+        res = await self._run(
+            "create", self._on(session_id), player_id, session_id, name, max_players, pw_json,
+            json.dumps(attributes or {}), visibility, code, _indexed_arg(indexed), start_rule,
+            min_players, pname, ptokh, pconn, now=now)
+        if res[0] == b"ERR":
+            await self._together([
+                ("p_release", self.keys.player(player_id), (session_id, "")),
+                ("kv_cas", self.keys.code(code), (session_id, ""))], now)
+            raise_script_error(res[1].decode())
+        return _rec(res[1])
 
     async def join_session(
         self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
@@ -232,124 +421,189 @@ class RedisStore:
     async def join_session_chat(
         self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
     ) -> tuple[SessionRecord, list[dict[str, Any]]]:
+        pname, ptokh, pconn = await self._intent(player_id, session_id, now)
         pw_json = json.dumps(verified_pw) if verified_pw else ""
-        res = await self._run("join", player_id, session_id, pw_json, now=now)
+        res = await self._run("join", self._on(session_id), player_id, session_id, pw_json,
+                              pname, ptokh, pconn, now=now)
+        if res[0] != b"OK" and not (res[0] == b"ERR" and res[1] == b"ALREADY_IN_SESSION"):
+            await self._run("p_release", self.keys.player(player_id), session_id, "", now=now)
         if res[0] == b"PW":
             raise PasswordRequired(json.loads(res[1]))
         if res[0] == b"ERR":
             raise_script_error(res[1].decode())
-        chat = [json.loads(raw) for raw in res[2]] if len(res) > 2 else []
-        return json.loads(res[1]), chat
+        chat = [json.loads(raw) for raw in res[2]]
+        return _rec(res[1]), chat
 
-    async def _run_change(self, name: str, *args: Any, now: int, reason: str) -> Change:
-        res = await self._run(name, *args, now=now)
+    def _change(self, res: Any, reason: str) -> Change:
         if res[0] == b"ERR":
             raise_script_error(res[1].decode())
         ended = res[0] == b"DEL"
         rec = ended_record(res[1])
+        rec.pop("conns", None)  # type: ignore[misc]
         return Change(rec["id"], rec, reason if ended else None)
 
-    async def leave_session(self, player_id: str, now: int) -> Change:
-        return await self._run_change("leave", player_id, now=now, reason="abandoned")
+    async def leave_session(self, player_id: str, now: int, *, session_id: str | None = None
+                            ) -> Change:
+        sid = session_id if session_id is not None else await self._pointer(player_id)
+        res, _ = await self._ordered(
+            ("leave", self._on(sid), (player_id, sid)),
+            ("p_release", self.keys.player(player_id), (sid, "")), now=now)
+        if res[0] == b"ERR" and session_id is not None:
+            return await self.leave_session(player_id, now)  # the node's view was stale
+        change = self._change(res, "abandoned")
+        if change.ended:
+            await self._together(self._index_cleanup(change.record), now)
+        return change
 
     async def mark_in_progress(self, session_id: str, now: int) -> SessionRecord:
-        rec = await self._run_session("in_progress", session_id, now=now)
-        assert rec is not None
-        return rec
+        res = await self._run("in_progress", self._on(session_id), session_id, now=now)
+        if res[0] == b"ERR":
+            raise_script_error(res[1].decode())
+        return _rec(res[1])
 
     async def complete(self, session_id: str, reason: str, now: int) -> Change:
-        return await self._run_change("complete", session_id, reason, now=now, reason=reason)
+        res = await self._run("complete", self._on(session_id), session_id, reason, now=now)
+        change = self._change(res, reason)
+        await self._released(change.record, now)
+        return change
 
     async def kick(
-        self, host_id: str, target_id: str, now: int, *, ban: bool = False
+        self, host_id: str, target_id: str, now: int, *, ban: bool = False,
+        session_id: str | None = None,
     ) -> SessionRecord:
-        rec = await self._run_session("kick", host_id, target_id, "1" if ban else "", now=now)
-        assert rec is not None
+        res = await self._in_session("kick", host_id, session_id, target_id, "1" if ban else "",
+                                     now=now)
+        if res[0] == b"ERR":
+            raise_script_error(res[1].decode(), target_id)
+        rec = _rec(res[1])
+        await self._run("p_release", self.keys.player(target_id), rec["id"], "forget", now=now)
         return rec
 
     async def update_session(
         self, host_id: str, changes: dict[str, Any], now: int, *,
         indexed: tuple[str, ...] | None = None, attribute_limit: int = 16,
+        session_id: str | None = None,
     ) -> SessionRecord:
-        rec = await self._run_session(
-            "update", host_id, json.dumps(changes), _indexed_arg(indexed), attribute_limit,
-            now=now)
-        assert rec is not None
-        return rec
+        return await self._session_script(
+            "update", host_id, session_id, json.dumps(changes), _indexed_arg(indexed),
+            attribute_limit, now=now)
 
-    async def promote(self, host_id: str, target_id: str, now: int) -> SessionRecord:
-        rec = await self._run_session("promote", host_id, target_id, now=now)
-        assert rec is not None
-        return rec
+    async def promote(self, host_id: str, target_id: str, now: int, *,
+                      session_id: str | None = None) -> SessionRecord:
+        return await self._session_script("promote", host_id, session_id, target_id, now=now)
 
     async def update_player(
         self, player_id: str, attributes: dict[str, Any], now: int, *, attribute_limit: int = 8,
+        session_id: str | None = None,
     ) -> SessionRecord:
-        rec = await self._run_session(
-            "update_player", player_id, json.dumps(attributes), attribute_limit, now=now)
-        assert rec is not None
-        return rec
+        return await self._session_script(
+            "update_player", player_id, session_id, json.dumps(attributes), attribute_limit,
+            now=now)
 
-    async def begin_start(self, player_id: str, now: int) -> SessionRecord:
-        rec = await self._run_session("begin_start", player_id, now=now)
-        assert rec is not None
-        return rec
+    async def begin_start(self, player_id: str, now: int, *, session_id: str | None = None
+                          ) -> SessionRecord:
+        return await self._session_script("begin_start", player_id, session_id, now=now)
 
     async def finish_start(
         self, session_id: str, server_id: str, endpoint: str, now: int
     ) -> SessionRecord | None:
-        return await self._run_session("finish_start", session_id, server_id, endpoint, now=now)
+        res = await self._run("finish_start", self._on(session_id), session_id, server_id,
+                              endpoint, now=now)
+        if not res[1]:
+            return None
+        # The server's key is written after the session names the server: a
+        # reader follows it only to a session that does.
+        await self.redis.set(self.keys.server(server_id), session_id)
+        return _rec(res[1])
 
     async def fail_start(
         self, session_id: str, code: str, message: str, now: int, hold_ms: int
     ) -> SessionRecord | None:
-        return await self._run_session(
-            "fail_start", session_id, code, message, hold_ms, now=now
-        )
+        res = await self._run("fail_start", self._on(session_id), session_id, code, message,
+                              hold_ms, now=now)
+        return _rec(res[1]) if res[1] else None
 
-    async def set_ready(self, player_id: str, ready: bool, now: int) -> SessionRecord:
-        rec = await self._run_session("set_ready", player_id, "1" if ready else "0", now=now)
-        assert rec is not None
-        return rec
+    async def set_ready(self, player_id: str, ready: bool, now: int, *,
+                        session_id: str | None = None) -> SessionRecord:
+        return await self._session_script("set_ready", player_id, session_id,
+                                          "1" if ready else "0", now=now)
 
     async def send_chat(
         self, session_id: str, player_id: str, text: str, now: int
     ) -> dict[str, Any]:
-        res = await self._run(
-            "chat", player_id, text, CHAT_WINDOW_MS, CHAT_RATE, CHAT_KEEP,
-            now=now, keys=self._session_keys(session_id),
-        )
+        res = await self._run("chat", self._on(session_id), player_id, text, CHAT_WINDOW_MS,
+                              CHAT_RATE, CHAT_KEEP, session_id, now=now)
         if res[0] == b"ERR":
             raise_script_error(res[1].decode(), None, res[2].decode() if len(res) > 2 else None)
         return json.loads(res[1])  # type: ignore[no-any-return]
 
     async def chat_history(self, session_id: str, player_id: str) -> list[dict[str, Any]]:
-        res = await self._run(
-            "chat_history", player_id, now=0, keys=self._session_keys(session_id)[:2]
-        )
+        res = await self._run("chat_history", self._on(session_id), player_id, session_id,
+                              now=0)
         if res[0] == b"ERR":
             raise_script_error(res[1].decode())
         return [json.loads(raw) for raw in res[1]]
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        raw = await self.redis.get(f"{self.prefix}s:{session_id}")
-        return json.loads(raw) if raw else None
+        raw = await self.redis.get(self.keys.session(session_id))
+        return _rec(raw) if raw else None
 
     async def session_of_code(self, code: str) -> str | None:
-        sid = await self.redis.hget(f"{self.prefix}codes", code)
-        return sid.decode() if sid else None
+        sid = await self.redis.get(self.keys.code(code))
+        if not sid:
+            return None
+        # Checked against the session: the key may outlive it by a crash.
+        rec = await self.get_session(sid.decode())
+        return rec["id"] if rec is not None and rec.get("code") == code else None
 
     async def get_session_by_server(self, server_id: str) -> SessionRecord | None:
-        # One script, so the index entry and the record are read at one moment.
-        raw = await self._run("by_server", server_id, now=0)
-        return json.loads(raw) if raw else None
+        sid = await self.redis.get(self.keys.server(server_id))
+        if not sid:
+            return None
+        rec = await self.get_session(sid.decode())
+        return rec if rec is not None and rec.get("server_id") == server_id else None
 
     async def list_sessions(
         self, limit: int, cursor: str | None, *, query: dict[str, Any] | None = None
     ) -> tuple[list[SessionRecord], str | None]:
         q = query or {}
         sort = q.get("sort") or "newest"
-        at = cursor_position(cursor, sort)
+        buckets = self.keys.buckets
+        if buckets == 1:
+            recs, nxt_cursor, _, _ = await self._list_bucket(0, limit, cursor, q, sort)
+            return recs, nxt_cursor
+        # Each bucket pages on by its own cursor; the page is the first `limit` of
+        # their merged candidates, in the sort's order.
+        parts = _split_cursor(cursor, buckets)
+        token = q.get("token") or secrets.token_hex(8)
+        pages = await asyncio.gather(*(
+            self._list_bucket(k, limit, parts[k], {**q, "token": token}, sort)
+            if parts[k] != "-" else _nothing() for k in range(buckets)))
+        merged: list[tuple[Any, int, int]] = []
+        for k, page in enumerate(pages):
+            merged.extend((_order_key(r, sort), k, i) for i, r in enumerate(page[0]))
+        merged.sort(key=lambda e: e[0])
+        taken = merged[:limit]
+        out = [pages[k][0][i] for _, k, i in taken]
+        nxt: list[str] = []
+        for k, (recs, bucket_next, positions, snap) in enumerate(pages):
+            used = [i for _, kk, i in taken if kk == k]
+            if parts[k] == "-":
+                nxt.append("-")
+            elif len(used) == len(recs):
+                nxt.append(bucket_next or "-")  # all of this bucket's page went out
+            elif used:
+                pos = positions[used[-1]]
+                nxt.append(pos if sort in ("newest", "oldest") else f"p{snap}.{pos}")
+            else:
+                nxt.append(parts[k] or "")
+        if all(part == "-" for part in nxt):
+            return out, None
+        return out, "b" + ",".join(nxt)
+
+    async def _list_bucket(self, k: int, limit: int, cursor: str | None, q: dict[str, Any],
+                           sort: str) -> tuple[list[SessionRecord], str | None, list[str], str]:
+        at = cursor_position(cursor or None, sort)
         indexed = q.get("indexed")
         arg = {
             "sort": sort, "limit": limit, "conds": [list(c) for c in q.get("conds") or ()],
@@ -361,36 +615,177 @@ class RedisStore:
             "snap": at[0].removeprefix("snap:") if at and at[0] != "seq" else False,
             "offset": at[1] if at else 0,
         }
-        res = await self._run("list", json.dumps(arg), now=0)
+        res = await self._run("list", self.keys.bucket_prefix(k), json.dumps(arg), now=0)
         if res[0] == b"ERR":
             raise LobbyError(ErrorCode.BAD_REQUEST, "cursor expired: list again")
-        nxt, raws = res
-        return [json.loads(r) for r in raws], (nxt.decode() or None)
+        nxt, raws, positions = res
+        snap = arg["snap"] or arg["token"]
+        return ([_rec(r) for r in raws], (nxt.decode() or None),
+                [p.decode() for p in positions], snap)
 
     async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100,
                     node: str | None = None, fresh: bool = False) -> SweepResult:
-        flat = await self._run(
-            "sweep", limit, timeouts.idle_ms, timeouts.connecting_ms, timeouts.in_progress_ms,
-            node or "", timeouts.node_ms, timeouts.hold_ms, "1" if fresh else "", now=now,
-        )
-        epoch = flat[0].decode() if flat[0] else None
-        changes = []
-        for i in range(3, len(flat), 3):
-            tag = flat[i + 2].decode()
-            changes.append(Change(flat[i].decode(), ended_record(flat[i + 1]),
-                                  None if tag == "OK" else tag))
-        return SweepResult(epoch, changes, revived=bool(flat[1]), more=bool(flat[2]))
+        revived, more = False, False
+        changes: list[Change] = []
+        live: list[str] = []
+        if node:
+            stale = ""
+            if fresh:
+                # A new process under a node id that was in use (a fixed --node-id
+                # restarted within the timeout): the sockets on the books under it
+                # were the old one's.
+                mine, renamed = self._node_set(node), self._node_set(f"{node}#{now}")
+                if await self.redis.exists(mine):
+                    await self.redis.rename(mine, renamed)
+                    stale = f"{node}#{now}"
+            res = await self._run("nodes", self.keys.nodes, node, timeouts.node_ms, limit,
+                                  stale, now=now)
+            revived = int(res[0]) == 1
+            dead = [d for d in json.loads(res[1]) if d != node]
+            live = json.loads(res[2])
+            more = await self._drop_dead(dead, now, timeouts.hold_ms, 10 * limit, changes)
+        # Each bucket is swept by one node at a time: its owner among the live
+        # nodes (rendezvous hashing), the bucket's lease settling hand-overs.
+        lease_ms = max(timeouts.node_ms, 1000)
+        mine_buckets = [k for k in range(self.keys.buckets)
+                        if not node or _owner(k, live or [node]) == node]
+        results = await self._together([
+            ("sweep", self.keys.bucket_prefix(k),
+             (limit, timeouts.idle_ms, timeouts.connecting_ms, timeouts.in_progress_ms,
+              node or "", lease_ms, "", "" if node else "1"))
+            for k in mine_buckets], now)
+        release: list[tuple[str, str, tuple[Any, ...]]] = []
+        for flat in results:
+            if flat[0] == b"BUSY":
+                continue
+            for pid, sid in json.loads(flat[1]):
+                release.append(("p_release", self.keys.player(pid), (sid, "forget")))
+            for i in range(2, len(flat), 3):
+                tag = flat[i + 2].decode()
+                rec = ended_record(flat[i + 1])
+                rec.pop("conns", None)  # type: ignore[misc]
+                change = Change(flat[i].decode(), rec, None if tag == "OK" else tag)
+                changes.append(change)
+                if change.ended:
+                    release.extend(self._index_cleanup(rec))
+        await self._together(release, now)
+        return SweepResult(await self.current_epoch(), changes, revived=revived, more=more)
+
+    async def _drop_dead(self, dead: list[str], now: int, hold_ms: int, budget: int,
+                         changes: list[Change]) -> bool:
+        """A dead node's sockets are dropped as if each had closed: seat holds, then
+        player_left timeout and host migration by the hold sweep. Bounded: `budget`
+        players per call; True when some remain (the caller sweeps again at once).
+        SPOP hands each player to one sweeping node."""
+        more = False
+        for entry in dead:
+            if budget <= 0:
+                return True
+            key = self._node_set(entry)
+            pids = [p.decode() for p in await self.redis.spop(key, budget) or []]
+            budget -= len(pids)
+            owner = entry.split("#", 1)[0]
+            drops = await self._together(
+                [("p_drop_dead", self.keys.player(pid), (owner, hold_ms)) for pid in pids], now)
+            seats = [("s_drop", self._on(r[1].decode()), (pid, r[1].decode(), r[2].decode(),
+                                                         hold_ms))
+                     for pid, r in zip(pids, drops, strict=True)
+                     if r[0] == b"OK" and r[1]]
+            for got in await self._together(seats, now):
+                if got[0] == b"OK":
+                    rec = _rec(got[1])
+                    changes.append(Change(rec["id"], rec, None))
+            if not await self.redis.exists(key):
+                await self.redis.srem(f"{self.keys.nodes}dead", entry)
+            elif budget <= 0:
+                more = True
+        return more
 
     async def reconcile(self, clients: list[LiveClient], now: int, epoch: str | None = None
                         ) -> list[Verdict] | None:
         if not clients:
             return []
-        flat = await self._run("reconcile", json.dumps([_live(c) for c in clients]),
-                               epoch or "", now=now)
-        if flat == [b"EPOCH"]:
+        if epoch and await self.current_epoch() != epoch:
             return None
-        return [Verdict(flat[i].decode(), json.loads(flat[i + 1]) if flat[i + 1] else None)
-                for i in range(0, len(flat), 2)]
+        await self._on_node_sets(clients)
+        players = await self._together(
+            [("p_reconcile", self.keys.player(c.player_id), (json.dumps(_live(c)), "reconcile"))
+             for c in clients], now)
+        verdicts: list[Verdict | None] = []
+        seats: list[tuple[str, str, tuple[Any, ...]]] = []
+        asked: list[int] = []
+        for i, (c, res) in enumerate(zip(clients, players, strict=True)):
+            if res[0] == b"REPLACED":
+                verdicts.append(Verdict("REPLACED", None))
+            elif not c.session_id:
+                verdicts.append(Verdict("OK", None))
+            else:
+                verdicts.append(None)
+                if res[1].decode() == c.session_id:
+                    seats.append(("s_reconnect", self._on(c.session_id),
+                                  (c.player_id, c.session_id, c.conn)))
+                    asked.append(i)
+        answers = dict(zip(asked, await self._together(seats, now), strict=True))
+        out: list[Verdict] = []
+        for i, c in enumerate(clients):
+            v = verdicts[i]
+            if v is None:
+                got = answers.get(i)
+                if got is not None and got[0] == b"OK":
+                    v = Verdict("OK", _rec(got[1]))
+                else:
+                    v = Verdict("OUT", await self.get_session(c.session_id or ""))
+            out.append(v)
+        return out
+
+    async def rebind(self, clients: list[LiveClient], now: int) -> int:
+        rebound = 0
+        await self._on_node_sets(clients)
+        for i in range(0, len(clients), REBIND_BATCH):
+            batch = clients[i:i + REBIND_BATCH]
+            players = await self._together(
+                [("p_reconcile", self.keys.player(c.player_id), (json.dumps(_live(c)), "rebind"))
+                 for c in batch], now)
+            seats = []
+            for c, res in zip(batch, players, strict=True):
+                if res[0] != b"OK":
+                    continue
+                rebound += 1
+                sid = res[1].decode()
+                if sid:
+                    seats.append(("s_reconnect", self._on(sid), (c.player_id, sid, c.conn)))
+            for (_, _, (pid, sid, _c)), got in zip(seats, await self._together(seats, now),
+                                                   strict=True):
+                if got[0] != b"OK":
+                    await self._run("p_release", self.keys.player(pid), sid, "", now=now)
+        return rebound
+
+    async def _on_node_sets(self, clients: list[LiveClient]) -> None:
+        """Live sockets are on their node's books again (a sweep may have taken
+        them off while the node was thought dead, or a rebuild lost them)."""
+        by_node: dict[str, list[str]] = {}
+        for c in clients:
+            by_node.setdefault(_conn_node(c.conn), []).append(c.player_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for node, pids in by_node.items():
+                pipe.sadd(self._node_set(node), *pids)
+            await pipe.execute()
+
+    # the rebuild of emptied buckets ---------------------------------------------
+    async def _epochs(self) -> list[str | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for k in range(self.keys.buckets):
+                pipe.get(f"{self.keys.bucket_prefix(k)}epoch")
+            raws = await pipe.execute()
+        return [r.decode() if r else None for r in raws]
+
+    async def current_epoch(self) -> str | None:
+        """The store's generation: its buckets' epochs (None while one is missing:
+        its shard came back empty and is to be rebuilt)."""
+        epochs = await self._epochs()
+        if any(e is None for e in epochs):
+            return None
+        return epochs[0] if len(epochs) == 1 else "/".join(epochs)  # type: ignore[arg-type]
 
     async def restore(
         self, epoch: str, records: list[SessionRecord], hold_ms: int, now: int
@@ -409,78 +804,205 @@ class RedisStore:
                 else:
                     done = await self.finish_restore(epoch, epoch)
                     if done is not None:
-                        return done, restored if done == epoch else 0
+                        return done, restored if epoch in done.split("/") else 0
             # Another owner is at work (or took over): its epoch ends the wait.
             await asyncio.sleep(0.02)
 
     async def take_restore_lease(self, owner: str, lease_ms: int) -> RestoreLease:
-        tag, value = await self._run("restore_lease", "take", owner, lease_ms, now=0)
-        if tag == b"DONE":
-            return RestoreLease(value.decode(), False)
-        if tag == b"MINE":
+        """The leases of every bucket without an epoch (a rebuild restores those)."""
+        epochs = await self._epochs()
+        missing = [k for k, e in enumerate(epochs) if e is None]
+        if not missing:
+            return RestoreLease(await self.current_epoch(), False)
+        answers = await self._together(
+            [("restore", self.keys.bucket_prefix(k), ("take", owner, lease_ms)) for k in missing],
+            0)
+        mine = {k for k, a in zip(missing, answers, strict=True) if a[0] == b"MINE"}
+        busy = [a[1].decode() for a in answers if a[0] == b"BUSY"]
+        self._restoring[owner] = mine
+        if mine:
             return RestoreLease(None, True)
-        return RestoreLease(None, False, value.decode())
+        if busy:
+            return RestoreLease(None, False, busy[0])
+        return RestoreLease(await self.current_epoch(), False)
 
     async def drop_restore_lease(self, owner: str) -> None:
-        await self._run("restore_lease", "drop", owner, 0, now=0)
+        await self._together(
+            [("restore", self.keys.bucket_prefix(k), ("drop", owner, 0))
+             for k in self._restoring.pop(owner, set())], 0)
 
     async def restore_batch(
         self, owner: str, batch: str, hold_ms: int, lease_ms: int, now: int
     ) -> int | None:
-        n = int(await self._run("restore_batch", owner, lease_ms, hold_ms, batch, now=now))
-        return None if n < 0 else n
+        mine = self._restoring.get(owner, set())
+        if not mine:
+            return None  # the caller holds no bucket's lease
+        by_bucket: dict[int, list[SessionRecord]] = {}
+        for rec in json.loads(batch):
+            k = self.keys.bucket(rec["id"])
+            if k in mine:
+                by_bucket.setdefault(k, []).append(rec)
+        restored = 0
+        follow: list[tuple[str, str, tuple[Any, ...]]] = []
+        for k, recs in by_bucket.items():
+            res = await self._run("restore_batch", self.keys.bucket_prefix(k), owner, lease_ms,
+                                  hold_ms, json.dumps(recs, separators=(",", ":")), now=now)
+            if int(res[0]) < 0:
+                return None
+            restored += int(res[0])
+            done = set(json.loads(res[1]))
+            for rec in recs:
+                if rec["id"] not in done:
+                    continue
+                for m in rec["members"]:
+                    if m.get("tokh"):
+                        follow.append(("p_restore", self.keys.player(m["id"]), (json.dumps(
+                            {"id": m["id"], "name": m["name"], "tokh": m["tokh"],
+                             "sid": rec["id"]}),)))
+                if isinstance(rec.get("code"), str):
+                    follow.append(("kv_cas", self.keys.code(rec["code"]), ("", rec["id"])))  # type: ignore[arg-type]
+        await self._together(follow, now)
+        await self._restore_servers([r for recs in by_bucket.values() for r in recs], now)
+        return restored
+
+    async def _restore_servers(self, records: list[SessionRecord], now: int) -> None:
+        # Records may disagree on a reused server; the latest start is the one it
+        # served before Redis was lost, as finish_start would have left it.
+        def start_time(rec: SessionRecord | None) -> int:
+            started = rec.get("started") if rec else None
+            return started if isinstance(started, int) else 0
+        for rec in records:
+            server = rec.get("server_id")
+            if not isinstance(server, str):
+                continue
+            key = self.keys.server(server)
+            other = await self.redis.get(key)
+            held = await self.get_session(other.decode()) if other else None
+            if held is None or start_time(held) <= start_time(rec):
+                await self.redis.set(key, rec["id"])
 
     async def finish_restore(self, owner: str, epoch: str) -> str | None:
-        done = await self._run("restore_done", owner, epoch, now=0)
-        return done.decode() if done else None
+        mine = self._restoring.pop(owner, set())
+        answers = await self._together(
+            [("restore", self.keys.bucket_prefix(k), ("done", owner, epoch)) for k in mine], 0)
+        if any(a[0] == b"LOST" for a in answers):
+            return None
+        return await self.current_epoch()
 
-    async def current_epoch(self) -> str | None:
-        raw = await self.redis.get(f"{self.prefix}epoch")
-        return raw.decode() if raw else None
-
-    async def rebind(self, clients: list[LiveClient], now: int) -> int:
-        rebound = 0
-        for i in range(0, len(clients), REBIND_BATCH):
-            payload = json.dumps([_live(c) for c in clients[i:i + REBIND_BATCH]])
-            rebound += int(await self._run("rebind", payload, now=now))
-        return rebound
-
+    # password guesses ------------------------------------------------------------
     async def password_guess(self, session_id: str, address: str, now: int,
                              limits: GuessLimits) -> GuessVerdict:
-        res = await self._guess(session_id, address, now, limits, "guess")
-        if res[0] == b"OK":
-            return GuessVerdict()
-        return GuessVerdict(int(res[1]), res[2].decode())
+        addr_key = self.keys.address(address)
+        if not session_id:
+            res = await self._guess(addr_key, session_id, address, now, limits, "address")
+            return _verdict(res)
+        locked, res = await asyncio.gather(
+            self._guess(self._on(session_id), session_id, address, now, limits,
+                        "session-locked"),
+            self._guess(addr_key, session_id, address, now, limits, "address"))
+        if res[0] != b"OK" and len(res) < 4:
+            return _verdict(res)  # the address was locked already
+        if locked[0] != b"OK":
+            if res[0] == b"OK":
+                await self._guess(addr_key, session_id, address, now, limits, "address-refund")
+            return _verdict(locked)
+        if res[0] != b"OK":
+            return _verdict(res)
+        res = await self._guess(self._on(session_id), session_id, address, now, limits,
+                                "session")
+        if res[0] != b"OK":
+            await self._guess(addr_key, session_id, address, now, limits, "address-refund")
+        return _verdict(res)
 
     async def password_refund(self, session_id: str, address: str, now: int,
                               limits: GuessLimits) -> None:
-        await self._guess(session_id, address, now, limits, "refund")
+        calls = [("password_guess", self.keys.address(address),
+                  _guess_args(session_id, address, limits, "address-refund"))]
+        if session_id:
+            calls.append(("password_guess", self._on(session_id),
+                          _guess_args(session_id, address, limits, "session-refund")))
+        await self._together(calls, now)
 
-    async def _guess(self, session_id: str, address: str, now: int, limits: GuessLimits,
-                     mode: str) -> Any:
-        return await self._run(
-            "password_guess", session_id, address, limits.per_session, limits.per_address,
-            limits.window_ms, limits.lock_ms, limits.lock_max_ms, mode, now=now)
+    async def _guess(self, key: str, session_id: str, address: str, now: int,
+                     limits: GuessLimits, mode: str) -> Any:
+        return await self._run("password_guess", key,
+                               *_guess_args(session_id, address, limits, mode), now=now)
 
     async def stats(self) -> dict[str, Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zcard(f"{self.prefix}open")
-        pipe.zcard(f"{self.prefix}holds")
-        open_count, holds = await pipe.execute()
-        return {"open_sessions": open_count, "held_seats": holds}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for k in range(self.keys.buckets):
+                pipe.zcard(f"{self.keys.bucket_prefix(k)}open")
+                pipe.zcard(f"{self.keys.bucket_prefix(k)}holds")
+            counts = await pipe.execute()
+        return {"open_sessions": sum(counts[0::2]), "held_seats": sum(counts[1::2])}
 
     async def scan_sessions(
         self, cursor: str | None, count: int
     ) -> tuple[list[SessionRecord], str | None]:
         # SCAN, not one script over every session: an operator's listing must
-        # not hold Redis for the time it takes to read thousands of records.
-        head = f"{self.prefix}s:"
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in head) + "*"
-        nxt, keys = await self.redis.scan(int(cursor or 0), match=pattern, count=count)
-        keys = [k for k in dict.fromkeys(keys) if b":" not in k[len(head):]]
-        raws = await self.redis.mget(keys) if keys else []
-        records = [json.loads(r) for r in raws if r]
-        return records, (str(nxt) if int(nxt) else None)
+        # not hold Redis for the time it takes to read thousands of records. On a
+        # cluster each master is scanned in turn (cursor: "master index:cursor").
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + "{s*}:s:*"
+        if not self.cluster:
+            nxt, keys = await self.redis.scan(int(cursor or 0), match=pattern, count=count)
+            more = str(nxt) if int(nxt) else None
+        else:
+            masters = sorted(self.redis.get_primaries(), key=lambda n: n.name)  # type: ignore[union-attr]
+            i, _, c = (cursor or "0:0").partition(":")
+            node = masters[int(i)]
+            nxt, keys = await self.redis.execute_command(  # type: ignore[union-attr]
+                "SCAN", int(c), "MATCH", pattern, "COUNT", count, target_nodes=node)
+            if int(nxt):
+                more = f"{i}:{int(nxt)}"
+            else:
+                more = f"{int(i) + 1}:0" if int(i) + 1 < len(masters) else None
+        keys = [k for k in dict.fromkeys(keys) if b":" not in k.split(b"}:s:", 1)[1]]
+        raws = await asyncio.gather(*(self.redis.get(k) for k in keys))
+        records = [_rec(r) for r in raws if r]
+        return records, more
+
+
+def _verdict(res: Any) -> GuessVerdict:
+    if res[0] == b"OK":
+        return GuessVerdict()
+    return GuessVerdict(int(res[1]), res[2].decode())
+
+
+def _guess_args(session_id: str, address: str, limits: GuessLimits, mode: str) -> tuple[Any, ...]:
+    return (session_id, address, limits.per_session, limits.per_address, limits.window_ms,
+            limits.lock_ms, limits.lock_max_ms, mode)
+
+
+def _owner(bucket: int, nodes: list[str]) -> str:
+    """The node that sweeps a bucket: the highest of hash(node, bucket)."""
+    return max(nodes, key=lambda n: zlib.crc32(f"{n}/{bucket}".encode()))
+
+
+async def _nothing() -> tuple[list[SessionRecord], str | None, list[str], str]:
+    return [], None, [], ""
+
+
+def _split_cursor(cursor: str | None, buckets: int) -> list[str | None]:
+    if cursor is None:
+        return [None] * buckets
+    if not cursor.startswith("b"):
+        raise LobbyError(ErrorCode.BAD_REQUEST, "bad cursor")
+    parts = cursor[1:].split(",")
+    if len(parts) != buckets:
+        raise LobbyError(ErrorCode.BAD_REQUEST, "bad cursor")
+    return [p or None for p in parts]
+
+
+def _order_key(rec: SessionRecord, sort: str) -> tuple[Any, ...]:
+    """The merge order of the buckets' pages (within a bucket, its own order)."""
+    created, sid = rec["created"], rec["id"]
+    if sort == "oldest":
+        return (created, sid)
+    if sort == "most_players":
+        return (-len(rec["members"]), -created, sid)
+    if sort == "fewest_players":
+        return (len(rec["members"]), created, sid)
+    return (-created, sid)
 
 
 def _live(c: LiveClient) -> dict[str, str]:

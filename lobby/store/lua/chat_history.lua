@@ -1,5 +1,5 @@
--- KEYS: 1 session record, 2 chat log. ARGV: 3 player_id.
+-- ARGV: 3 player_id, 4 session_id.
 -- The kept messages, oldest first, to a member only.
-local s = load(KEYS[1])
+local s = load(skey(ARGV[4]))
 if not (s and member_index(s, ARGV[3])) then return fail('NOT_IN_SESSION') end
-return {'OK', redis.call('LRANGE', KEYS[2], 0, -1)}
+return {'OK', redis.call('LRANGE', chatkey(ARGV[4]), 0, -1)}

@@ -1,4 +1,5 @@
 -- ARGV: 3 session_id, 4 reason. The match is over (or an operator ends it).
+-- The caller then releases the members' players and the code and server keys.
 local s = load(skey(ARGV[3]))
 if not s then return fail('SESSION_NOT_FOUND') end
 return outcome(close_session(s, ARGV[4]), true)

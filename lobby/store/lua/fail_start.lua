@@ -8,9 +8,8 @@ for _, m in ipairs(s.members) do
   -- A failed start asks everyone to confirm again.
   m.ready = nil
   -- Back in the waiting room, players who dropped meanwhile get their hold again.
-  local mp = load(pkey(m.id))
-  if mp and mp.conn == '' then
-    redis.call('ZADD', HOLDS, NOW + hold, m.id)
+  if seat_conn(s, m.id) == '' then
+    redis.call('ZADD', HOLDS, NOW + hold, held(s.id, m.id))
     m.off = NOW + hold
   end
 end

@@ -1,10 +1,4 @@
--- ARGV: 3 player_id
-local pid = ARGV[3]
-local p = load(pkey(pid))
-if not p then return fail('NOT_AUTHENTICATED') end
-if not p.sid then return fail('NOT_IN_SESSION') end
-local s = load(skey(p.sid))
-p.sid = nil
-save(pkey(pid), p)
-if not s then return fail('NOT_IN_SESSION') end
-return outcome(remove_member(s, pid, 'left'))
+-- ARGV: 3 player_id, 4 session_id (the player's pointer)
+local s, refused = member_session(ARGV[4], ARGV[3])
+if refused then return fail(refused) end
+return outcome(remove_member(s, ARGV[3], 'left'))

@@ -2,7 +2,7 @@
 --   indexed ('*' or a list of keys), token (names a new snapshot), budget, snap_max,
 --   snap_ms, and the parsed cursor: seq (number, or false on the first page) or
 --   snap (token of an existing snapshot) with offset}.
--- Returns {next cursor or '', list of records JSON} or {'ERR', code}.
+-- Returns {next cursor or '', list of records JSON, their positions} or {'ERR', code}.
 -- Mirrors MemoryStore.list_sessions: the same candidates in the same order, so the
 -- same pages. Index lookups (eq and in on indexed keys) give the candidates; every
 -- other condition is checked on the records a page walks, at most `budget` of them.
@@ -87,7 +87,7 @@ local function driver_keys()
     if c[2] == 'eq' then
       table.insert(keys, ixkey(attr_token(c[1], c[3])))
     else
-      local union = P .. 'tmp:' .. q.token .. ':in' .. i
+      local union = B .. 'tmp:' .. q.token .. ':in' .. i
       local args = {union, #c[3]}
       for _, w in ipairs(c[3]) do table.insert(args, ixkey(attr_token(c[1], w))) end
       redis.call('ZUNIONSTORE', unpack(args))
@@ -110,6 +110,9 @@ end
 -- Walks the candidates in order: at(i) is the i-th id (nil past the last; at most
 -- `budget`), pos(i) the cursor just after it. Returns the next page's cursor.
 local out = {}
+-- Each returned record's cursor position: a merge of several buckets' pages
+-- (redis.py) resumes a bucket just after the last of its records it used.
+local outpos = {}
 local function walk(at, pos)
   local last = nil
   local i = 1
@@ -120,6 +123,7 @@ local function walk(at, pos)
     if raw and record_match(raw) then
       if #out == limit then return last end -- one more match: there is a next page
       table.insert(out, raw)
+      table.insert(outpos, tostring(pos(i)))
       last = pos(i)
     end
     i = i + 1
@@ -133,7 +137,7 @@ if not players then
   local src = OPEN
   local keys = driver_keys()
   if #keys > 0 then
-    src = P .. 'tmp:' .. q.token
+    src = B .. 'tmp:' .. q.token
     table.insert(temps, src)
     intersect(src, OPEN, keys)
   end
@@ -164,7 +168,7 @@ else
   local token, offset, at
   local ids = {}
   if q.snap then
-    local key = P .. 'snap:' .. q.snap
+    local key = B .. 'snap:' .. q.snap
     if redis.call('EXISTS', key) == 0 then return {'ERR', 'CURSOR_EXPIRED'} end
     token, offset = q.snap, q.offset
     local ended = false
@@ -182,7 +186,7 @@ else
     local src = OPENP
     local keys = driver_keys()
     if #keys > 0 then
-      src = P .. 'tmp:' .. q.token
+      src = B .. 'tmp:' .. q.token
       table.insert(temps, src)
       intersect(src, OPENP, keys)
     end
@@ -198,11 +202,11 @@ else
   if pos then
     nxt = 'p' .. token .. '.' .. pos
     if not q.snap then
-      local key = P .. 'snap:' .. token
+      local key = B .. 'snap:' .. token
       redis.call('RPUSH', key, unpack(ids))
       redis.call('PEXPIRE', key, q.snap_ms)
     end
   end
 end
 for _, k in ipairs(temps) do redis.call('DEL', k) end
-return {nxt or '', out}
+return {nxt or '', out, outpos}

@@ -7,16 +7,25 @@
 --     not guessed on the session in the window still gets one guess (the owner's
 --     friend typing the right password during an attack), then it is locked too;
 --   * per address, across sessions: ARGV[6] guesses per window, locked the same way.
--- ARGV[10] is 'guess' or 'refund' (the password was right: it does not count).
+-- The two counts live in different slots (the address' and the session's
+-- bucket), so a guess takes three calls: ARGV[10] 'session-locked' (KEYS[1] the
+-- bucket's prefix) refuses an address locked out of the session and 'address'
+-- (KEYS[1] the address' prefix) checks and counts the address, both at once (the
+-- caller applies the checks in this order: address already locked, locked out
+-- of the session, address at its limit), then 'session' checks and counts the
+-- session; when the session refuses, the caller refunds the address
+-- ('address-refund'). 'session-refund' and 'address-refund'
+-- also undo a guess whose password was right (it does not count).
 -- An empty session id is a guess at no session in particular (a join code): the
 -- address limit only.
 -- Returns {'OK'} or {'LIMITED', retry_after_ms, 'session' | 'address'}.
 local SID, ADDR = ARGV[3], ARGV[4]
 local PER_SESSION, PER_ADDRESS = tonumber(ARGV[5]), tonumber(ARGV[6])
 local WINDOW, LOCK, LOCK_MAX = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local SK = P .. 'pwg:s:' .. SID
-local AK = P .. 'pwg:a:' .. ADDR
-local FK = P .. 'pwg:f:' .. SID
+local SK = KEYS[1] .. 'pwg:s:' .. SID
+local AK = KEYS[1] .. 'pwg'
+local FK = KEYS[1] .. 'pwg:f:' .. SID
+local MODE = ARGV[10]
 
 local function state(key)
   local h = redis.call('HMGET', key, 'w', 'n', 'u', 'lv')
@@ -33,43 +42,38 @@ local function save(key, b)
   redis.call('PEXPIRE', key, LOCK_MAX + WINDOW)
 end
 
-if SID == '' then
-  if ARGV[10] == 'refund' then
-    local n = tonumber(redis.call('HGET', AK, 'n') or '0')
-    if n > 0 then redis.call('HSET', AK, 'n', n - 1) end
-    return {'OK'}
-  end
+local function refund(key)
+  local n = tonumber(redis.call('HGET', key, 'n') or '0')
+  if n > 0 then redis.call('HSET', key, 'n', n - 1) end
+end
+
+if MODE == 'address-refund' then
+  refund(AK)
+  return {'OK'}
+end
+if MODE == 'session-refund' then
+  refund(SK)
+  redis.call('SREM', FK, ADDR)
+  return {'OK'}
+end
+if MODE == 'address' then
   local a = state(AK)
   if a.u > NOW then return {'LIMITED', a.u - NOW, 'address'} end
   if a.n >= PER_ADDRESS then
     a.u = NOW + math.min(LOCK_MAX, LOCK * 2 ^ a.lv); a.lv = a.lv + 1; a.w = NOW; a.n = 0
     save(AK, a)
-    return {'LIMITED', a.u - NOW, 'address'}
+    return {'LIMITED', a.u - NOW, 'address', 'new'} -- locked by this guess
   end
   a.n = a.n + 1
   save(AK, a)
   return {'OK'}
 end
 
-if ARGV[10] == 'refund' then
-  for _, key in ipairs({SK, AK}) do
-    local n = tonumber(redis.call('HGET', key, 'n') or '0')
-    if n > 0 then redis.call('HSET', key, 'n', n - 1) end
-  end
-  redis.call('SREM', FK, ADDR)
-  return {'OK'}
-end
-
-local s, a = state(SK), state(AK)
-if a.u > NOW then return {'LIMITED', a.u - NOW, 'address'} end
+local s = state(SK)
 if s.u > NOW and redis.call('SISMEMBER', FK, ADDR) == 1 then
   return {'LIMITED', s.u - NOW, 'session'}
 end
-if a.n >= PER_ADDRESS then
-  a.u = NOW + math.min(LOCK_MAX, LOCK * 2 ^ a.lv); a.lv = a.lv + 1; a.w = NOW; a.n = 0
-  save(AK, a)
-  return {'LIMITED', a.u - NOW, 'address'}
-end
+if MODE == 'session-locked' then return {'OK'} end
 if s.u <= NOW and s.n >= PER_SESSION then
   s.u = NOW + math.min(LOCK_MAX, LOCK * 2 ^ s.lv); s.lv = s.lv + 1; s.w = NOW; s.n = 0
   if redis.call('SISMEMBER', FK, ADDR) == 1 then
@@ -79,9 +83,7 @@ if s.u <= NOW and s.n >= PER_SESSION then
   end
 end
 s.n = s.n + 1
-a.n = a.n + 1
 save(SK, s)
-save(AK, a)
 redis.call('SADD', FK, ADDR)
 redis.call('PEXPIRE', FK, math.max(WINDOW, s.u - NOW))
 return {'OK'}

@@ -1,44 +1,44 @@
 -- Shared by every script (lobby/store/redis.py prepends it). ARGV[1] is the key
 -- prefix and ARGV[2] the caller's clock in ms; the rest belong to each script.
--- Keys are derived here rather than passed in KEYS because a session's member
--- list decides which player keys a change touches; the store therefore targets
--- a single Redis (or one with all keys in one slot), not Redis Cluster.
+-- Every script touches one hash slot (lobby/store/keys.py has the layout), so the
+-- same scripts run on one Redis, behind Sentinel and on Redis Cluster:
+--   * session scripts get their bucket's key prefix (with its hash tag) as KEYS[1]
+--     and derive the bucket's keys from it: the session record, chat and event
+--     channel, and the bucket's indexes, deadlines and seat holds;
+--   * player scripts get the player's key as KEYS[1] (a slot of its own).
+-- An operation that changes a player and a session is a short sequence of such
+-- scripts (lobby/store/redis.py); the session's member list is the truth, the
+-- player's `sid` a pointer that is checked against it.
 local P = ARGV[1]
 local NOW = tonumber(ARGV[2])
 local NULL = cjson.null
-local OPEN = P .. 'open'
-local HOLDS = P .. 'holds'
-local SEQ = P .. 'seq'
+local B = KEYS[1]
+local OPEN = B .. 'open'
+-- Held seats by deadline: 'SESSION_ID PLAYER_ID' (ids have no spaces).
+local HOLDS = B .. 'holds'
+local function held(sid, pid) return sid .. ' ' .. pid end
+local SEQ = B .. 'seq'
 -- Sessions by the time of their last state change; the sweep derives each
 -- session's real deadline (idle, connecting, in-progress) from its record.
-local DEADLINES = P .. 'deadlines'
--- Game server id -> id of the live session it serves, for game servers that
--- know only their own (FleetIQ) id.
-local SERVERS = P .. 'servers'
+local DEADLINES = B .. 'deadlines'
 -- Listed sessions by players then creation (count * PLAYERS_SCALE + seq): the
 -- most_players / fewest_players sorts walk it. seq stays far below the scale.
-local OPENP = P .. 'openp'
+local OPENP = B .. 'openp'
 local PLAYERS_SCALE = 1e12
--- Join code -> session id, for the live sessions.
-local CODES = P .. 'codes'
+-- The bucket's generation: set by a rebuild from DynamoDB (or the first sweep of
+-- a new deployment); missing means the bucket's shard lost its data.
+local EPOCH = B .. 'epoch'
 
--- Node liveness: node id -> the time its heartbeat (each sweep) lapses. A node
--- past it is moved to DEAD, and the sweep drops its players' sockets.
-local NODES = P .. 'nodes'
-local DEAD = P .. 'dead'
-
-local function skey(sid) return P .. 's:' .. sid end
-local function pkey(pid) return P .. 'p:' .. pid end
+local function skey(sid) return B .. 's:' .. sid end
 -- An equality index: the listed sessions (by seq) whose attribute has one value.
-local function ixkey(token) return P .. 'ix:' .. token end
+local function ixkey(token) return B .. 'ix:' .. token end
 -- A session's chat lives beside its record, under keys derived from its id, and
 -- goes with it: the log (a list of message JSON texts, oldest first) and a hash
 -- of the message counter ('seq') and each sender's recent send times ('r:' .. pid).
-local function chatkey(sid) return P .. 'c:' .. sid end
-local function chatmetakey(sid) return P .. 'cm:' .. sid end
--- The players whose socket is on a node (conn ids are 'NODEID.N'), so that a
--- dead node's sockets can be found without scanning every player.
-local function ckey(node) return P .. 'nc:' .. node end
+local function chatkey(sid) return B .. 'c:' .. sid end
+local function chatmetakey(sid) return B .. 'cm:' .. sid end
+-- The session's sharded pub/sub channel, on the bucket's slot.
+local function evkey(sid) return B .. 'ev:' .. sid end
 local function conn_node(conn) return string.match(conn, '^(.+)%.[^.]*$') end
 
 local function load(key)
@@ -49,17 +49,18 @@ end
 
 local function save(key, t) redis.call('SET', key, cjson.encode(t)) end
 
--- Every change of a player's conn goes through here, keeping ckey() in step.
-local function set_conn(p, conn)
-  local was = p.conn and p.conn ~= '' and conn_node(p.conn)
-  if was then redis.call('SREM', ckey(was), p.id) end
-  p.conn = conn
-  local now_on = conn ~= '' and conn_node(conn)
-  if now_on then redis.call('SADD', ckey(now_on), p.id) end
+-- The record as the caller gets it: without `conns` (which socket holds each
+-- seat), the store's own bookkeeping.
+local function enc(s)
+  local conns = s.conns
+  s.conns = nil
+  local text = cjson.encode(s)
+  s.conns = conns
+  return text
 end
 
 local function fail(code) return {'ERR', code} end
-local function ok(s) return {'OK', cjson.encode(s)} end
+local function ok(s) return {'OK', enc(s)} end
 
 -- Every change of a session bumps its version; events carry it so that a
 -- client snapshot can be ordered against the pushes that follow it.
@@ -68,11 +69,31 @@ local function touch(s)
   s.updated = NOW
 end
 
+-- What an event carries of the record: what clients see, never a token or
+-- password hash (mirrors session.bus_view).
+local function bus_view(s)
+  local out = {}
+  for k, v in pairs(s) do
+    if k ~= 'conns' and k ~= 'ix' and k ~= 'bans' then out[k] = v end
+  end
+  if s.pw ~= NULL then out.pw = {} end
+  local members = {}
+  for i, m in ipairs(s.members) do
+    local c = {}
+    for k, v in pairs(m) do
+      if k ~= 'tokh' then c[k] = v end
+    end
+    members[i] = c
+  end
+  out.members = members
+  return out
+end
+
 local function publish(s, ev)
   ev.sid = s.id
   ev.v = s.v
-  ev.s = s
-  redis.call('PUBLISH', P .. 'ev:' .. s.id, cjson.encode(ev))
+  ev.s = bus_view(s)
+  redis.call('SPUBLISH', evkey(s.id), cjson.encode(ev))
 end
 
 -- Listed: what list_sessions may show (mirrors MemoryStore._listed).
@@ -140,27 +161,36 @@ local function merge_attrs(attrs, update, limit)
   return out
 end
 
--- The session a host-only request acts on: the caller's own WAITING session,
--- or the error code that refuses the request.
-local function hosted_waiting_session(pid)
-  local p = load(pkey(pid))
-  if not p then return nil, 'NOT_AUTHENTICATED' end
-  if not p.sid then return nil, 'NOT_IN_SESSION' end
-  local s = load(skey(p.sid))
-  if not s then return nil, 'NOT_IN_SESSION' end
-  if s.host ~= pid then return nil, 'NOT_HOST' end
-  if s.state ~= 'WAITING' then return nil, 'SESSION_NOT_WAITING' end
-  return s, nil
+local function member_index(s, pid)
+  for i, m in ipairs(s.members) do
+    if m.id == pid then return i end
+  end
+  return nil
+end
+
+-- The session `sid` when `pid` is one of its members (the caller names the
+-- session its player is in; the member list decides), or the refusal.
+local function member_session(sid, pid)
+  local s = sid ~= '' and load(skey(sid))
+  local i = s and member_index(s, pid)
+  if not i then return nil, 'NOT_IN_SESSION' end
+  return s, nil, i
 end
 
 -- The caller's session when the caller hosts it, in any state.
-local function hosted_session(pid)
-  local p = load(pkey(pid))
-  if not p then return nil, 'NOT_AUTHENTICATED' end
-  if not p.sid then return nil, 'NOT_IN_SESSION' end
-  local s = load(skey(p.sid))
-  if not s then return nil, 'NOT_IN_SESSION' end
+local function hosted_session(sid, pid)
+  local s, refused = member_session(sid, pid)
+  if refused then return nil, refused end
   if s.host ~= pid then return nil, 'NOT_HOST' end
+  return s, nil
+end
+
+-- The session a host-only request acts on: the caller's own WAITING session,
+-- or the error code that refuses the request.
+local function hosted_waiting_session(sid, pid)
+  local s, refused = hosted_session(sid, pid)
+  if refused then return nil, refused end
+  if s.state ~= 'WAITING' then return nil, 'SESSION_NOT_WAITING' end
   return s, nil
 end
 
@@ -174,30 +204,18 @@ local function change_state(s, state)
   index_open(s)
 end
 
-local function member_index(s, pid)
-  for i, m in ipairs(s.members) do
-    if m.id == pid then return i end
-  end
-  return nil
-end
-
+-- The join code and server index entries live in slots of their own: the caller
+-- removes them after this (redis.py), only where they still name this session.
 local function delete_session(s)
   redis.call('DEL', skey(s.id), chatkey(s.id), chatmetakey(s.id))
   unindex(s)
   redis.call('ZREM', DEADLINES, s.id)
-  if type(s.code) == 'string' and redis.call('HGET', CODES, s.code) == s.id then
-    redis.call('HDEL', CODES, s.code)
-  end
-  -- Only our own entry: the server may already serve a later session.
-  if type(s.server_id) == 'string' and redis.call('HGET', SERVERS, s.server_id) == s.id then
-    redis.call('HDEL', SERVERS, s.server_id)
-  end
 end
 
 -- The reply of a change that may have ended the session: 'DEL' and the final
 -- record (for the persisted ENDED item), or 'OK' and the record.
 local function outcome(s, ended)
-  if ended then return {'DEL', cjson.encode(s)} end
+  if ended then return {'DEL', enc(s)} end
   return ok(s)
 end
 
@@ -208,11 +226,12 @@ local function remove_member(s, pid, reason)
   local i = member_index(s, pid)
   if not i then return s, false end
   table.remove(s.members, i)
-  redis.call('ZREM', HOLDS, pid)
+  if s.conns then s.conns[pid] = nil end
+  redis.call('ZREM', HOLDS, held(s.id, pid))
   if #s.members == 0 then
     touch(s)
     delete_session(s)
-    redis.call('PUBLISH', P .. 'ev:' .. s.id,
+    redis.call('SPUBLISH', evkey(s.id),
       cjson.encode({e = 'session_deleted', sid = s.id, v = s.v, reason = reason}))
     return s, true
   end
@@ -230,54 +249,45 @@ local function remove_member(s, pid, reason)
   return s, false
 end
 
--- Ends a session whatever its state: members are released (a disconnected
--- one is forgotten), and connected members are told why.
+-- Ends a session whatever its state; connected members are told why. The
+-- caller releases the members' player records (their slots are elsewhere).
 local function close_session(s, reason)
-  for _, m in ipairs(s.members) do
-    redis.call('ZREM', HOLDS, m.id)
-    local p = load(pkey(m.id))
-    if p and p.sid == s.id then
-      if p.conn == '' then
-        redis.call('DEL', pkey(m.id))
-      else
-        p.sid = nil
-        save(pkey(m.id), p)
-      end
-    end
-  end
+  for _, m in ipairs(s.members) do redis.call('ZREM', HOLDS, held(s.id, m.id)) end
   touch(s)
   delete_session(s)
   publish(s, {e = 'session_closed', reason = reason})
   return s
 end
 
--- The player's socket is gone (it closed, or its node died). A member's seat is
--- held and the others are told (player_disconnected); the session is returned.
--- A player in no session is kept for the hold only.
-local function drop_conn(p, hold)
-  set_conn(p, '')
-  p.disc = NOW
-  if p.sid then
-    local s = load(skey(p.sid))
-    save(pkey(p.id), p)
-    local i = s and member_index(s, p.id)
-    if i then
-      -- Seats in a started session are held for the session's life: no deadline (0).
-      local off = 0
-      if s.state == 'WAITING' then
-        off = NOW + hold
-        redis.call('ZADD', HOLDS, off, p.id)
-      end
-      s.members[i].off = off
-      touch(s)
-      save(skey(s.id), s)
-      local deadline = NULL
-      if off > 0 then deadline = off / 1000 end
-      publish(s, {e = 'player_disconnected', player_id = p.id, hold_until = deadline})
-      return s
-    end
-  else
-    redis.call('SET', pkey(p.id), cjson.encode(p), 'PX', math.max(hold, 1))
+-- Which socket holds each seat: set on create, join and reconnect; '' once the
+-- socket is gone. A seat whose socket is gone is held (off) or released.
+local function seat_conn(s, pid)
+  return (s.conns or {})[pid] or ''
+end
+
+local function set_seat_conn(s, pid, conn)
+  if not s.conns or s.conns == NULL then s.conns = {} end
+  s.conns[pid] = conn
+end
+
+-- The member's socket `conn` is gone (it closed, or its node died): the seat is
+-- held and the others are told (player_disconnected). False when the seat is
+-- not held by that socket (a newer one took it, or it already dropped).
+local function drop_seat(s, pid, conn, hold)
+  local i = member_index(s, pid)
+  if not i or seat_conn(s, pid) ~= conn or conn == '' then return false end
+  set_seat_conn(s, pid, '')
+  -- Seats in a started session are held for the session's life: no deadline (0).
+  local off = 0
+  if s.state == 'WAITING' then
+    off = NOW + hold
+    redis.call('ZADD', HOLDS, off, held(s.id, pid))
   end
-  return nil
+  s.members[i].off = off
+  touch(s)
+  save(skey(s.id), s)
+  local deadline = NULL
+  if off > 0 then deadline = off / 1000 end
+  publish(s, {e = 'player_disconnected', player_id = pid, hold_until = deadline})
+  return true
 end

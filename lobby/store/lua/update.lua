@@ -1,9 +1,9 @@
 -- ARGV: 3 host player_id, 4 changes JSON {name?, max?, pw? (hash or null: none),
 -- attrs? (null deletes a key), vis?, locked?}, 5 indexed attribute keys (JSON or '*'),
--- 6 attribute limit. Host only, WAITING only. Also rule?, minp? (start rule); any
+-- 6 attribute limit, 7 session_id. Host only, WAITING only. Also rule?, minp? (start rule); any
 -- update resets every ready flag: members confirm the new settings again.
 local pid = ARGV[3]
-local s, refused = hosted_waiting_session(pid)
+local s, refused = hosted_waiting_session(ARGV[7], pid)
 if refused then return fail(refused) end
 local ch = cjson.decode(ARGV[4])
 if ch.max ~= nil and ch.max < #s.members then return fail('MAX_BELOW_COUNT') end

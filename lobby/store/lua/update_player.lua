@@ -1,13 +1,9 @@
--- ARGV: 3 player_id, 4 attributes update JSON (null deletes a key), 5 attribute limit.
+-- ARGV: 3 player_id, 4 attributes update JSON (null deletes a key), 5 attribute limit,
+-- 6 session_id.
 -- A member sets their own attributes, in any state.
 local pid = ARGV[3]
-local p = load(pkey(pid))
-if not p then return fail('NOT_AUTHENTICATED') end
-if not p.sid then return fail('NOT_IN_SESSION') end
-local s = load(skey(p.sid))
-if not s then return fail('NOT_IN_SESSION') end
-local i = member_index(s, pid)
-if not i then return fail('NOT_IN_SESSION') end
+local s, refused, i = member_session(ARGV[6], pid)
+if refused then return fail(refused) end
 local merged = merge_attrs(s.members[i].attrs, cjson.decode(ARGV[4]), tonumber(ARGV[5]))
 if not merged then return fail('TOO_MANY_ATTRIBUTES') end
 s.members[i].attrs = merged
