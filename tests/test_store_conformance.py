@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
 
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import attr_value
@@ -60,6 +62,9 @@ class Harness:
     kind: str
     store: SessionStore
     epoch: str | None  # what sweep reports as the store's generation
+    # Session buckets: with more than one, `seq` counts creations per bucket and
+    # sweep limits apply per bucket.
+    buckets = 1
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -133,10 +138,10 @@ WATCHED_NODES = [f"n{i}" for i in range(10)] + ["eu.west", "eu"]
 class RedisHarness(Harness):
     kind = "redis"
 
-    def __init__(self, url: str, buckets: int = 1) -> None:
+    def __init__(self, url: str, buckets: int = 1, client: Any = None) -> None:
         super().__init__()
         self.epoch = None  # a fresh prefix has no epoch key until a restore sets it
-        self.client = aioredis.from_url(url)
+        self.client = client if client is not None else aioredis.from_url(url)
         # A unique prefix proves the store confines itself to the prefix it is given.
         self.prefix = f"conf-{uuid.uuid4().hex[:8]}:"
         self.store = RedisStore(self.client, self.prefix, buckets)
@@ -240,15 +245,81 @@ class RedisHarness(Harness):
         await self.client.aclose()
 
 
+class ClusterHarness(RedisHarness):
+    """The Redis store on a real 3-master Redis Cluster, sessions in 8 buckets.
+
+    A cluster has one pub/sub connection per master, so there is no single
+    order of all messages: the fence publishes its marker on every watched
+    channel (each ordered after that channel's own events) and waits for all."""
+
+    kind = "cluster"
+
+    def __init__(self, url: str, buckets: int = 8) -> None:
+        nodes = [ClusterNode(h, int(p)) for h, _, p in (
+            a.rpartition(":") for a in url.removeprefix("redis+cluster://").split(","))]
+        super().__init__(url, buckets, RedisCluster(startup_nodes=nodes))
+        self.buckets = buckets
+        self._marks: dict[str, set[bytes]] = {}
+
+    async def open(self) -> None:
+        await self.client.initialize()  # the slot map, which pub/sub routing needs
+        await self._pubsub.ssubscribe(*self._channels)
+        self._reader = asyncio.create_task(self._read())
+
+    async def watch(self, session_id: str) -> None:
+        channel = self.store.keys.channel(session_id).encode()
+        if channel in self._channels:
+            return
+        self._channels[channel] = session_id
+        await self._pubsub.ssubscribe(channel)
+
+    async def _read(self) -> None:
+        while True:
+            msg = await self._pubsub.get_sharded_message(timeout=0.05)
+            if msg is None or msg["type"] != "smessage":
+                continue
+            data = msg["data"]
+            if data.startswith(b'{"fence":'):
+                token = json.loads(data)["fence"]
+                waiting = self._marks.get(token)
+                if waiting is not None:
+                    waiting.discard(msg["channel"])
+                    if not waiting:
+                        fut = self._fences.pop(token, None)
+                        if fut is not None and not fut.done():
+                            fut.set_result(None)
+            else:
+                self._collect(self._channels[msg["channel"]], data)
+
+    async def fence(self) -> None:
+        token = uuid.uuid4().hex
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fences[token] = fut
+        self._marks[token] = set(self._channels)
+        mark = json.dumps({"fence": token})
+        await asyncio.gather(*(self.client.spublish(ch, mark) for ch in self._channels))
+        await asyncio.wait_for(fut, 5)
+
+
 async def open_harness(kind: str, request: pytest.FixtureRequest) -> Harness:
     if kind == "memory":
         return MemoryHarness()
-    harness = RedisHarness(request.getfixturevalue("redis_url"))
+    harness: RedisHarness
+    if kind == "cluster":
+        harness = ClusterHarness(request.getfixturevalue("cluster_url"))
+    elif kind == "sentinel":
+        setup = request.getfixturevalue("sentinel_target")
+        sentinel = Sentinel(setup.sentinel_addresses())
+        harness = RedisHarness("", 1, sentinel.master_for(setup.master_name))
+    else:
+        harness = RedisHarness(request.getfixturevalue("redis_url"))
     await harness.open()
     return harness
 
 
-@pytest.fixture(params=["memory", "redis"])
+# Every store the lobby runs on: in memory, one Redis, a Redis Cluster, and a
+# Redis behind Sentinel.
+@pytest.fixture(params=["memory", "redis", "cluster", "sentinel"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     harness = await open_harness(request.param, request)
     try:
@@ -274,6 +345,14 @@ def conn(pid: str, node: str = "n1") -> str:
 
 def member(pid: str, joined: int) -> Member:
     return {"id": pid, "name": name(pid), "joined": joined, "tokh": tokh(pid), "attrs": {}}
+
+
+def creation_seq(h: Harness, sid: str, before: list[str]) -> int:
+    """The `seq` of session `sid` created after `before`: counted per bucket."""
+    if h.buckets == 1:
+        return len(before) + 1
+    keys = h.store.keys  # type: ignore[attr-defined]
+    return 1 + sum(keys.bucket(other) == keys.bucket(sid) for other in before)
 
 
 def ids(rec: SessionRecord | dict[str, Any]) -> list[str]:
@@ -339,7 +418,7 @@ async def test_create_session(store: Harness) -> None:
 
     named = await h.store.create_session("bob", "s2", "Bob's \"room\" / 2", 2, PW, T0 + 6)
     assert (named["name"], named["pw"], named["max"], named["seq"], named["v"]) == (
-        "Bob's \"room\" / 2", PW, 2, 2, 1)
+        "Bob's \"room\" / 2", PW, 2, creation_seq(h, "s2", ["s1"]), 1)
     assert await h.store.get_session("s2") == named
 
     create = h.store.create_session
@@ -351,7 +430,8 @@ async def test_create_session(store: Harness) -> None:
     assert await h.store.get_session("s3") is None
     assert await h.store.get_session("s4") is None
     # carol's failed create left her free to create.
-    assert (await h.store.create_session("carol", "s5", "", 4, None, T0 + 7))["seq"] == 3
+    assert (await h.store.create_session("carol", "s5", "", 4, None, T0 + 7))["seq"] == (
+        creation_seq(h, "s5", ["s1", "s2"]))
 
     # Nobody else is in a new session, so creating publishes nothing.
     await h.drain(0)
@@ -955,11 +1035,19 @@ async def test_events_of_two_sessions_never_cross(store: Harness) -> None:
         else:
             assert channel == ev["sid"]
             assert "s" not in ev or ev["s"]["id"] == channel
-    assert [(ch, ev["e"], ev.get("player_id")) for ch, ev in events] == [
-        ("s1", "player_joined", "carol"), ("s2", "player_joined", "dave"),
-        ("s1", "player_left", "carol"), ("s2", "player_left", "dave"),
-        ("node:n1", "replaced", "alice"), ("s1", "session_deleted", None),
-    ]
+    seen = [(ch, ev["e"], ev.get("player_id")) for ch, ev in events]
+    if h.kind == "cluster":
+        # Each session's channel is on its own slot (a master's connection): events
+        # keep their order within a channel only.
+        seen.sort(key=lambda e: e[0])
+    assert seen == sorted(SIX, key=lambda e: e[0]) if h.kind == "cluster" else SIX
+
+
+SIX = [
+    ("s1", "player_joined", "carol"), ("s2", "player_joined", "dave"),
+    ("s1", "player_left", "carol"), ("s2", "player_left", "dave"),
+    ("node:n1", "replaced", "alice"), ("s1", "session_deleted", None),
+]
 
 
 # the match: mark_in_progress and complete --------------------------------------
@@ -1316,7 +1404,8 @@ async def test_concurrent_sweeps_close_each_timed_out_session_once(store: Harnes
     results = await asyncio.gather(*(sweep(h, now, TO, limit=2) for _ in range(10)))
     taken = [(c.session_id, c.ended) for r in results for c in r]
     assert sorted(taken) == sorted(expected.items())
-    assert all(len(r) <= 2 for r in results)
+    # The limit is per bucket (the cluster store has 8).
+    assert all(len(r) <= 2 * h.buckets for r in results)
     events = await h.drain(12)
     assert sorted((ch, ev["e"], ev["reason"]) for ch, ev in events) == sorted(
         (sid, "session_closed", reason) for sid, reason in expected.items())

@@ -170,6 +170,8 @@ class RedisStore:
         self._scripts = {
             name: client.register_script(prelude + "\n" + _load_lua(name)) for name in _SCRIPTS
         }
+        # Buckets whose sweep lease this node holds (it swept them last time).
+        self._leases: set[int] = set()
         # Buckets whose rebuild lease this process holds, per owner token.
         self._restoring: dict[str, set[int]] = {}
 
@@ -291,11 +293,17 @@ class RedisStore:
 
     async def _take(self, mode: str, player_id: str, token_hash: str, conn: str, name: str,
                     now: int) -> tuple[ResumeResult, bool] | None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self._node_set(_conn_node(conn)), player_id)
-            await self._run("p_resume", self.keys.player(player_id), player_id, token_hash,
-                            conn, mode, name, now=now, client=pipe)
-            res = (await pipe.execute())[1]
+        if self.cluster:
+            res = (await asyncio.gather(
+                self.redis.sadd(self._node_set(_conn_node(conn)), player_id),
+                self._run("p_resume", self.keys.player(player_id), player_id, token_hash,
+                          conn, mode, name, now=now)))[1]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(self._node_set(_conn_node(conn)), player_id)
+                await self._run("p_resume", self.keys.player(player_id), player_id,
+                                token_hash, conn, mode, name, now=now, client=pipe)
+                res = (await pipe.execute())[1]
         if res[0] != b"OK":
             return None
         p = json.loads(res[1])
@@ -646,18 +654,24 @@ class RedisStore:
             more = await self._drop_dead(dead, now, timeouts.hold_ms, 10 * limit, changes)
         # Each bucket is swept by one node at a time: its owner among the live
         # nodes (rendezvous hashing), the bucket's lease settling hand-overs.
+        # A bucket whose lease this node holds but which has another owner now
+        # (a node joined) is swept once more and handed over.
         lease_ms = max(timeouts.node_ms, 1000)
-        mine_buckets = [k for k in range(self.keys.buckets)
-                        if not node or _owner(k, live or [node]) == node]
+        owned = {k for k in range(self.keys.buckets)
+                 if not node or _owner(k, live or [node]) == node}
+        buckets = sorted(owned | self._leases)
         results = await self._together([
             ("sweep", self.keys.bucket_prefix(k),
              (limit, timeouts.idle_ms, timeouts.connecting_ms, timeouts.in_progress_ms,
-              node or "", lease_ms, "", "" if node else "1"))
-            for k in mine_buckets], now)
+              node or "", lease_ms, "" if k in owned else "1", "" if node else "1"))
+            for k in buckets], now)
+        self._leases = set()
         release: list[tuple[str, str, tuple[Any, ...]]] = []
-        for flat in results:
+        for k, flat in zip(buckets, results, strict=True):
             if flat[0] == b"BUSY":
                 continue
+            if k in owned and node:
+                self._leases.add(k)
             for pid, sid in json.loads(flat[1]):
                 release.append(("p_release", self.keys.player(pid), (sid, "forget")))
             for i in range(2, len(flat), 3):
@@ -950,8 +964,11 @@ class RedisStore:
             masters = sorted(self.redis.get_primaries(), key=lambda n: n.name)  # type: ignore[union-attr]
             i, _, c = (cursor or "0:0").partition(":")
             node = masters[int(i)]
-            nxt, keys = await self.redis.execute_command(  # type: ignore[union-attr]
+            got = await self.redis.execute_command(  # type: ignore[union-attr]
                 "SCAN", int(c), "MATCH", pattern, "COUNT", count, target_nodes=node)
+            nxt, keys = next(iter(got.values())) if isinstance(got, dict) else got
+            if isinstance(nxt, dict):  # redis-py's cluster SCAN: a cursor per node
+                nxt = next(iter(nxt.values()))
             if int(nxt):
                 more = f"{i}:{int(nxt)}"
             else:

@@ -1,6 +1,7 @@
 -- One bucket's timeouts, by the node holding the bucket's sweep lease.
 -- ARGV: 3 limit, 4 idle ms (WAITING), 5 connecting ms, 6 in-progress ms, 7 this
--- node's id, 8 lease ms, 10 '1' to sweep even if another node holds the lease.
+-- node's id, 8 lease ms, 9 '1' to give the lease up after this sweep (the bucket
+-- has another owner now), 10 '1' to sweep even if another node holds the lease.
 -- Returns {'BUSY'} while another node holds the lease, else {epoch or false,
 -- JSON list of the players to release (p_release.lua 'forget'): [[player_id,
 -- session_id], ...], then triples: session_id, record JSON,
@@ -63,4 +64,5 @@ for _, sid in ipairs(stale) do
   end
 end
 table.insert(out, 2, cjson.encode(release))
+if ARGV[9] == '1' then redis.call('DEL', LEASE) end
 return out
