@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 import zlib
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import AskError, ClusterError, ResponseError, TryAgainError
 
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
@@ -67,6 +69,15 @@ _SCRIPTS = (
 RESTORE_BATCH = 200
 REBIND_BATCH = 500
 RESTORE_LEASE_MS = 10_000
+# How long a script call waits for a slot migration of its keys to end.
+MIGRATION_WAIT_SECONDS = 15.0
+_MIGRATING = [b"ERR", b"MIGRATING"]
+
+
+def _migration_error(exc: Exception) -> bool:
+    text = str(exc)
+    return ("non local key" in text or "TRYAGAIN" in text or text.startswith("ASK")
+            or ("hash slot" in text and "migrat" in text))
 
 
 def _load_lua(name: str) -> str:
@@ -192,8 +203,28 @@ class RedisStore:
     async def _run(self, name: str, key: str, *args: Any, now: int, client: Any = None) -> Any:
         # redis-py's Script falls back from EVALSHA to EVAL on NOSCRIPT, which is
         # what a restarted (emptied) Redis answers.
-        return await self._scripts[name](keys=[key], args=[self.prefix, now, *args],
-                                         client=client)
+        script = self._scripts[name]
+        call_args = [self.prefix, now, *args]
+        if client is not None:  # queued in a pipeline (one Redis: no migrations)
+            return await script(keys=[key], args=call_args, client=client)
+        deadline = time.monotonic() + MIGRATION_WAIT_SECONDS
+        pause = 0.01
+        while True:
+            try:
+                res = await script(keys=[key], args=call_args)
+            except (TryAgainError, AskError, ClusterError, ResponseError) as exc:
+                # The slot moves under the call (refused before the script ran).
+                if isinstance(exc, ResponseError) and not _migration_error(exc):
+                    raise
+                res = _MIGRATING
+            if res != _MIGRATING and res != [-2]:
+                return res
+            # The script's slot is being migrated: it changed nothing; again
+            # once the slot has moved (a reshard moves a slot in well under a second).
+            if time.monotonic() > deadline:
+                raise LobbyError(ErrorCode.INTERNAL, "the store is resharding: try again")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
     def _on(self, session_id: str) -> str:
         return self.keys.of_session(session_id)

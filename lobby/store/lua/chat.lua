@@ -6,6 +6,7 @@
 local pid = ARGV[3]
 local sid = ARGV[8]
 local LOG, META = chatkey(sid), chatmetakey(sid)
+if not local_keys(session_keys(sid)) then return MIGRATING end
 local s = load(skey(sid))
 local i = s and member_index(s, pid)
 if not i then return fail('NOT_IN_SESSION') end

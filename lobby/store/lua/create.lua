@@ -4,6 +4,10 @@
 -- ('' for host), 13 min players ('' for 1), 14 the player's name, 15 token hash,
 -- 16 conn (from the player's record, read by p_intent.lua).
 local pid, sid = ARGV[3], ARGV[4]
+if not (local_keys(session_keys(sid))
+    and index_local({}, tokens_of(cjson.decode(ARGV[8]), ARGV[11]))) then
+  return MIGRATING
+end
 if redis.call('EXISTS', skey(sid)) == 1 then return fail('INTERNAL') end
 local pw = NULL
 if ARGV[7] ~= '' then pw = cjson.decode(ARGV[7]) end

@@ -1,5 +1,7 @@
 -- ARGV: 3 session_id, 4 error code, 5 message, 6 hold ms
+if not local_keys(session_keys(ARGV[3])) then return MIGRATING end
 local s = load(skey(ARGV[3]))
+if s and not index_local(s) then return MIGRATING end
 if not s or s.state ~= 'CONNECTING' or s.server_id ~= NULL then return {'OK', false} end
 change_state(s, 'WAITING')
 s.started = NULL

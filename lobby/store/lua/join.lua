@@ -1,7 +1,9 @@
 -- ARGV: 3 player_id, 4 session_id, 5 verified password hash JSON or '',
 -- 6 the player's name, 7 token hash, 8 conn (from p_intent.lua)
 local pid, sid = ARGV[3], ARGV[4]
+if not local_keys(session_keys(sid)) then return MIGRATING end
 local s = load(skey(sid))
+if s and not index_local(s) then return MIGRATING end
 if not s then return fail('SESSION_NOT_FOUND') end
 if member_index(s, pid) then return fail('ALREADY_IN_SESSION') end
 if s.bans and s.bans[pid] then return fail('BANNED') end

@@ -7,6 +7,7 @@
 -- same pages. Index lookups (eq and in on indexed keys) give the candidates; every
 -- other condition is checked on the records a page walks, at most `budget` of them.
 local q = cjson.decode(ARGV[3])
+if not local_keys({EPOCH, OPEN, OPENP}) then return MIGRATING end
 local limit, budget = q.limit, q.budget
 local players = q.sort == 'most_players' or q.sort == 'fewest_players'
 local desc = q.sort == 'newest' or q.sort == 'most_players'

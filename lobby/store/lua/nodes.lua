@@ -9,6 +9,7 @@
 -- sockets with the store.
 local LIVE, DEAD = KEYS[1] .. 'live', KEYS[1] .. 'dead'
 local me = ARGV[3]
+if not local_keys({LIVE, DEAD}) then return MIGRATING end
 if ARGV[6] ~= '' then redis.call('SADD', DEAD, ARGV[6]) end
 local revived = 0
 if not redis.call('ZSCORE', LIVE, me) then

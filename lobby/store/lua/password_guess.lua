@@ -69,6 +69,7 @@ if MODE == 'address' then
   return {'OK'}
 end
 
+if not local_keys({SK, FK, KEYS[1] .. 'pwg'}) then return MIGRATING end
 local s = state(SK)
 if s.u > NOW and redis.call('SISMEMBER', FK, ADDR) == 1 then
   return {'LIMITED', s.u - NOW, 'session'}

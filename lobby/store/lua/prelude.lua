@@ -41,6 +41,26 @@ local function chatmetakey(sid) return B .. 'cm:' .. sid end
 local function evkey(sid) return B .. 'ev:' .. sid end
 local function conn_node(conn) return string.match(conn, '^(.+)%.[^.]*$') end
 
+-- A slot that Redis Cluster is migrating has some of its keys on each master;
+-- a script there must not act on half of them. Before it reads or writes, a
+-- script checks every key it will touch with one multi-key EXISTS, which the
+-- cluster refuses (TRYAGAIN/ASK, seen here as an error) unless all of them are
+-- on this master: the script then returns {'ERR', 'MIGRATING'} having changed
+-- nothing, and redis.py tries again once the slot has moved (on one Redis the
+-- check always passes). Keys that do not exist anywhere count as missing, so
+-- during a migration of its slot a bucket waits.
+local function local_keys(keys)
+  local r = redis.pcall('EXISTS', unpack(keys))
+  return not (type(r) == 'table' and r.err)
+end
+
+-- The keys any change of session `sid` may touch, besides its index entries.
+local function session_keys(sid)
+  return {EPOCH, skey(sid), chatkey(sid), chatmetakey(sid), OPEN, OPENP, HOLDS, DEADLINES, SEQ}
+end
+
+local MIGRATING = {'ERR', 'MIGRATING'}
+
 local function load(key)
   local raw = redis.call('GET', key)
   if raw then return cjson.decode(raw) end
@@ -131,19 +151,33 @@ local function attr_token(k, v)
   return k .. '=n:' .. string.format('%.14g', v)
 end
 
--- After the attributes changed: the tokens of the indexed keys ('*': all keys).
-local function reindex(s, indexed)
-  unindex(s)
+-- The index keys a change of `s` touches: its current entries and `more`
+-- (tokens it is about to get), checked like local_keys.
+local function index_local(s, more)
+  local keys = {EPOCH}
+  for token in pairs(s.ix or {}) do table.insert(keys, ixkey(token)) end
+  for token in pairs(more or {}) do table.insert(keys, ixkey(token)) end
+  return local_keys(keys)
+end
+
+-- The tokens of the indexed keys ('*': all keys) of attributes.
+local function tokens_of(attrs, indexed)
   local keys = nil
   if indexed ~= '*' then
     keys = {}
     for _, k in ipairs(cjson.decode(indexed)) do keys[k] = true end
   end
   local ix = {}
-  for k, v in pairs(s.attrs) do
+  for k, v in pairs(attrs or {}) do
     if keys == nil or keys[k] then ix[attr_token(k, v)] = true end
   end
-  s.ix = ix
+  return ix
+end
+
+-- After the attributes changed: the tokens of the indexed keys ('*': all keys).
+local function reindex(s, indexed)
+  unindex(s)
+  s.ix = tokens_of(s.attrs, indexed)
   index_open(s)
 end
 
@@ -171,7 +205,9 @@ end
 -- The session `sid` when `pid` is one of its members (the caller names the
 -- session its player is in; the member list decides), or the refusal.
 local function member_session(sid, pid)
+  if sid ~= '' and not local_keys(session_keys(sid)) then return nil, 'MIGRATING' end
   local s = sid ~= '' and load(skey(sid))
+  if s and not index_local(s) then return nil, 'MIGRATING' end
   local i = s and member_index(s, pid)
   if not i then return nil, 'NOT_IN_SESSION' end
   return s, nil, i

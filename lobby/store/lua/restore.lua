@@ -13,6 +13,7 @@
 -- 'drop' releases the lease if it is still the owner's.
 local LEASE = B .. 'rebuild'
 local owner = ARGV[4]
+if not local_keys({EPOCH, LEASE}) then return MIGRATING end
 if ARGV[3] == 'drop' then
   if redis.call('GET', LEASE) == owner then redis.call('DEL', LEASE) end
   return {'DROPPED', ''}

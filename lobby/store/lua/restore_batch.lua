@@ -2,16 +2,22 @@
 -- One bounded batch of the rebuild of an emptied bucket, by the lease owner
 -- (restore.lua 'take'); renews the lease. Returns {restored count, JSON list of
 -- the restored records' ids}, or {-1} when the lease is not (or no longer) the
--- caller's or the rebuild is done. The caller then writes the members' player
+-- caller's or the rebuild is done ({-2} while the bucket's slot is migrating:
+-- nothing written, the caller tries again). The caller then writes the members' player
 -- records and the code and server keys (slots of their own).
 -- Batches keep every call short: one call with all sessions blocked Redis for
 -- seconds (20,000 sessions: 2.3 s) and would hit the script time limit.
 local LEASE = B .. 'rebuild'
+if not local_keys({EPOCH, LEASE, SEQ, OPEN, OPENP, DEADLINES, HOLDS}) then return {-2} end
 if redis.call('GET', EPOCH) or redis.call('GET', LEASE) ~= ARGV[3] then return {-1} end
 redis.call('PEXPIRE', LEASE, tonumber(ARGV[4]))
 local restored = {}
 local maxseq = tonumber(redis.call('GET', SEQ) or '0')
-for _, s in ipairs(cjson.decode(ARGV[6])) do
+local batch = cjson.decode(ARGV[6])
+for _, s in ipairs(batch) do
+  if not (local_keys(session_keys(s.id)) and index_local(s)) then return {-2} end
+end
+for _, s in ipairs(batch) do
   if redis.call('EXISTS', skey(s.id)) == 0 and #s.members > 0 then
     save(skey(s.id), s)
     index_open(s)

@@ -5,6 +5,7 @@
 -- or {'NO'} when the session does not list the player (the pointer was stale).
 local pid, conn = ARGV[3], ARGV[5]
 local s, refused, i = member_session(ARGV[4], pid)
+if refused == 'MIGRATING' then return MIGRATING end
 if refused then return {'NO'} end
 set_seat_conn(s, pid, conn)
 redis.call('ZREM', HOLDS, held(s.id, pid))

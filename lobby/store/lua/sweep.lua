@@ -11,6 +11,7 @@ local limit = tonumber(ARGV[3])
 local me = ARGV[7]
 -- The lease runs on the callers' clock, like every other deadline here.
 local LEASE = B .. 'sweeper'
+if not local_keys({EPOCH, LEASE, HOLDS, DEADLINES, OPEN, OPENP}) then return {'BUSY'} end
 local lease = redis.call('HMGET', LEASE, 'node', 'until')
 if lease[1] and lease[1] ~= me and tonumber(lease[2]) > NOW and ARGV[10] ~= '1' then
   return {'BUSY'}
@@ -27,10 +28,19 @@ local function release_members(s)
   for _, m in ipairs(s.members) do table.insert(release, {m.id, s.id}) end
 end
 
-for _, entry in ipairs(redis.call('ZRANGEBYSCORE', HOLDS, '-inf', NOW, 'LIMIT', 0, limit)) do
-  redis.call('ZREM', HOLDS, entry)
-  local sid, pid = string.match(entry, '^(.-) (.*)$')
+-- A session whose keys are not all here (its slot is migrating) ends this
+-- sweep: what was done so far is returned, the rest waits for the next one.
+local function here(sid)
+  if not local_keys(session_keys(sid)) then return false end
   local s = load(skey(sid))
+  return (not s or index_local(s)), s
+end
+
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', HOLDS, '-inf', NOW, 'LIMIT', 0, limit)) do
+  local sid, pid = string.match(entry, '^(.-) (.*)$')
+  local is_here, s = here(sid)
+  if not is_here then break end
+  redis.call('ZREM', HOLDS, entry)
   if s and s.state == 'WAITING' and member_index(s, pid) and seat_conn(s, pid) == '' then
     local after, ended = remove_member(s, pid, 'timeout')
     table.insert(release, {pid, sid})
@@ -46,7 +56,8 @@ local windows = {
 local shortest = math.min(windows.WAITING[1], windows.CONNECTING[1], windows.IN_PROGRESS[1])
 local stale = redis.call('ZRANGEBYSCORE', DEADLINES, '-inf', NOW - shortest, 'LIMIT', 0, limit)
 for _, sid in ipairs(stale) do
-  local s = load(skey(sid))
+  local is_here, s = here(sid)
+  if not is_here then break end
   if not s then
     redis.call('ZREM', DEADLINES, sid)
   else

@@ -12,6 +12,7 @@ if minp > (ch.max or s.max) then return fail('MIN_ABOVE_MAX') end
 if ch.attrs ~= nil then
   local merged = merge_attrs(s.attrs, ch.attrs, tonumber(ARGV[6]))
   if not merged then return fail('TOO_MANY_ATTRIBUTES') end
+  if not index_local(s, tokens_of(merged, ARGV[5])) then return MIGRATING end
   s.attrs = merged
 end
 if ch.name ~= nil then s.name = ch.name end
