@@ -20,6 +20,7 @@ several masters at once, in no order).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import secrets
 import time
@@ -618,21 +619,26 @@ class RedisStore:
         pages = await asyncio.gather(*(
             self._list_bucket(k, limit, parts[k], {**q, "token": token}, sort)
             if parts[k] != "-" else _nothing() for k in range(buckets)))
-        merged: list[tuple[Any, int, int]] = []
-        for k, page in enumerate(pages):
-            merged.extend((_order_key(r, sort), k, i) for i, r in enumerate(page[0]))
-        merged.sort(key=lambda e: e[0])
-        taken = merged[:limit]
-        out = [pages[k][0][i] for _, k, i in taken]
+        # A k-way merge: each bucket's page is used from its head on, so that
+        # its cursor can resume just after the last record of it on this page.
+        heads = [(_order_key(page[0][0], sort), k, 0) for k, page in enumerate(pages) if page[0]]
+        heapq.heapify(heads)
+        out: list[SessionRecord] = []
+        used = [0] * buckets
+        while heads and len(out) < limit:
+            _, k, i = heapq.heappop(heads)
+            out.append(pages[k][0][i])
+            used[k] = i + 1
+            if i + 1 < len(pages[k][0]):
+                heapq.heappush(heads, (_order_key(pages[k][0][i + 1], sort), k, i + 1))
         nxt: list[str] = []
         for k, (recs, bucket_next, positions, snap) in enumerate(pages):
-            used = [i for _, kk, i in taken if kk == k]
             if parts[k] == "-":
                 nxt.append("-")
-            elif len(used) == len(recs):
+            elif used[k] == len(recs):
                 nxt.append(bucket_next or "-")  # all of this bucket's page went out
-            elif used:
-                pos = positions[used[-1]]
+            elif used[k]:
+                pos = positions[used[k] - 1]
                 nxt.append(pos if sort in ("newest", "oldest") else f"p{snap}.{pos}")
             else:
                 nxt.append(parts[k] or "")
@@ -653,6 +659,7 @@ class RedisStore:
             "seq": at[1] if at and at[0] == "seq" else False,
             "snap": at[0].removeprefix("snap:") if at and at[0] != "seq" else False,
             "offset": at[1] if at else 0,
+            "keep": self.keys.buckets > 1,
         }
         res = await self._run("list", self.keys.bucket_prefix(k), json.dumps(arg), now=0)
         if res[0] == b"ERR":

@@ -1,6 +1,6 @@
 -- ARGV: 3 query JSON {sort, limit, conds = [[key, op, value], ...], min_free, has_pw,
 --   indexed ('*' or a list of keys), token (names a new snapshot), budget, snap_max,
---   snap_ms, and the parsed cursor: seq (number, or false on the first page) or
+--   snap_ms, keep (see below), and the parsed cursor: seq (number, or false on the first page) or
 --   snap (token of an existing snapshot) with offset}.
 -- Returns {next cursor or '', list of records JSON, their positions} or {'ERR', code}.
 -- Mirrors MemoryStore.list_sessions: the same candidates in the same order, so the
@@ -200,13 +200,13 @@ else
     at = function(i) return ids[i] end
   end
   local pos = walk(at, function(i) return offset + i end)
-  if pos then
-    nxt = 'p' .. token .. '.' .. pos
-    if not q.snap then
-      local key = B .. 'snap:' .. token
-      redis.call('RPUSH', key, unpack(ids))
-      redis.call('PEXPIRE', key, q.snap_ms)
-    end
+  if pos then nxt = 'p' .. token .. '.' .. pos end
+  -- `keep`: a merge of several buckets' pages (redis.py) may resume this bucket
+  -- inside this page, so its order is kept even when the page is its last.
+  if (pos or q.keep) and not q.snap and #ids > 0 then
+    local key = B .. 'snap:' .. token
+    redis.call('RPUSH', key, unpack(ids))
+    redis.call('PEXPIRE', key, q.snap_ms)
   end
 end
 for _, k in ipairs(temps) do redis.call('DEL', k) end
