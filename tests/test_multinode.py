@@ -1,10 +1,13 @@
-"""Several nodes on one Redis serve the same sessions."""
+"""Several nodes on one Redis serve the same sessions (the lifecycle tests run on
+one Redis, on a Redis Cluster and behind Sentinel: the `shared` fixture)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from lobby.errors import ErrorCode, LobbyError
@@ -12,9 +15,21 @@ from lobby.store.keys import Keys
 from lobby.store.redis import RedisStore
 
 
-async def test_cross_node_pushes(make_node, redis_url, connect_player) -> None:
-    n1 = await make_node(redis_url=redis_url)
-    n2 = await make_node(redis_url=redis_url)
+@pytest.fixture(params=["redis", "cluster", "sentinel"])
+def shared(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The settings of nodes sharing one store, for each Redis deployment."""
+    if request.param == "cluster":
+        return {"redis_cluster_url": request.getfixturevalue("cluster_url"),
+                "redis_buckets": 8}
+    if request.param == "sentinel":
+        setup = request.getfixturevalue("sentinel_target")
+        return {"redis_sentinel": setup.sentinels, "redis_sentinel_master": setup.master_name}
+    return {"redis_url": request.getfixturevalue("redis_url")}
+
+
+async def test_cross_node_pushes(make_node, shared, connect_player) -> None:
+    n1 = await make_node(**shared)
+    n2 = await make_node(**shared)
     host = await connect_player(n1, "host")
     sid = (await host.ok("create_session", max_players=4))["session"]["session_id"]
 
@@ -54,9 +69,9 @@ async def test_nodes_subscribe_only_to_their_sessions(make_node, redis_url, conn
     assert n1.hub.session_count == 0
 
 
-async def test_forty_racers_for_seven_seats(make_node, redis_url, connect_player) -> None:
-    n1 = await make_node(redis_url=redis_url)
-    n2 = await make_node(redis_url=redis_url)
+async def test_forty_racers_for_seven_seats(make_node, shared, connect_player) -> None:
+    n1 = await make_node(**shared)
+    n2 = await make_node(**shared)
     host = await connect_player(n1, "host")
     sid = (await host.ok("create_session", max_players=8))["session"]["session_id"]
     racers = [await connect_player(n1 if i % 2 else n2, f"r{i}") for i in range(40)]
@@ -93,10 +108,10 @@ async def test_two_stores_start_once(redis_url) -> None:
     await c2.aclose()
 
 
-async def test_resume_on_another_node_replaces_old_socket(make_node, redis_url, connect_player
+async def test_resume_on_another_node_replaces_old_socket(make_node, shared, connect_player
                                                           ) -> None:
-    n1 = await make_node(redis_url=redis_url)
-    n2 = await make_node(redis_url=redis_url)
+    n1 = await make_node(**shared)
+    n2 = await make_node(**shared)
     host = await connect_player(n1, "host")
     guest = await connect_player(n1, "guest")
     sid = (await host.ok("create_session"))["session"]["session_id"]

@@ -1,0 +1,216 @@
+"""Lobby nodes on a real Redis Cluster and behind a real Sentinel, under faults.
+
+The Redis processes are the suite's own (tests/cluster_fixtures.py); every fault
+is real: slots move with keys and all while players join and leave, a master is
+SIGKILLed and its replica promoted, a Sentinel master is killed and replaced.
+Each test then checks the end state that matters: who is in which room, that
+every request was answered, that events still flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from lobby.app import LobbyNode
+from lobby.store.keys import Keys
+from tests.cluster_fixtures import RedisClusterProcs, SentinelProcs, keyslot
+
+BUCKETS = 8
+
+
+def cluster_settings(url: str) -> dict[str, Any]:
+    return {"redis_cluster_url": url, "redis_buckets": BUCKETS}
+
+
+def sentinel_settings(setup: SentinelProcs) -> dict[str, Any]:
+    return {"redis_sentinel": setup.sentinels, "redis_sentinel_master": setup.master_name}
+
+
+async def rooms(n1: LobbyNode, n2: LobbyNode, connect_player: Any, count: int
+                ) -> list[tuple[Any, Any, str]]:
+    """`count` rooms, each a host on n1 and a guest on n2 who will come and go."""
+    out = []
+    for i in range(count):
+        host = await connect_player(n1, f"host{i}")
+        guest = await connect_player(n2, f"guest{i}")
+        sid = (await host.ok("create_session", max_players=4))["session"]["session_id"]
+        out.append((host, guest, sid))
+    return out
+
+
+class Replies(list[dict[str, Any]]):
+    """The churn's replies, with a wait for how many have come."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._grew = asyncio.Condition()
+
+    async def add(self, reply: dict[str, Any]) -> None:
+        self.append(reply)
+        async with self._grew:
+            self._grew.notify_all()
+
+    async def reach(self, n: int, timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout), self._grew:
+            await self._grew.wait_for(lambda: len(self) >= n)
+
+
+async def churn(guest: Any, sid: str, stop: asyncio.Event, replies: Replies) -> bool:
+    """Join and leave until told to stop; True if the guest ends in the room."""
+    inside = False
+    while not stop.is_set():
+        reply = await guest.request("leave_session" if inside else "join_session",
+                                    **({} if inside else {"session_id": sid}))
+        await replies.add(reply)
+        if reply["ok"]:
+            inside = not inside
+    return inside
+
+
+async def after(player: Any, etype: str, version: int, timeout: float = 10) -> dict[str, Any]:
+    """The player's next `etype` event of a change after `version` (older pushes of
+    the churn are skipped)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            ev = await player.event(etype, timeout=timeout)
+            if ev["session"]["version"] > version:
+                return ev
+
+
+async def test_reshard_during_traffic_fails_no_request(
+    cluster_url: str, redis_cluster: RedisClusterProcs, make_node: Any, connect_player: Any
+) -> None:
+    n1 = await make_node(**cluster_settings(cluster_url))
+    n2 = await make_node(**cluster_settings(cluster_url))
+    keys = Keys("lobby:", BUCKETS)
+    pairs = await rooms(n1, n2, connect_player, 8)
+    stop = asyncio.Event()
+    replies = Replies()
+    workers = [asyncio.create_task(churn(g, sid, stop, replies)) for _, g, sid in pairs]
+
+    # Every bucket's slot goes to another master and back, keys and all, while the
+    # guests come and go; then a redis-cli reshard of a range of slots.
+    slots = sorted({keyslot(keys.bucket_prefix(k)) for k in range(BUCKETS)})
+    masters = [m.port for m in redis_cluster.masters()]
+    home = {s: redis_cluster.owner(s).port for s in slots}
+    for s in slots:
+        away = random.choice([p for p in masters if p != home[s]])
+        await asyncio.to_thread(redis_cluster.move_slots, [s], away)
+    await asyncio.to_thread(redis_cluster.reshard, masters[0], masters[1], 300)
+    for s in slots:
+        await asyncio.to_thread(redis_cluster.move_slots, [s], home[s])
+    moved_during = len(replies)
+    await replies.reach(moved_during + 40)  # and traffic goes on afterwards
+    stop.set()
+    inside = await asyncio.gather(*workers)
+
+    assert moved_during > 50, "the traffic must have run during the moves"
+    failed = [r for r in replies if not r["ok"]]
+    assert failed == [], failed[:5]
+    # The store and the players agree on who is in which room.
+    for (host, guest, sid), is_in in zip(pairs, inside, strict=True):
+        rec = await n1.store.get_session(sid)
+        assert rec is not None
+        members = [m["id"] for m in rec["members"]]
+        assert members == ([host.player_id, guest.player_id] if is_in else [host.player_id])
+        # ...and events still reach the other node: the host sees the guest's next move.
+        await guest.ok("leave_session" if is_in else "join_session",
+                       **({} if is_in else {"session_id": sid}))
+        ev = await after(host, "player_left" if is_in else "player_joined", rec["v"])
+        assert ev["player_id"] == guest.player_id
+
+
+async def test_a_master_dies_and_its_replica_takes_over(
+    make_redis_cluster: Any, make_node: Any, connect_player: Any
+) -> None:
+    cluster: RedisClusterProcs = await asyncio.to_thread(make_redis_cluster, replicas=1)
+    url = cluster.url
+    n1 = await make_node(**cluster_settings(url))
+    n2 = await make_node(**cluster_settings(url))
+    keys = Keys("lobby:", BUCKETS)
+    pairs = await rooms(n1, n2, connect_player, 8)
+    for host, guest, sid in pairs:
+        await guest.ok("join_session", session_id=sid)
+        assert (await host.event("player_joined"))["player_id"] == guest.player_id
+    # Replication is asynchronous: wait until the replicas have what the masters hold.
+    for m in cluster.masters():
+        with cluster.client(m.port) as c:
+            c.execute_command("WAIT", 1, 5000)
+
+    # The master of the first room's bucket dies.
+    victim = cluster.owner(keyslot(keys.of_session(pairs[0][2]))).port
+    await asyncio.to_thread(cluster.kill_master, victim)
+
+    # Every room is still there with both players, and every player can go on:
+    # the guests leave and come back, the hosts see it on the other node.
+    for host, guest, sid in pairs:
+        rec = await n1.store.get_session(sid)
+        assert rec is not None and [m["id"] for m in rec["members"]] == [
+            host.player_id, guest.player_id]
+        reply = await guest.request("leave_session")
+        for _ in range(50):  # the first calls may meet the old master's last moments
+            if reply["ok"]:
+                break
+            await asyncio.sleep(0.2)
+            reply = await guest.request("leave_session")
+        assert reply["ok"], reply
+        assert (await host.event("player_left", timeout=10))["player_id"] == guest.player_id
+        await guest.ok("join_session", session_id=sid)
+        assert (await host.event("player_joined", timeout=10))["player_id"] == guest.player_id
+
+
+async def test_no_event_reaches_a_node_without_members(
+    cluster_url: str, make_node: Any, connect_player: Any
+) -> None:
+    n1 = await make_node(**cluster_settings(cluster_url))
+    n2 = await make_node(**cluster_settings(cluster_url))
+    mine = await rooms(n1, n1, connect_player, 4)  # rooms with players on n1 only
+    theirs = await rooms(n2, n2, connect_player, 1)
+    before = n2.hub.events_in
+    for host, guest, sid in mine:
+        await guest.ok("join_session", session_id=sid)
+        await guest.ok("send_chat", text="hi")
+        await guest.ok("leave_session")
+        assert (await host.event("player_left"))["player_id"] == guest.player_id
+    assert n2.hub.events_in == before
+    # n2 does receive the events of its own room.
+    host, guest, sid = theirs[0]
+    await guest.ok("join_session", session_id=sid)
+    await host.event("player_joined")
+    assert n2.hub.events_in > before
+
+
+async def test_sentinel_failover_during_traffic_nodes_follow(
+    make_redis_sentinel: Any, make_node: Any, connect_player: Any
+) -> None:
+    setup: SentinelProcs = await asyncio.to_thread(make_redis_sentinel)
+    n1 = await make_node(**sentinel_settings(setup))
+    n2 = await make_node(**sentinel_settings(setup))
+    pairs = await rooms(n1, n2, connect_player, 4)
+    stop = asyncio.Event()
+    replies = Replies()
+    workers = [asyncio.create_task(churn(g, sid, stop, replies)) for _, g, sid in pairs]
+    await replies.reach(40)
+    with setup.client(setup.master_port()) as c:
+        c.execute_command("WAIT", 1, 5000)
+    old = setup.master_port()
+    new = await asyncio.to_thread(setup.failover)
+    assert new != old
+    after = len(replies)
+    await replies.reach(after + 40)  # traffic goes on, on the new master
+    stop.set()
+    inside = await asyncio.gather(*workers)
+    late = replies[after + 20:]
+    assert late and all(r["ok"] for r in late), [r for r in late if not r["ok"]][:3]
+    # The rooms and who is in them, as the players last heard.
+    for (host, guest, sid), is_in in zip(pairs, inside, strict=True):
+        rec = await n2.store.get_session(sid)
+        assert rec is not None
+        members = [m["id"] for m in rec["members"]]
+        assert members == ([host.player_id, guest.player_id] if is_in else [host.player_id])
+        await guest.ok("leave_session" if is_in else "join_session",
+                       **({} if is_in else {"session_id": sid}))
+        ev = await after(host, "player_left" if is_in else "player_joined", rec["v"])
+        assert ev["player_id"] == guest.player_id
