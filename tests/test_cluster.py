@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from typing import Any
 
 from lobby.app import LobbyNode
 from lobby.store.keys import Keys
+from tests.aws_fixtures import moto_endpoint  # noqa: F401  (fixture)
 from tests.cluster_fixtures import RedisClusterProcs, SentinelProcs, keyslot
 
 BUCKETS = 8
@@ -198,11 +200,11 @@ async def test_sentinel_failover_during_traffic_nodes_follow(
     old = setup.master_port()
     new = await asyncio.to_thread(setup.failover)
     assert new != old
-    after = len(replies)
-    await replies.reach(after + 40)  # traffic goes on, on the new master
+    mark = len(replies)
+    await replies.reach(mark + 40)  # traffic goes on, on the new master
     stop.set()
     inside = await asyncio.gather(*workers)
-    late = replies[after + 20:]
+    late = replies[mark + 20:]
     assert late and all(r["ok"] for r in late), [r for r in late if not r["ok"]][:3]
     # The rooms and who is in them, as the players last heard.
     for (host, guest, sid), is_in in zip(pairs, inside, strict=True):
@@ -214,3 +216,57 @@ async def test_sentinel_failover_during_traffic_nodes_follow(
                        **({} if is_in else {"session_id": sid}))
         ev = await after(host, "player_left" if is_in else "player_joined", rec["v"])
         assert ev["player_id"] == guest.player_id
+
+
+async def test_a_shard_that_comes_back_empty_is_rebuilt_alone(
+    make_redis_cluster: Any, moto_endpoint: str, make_node: Any, connect_player: Any,  # noqa: F811
+) -> None:
+    cluster: RedisClusterProcs = await asyncio.to_thread(make_redis_cluster)
+    table = f"lobby-cluster-{uuid.uuid4().hex[:8]}"
+    settings = {**cluster_settings(cluster.url), "dynamodb": True, "dynamodb_table": table,
+                "dynamodb_endpoint_url": moto_endpoint}
+    n1 = await make_node(**settings)
+    n2 = await make_node(**settings)
+    keys = Keys("lobby:", BUCKETS)
+    pairs = await rooms(n1, n2, connect_player, 12)
+    for host, guest, sid in pairs:
+        await guest.ok("join_session", session_id=sid)
+        await host.event("player_joined")
+    for n in (n1, n2):
+        assert n.persistence is not None and await n.persistence.flush(10)
+        await n.check_store()
+        for event in n.rebuilder.reached.values():
+            event.clear()
+    # One master loses everything (a restart without persistence).
+    victim = cluster.owner(keyslot(keys.of_session(pairs[0][2]))).port
+    lost = {sid for _, _, sid in pairs if cluster.owner(keyslot(keys.of_session(sid))).port
+            == victim}
+    kept = {sid: await n1.store.get_session(sid) for _, _, sid in pairs if sid not in lost}
+    assert lost and kept, "the rooms must be spread over more than one master"
+    await asyncio.to_thread(cluster.flush_shard, victim)
+
+    await first_of(n1.rebuilder.reached["done"].wait(), n2.rebuilder.reached["done"].wait())
+    stats = n1.rebuilder.stats.restored + n2.rebuilder.stats.restored
+    assert stats == len(lost)  # only the lost buckets' sessions were restored
+    for n in (n1, n2):
+        await n.check_store()
+    for host, guest, sid in pairs:
+        rec = await n1.store.get_session(sid)
+        assert rec is not None and [m["id"] for m in rec["members"]] == [
+            host.player_id, guest.player_id]
+        if sid in kept:
+            assert rec == kept[sid]  # untouched: not rewritten, not held
+    # The players of a rebuilt room, still connected, act on as before.
+    for host, guest, _ in pairs:
+        await guest.ok("leave_session")
+        assert (await host.event("player_left", timeout=10))["player_id"] == guest.player_id
+
+
+async def first_of(*waits: Any, timeout: float = 60) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        assert done, "nothing finished in time"
+    finally:
+        for t in tasks:
+            t.cancel()
