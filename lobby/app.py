@@ -41,6 +41,7 @@ from lobby.recovery import Rebuilder, Reconciler
 from lobby.server import SocketServer, push_many
 from lobby.session import SessionRecord
 from lobby.store.base import Change, LiveClient, SessionStore
+from lobby.store.keys import Keys
 from lobby.store.memory import MemoryStore
 from lobby.store.redis import RedisStore
 
@@ -93,7 +94,7 @@ class LobbyNode:
                 raise StartupError(f"--redis-url (LOBBY_REDIS_URL): {err}", 2) from err
             self._redis = aioredis.Redis(connection_pool=pool)
             self.store = RedisStore(self._redis, settings.redis_prefix)
-            self.bus = RedisBus(self._redis, settings.redis_prefix)
+            self.bus = RedisBus(self._redis, Keys(settings.redis_prefix))
         else:
             memory_bus = MemoryBus()
             self.store = MemoryStore(memory_bus.publish)
