@@ -1,9 +1,11 @@
 """Pub/sub transport between a node's store writes and its local sockets.
 
-A node subscribes to its own channel ("node:ID", for messages addressed to one
-of its connections) and to the channel of each session it has a local player
-in, and to nothing else: a node receives only the events it must deliver, so
-adding nodes adds capacity. One pub/sub connection per node.
+A node subscribes to its own channel (`Keys.node_channel`, for messages addressed
+to one of its connections) and to the channel of each session it has a local
+player in (`Keys.channel`, on the session's bucket slot), and to nothing else: a
+node receives only the events it must deliver, so adding nodes adds capacity.
+Channels are sharded (SSUBSCRIBE): on a cluster an event goes to its slot's
+master only. One pub/sub connection per node per master.
 """
 
 from __future__ import annotations
@@ -11,12 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError, ResponseError, SlotNotCoveredError
 
 from lobby.store.keys import Keys
 
@@ -24,6 +33,14 @@ log = logging.getLogger("lobby.bus")
 
 Handler = Callable[[bytes | str], None]
 SUBSCRIBE_TIMEOUT = 5.0
+RETRY_MIN, RETRY_MAX = 0.1, 1.0  # seconds before subscribing lost channels again
+MASTER_CHECK_SECONDS = 1.0  # Sentinel: how often the sentinels are asked for the master
+HEALTH_SECONDS = 5.0  # an idle connection is PINGed this often, and dropped if silent
+
+_MAIN = "main"  # the one master of a Redis or a Sentinel deployment
+_SUB, _UNSUB, _FIX, _PING = "sub", "unsub", "fix", "ping"
+_REPLY_KIND = {b"SSUBSCRIBE": b"ssubscribe", b"SUNSUBSCRIBE": b"sunsubscribe",
+               b"PING": b"pong"}
 
 
 class Bus(Protocol):
@@ -69,84 +86,290 @@ class MemoryBus:
 
 
 class RedisBus:
-    """One pub/sub connection per node, rebuilt whole when it breaks.
+    """Sharded pub/sub (SSUBSCRIBE) for one Redis, Sentinel or Redis Cluster.
 
-    redis-py's PubSub cannot reconnect while another coroutine reads from it, so
-    the listener task owns the connection: when it breaks, the listener opens a
-    new one and subscribes to every wanted channel in one command before
-    declaring itself ready; (un)subscribes asked meanwhile only edit that set.
+    One pub/sub connection per master (one in all for one Redis or Sentinel),
+    each read by a task of its own: a message is handled the moment it arrives,
+    whichever master sends it. A channel lives on its hash slot's master, so on
+    a cluster the bus keeps, per channel, the connection its SSUBSCRIBE went to.
 
-    SUBSCRIBE and UNSUBSCRIBE go through one queue, written by one task, so they
-    reach Redis in the order they were asked: an unsubscribe of a session's last
-    local member followed at once by a new local join must end subscribed.
+    Every command goes out through one queue, written by one task, so SSUBSCRIBE
+    and SUNSUBSCRIBE reach Redis in the order they were asked: an unsubscribe of
+    a session's last local member followed at once by a new local join must end
+    subscribed. Replies come back in command order on each connection, which is
+    how a `sunsubscribe` Redis sends by itself (the slot moved away) is told
+    from the reply to our own SUNSUBSCRIBE.
+
+    A channel is lost when its connection breaks, when its master stops owning
+    its slot (reshard: Redis sends `sunsubscribe`), or when Sentinel names
+    another master. The bus then subscribes it again at the current owner
+    (refreshing a cluster's slot map first) and, once every lost channel is
+    back, calls `on_restored`: events of the gap are gone, so the node
+    reconciles its sockets with the store.
+
+    redis-py's ClusterPubSub is not used: its get_sharded_message polls the
+    masters' connections in turn (a message waits for the other masters' read
+    timeouts, or the loop spins), and it learns about moved slots only when the
+    cluster client refreshes its slot map for another reason.
     """
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, keys: Keys) -> None:
         self._client = client
-        self._keys = keys
-        self._pubsub: PubSub | None = None
+        self.keys = keys
+        self._cluster = client if isinstance(client, RedisCluster) else None
+        pool = None if self._cluster is not None else client.connection_pool
+        self._sentinel_pool = pool if isinstance(pool, SentinelConnectionPool) else None
         self._handler: Handler | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._node_channel = ""
-        self._wanted: set[str] = set()
-        self._ready = asyncio.Event()
+        self._node_channel = b""
+        self._wanted: set[bytes] = set()  # includes the node channel
+        self._placed: dict[bytes, _Link] = {}  # where each channel's SSUBSCRIBE went
+        self._confirmed: set[bytes] = set()  # placed and confirmed there
+        self._links: dict[str, _Link] = {}
         # Confirmations arrive in command order, so each channel's waiters are FIFO.
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = defaultdict(deque)
-        self._outbox: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
-        self._writer_task: asyncio.Task[None] | None = None
-        # Called once the connection is rebuilt and subscribed again: events of
-        # the gap are lost, so the node reconciles its sockets with the store.
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Lost channels not yet subscribed again; None while nothing is lost.
+        self._missing: set[bytes] | None = None
+        self._fix: asyncio.TimerHandle | None = None
+        self._fix_delay = RETRY_MIN
+        self._refresh = False
+        self._closing = False
+        self.received = 0  # messages read off the wire (events and node messages)
+        self.dropped = 0  # of those, messages of channels no longer wanted
+        self.losses = 0  # connections found broken or silent, channels moved away
+        self.restores = 0
+        self.health_seconds = HEALTH_SECONDS
+        # Called once lost channels are subscribed again (see the class docstring).
         self.on_restored: Callable[[], None] | None = None
 
-    def _channel(self, session_id: str) -> str:
-        return self._keys.channel(session_id)
-
+    # the contract -----------------------------------------------------------
     async def start(self, node_id: str, handler: Handler) -> None:
         self._handler = handler
-        self._node_channel = self._keys.node_channel(node_id)
-        await self._connect()
-        self._task = asyncio.create_task(self._listen(), name="lobby-bus")
-        self._writer_task = asyncio.create_task(self._write(), name="lobby-bus-writer")
-
-    async def _connect(self) -> set[str]:
-        """Open the connection subscribed to every wanted channel; returns those."""
-        channels = set(self._wanted)
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await pubsub.ssubscribe(self._node_channel, *channels)
-        self._pubsub = pubsub
-        self._ready.set()
-        return channels
+        self._node_channel = self.keys.node_channel(node_id).encode()
+        if self._cluster is not None:
+            await self._cluster.initialize()  # the slot map
+        # The first connection is opened here so that a Redis that is not there
+        # fails the node's start instead of being retried in the background.
+        await self._link(self._owner(self._node_channel))
+        self._tasks.append(asyncio.create_task(self._write(), name="lobby-bus-writer"))
+        self._tasks.append(asyncio.create_task(self._watch(), name="lobby-bus-watch"))
+        await self._subscribe(self._node_channel)
 
     async def subscribe(self, session_id: str) -> None:
-        channel = self._channel(session_id)
+        await self._subscribe(self.keys.channel(session_id).encode())
+
+    def unsubscribe(self, session_id: str) -> None:
+        channel = self.keys.channel(session_id).encode()
+        self._wanted.discard(channel)
+        self._queue.put_nowait((_UNSUB, channel))
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._fix is not None:
+            self._fix.cancel()
+        tasks = self._tasks + [link.task for link in self._links.values() if link.task]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for link in list(self._links.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(link.conn.disconnect(), 2)
+        self._links.clear()
+
+    async def _subscribe(self, channel: bytes) -> None:
         self._wanted.add(channel)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[channel.encode()].append(fut)
-        self._outbox.put_nowait((True, channel))
+        self._waiters[channel].append(fut)
+        self._queue.put_nowait((_SUB, channel))
         # Bounded: with Redis gone, the request fails instead of hanging.
         await asyncio.wait_for(fut, SUBSCRIBE_TIMEOUT)
 
-    def unsubscribe(self, session_id: str) -> None:
-        channel = self._channel(session_id)
-        self._wanted.discard(channel)
-        self._outbox.put_nowait((False, channel))
+    # where channels live ------------------------------------------------------
+    def _owner(self, channel: bytes) -> str:
+        """The name of the master holding the channel's slot (per the slot map)."""
+        if self._cluster is None:
+            return _MAIN
+        node = self._cluster.nodes_manager.get_node_from_slot(key_slot(channel))
+        return node.name
 
+    def _group(self, channel: bytes) -> int:
+        """Channels sent in one SSUBSCRIBE must share a slot on a cluster."""
+        return 0 if self._cluster is None else key_slot(channel)
+
+    async def _link(self, name: str) -> _Link:
+        """The open connection to master `name`, opened if there is none."""
+        link = self._links.get(name)
+        if link is not None and not link.closed:
+            return link
+        conn = self._new_connection(name)
+        # Bounded like subscribe(): a master that does not answer is retried later.
+        await asyncio.wait_for(conn.connect(), SUBSCRIBE_TIMEOUT)
+        link = _Link(name, conn)
+        link.task = asyncio.create_task(self._read(link), name=f"lobby-bus-{name}")
+        self._links[name] = link
+        return link
+
+    def _new_connection(self, name: str) -> Connection:
+        if self._cluster is not None:
+            node = self._cluster.nodes_manager.get_node(node_name=name)
+            if node is None:
+                raise ConnectionError(f"{name} is not in the cluster's slot map")
+            cls, kwargs = node.connection_class, dict(node.connection_kwargs)
+        else:
+            pool = self._client.connection_pool
+            cls, kwargs = pool.connection_class, dict(pool.connection_kwargs)
+        # Its own connection, outside the pools: a pub/sub connection is held for
+        # good, and its replies are parsed here (RESP2 bytes: no push handling per
+        # message; no health-check PINGs of its own).
+        kwargs.update(decode_responses=False, health_check_interval=0, protocol=2)
+        return cls(**kwargs)
+
+    # writing ----------------------------------------------------------------
     async def _write(self) -> None:
         while True:
-            subscribe, channel = await self._outbox.get()
-            await self._ready.wait()
-            pubsub = self._pubsub
-            if pubsub is None:
-                continue  # the rebuilt connection subscribes to exactly what is wanted
+            op, arg = await self._queue.get()
             try:
-                if subscribe:
-                    await pubsub.ssubscribe(channel)
-                else:
-                    await pubsub.sunsubscribe(channel)
-            except Exception as exc:  # the listener is rebuilding the connection
-                log.debug("pub/sub command on %s failed: %s", channel, exc)
+                if op == _SUB:
+                    await self._send_subscribe([arg])
+                elif op == _UNSUB:
+                    await self._send_unsubscribe(arg)
+                elif op == _FIX:
+                    await self._resubscribe()
+                elif op == _PING:
+                    if not arg.closed:
+                        arg.ping_at = time.monotonic()
+                        await self._send(arg, b"PING", [b""])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one command stop the writer
+                log.exception("pub/sub command %s failed", op)
 
-    def _confirm(self, channel: bytes) -> None:
+    async def _send(self, link: _Link, command: bytes, channels: list[bytes]) -> bool:
+        kind = _REPLY_KIND[command]
+        link.sent.append(_Sent(kind, deque(channels)))
+        try:
+            await link.conn.send_command(command, *([] if command == b"PING" else channels),
+                                         check_health=False)
+            return True
+        except Exception as exc:
+            await self._lose(link, exc)
+            return False
+
+    async def _send_subscribe(self, channels: list[bytes]) -> None:
+        """SSUBSCRIBE the channels at their owners (one command per owner and slot)."""
+        groups: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        for channel in channels:
+            try:
+                groups[(self._owner(channel), self._group(channel))].append(channel)
+            except SlotNotCoveredError:
+                self._unplace(channel)
+                self._schedule_fix(refresh=True)
+        for (name, _), group in groups.items():
+            try:
+                link = await self._link(name)
+            except Exception as exc:
+                log.warning("pub/sub: cannot reach %s (%s); retrying", name, exc)
+                for channel in group:
+                    self._unplace(channel)
+                self._schedule_fix(refresh=True, backoff=True)
+                continue
+            for channel in group:
+                old = self._placed.get(channel)
+                if old is not None and old is not link and not old.closed:
+                    await self._send(old, b"SUNSUBSCRIBE", [channel])
+                self._placed[channel] = link
+                self._confirmed.discard(channel)
+            await self._send(link, b"SSUBSCRIBE", group)
+
+    async def _send_unsubscribe(self, channel: bytes) -> None:
+        link = self._unplace(channel)
+        if self._missing is not None:
+            self._missing.discard(channel)
+            self._maybe_restored()
+        if link is not None and not link.closed:
+            await self._send(link, b"SUNSUBSCRIBE", [channel])
+
+    def _unplace(self, channel: bytes) -> _Link | None:
+        self._confirmed.discard(channel)
+        return self._placed.pop(channel, None)
+
+    async def _resubscribe(self) -> None:
+        """Subscribe every wanted channel that has no place (lost, or never placed)."""
+        self._fix = None
+        if self._cluster is not None and self._refresh:
+            try:
+                await self._cluster.nodes_manager.initialize()
+            except Exception as exc:
+                log.warning("pub/sub: slot map refresh failed (%s); retrying", exc)
+                self._schedule_fix(refresh=True, backoff=True)
+                return
+            self._refresh = False
+        todo = [ch for ch in self._wanted if ch not in self._placed]
+        if todo:
+            await self._send_subscribe(todo)
+        if self._fix is None:
+            self._fix_delay = RETRY_MIN
+
+    def _schedule_fix(self, refresh: bool = False, backoff: bool = False) -> None:
+        self._refresh |= refresh
+        if self._fix is not None or self._closing:
+            return
+        delay = self._fix_delay
+        if backoff:
+            self._fix_delay = min(self._fix_delay * 2, RETRY_MAX)
+        self._fix = asyncio.get_running_loop().call_later(
+            delay, self._queue.put_nowait, (_FIX, None))
+
+    # reading ----------------------------------------------------------------
+    async def _read(self, link: _Link) -> None:
+        read = link.conn.read_response
+        while True:
+            try:
+                msg = await read(timeout=math.inf, push_request=True)
+            except ResponseError as err:
+                self._refused(link, err)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._lose(link, exc)
+                return
+            # A connection holding no subscriptions has left pub/sub mode: its
+            # PING gets a plain PONG.
+            kind = msg[0] if isinstance(msg, list) else b"pong"
+            if kind == b"smessage":
+                self.received += 1
+                if msg[1] in self._wanted and self._handler is not None:
+                    try:
+                        self._handler(msg[2])
+                    except Exception:
+                        log.exception("bus handler failed")
+                else:
+                    self.dropped += 1
+                continue
+            head = link.sent[0] if link.sent else None
+            if head is not None and head.kind == kind and (
+                    kind == b"pong" or head.channels[0] == msg[1]
+            ):
+                head.channels.popleft()
+                if not head.channels:
+                    link.sent.popleft()
+                if kind == b"ssubscribe":
+                    self._confirm(link, msg[1])
+                elif kind == b"pong":
+                    link.ping_at = 0.0
+            elif kind == b"sunsubscribe":
+                self._dropped_by_server(link, msg[1])
+
+    def _confirm(self, link: _Link, channel: bytes) -> None:
+        if self._placed.get(channel) is link:
+            self._confirmed.add(channel)
+            if self._missing is not None:
+                self._missing.discard(channel)
+                self._maybe_restored()
         waiters = self._waiters.get(channel)
         while waiters:
             fut = waiters.popleft()
@@ -156,50 +379,116 @@ class RedisBus:
         if not waiters:
             self._waiters.pop(channel, None)
 
-    async def _listen(self) -> None:
-        while True:
-            try:
-                if self._pubsub is None:
-                    channels = await self._connect()
-                    log.warning("pub/sub connection restored (%d channels)", len(channels))
-                    if self.on_restored is not None:
-                        self.on_restored()
-                    # Subscribes caught by the break are covered by the full resubscribe;
-                    # ones asked during it are still queued and confirmed as usual.
-                    for channel in channels:
-                        for fut in self._waiters.pop(channel.encode(), ()):
-                            if not fut.done():
-                                fut.set_result(None)
-                assert self._pubsub is not None
-                while True:
-                    msg = await self._pubsub.parse_response(block=True)
-                    if msg is None:
-                        continue
-                    kind = msg[0]
-                    if kind == b"smessage":
-                        if self._handler is not None:
-                            self._handler(msg[2])
-                    elif kind == b"ssubscribe":
-                        self._confirm(msg[1])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Events published while the link is down are lost; clients
-                # recover them through resume (a fresh snapshot).
-                log.warning("pub/sub connection lost (%s); reconnecting", exc)
-                self._ready.clear()
-                broken, self._pubsub = self._pubsub, None
-                if broken is not None:
-                    with contextlib.suppress(Exception):
-                        await broken.aclose()
-                await asyncio.sleep(0.2)
+    def _refused(self, link: _Link, err: ResponseError) -> None:
+        """An error reply: to our oldest command still waiting for replies."""
+        head = link.sent.popleft() if link.sent else None
+        log.warning("pub/sub: %s refused %s: %s", link.name,
+                    head.kind.decode() if head else "a command", err)
+        if head is None or head.kind != b"ssubscribe":
+            return
+        for channel in head.channels:
+            if self._placed.get(channel) is link:
+                self._unplace(channel)
+        # MOVED (our slot map is stale) or a slot in transit: ask again, later.
+        self._schedule_fix(refresh=True, backoff=True)
 
-    async def close(self) -> None:
-        for task in (self._task, self._writer_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pubsub.aclose(), 2)
+    def _dropped_by_server(self, link: _Link, channel: bytes) -> None:
+        """Redis unsubscribed us by itself: the channel's slot left this master."""
+        if self._placed.get(channel) is not link:
+            return
+        self._unplace(channel)
+        if channel in self._wanted:
+            self.losses += 1
+            log.warning("pub/sub: %s gave up %r (slot moved); subscribing at its new owner",
+                        link.name, channel)
+            self._lost([channel])
+            self._schedule_fix(refresh=True)
+
+    async def _lose(self, link: _Link, exc: BaseException | str) -> None:
+        """The connection broke (or leads to a master that is no longer one)."""
+        if link.closed:
+            return
+        link.closed = True
+        self.losses += 1
+        if self._links.get(link.name) is link:
+            del self._links[link.name]
+        lost = [ch for ch, where in self._placed.items() if where is link]
+        for channel in lost:
+            self._unplace(channel)
+        wanted = [ch for ch in lost if ch in self._wanted]
+        if not self._closing:
+            log.warning("pub/sub connection to %s lost (%s); %d channel(s) to restore",
+                        link.name, exc, len(wanted))
+            if wanted:
+                self._lost(wanted)
+            self._schedule_fix(refresh=True, backoff=True)
+        if link.task is not None and link.task is not asyncio.current_task():
+            link.task.cancel()
+        with contextlib.suppress(Exception):
+            await link.conn.disconnect(nowait=True)
+
+    def _lost(self, channels: list[bytes]) -> None:
+        if self._missing is None:
+            self._missing = set()
+        self._missing.update(channels)
+
+    def _maybe_restored(self) -> None:
+        if self._missing or self._missing is None:
+            return
+        self._missing = None
+        self.restores += 1
+        log.warning("pub/sub subscriptions restored")
+        if self.on_restored is not None:
+            self.on_restored()
+
+    # health -----------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Finds what no error reports: a connection that went silent, and (behind
+        Sentinel) a master that was demoted while our connection stays open: it
+        keeps serving its old subscribers for a while after a failover."""
+        last_ping = time.monotonic()
+        while True:
+            await asyncio.sleep(min(MASTER_CHECK_SECONDS, self.health_seconds / 2))
+            if self._sentinel_pool is not None:
+                await self._check_master()
+            now = time.monotonic()
+            for link in list(self._links.values()):
+                if link.ping_at and now - link.ping_at > self.health_seconds:
+                    await self._lose(link, "no answer to PING")
+            if now - last_ping >= self.health_seconds:
+                last_ping = now
+                for link in list(self._links.values()):
+                    if not link.ping_at:
+                        self._queue.put_nowait((_PING, link))
+
+    async def _check_master(self) -> None:
+        assert self._sentinel_pool is not None
+        try:
+            address = await asyncio.wait_for(self._sentinel_pool.get_master_address(),
+                                             MASTER_CHECK_SECONDS * 2)
+        except Exception as exc:
+            log.debug("pub/sub: sentinels did not name a master: %s", exc)
+            return
+        link = self._links.get(_MAIN)
+        if link is not None and (link.conn.host, link.conn.port) != tuple(address):
+            await self._lose(link, f"the master is now {address[0]}:{address[1]}")
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A command on a connection, and the replies it still has to get."""
+
+    kind: bytes
+    channels: deque[bytes]
+
+
+@dataclass(slots=True, eq=False)
+class _Link:
+    """One pub/sub connection to one master, read by its own task."""
+
+    name: str
+    conn: Connection
+    task: asyncio.Task[None] | None = None
+    sent: deque[_Sent] = field(default_factory=deque)
+    closed: bool = False
+    ping_at: float = 0.0  # when a PING went unanswered so far (0: none)
