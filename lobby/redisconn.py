@@ -59,6 +59,7 @@ WAIT_SECONDS = 10.0  # a command waits this long for a free connection, then fai
 # Connections per master beyond the command limit: each ClusterPubSub holds one per
 # master from the same pool (the bus has one; headroom for a reconnect overlapping).
 PUBSUB_RESERVE = 4
+CLOSED_WRITER_RETRIES = 5  # see BoundedRedisCluster.execute_command
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # -> TLS
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 
@@ -234,7 +235,18 @@ class BoundedRedisCluster(RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with self.permit():
-            return await super().execute_command(*args, **kwargs)
+            for attempt in range(CLOSED_WRITER_RETRIES):
+                try:
+                    return await super().execute_command(*args, **kwargs)
+                except (AttributeError, TypeError) as exc:
+                    # redis-py 8.1 (redis/redis-py#4287, #3546): a write on a
+                    # connection closed under it (the cluster reconnecting after a
+                    # slot moved or a master failed) raises this instead of
+                    # ConnectionError, before anything is sent: safe to send again.
+                    if "NoneType" not in str(exc) or attempt == CLOSED_WRITER_RETRIES - 1:
+                        raise
+                    await asyncio.sleep(0.02 * (attempt + 1))
+            raise AssertionError("unreachable")
 
     def pipeline(self, transaction: Any | None = None,
                  shard_hint: Any | None = None) -> ClusterPipeline:
