@@ -134,7 +134,7 @@ async def test_resume_on_another_node_replaces_old_socket(make_node, shared, con
 async def _channels(redis_url: str) -> set[str]:
     client = aioredis.from_url(redis_url)
     try:
-        return {c.decode() for c in await client.pubsub_channels("lobby:ev:*")}
+        return {c.decode() for c in await client.pubsub_shardchannels("lobby:*:ev:*")}
     finally:
         await client.aclose()
 
@@ -143,7 +143,7 @@ async def _subscribe_calls(redis_url: str) -> int:
     client = aioredis.from_url(redis_url)
     try:
         stats = await client.info("commandstats")
-        return int(stats.get("cmdstat_subscribe", {}).get("calls", 0))
+        return int(stats.get("cmdstat_ssubscribe", {}).get("calls", 0))
     finally:
         await client.aclose()
 
@@ -158,6 +158,8 @@ async def test_subscription_lingers_for_room_hoppers(make_node, redis_url, conne
     sid = (await host.ok("create_session"))["session"]["session_id"]
     await hopper.ok("join_session", session_id=sid)
     subscribes = await _subscribe_calls(redis_url)
+    assert subscribes > 0  # the nodes subscribe with SSUBSCRIBE (counted here)
+    assert Keys("lobby:").channel(sid) in await _channels(redis_url)
     await hopper.ok("leave_session")
     await hopper.ok("join_session", session_id=sid)
     # The hop back within the grace period cost no SUBSCRIBE (nor UNSUBSCRIBE)...
@@ -172,7 +174,7 @@ async def test_subscription_lingers_for_room_hoppers(make_node, redis_url, conne
     # Once nobody local is left, every node lets go of the channel after the grace.
     # Redis's own subscription list is polled: there is no event to await for it.
     async with asyncio.timeout(10):
-        while f"lobby:ev:{sid}" in await _channels(redis_url):  # noqa: ASYNC110
+        while Keys("lobby:").channel(sid) in await _channels(redis_url):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
 
