@@ -79,7 +79,8 @@ class LobbyNode:
         self.redis_target = redisconn.target(settings)
         if self.redis_target is not None:
             self._redis = redisconn.connect(self.redis_target)
-            self.store = RedisStore(self._redis, settings.redis_prefix, settings.redis_buckets)
+            self.store = RedisStore(self._redis, settings.redis_prefix, settings.redis_buckets,
+                                    once=self.redis_target.kind != "single")
             self.bus = RedisBus(self._redis, self.store.keys)
         else:
             memory_bus = MemoryBus()

@@ -158,9 +158,10 @@ async def test_subscription_lingers_for_room_hoppers(make_node, redis_url, conne
     sid = (await host.ok("create_session"))["session"]["session_id"]
     await hopper.ok("join_session", session_id=sid)
     subscribes = await _subscribe_calls(redis_url)
+    assert subscribes > 0  # the nodes subscribe with SSUBSCRIBE (counted here)
+    assert Keys("lobby:").channel(sid) in await _channels(redis_url)
     await hopper.ok("leave_session")
     await hopper.ok("join_session", session_id=sid)
-    assert subscribes > 0
     # The hop back within the grace period cost no SSUBSCRIBE (nor SUNSUBSCRIBE)...
     assert await _subscribe_calls(redis_url) == subscribes
     second = await connect_player(n1, "second")
@@ -173,7 +174,7 @@ async def test_subscription_lingers_for_room_hoppers(make_node, redis_url, conne
     # Once nobody local is left, every node lets go of the channel after the grace.
     # Redis's own subscription list is polled: there is no event to await for it.
     async with asyncio.timeout(10):
-        while n1.bus.keys.channel(sid) in await _channels(redis_url):  # noqa: ASYNC110
+        while Keys("lobby:").channel(sid) in await _channels(redis_url):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
+from lobby.store.keys import Keys
 from tests.faults import node_procs, tcp_proxy  # noqa: F401  (fixtures)
 
 NODE_TIMEOUT = 1.0
@@ -33,7 +34,9 @@ def held(redis_url: str, player_id: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         client = aioredis.from_url(redis_url)
         try:
-            return await client.zscore("lobby:holds", player_id) is not None
+            # Held seats are "SESSION_ID PLAYER_ID" in the bucket's holds (one bucket).
+            holds = await client.zrange(f"{Keys('lobby:').bucket_prefix(0)}holds", 0, -1)
+            return any(h.decode().endswith(f" {player_id}") for h in holds)
         finally:
             await client.aclose()
     return check
@@ -43,7 +46,7 @@ def gone(redis_url: str, player_id: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         client = aioredis.from_url(redis_url)
         try:
-            return not await client.exists(f"lobby:p:{player_id}")
+            return not await client.exists(Keys("lobby:").player(player_id))
         finally:
             await client.aclose()
     return check

@@ -81,6 +81,35 @@ def _migration_error(exc: Exception) -> bool:
             or ("hash slot" in text and "migrat" in text))
 
 
+ONCE_MS = 10_000  # how long a script's reply is kept for a repeated call
+
+_ONCE_HEAD = """local __op = KEYS[2]
+if __op then
+  local done = redis.call('GET', __op)
+  if done == 'N' then return nil end
+  if done then return cjson.decode(done) end
+end
+local function __body()
+"""
+_ONCE_TAIL = f"""
+end
+local __r = __body()
+-- A refusal that changed nothing is not kept: the call is made again on purpose.
+if __op and __r ~= MIGRATING and not (type(__r) == 'table' and __r[1] == -2)
+    and not (type(__r) == 'table' and __r[1] == 'BUSY') then
+  local kept = 'N'
+  if __r ~= nil then kept = cjson.encode(__r) end
+  redis.call('SET', __op, kept, 'PX', {ONCE_MS})
+end
+return __r
+"""
+
+
+def _once(body: str) -> str:
+    """A script whose reply is kept under its operation key (KEYS[2])."""
+    return _ONCE_HEAD + body + _ONCE_TAIL
+
+
 def _load_lua(name: str) -> str:
     return resources.files("lobby.store").joinpath(f"lua/{name}.lua").read_text("utf-8")
 
@@ -173,14 +202,23 @@ def _conn_node(conn: str) -> str:
 
 class RedisStore:
     def __init__(self, client: aioredis.Redis | RedisCluster, prefix: str = "lobby:",
-                 buckets: int = 1) -> None:
+                 buckets: int = 1, *, once: bool | None = None) -> None:
         self.redis = client
         self.prefix = prefix
         self.keys = Keys(prefix, buckets)
         self.cluster = isinstance(client, RedisCluster)
         prelude = _load_lua("prelude")
+        # Exactly once: redis-py sends a command again when its connection breaks
+        # (a cluster reconnecting after a slot move or failover, a Sentinel
+        # failover), and a script whose reply was lost would then run twice (a join
+        # answered ALREADY_IN_SESSION, a leave NOT_IN_SESSION). With `once`, each
+        # call carries an operation key of its own slot; the script keeps its reply
+        # there for a few seconds and a repeated call gets that reply back.
+        self.once = once if once is not None else self.cluster
+        wrap = _once if self.once else (lambda body: body)
         self._scripts = {
-            name: client.register_script(prelude + "\n" + _load_lua(name)) for name in _SCRIPTS
+            name: client.register_script(prelude + "\n" + wrap(_load_lua(name)))
+            for name in _SCRIPTS
         }
         # Buckets whose sweep lease this node holds (it swept them last time).
         self._leases: set[int] = set()
@@ -206,13 +244,14 @@ class RedisStore:
         # what a restarted (emptied) Redis answers.
         script = self._scripts[name]
         call_args = [self.prefix, now, *args]
+        keys = [key, f"{key}:op:{secrets.token_hex(8)}"] if self.once else [key]
         if client is not None:  # queued in a pipeline (one Redis: no migrations)
-            return await script(keys=[key], args=call_args, client=client)
+            return await script(keys=keys, args=call_args, client=client)
         deadline = time.monotonic() + MIGRATION_WAIT_SECONDS
         pause = 0.01
         while True:
             try:
-                res = await script(keys=[key], args=call_args)
+                res = await script(keys=keys, args=call_args)
             except (TryAgainError, AskError, ClusterError, ResponseError) as exc:
                 # The slot moves under the call (refused before the script ran).
                 if isinstance(exc, ResponseError) and not _migration_error(exc):

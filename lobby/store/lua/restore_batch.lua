@@ -14,8 +14,15 @@ redis.call('PEXPIRE', LEASE, tonumber(ARGV[4]))
 local restored = {}
 local maxseq = tonumber(redis.call('GET', SEQ) or '0')
 local batch = cjson.decode(ARGV[6])
+-- Every key the batch touches, checked at once (one EXISTS is far cheaper than
+-- one per session: a batch must stay well under Redis' slow-call threshold).
+local touched = {EPOCH}
 for _, s in ipairs(batch) do
-  if not (local_keys(session_keys(s.id)) and index_local(s)) then return {-2} end
+  for _, k in ipairs({skey(s.id), chatkey(s.id), chatmetakey(s.id)}) do table.insert(touched, k) end
+  for token in pairs(s.ix or {}) do table.insert(touched, ixkey(token)) end
+end
+for i = 1, #touched, 1000 do
+  if not local_keys({unpack(touched, i, math.min(i + 999, #touched))}) then return {-2} end
 end
 for _, s in ipairs(batch) do
   if redis.call('EXISTS', skey(s.id)) == 0 and #s.members > 0 then
