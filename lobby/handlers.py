@@ -59,9 +59,11 @@ def _ignore(*args: Any) -> None:
 
 def _listed(rec: SessionRecord, viewer: str | None) -> dict[str, Any]:
     """A session as the browser shows it: who is in a password room is for its
-    members to know; everyone else sees the counts."""
+    members to know (the host too: with --auth jwt its id is the backend's `sub`);
+    everyone else sees the counts."""
     view = public_session(rec)
     if rec["pw"] is not None and all(m["id"] != viewer for m in rec["members"]):
+        view["host_id"] = None
         view["players"] = []
         view["connected_players"] = []
     return view

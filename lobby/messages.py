@@ -60,7 +60,9 @@ class Session(_Frame):
 
     session_id: str = Field(description="opaque, up to 64 characters")
     name: str = Field(description="shown in the browser")
-    host_id: str = Field(description="player id of the host")
+    host_id: str | None = Field(
+        description="player id of the host; null in list_sessions for a password room "
+                    "you are not in")
     session_state: Literal["WAITING", "CONNECTING", "IN_PROGRESS"]
     player_count: int = Field(ge=0, description="seats taken")
     max_players: int = Field(ge=1, description="seats in all")

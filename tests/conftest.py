@@ -21,6 +21,10 @@ from lobby.app import LobbyNode
 from lobby.config import Settings
 from tests.frames import SENT_FRAMES
 
+# Redis Cluster and Sentinel fixtures (redis_cluster, cluster_url, make_redis_cluster,
+# redis_sentinel, sentinel_target, make_redis_sentinel): tests/cluster_fixtures.py.
+pytest_plugins = ("tests.cluster_fixtures",)
+
 
 @pytest.fixture(autouse=True)
 def server_frames_match_the_schema() -> Iterator[None]:

@@ -120,7 +120,8 @@ async def test_scrypt_queue_is_bounded(make_node, connect_player) -> None:
 async def test_who_is_in_a_password_room_is_for_its_members(node: LobbyNode,
                                                             connect_player) -> None:
     host = await connect_player(node, "host")
-    sid = (await host.ok("create_session", password="pw"))["session"]["session_id"]
+    created = (await host.ok("create_session", password="pw"))["session"]
+    sid, host_id = created["session_id"], created["host_id"]
     guest = await connect_player(node, "guest")
     await guest.ok("join_session", session_id=sid, password="pw")
     other = await connect_player(node, "other")
@@ -131,12 +132,16 @@ async def test_who_is_in_a_password_room_is_for_its_members(node: LobbyNode,
         return next(s for s in reply["sessions"] if s["session_id"] == session_id)
 
     seen = listed(await stranger.ok("list_sessions"), sid)
+    # The host too is a member (with --auth jwt its id is the backend's sub).
+    assert seen["host_id"] is None
     assert seen["players"] == [] and seen["connected_players"] == []
     assert seen["player_count"] == 2 and seen["has_password"] is True
     assert [p["name"] for p in listed(await stranger.ok("list_sessions"), open_sid)["players"]] \
         == ["other"]
+    assert listed(await stranger.ok("list_sessions"), open_sid)["host_id"] is not None
     inside = listed(await guest.ok("list_sessions"), sid)
     assert [p["name"] for p in inside["players"]] == ["host", "guest"]
+    assert inside["host_id"] == host_id
 
 
 async def test_join_code_guesses_limited_per_address_across_nodes(make_node,

@@ -16,7 +16,7 @@
 /**
  * @typedef {{player_id: string, name: string}} Player
  * @typedef {{
- *   session_id: string, name: string, host_id: string,
+ *   session_id: string, name: string, host_id: string | null,
  *   session_state: "WAITING" | "CONNECTING" | "IN_PROGRESS",
  *   player_count: number, max_players: number, connected_players: string[],
  *   players: Player[], has_password: boolean, server_id: string | null,

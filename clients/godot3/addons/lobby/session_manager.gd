@@ -643,7 +643,9 @@ func in_session() -> bool:
 
 
 func is_host() -> bool:
-	return in_session() and str(session.get("host_id", "")) == player_id
+	# host_id is null in list_sessions entries of password rooms one is not in.
+	var host = session.get("host_id")
+	return in_session() and host != null and str(host) == player_id
 
 
 func members() -> Array:
