@@ -23,7 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from lobby.bus import RedisBus
 from lobby.store.keys import Keys
-from tests.test_bus import Cluster
+from tests.cluster_fixtures import RedisClusterProcs
 
 
 def _cpu() -> float:
@@ -95,7 +95,7 @@ async def latency(port: int, kind: str, messages: int, poll: float = 0.0) -> str
             f"  max {lat[-1]:7.2f} ms  CPU {cpu / wall * 100:3.0f}% of a core")
 
 
-async def follows_move(cluster: Cluster, port: int, shared: bool) -> str:
+async def follows_move(cluster: RedisClusterProcs, port: int, shared: bool) -> str:
     keys = Keys(buckets=16)
     sub = RedisCluster(host="127.0.0.1", port=port)
     pub = sub if shared else RedisCluster(host="127.0.0.1", port=port)
@@ -106,8 +106,8 @@ async def follows_move(cluster: Cluster, port: int, shared: bool) -> str:
     for _ in range(3):
         await pubsub.get_sharded_message(timeout=0.1)
     slot = sub.keyslot(channel)
-    src = cluster.owner(slot)
-    cluster.move_slot(slot, next(m for m in cluster.masters() if m is not src))
+    src = cluster.owner(slot).port
+    cluster.move_slots([slot], next(m.port for m in cluster.masters() if m.port != src))
     arrived, t0 = False, time.monotonic()
     while not arrived and time.monotonic() - t0 < 5:
         await pub.execute_command("SPUBLISH", channel, "after")
@@ -123,9 +123,9 @@ async def follows_move(cluster: Cluster, port: int, shared: bool) -> str:
 
 
 async def main(messages: int) -> None:
-    cluster = Cluster(3)
+    cluster = RedisClusterProcs(3).start()
     try:
-        port = cluster.servers[0].port
+        port = cluster.ports[0]
         print(await latency(port, "RedisBus", messages))
         for poll in (0.0, 0.01, 0.1):
             print(await latency(port, "ClusterPubSub", messages, poll))
