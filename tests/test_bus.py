@@ -10,241 +10,32 @@ and the bus' own count of messages read off the wire says what came.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from lobby.bus import RedisBus
 from lobby.store.keys import Keys
-from tests.conftest import RedisServer, free_port, stop_process
+from tests.cluster_fixtures import RedisClusterProcs, SentinelProcs, keyslot
+from tests.conftest import RedisServer
 from tests.faults import TcpProxy, tcp_proxy  # noqa: F401
 
 BUCKETS = 16  # sessions spread over slots, so over every master of a cluster
 EVENT_WAIT = 10.0
 
 
-# real deployments -----------------------------------------------------------------
-def _ping(port: int) -> bool:
-    try:
-        return bool(redis.Redis(port=port, socket_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
+# real deployments (tests/cluster_fixtures.py) -------------------------------------
+def cluster_client(procs: RedisClusterProcs) -> RedisCluster:
+    return RedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in procs.startup_nodes()])
 
 
-def _until(check: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class RedisProcess:
-    def __init__(self, port: int, directory: str, *args: str) -> None:
-        self.port = port
-        exe = shutil.which("redis-server")
-        assert exe is not None, "redis-server is missing: ./scripts/test installs it"
-        self.proc = subprocess.Popen(
-            [exe, *args, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", directory],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        _until(lambda: _ping(port), 10, f"redis-server on {port}")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            stop_process(self.proc)
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is a valid port too."""
-    while True:
-        port = free_port()
-        if port < 55000 and _port_free(port + 10000):
-            return port
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-class Cluster:
-    """A real Redis Cluster: `masters` masters, each with `replicas` replicas."""
-
-    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
-        self.dir = tempfile.mkdtemp(prefix="lobby-cluster-")
-        self.servers = [
-            RedisProcess(port, self.dir, "--cluster-enabled", "yes",
-                         "--cluster-config-file", f"{self.dir}/nodes-{port}.conf",
-                         "--cluster-node-timeout", "1000")
-            for port in (cluster_port() for _ in range(masters * (1 + replicas)))
-        ]
-        subprocess.run(
-            ["redis-cli", "--cluster", "create",
-             *(f"127.0.0.1:{s.port}" for s in self.servers),
-             "--cluster-replicas", str(replicas), "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.wait_ok()
-        if replicas:
-            # A replica that has never synced with its master does not take over.
-            _until(self._replicas_synced, 30, "replicas in sync")
-
-    def _replicas_synced(self) -> bool:
-        infos = [self.client(s.port).info("replication") for s in self.alive()]
-        replicas = [i for i in infos if i.get("role") == "slave"]
-        return bool(replicas) and all(i.get("master_link_status") == "up" for i in replicas)
-
-    def alive(self) -> list[RedisProcess]:
-        return [s for s in self.servers if s.proc.poll() is None]
-
-    def wait_ok(self) -> None:
-        def ok() -> bool:
-            for s in self.alive():
-                info = redis.Redis(port=s.port, decode_responses=True).cluster("info")
-                if info.get("cluster_state") != "ok":
-                    return False
-            return True
-        _until(ok, 30, "cluster_state:ok")
-
-    def client(self, port: int | None = None) -> redis.Redis:
-        return redis.Redis(port=port or self.alive()[0].port)
-
-    def node_id(self, port: int) -> str:
-        return self.client(port).execute_command("CLUSTER MYID").decode()
-
-    def owner(self, slot: int) -> RedisProcess:
-        for s in self.alive():
-            for start, end, master, *_ in self.client(s.port).execute_command("CLUSTER SLOTS"):
-                if start <= slot <= end:
-                    port = int(master[1])
-                    return next(x for x in self.servers if x.port == port)
-        raise LookupError(slot)
-
-    def masters(self) -> list[RedisProcess]:
-        ports = {int(m[1]) for _, _, m, *_ in
-                 self.client().execute_command("CLUSTER SLOTS")}
-        return [s for s in self.alive() if s.port in ports]
-
-    def move_slot(self, slot: int, to: RedisProcess) -> None:
-        """Move one slot the way `redis-cli --cluster reshard` does (its channels
-        hold no keys, so there is nothing to MIGRATE)."""
-        src = self.owner(slot)
-        src_id, dst_id = self.node_id(src.port), self.node_id(to.port)
-        self.client(to.port).execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
-        self.client(src.port).execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
-        self.client(src.port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
-        self.client(to.port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
-        for s in self.masters():
-            if s not in (src, to):
-                self.client(s.port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
-
-    def stop(self) -> None:
-        for s in self.servers:
-            s.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class SentinelSetup:
-    """One master, one replica, one sentinel."""
-
-    NAME = "lobby"
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="lobby-sentinel-")
-        self.master = RedisProcess(free_port(), self.dir)
-        self.replica = RedisProcess(free_port(), self.dir,
-                                    "--replicaof", "127.0.0.1", str(self.master.port))
-        self.sentinel_port = free_port()
-        conf = os.path.join(self.dir, "sentinel.conf")
-        with open(conf, "w") as f:
-            f.write(f"sentinel monitor {self.NAME} 127.0.0.1 {self.master.port} 1\n"
-                    f"sentinel down-after-milliseconds {self.NAME} 1000\n"
-                    f"sentinel failover-timeout {self.NAME} 5000\n")
-        exe = shutil.which("redis-server")
-        assert exe is not None
-        self.sentinel = subprocess.Popen(
-            [exe, conf, "--sentinel", "--port", str(self.sentinel_port),
-             "--bind", "127.0.0.1", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        _until(lambda: self._knows_replica(), 20, "the sentinel to see the replica")
-
-    def _sentinel(self) -> redis.Redis:
-        return redis.Redis(port=self.sentinel_port, socket_timeout=1)
-
-    def _knows_replica(self) -> bool:
-        try:
-            info = redis.Redis(port=self.replica.port).info("replication")
-            return info.get("master_link_status") == "up" and bool(
-                self._sentinel().execute_command("SENTINEL REPLICAS", self.NAME))
-        except redis.RedisError:
-            return False
-
-    def master_port(self) -> int:
-        _, port = self._sentinel().execute_command(
-            "SENTINEL GET-MASTER-ADDR-BY-NAME", self.NAME)
-        return int(port)
-
-    def client(self) -> aioredis.Redis:
-        return Sentinel([("127.0.0.1", self.sentinel_port)]).master_for(self.NAME)
-
-    def stop(self) -> None:
-        stop_process(self.sentinel)
-        self.master.stop()
-        self.replica.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def single() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster(3)
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
-def sentinel_shared() -> Iterator[SentinelSetup]:
-    """For tests that fail nothing over."""
-    s = SentinelSetup()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def sentinel_setup() -> Iterator[SentinelSetup]:
-    s = SentinelSetup()
-    yield s
-    s.stop()
+def sentinel_client(procs: SentinelProcs) -> aioredis.Redis:
+    return Sentinel(procs.sentinel_addresses()).master_for(procs.master_name)
 
 
 # the node side ------------------------------------------------------------------
@@ -307,29 +98,28 @@ def one_per_bucket(keys: Keys) -> list[str]:
 
 @pytest.fixture(params=["single", "sentinel", "cluster"])
 async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, Any]]:
-    """(a factory of the clients a node would hold, a publisher's client)."""
+    """(a factory of the clients a node would hold, a publisher's client), on the
+    suite's shared Redis, Sentinel setup or cluster (none of them is failed over)."""
     clients: list[Any] = []
     if request.param == "single":
-        server: RedisServer = request.getfixturevalue("single")
+        server: RedisServer = request.getfixturevalue("redis_server")
 
-        def make() -> Any:
-            c = aioredis.Redis(port=server.port)
-            clients.append(c)
-            return c
+        def connect() -> Any:
+            return aioredis.Redis(port=server.port)
     elif request.param == "sentinel":
-        setup: SentinelSetup = request.getfixturevalue("sentinel_shared")
+        setup: SentinelProcs = request.getfixturevalue("redis_sentinel")
 
-        def make() -> Any:
-            c = setup.client()
-            clients.append(c)
-            return c
+        def connect() -> Any:
+            return sentinel_client(setup)
     else:
-        c3: Cluster = request.getfixturevalue("cluster")
+        procs: RedisClusterProcs = request.getfixturevalue("redis_cluster")
 
-        def make() -> Any:
-            c = RedisCluster(host="127.0.0.1", port=c3.alive()[0].port)
-            clients.append(c)
-            return c
+        def connect() -> Any:
+            return cluster_client(procs)
+
+    def make() -> Any:
+        clients.append(connect())
+        return clients[-1]
     yield make, make()
     for c in clients:
         await c.aclose()
@@ -465,12 +255,12 @@ async def test_single_redis_restart_restores_and_delivers() -> None:
 
 
 async def test_a_silent_connection_is_dropped_and_rebuilt(
-        single: RedisServer, tcp_proxy: Any) -> None:  # noqa: F811
+        redis_server: RedisServer, tcp_proxy: Any) -> None:  # noqa: F811
     """A link that stays up but carries nothing (no RST, no FIN) is found by the
     bus' PING, dropped and rebuilt; the node is told to reconcile."""
-    proxy: TcpProxy = tcp_proxy(single.port)
+    proxy: TcpProxy = tcp_proxy(redis_server.port)
     client = aioredis.Redis(port=proxy.port)
-    pub = aioredis.Redis(port=single.port)
+    pub = aioredis.Redis(port=redis_server.port)
     try:
         node = Node(client, Keys(buckets=BUCKETS), "n-silent")
         node.bus.health_seconds = 0.4
@@ -492,57 +282,57 @@ async def test_a_silent_connection_is_dropped_and_rebuilt(
         await pub.aclose()
 
 
-async def test_cluster_reshard_of_a_subscribed_slot_keeps_delivery(cluster: Cluster) -> None:
+async def test_cluster_reshard_of_a_subscribed_slot_keeps_delivery(
+        redis_cluster: RedisClusterProcs) -> None:
     keys = Keys(buckets=BUCKETS)
-    client = RedisCluster(host="127.0.0.1", port=cluster.alive()[0].port)
-    pub_client = RedisCluster(host="127.0.0.1", port=cluster.alive()[0].port)
+    client, pub_client = cluster_client(redis_cluster), cluster_client(redis_cluster)
     try:
         node = await Node(client, keys, "n1").start()
         sid = "moving-room"
         await node.bus.subscribe(sid)
         await node.bus.subscribe("staying-room")
-        slot = client.keyslot(keys.channel(sid))
-        src = cluster.owner(slot)
-        dst = next(m for m in cluster.masters() if m is not src)
+        slot = keyslot(keys.channel(sid))
+        src = redis_cluster.owner(slot).port
+        dst = next(m.port for m in redis_cluster.masters() if m.port != src)
         pub = Publisher(pub_client, keys)
         assert await pub.session(sid, "before") == 1
         assert await node.next() == b"before"
-        cluster.move_slot(slot, dst)
+        await asyncio.to_thread(redis_cluster.move_slots, [slot], dst)
         # Redis drops the channel's subscribers at the old owner; the bus
         # subscribes at the new one and says events may have been missed.
         await asyncio.wait_for(node.restored.wait(), EVENT_WAIT)
-        assert cluster.owner(slot) is dst
+        assert redis_cluster.owner(slot).port == dst
         assert await pub.session(sid, "after") == 1  # follows MOVED to the new owner
         assert await node.next() == b"after"
         assert await pub.session("staying-room", "still") == 1
         assert await node.next() == b"still"
         # And back again.
         node.restored.clear()
-        cluster.move_slot(slot, src)
+        await asyncio.to_thread(redis_cluster.move_slots, [slot], src)
         await asyncio.wait_for(node.restored.wait(), EVENT_WAIT)
         assert await pub.session(sid, "home") == 1
         assert await node.next() == b"home"
+        assert node.pending() == []
         await node.bus.close()
     finally:
         await client.aclose()
         await pub_client.aclose()
 
 
-async def test_cluster_master_killed_replica_promoted() -> None:
-    c6 = Cluster(3, replicas=1)
+async def test_cluster_master_killed_replica_promoted(make_redis_cluster: Any) -> None:
+    procs: RedisClusterProcs = make_redis_cluster(3, replicas=1)
     keys = Keys(buckets=BUCKETS)
-    client = RedisCluster(host="127.0.0.1", port=c6.servers[0].port)
+    client = cluster_client(procs)
     try:
         node = await Node(client, keys, "n1").start()
         sessions = one_per_bucket(keys)
         for sid in sessions:
             await node.bus.subscribe(sid)
-        victim = c6.owner(client.keyslot(keys.channel(sessions[0])))
-        victim.kill()
+        victim = procs.owner(keyslot(keys.channel(sessions[0]))).port
+        new = await asyncio.to_thread(procs.kill_master, victim)
         await asyncio.wait_for(node.restored.wait(), 30)
-        await asyncio.to_thread(c6.wait_ok)
-        assert c6.owner(client.keyslot(keys.channel(sessions[0]))) is not victim
-        pub_client = RedisCluster(host="127.0.0.1", port=c6.alive()[0].port)
+        assert procs.owner(keyslot(keys.channel(sessions[0]))).port == new
+        pub_client = cluster_client(procs)
         try:
             pub = Publisher(pub_client, keys)
             for sid in sessions:
@@ -550,36 +340,40 @@ async def test_cluster_master_killed_replica_promoted() -> None:
             assert {(await node.next()).decode() for _ in sessions} == set(sessions)
             assert await pub.node("n1", "replaced") == 1
             assert await node.next() == b"replaced"
+            assert node.pending() == []
         finally:
             await pub_client.aclose()
         await node.bus.close()
     finally:
         await client.aclose()
-        c6.stop()
 
 
 @pytest.mark.parametrize("how", ["kill", "failover"])
-async def test_sentinel_failover_restores_and_delivers(sentinel_setup: SentinelSetup,
-                                                       how: str) -> None:
+async def test_sentinel_failover_restores_and_delivers(make_redis_sentinel: Any, how: str
+                                                       ) -> None:
+    procs: SentinelProcs = make_redis_sentinel()
     keys = Keys(buckets=BUCKETS)
-    client = sentinel_setup.client()
-    pub_client = sentinel_setup.client()
+    client = sentinel_client(procs)
     try:
         node = await Node(client, keys, "n1").start()
         await node.bus.subscribe("room")
-        old = sentinel_setup.master_port()
+        old = procs.master_port()
         if how == "kill":
-            sentinel_setup.master.kill()
+            await asyncio.to_thread(procs.failover)  # SIGKILLs the master
         else:
-            # The old master stays up, and keeps its subscribers for a while
-            # after Sentinel has named the new one: the bus must notice itself.
-            redis.Redis(port=sentinel_setup.sentinel_port).execute_command(
-                "SENTINEL FAILOVER", SentinelSetup.NAME)
+            # The old master stays up, and keeps its subscribers for ~10 s after
+            # Sentinel has named the new one: the bus must notice by itself.
+            assert procs.sentinel is not None
+            with procs.sentinel.client() as sentinel:
+                sentinel.execute_command("SENTINEL", "FAILOVER", procs.master_name)
         await asyncio.wait_for(node.restored.wait(), 30)
-        assert sentinel_setup.master_port() != old
-        assert await Publisher(pub_client, keys).session("room", "after") == 1
-        assert await node.next() == b"after"
+        assert procs.master_port() != old
+        pub_client = sentinel_client(procs)
+        try:
+            assert await Publisher(pub_client, keys).session("room", "after") == 1
+            assert await node.next() == b"after"
+        finally:
+            await pub_client.aclose()
         await node.bus.close()
     finally:
         await client.aclose()
-        await pub_client.aclose()
