@@ -42,6 +42,15 @@ async def rooms(n1: LobbyNode, n2: LobbyNode, connect_player: Any, count: int
     return out
 
 
+async def bus_restored(nodes: list[LobbyNode], before: list[int], timeout: float = 30) -> None:
+    """Every node's bus has subscribed its lost channels again (events published
+    in the gap are gone: the node then reconciles, and the next event carries
+    the whole session). The bus has no event to await: its counter is polled."""
+    async with asyncio.timeout(timeout):
+        while any(n.bus.restores <= b for n, b in zip(nodes, before, strict=True)):  # type: ignore[attr-defined]  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 class Replies(list[dict[str, Any]]):
     """The churn's replies, with a wait for how many have come."""
 
@@ -143,7 +152,9 @@ async def test_a_master_dies_and_its_replica_takes_over(
 
     # The master of the first room's bucket dies.
     victim = cluster.owner(keyslot(keys.of_session(pairs[0][2]))).port
+    before = [n.bus.restores for n in (n1, n2)]  # type: ignore[attr-defined]
     await asyncio.to_thread(cluster.kill_master, victim)
+    await bus_restored([n1, n2], before)
 
     # Every room is still there with both players, and every player can go on:
     # the guests leave and come back, the hosts see it on the other node.
@@ -198,8 +209,10 @@ async def test_sentinel_failover_during_traffic_nodes_follow(
     with setup.client(setup.master_port()) as c:
         c.execute_command("WAIT", 1, 5000)
     old = setup.master_port()
+    before = [n.bus.restores for n in (n1, n2)]  # type: ignore[attr-defined]
     new = await asyncio.to_thread(setup.failover)
     assert new != old
+    await bus_restored([n1, n2], before)
     mark = len(replies)
     await replies.reach(mark + 40)  # traffic goes on, on the new master
     stop.set()
