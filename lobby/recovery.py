@@ -109,7 +109,8 @@ class Rebuilder:
             self.rebuilding = False
         self.reached["done"].set()
         self.stats.last_seconds = time.perf_counter() - t0
-        if epoch == new_epoch:
+        # Several buckets: the store's epoch lists each bucket's; ours is among them.
+        if new_epoch in epoch.split("/"):
             self.stats.rebuilds += 1
             self.stats.restored += restored
             if self.stats.rebuilds > 1 or restored:
