@@ -23,7 +23,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from websockets.asyncio.server import Server, serve
 
 from lobby import play
-from lobby.addresses import ConnectionGate, install_accept_error_limiter, parse_proxies
+from lobby.addresses import (
+    AddressLedger,
+    ConnectionGate,
+    install_accept_error_limiter,
+    parse_proxies,
+)
 from lobby.admin import Call, Handler, OpsAPI
 from lobby.allocators.base import Allocator
 from lobby.allocators.static import StaticAllocator
@@ -110,6 +115,12 @@ class LobbyNode:
         # accept that many before the gate counts them.
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.accept_batch = max(16, min(ACCEPT_BATCH_MAX, soft_limit // 16))
+        # --max-sockets-per-ip across nodes: each node's share in the store, under a
+        # heartbeat that lapses with the node's (--node-timeout-seconds).
+        self.ledger = AddressLedger(
+            self.store, self.node_id, settings.max_sockets_per_ip,
+            lapse_ms=int(settings.node_timeout_seconds * 1000),
+            beat_seconds=min(BEAT_SECONDS, settings.node_timeout_seconds / 5))
         self.gate = ConnectionGate(
             max_connections=max(16, min(max_clients + settings.max_handshakes,
                                         soft_limit - 64 - 2 * self.accept_batch)),
@@ -117,6 +128,7 @@ class LobbyNode:
             max_handshakes_per_ip=settings.max_handshakes_per_ip,
             max_sockets_per_ip=settings.max_sockets_per_ip,
             trusted_proxies=parse_proxies(settings.trusted_proxy),
+            ledger=self.ledger,
         )
         self.rebuilder = Rebuilder(
             self.store, self._load_records, f"{self.node_id}.{secrets.token_hex(4)}",
@@ -182,7 +194,7 @@ class LobbyNode:
             "persistence": self.persistence.metrics if self.persistence is not None else None,
             # per-address limits and password checks (identity)
             "connections": {"open": self.gate.connections, "handshakes": self.gate.handshakes,
-                            **self.gate.stats},
+                            **self.gate.stats, "ledger": dict(self.ledger.stats)},
             "password_checks": self.lobby.password_checks,
             "reconcile": asdict(self.reconciler.stats) if self.reconciler is not None else None,
             "rebuild": {**asdict(self.rebuilder.stats), "rebuilding": self.rebuilder.rebuilding},
@@ -299,6 +311,7 @@ class LobbyNode:
         if self.lobby.auth is not None:
             await self.lobby.auth.start()
         await self.check_store()
+        await self.ledger.start()
         try:
             self._server = await self._listen()
         except OSError as err:
@@ -543,6 +556,7 @@ class LobbyNode:
             self.sockets.http.close_all()
             await _bounded("closing sockets", self._server.wait_closed(), 10)
         self.hub.close()
+        await _bounded("dropping this node's address counts", self.ledger.close(), 5)
         await _bounded("closing pub/sub", self.bus.close(), 5)
         if self.reconciler is not None:
             await self.reconciler.close()

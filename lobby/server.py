@@ -162,10 +162,9 @@ class SocketServer:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "lobby node full\n")
         if self.gate is not None:
             address = self.gate.client_address(connection, request)
-            if not self.gate.admit_socket(tracked, address):
-                return connection.respond(
-                    HTTPStatus.TOO_MANY_REQUESTS,
-                    "too many connections from your address (--max-sockets-per-ip)\n")
+            refusal = await self.gate.admit_socket(tracked, address)
+            if refusal is not None:
+                return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, refusal + "\n")
         return None
 
     def _healthz(self, request: HttpRequest) -> HttpResponse:

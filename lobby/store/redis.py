@@ -24,6 +24,7 @@ from lobby.store.base import (
     CHAT_KEEP,
     CHAT_RATE,
     CHAT_WINDOW_MS,
+    AddressOp,
     Change,
     GuessLimits,
     GuessVerdict,
@@ -50,6 +51,11 @@ _SCRIPTS = (
 RESTORE_BATCH = 200
 REBIND_BATCH = 500
 RESTORE_LEASE_MS = 10_000
+# Per-address socket counts: a backstop expiry of an address's hash after its last
+# acquire (a dead node's counts are dropped by the address sweep long before), and
+# the pipeline size when dropping or restoring a node's counts.
+ADDRESS_KEEP_MS = 24 * 3600 * 1000
+ADDRESS_BATCH = 500
 
 
 def _load_lua(name: str) -> str:
@@ -143,6 +149,11 @@ class RedisStore:
         # claim.lua ends by running resume.lua on the player it has taken.
         self._scripts["claim"] = client.register_script(
             prelude + "\n" + _load_lua("claim") + "\n" + _load_lua("resume"))
+        # address_*.lua: one key each, in KEYS, without the prelude.
+        self._address_scripts = {
+            name: client.register_script(_load_lua(name))
+            for name in ("address_acquire", "address_release", "address_beat")
+        }
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -481,6 +492,86 @@ class RedisStore:
         raws = await self.redis.mget(keys) if keys else []
         records = [json.loads(r) for r in raws if r]
         return records, (str(nxt) if int(nxt) else None)
+
+    # per-address WebSocket counts (lobby/addresses.py's AddressLedger) ------------
+    # Each address's counts are one hash under its own hash tag, and each script
+    # call names its one key in KEYS: ready for Redis Cluster as they are.
+    def _address_key(self, address: str) -> str:
+        return f"{self.prefix}{{a:{address}}}"
+
+    def _addresses_of(self, incarnation: str) -> str:
+        """The addresses an incarnation may hold counts of (for dropping them)."""
+        return f"{self.prefix}{{an:{incarnation}}}"
+
+    async def address_apply(self, incarnation: str, ops: list[AddressOp], limit: int
+                            ) -> list[bool]:
+        if not ops:
+            return []
+        acquire, release = (self._address_scripts["address_acquire"],
+                            self._address_scripts["address_release"])
+        mine = self._addresses_of(incarnation)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for kind, address in ops:
+                key = self._address_key(address)
+                if kind == "acquire":
+                    pipe.sadd(mine, address)
+                    await acquire(keys=[key], args=[incarnation, limit, ADDRESS_KEEP_MS],
+                                  client=pipe)
+                elif kind == "release":
+                    await release(keys=[key], args=[incarnation, 1], client=pipe)
+                else:
+                    pipe.srem(mine, address)
+            replies = iter(await pipe.execute())
+        results = []
+        for kind, _ in ops:
+            reply = next(replies)
+            if kind == "acquire":
+                reply = next(replies)
+                results.append(int(reply[0]) == 1)
+            else:
+                results.append(True)
+        return results
+
+    async def address_beat(self, incarnation: str, now: int, lapse_ms: int,
+                           first: bool = False) -> bool:
+        alive = await self._address_scripts["address_beat"](
+            keys=[f"{self.prefix}anodes"], args=[incarnation, now, lapse_ms, "1" if first else ""])
+        return int(alive) == 1
+
+    async def address_restore(self, incarnation: str, counts: dict[str, int]) -> None:
+        items = list(counts.items())
+        for i in range(0, len(items), ADDRESS_BATCH):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for address, n in items[i:i + ADDRESS_BATCH]:
+                    key = self._address_key(address)
+                    pipe.sadd(self._addresses_of(incarnation), address)
+                    pipe.hset(key, incarnation, n)
+                    pipe.pexpire(key, ADDRESS_KEEP_MS)
+                await pipe.execute()
+
+    async def address_sweep(self, now: int, limit: int = 10) -> int:
+        dead = await self.redis.zrangebyscore(
+            f"{self.prefix}anodes", "-inf", f"({now}", start=0, num=limit)
+        for incarnation in dead:
+            await self.address_drop(incarnation.decode())
+        return len(dead)
+
+    async def address_drop(self, incarnation: str) -> None:
+        mine = self._addresses_of(incarnation)
+        while True:
+            # SPOP: nodes sweeping the same incarnation at once share the work.
+            addresses = await self.redis.spop(mine, ADDRESS_BATCH)
+            if addresses:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for address in addresses:
+                        pipe.hdel(self._address_key(address.decode()), incarnation)
+                    await pipe.execute()
+            if len(addresses or ()) < ADDRESS_BATCH:
+                break
+        await self.redis.zrem(f"{self.prefix}anodes", incarnation)
+
+    async def address_count(self, address: str) -> int:
+        return sum(int(n) for n in await self.redis.hvals(self._address_key(address)))
 
 
 def _live(c: LiveClient) -> dict[str, str]:
