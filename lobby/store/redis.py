@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
@@ -507,21 +508,14 @@ class RedisStore:
                             ) -> list[bool]:
         if not ops:
             return []
-        acquire, release = (self._address_scripts["address_acquire"],
-                            self._address_scripts["address_release"])
-        mine = self._addresses_of(incarnation)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for kind, address in ops:
-                key = self._address_key(address)
-                if kind == "acquire":
-                    pipe.sadd(mine, address)
-                    await acquire(keys=[key], args=[incarnation, limit, ADDRESS_KEEP_MS],
-                                  client=pipe)
-                elif kind == "release":
-                    await release(keys=[key], args=[incarnation, 1], client=pipe)
-                else:
-                    pipe.srem(mine, address)
-            replies = iter(await pipe.execute())
+        try:
+            replies = await self._address_pipeline(incarnation, ops, limit)
+        except NoScriptError:
+            # An emptied Redis: none of the batch's scripts ran (SADD and SREM are
+            # idempotent), so the whole batch runs again once they are loaded.
+            for script in self._address_scripts.values():
+                await self.redis.script_load(script.script)
+            replies = await self._address_pipeline(incarnation, ops, limit)
         results = []
         for kind, _ in ops:
             reply = next(replies)
@@ -531,6 +525,25 @@ class RedisStore:
             else:
                 results.append(True)
         return results
+
+    async def _address_pipeline(self, incarnation: str, ops: list[AddressOp], limit: int
+                                ) -> Any:
+        # EVALSHA by hand: redis-py's Script in a pipeline adds a SCRIPT EXISTS
+        # round trip to every batch.
+        acquire = self._address_scripts["address_acquire"].sha
+        release = self._address_scripts["address_release"].sha
+        mine = self._addresses_of(incarnation)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for kind, address in ops:
+                key = self._address_key(address)
+                if kind == "acquire":
+                    pipe.sadd(mine, address)
+                    pipe.evalsha(acquire, 1, key, incarnation, limit, ADDRESS_KEEP_MS)
+                elif kind == "release":
+                    pipe.evalsha(release, 1, key, incarnation, 1)
+                else:
+                    pipe.srem(mine, address)
+            return iter(await pipe.execute())
 
     async def address_beat(self, incarnation: str, now: int, lapse_ms: int,
                            first: bool = False) -> bool:
