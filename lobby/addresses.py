@@ -16,6 +16,7 @@ import contextlib
 import ipaddress
 import logging
 import secrets
+import ssl
 import time
 from collections import Counter
 from http import HTTPStatus
@@ -289,16 +290,23 @@ class GuardedFront(FrontProtocol):
         self.gate = gate
         self.tracked = tracked
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the TCP connection at its accept; False: abort it now."""
         tracked = self.tracked
         tracked.transport = transport
         tracked.peer = _peer_of(transport)
         if not self.gate.accepted(tracked):
-            transport.abort()  # type: ignore[attr-defined]
-        elif tracked.gate_state == "refusing":
+            return False
+        if tracked.gate_state == "refusing":
             asyncio.get_running_loop().call_later(
                 self.gate.refuse_seconds, transport.abort)  # type: ignore[attr-defined]
+        return True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # Over TLS, TlsFront counted the connection at its accept already.
+        if self.tracked.transport is None and not self.admit(transport):
+            transport.abort()  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._handed_off:
@@ -313,6 +321,62 @@ class GuardedFront(FrontProtocol):
             response.headers.append(("Connection", "close"))
             return response
         return await super()._answer(event, headers)
+
+
+class TlsFront(asyncio.Protocol):
+    """With --tls-cert, a connection's protocol until its TLS handshake is done.
+
+    The gate counts the connection at its TCP accept, so a peer that connects and
+    never finishes TLS holds a handshake slot, capped per address, like one that
+    never sends its HTTP request (with TLS in the listening socket the gate would
+    see it only after the handshake). Then the handshake runs (loop.start_tls,
+    within the handshake timeout) and the connection goes on as its GuardedFront.
+    """
+
+    def __init__(self, front: GuardedFront, context: ssl.SSLContext, timeout: float) -> None:
+        self.front = front
+        self.context = context
+        self.timeout = timeout
+        self._transport: asyncio.Transport | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.pause_reading()  # the first bytes are the TLS handshake's
+        if not self.front.admit(transport):
+            transport.abort()
+            return
+        self.front.service.connections.add(self)  # type: ignore[arg-type]
+        self._task = asyncio.get_running_loop().create_task(self._handshake(transport))
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport, self.front, self.context, server_side=True,
+                ssl_handshake_timeout=self.timeout)
+        except Exception:  # a failed or timed-out handshake, or a peer gone
+            transport.abort()
+            self.front.gate.closed(self.front.tracked)
+            return
+        finally:
+            self.front.service.connections.discard(self)  # type: ignore[arg-type]
+        if tls is None or tls.is_closing():
+            self.front.gate.closed(self.front.tracked)
+            return
+        self.front.connection_made(tls)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Only before start_tls took the transport over (after, the front hears it).
+        self.front.service.connections.discard(self)  # type: ignore[arg-type]
+        if self._task is not None:
+            self._task.cancel()
+        self.front.gate.closed(self.front.tracked)
+
+    def shutdown(self) -> None:
+        """Server shutdown (HttpService.close_all): a handshake in flight is dropped."""
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class GuardedConnection(ServerConnection):

@@ -137,12 +137,16 @@ class LobbyNode:
         self.reconciler: Reconciler | None = None
         if self.table is not None and self.persistence is not None:
             self.reconciler = Reconciler(self.store, self.table, self.persistence)
+        self._tls = _tls_context(settings)
         self.sockets = SocketServer(
             self.lobby, self.node_id,
             rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst,
             max_clients=max_clients,
             max_buffered=settings.max_buffered_bytes,
             gate=self.gate,
+            # wss:// and https:// on the same port, the TLS handshake started by
+            # each connection once the gate has counted it (lobby.addresses.TlsFront).
+            tls=self._tls, tls_timeout=settings.handshake_timeout_seconds,
         )
         # A connection's first request (a WebSocket upgrade or plain HTTP) must come
         # within the handshake timeout: until then it is a handshake in flight.
@@ -168,7 +172,6 @@ class LobbyNode:
                                      self.node_info)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._tls = _tls_context(settings)
         self._epoch: str | None = None  # the store generation this node has synced with
         self._epoch_lock = asyncio.Lock()
         # Set when this node may have missed what the store did (its link was down,
@@ -358,9 +361,6 @@ class LobbyNode:
             # Counted from the TCP accept (half-open connections included), and
             # given little time: a real client sends its request at once.
             open_timeout=s.handshake_timeout_seconds,
-            # --tls-cert: wss:// and https:// on the same port (websockets applies
-            # the handshake timeout to the TLS handshake too).
-            ssl=self._tls,
         )
 
     def _log_mode(self) -> None:
