@@ -20,7 +20,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from lobby.addresses import client_address, parse_proxies
+from lobby.addresses import AddressLedger, client_address, parse_proxies
+from lobby.store.memory import MemoryStore
 from tests.conftest import Player, free_port, stop_process, ws_url
 from tests.faults import node_procs  # noqa: F401  (fixture)
 
@@ -176,6 +177,60 @@ async def test_a_sigkilled_node_stops_counting_against_its_addresses(
     finally:
         for ws in held + again:
             ws.transport.abort()
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose address batches fail while `down` is set."""
+
+    down = False
+
+    async def address_apply(self, *args: Any) -> list[bool]:
+        if self.down:
+            raise ConnectionError("store unreachable")
+        return await super().address_apply(*args)
+
+
+async def test_ledger_writes_its_counts_again_after_a_lapse_or_a_failure() -> None:
+    store = FlakyStore(lambda channel, message: None)
+    # A heartbeat that lapses long before the next beat: as a node paused (or cut
+    # off from the store) past --node-timeout-seconds.
+    ledger = AddressLedger(store, "n1", 3, lapse_ms=50, beat_seconds=3600)
+    other = AddressLedger(store, "n2", 3, lapse_ms=60_000, beat_seconds=3600)
+    await ledger.start()
+    await other.start()
+    try:
+        assert [await ledger.acquire("10.0.0.1") for _ in range(2)] == [True, True]
+        first = ledger.incarnation
+        await asyncio.sleep(0.06)
+        # The other node's sweep drops the lapsed counts: the address is free.
+        assert await store.address_sweep(int(time.time() * 1000)) == 1
+        assert await store.address_count("10.0.0.1") == 0
+        # The paused node's next beat finds its heartbeat gone, and it writes its
+        # two sockets again under a new incarnation.
+        await ledger._beat()
+        assert ledger.incarnation != first
+        assert await store.address_count("10.0.0.1") == 2
+        assert await other.acquire("10.0.0.1") is True
+        assert await other.acquire("10.0.0.1") is False
+        # The store fails: sockets are admitted (each node's own cap still holds)
+        # and counted here; once it answers they are written again.
+        store.down = True
+        assert await other.acquire("10.0.0.2") is True
+        assert other.stats["store_failures"] == 1
+        store.down = False
+        before = other.incarnation
+        await other._beat()
+        assert other.incarnation != before
+        assert await store.address_count("10.0.0.2") == 1
+        assert await store.address_count("10.0.0.1") == 3
+        ledger.release("10.0.0.1")
+        await _until_store(lambda: store.address_count("10.0.0.1"), 2, 5)
+        assert await other.acquire("10.0.0.1") is True
+    finally:
+        await ledger.close()
+        await other.close()
+    assert await store.address_count("10.0.0.1") == 0
+    assert await store.address_count("10.0.0.2") == 0
 
 
 async def test_forwarded_for_counts_the_client_behind_a_trusted_proxy(make_node) -> None:
