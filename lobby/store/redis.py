@@ -38,7 +38,13 @@ from lobby.store.base import (
     Timeouts,
     Verdict,
 )
-from lobby.store.search import SCAN_BUDGET, SNAPSHOT_MAX, SNAPSHOT_MS, cursor_position
+from lobby.store.search import (
+    LISTED,
+    SCAN_BUDGET,
+    SNAPSHOT_MAX,
+    SNAPSHOT_MS,
+    cursor_position,
+)
 
 _SCRIPTS = (
     "resume", "disconnect", "create", "join", "leave", "kick", "begin_start",
@@ -377,7 +383,8 @@ class RedisStore:
         if res[0] == b"ERR":
             raise LobbyError(ErrorCode.BAD_REQUEST, "cursor expired: list again")
         nxt, raws = res
-        return [json.loads(r) for r in raws], (nxt.decode() or None)
+        # Shared, read-only records (search.RecordCache): pages repeat them.
+        return LISTED.records(raws), (nxt.decode() or None)
 
     async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100,
                     node: str | None = None, fresh: bool = False) -> SweepResult:
