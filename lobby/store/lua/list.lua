@@ -52,11 +52,15 @@ local need_record = #others > 0 or q.min_free ~= NULL or q.has_pw ~= NULL
 -- Which of `ids` are still listed and meet every driver, from the indexes alone
 -- (they hold exactly that), one ZMSCORE per index for the whole chunk: only a
 -- snapshot's candidates (later pages of a player-count sort) need it; the others
--- come straight from an index lookup in this script.
+-- come straight from an index lookup in this script. An attribute index holds
+-- only listed sessions, so `open` is asked only when there is no driver.
 local function indexed_matches(ids)
   local ok = {}
-  local listed = redis.call('ZMSCORE', OPEN, unpack(ids))
-  for j = 1, #ids do ok[j] = listed[j] ~= false end
+  for j = 1, #ids do ok[j] = true end
+  if #drivers == 0 then
+    local listed = redis.call('ZMSCORE', OPEN, unpack(ids))
+    for j = 1, #ids do ok[j] = listed[j] ~= false end
+  end
   for _, c in ipairs(drivers) do
     local values = c[3]
     if c[2] == 'eq' then values = {c[3]} end
