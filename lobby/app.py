@@ -207,7 +207,7 @@ class LobbyNode:
         """What GET /admin/nodes shows of this node."""
         return {
             "node_id": self.node_id, "mode": self.mode, "sockets": self.hub.client_count,
-            "players": sum(1 for c in self.hub.clients() if c.player_id is not None),
+            "players": self.hub.player_count,
             "local_sessions": self.hub.session_count, "draining": self.draining,
             "started_at": self.started_at, "seen_at": time.time(),
             "address": f"{self.settings.host}:{self.port if self._server else self.settings.port}",

@@ -359,7 +359,7 @@ class Lobby:
         await self.store.new_player(
             player_id, name, token_hash(resume_token), client.conn_id, now_ms()
         )
-        client.player_id = player_id
+        self.hub.bind(client, player_id)  # a new id: no resume elsewhere can race it
         client.name = name
         client.token_hash = token_hash(resume_token)
         return {"player_id": player_id, "name": name, "resume_token": resume_token,
