@@ -382,9 +382,10 @@ class LobbyProc(Managed):
             "serve", "--host", LOOPBACK, "--port", str(self.port),
             # The bench measures the server, not its per-connection abuse limit.
             "--rate-limit-per-second", "1000000", "--rate-limit-burst", "1000000",
-            # Its thousands of clients all come from 127.0.0.1, in bursts.
-            "--max-sockets-per-ip", "1000000", "--max-handshakes", "100000",
-            "--max-handshakes-per-ip", "100000",
+            # Its thousands of clients all come from 127.0.0.1, in bursts (limits
+            # that older commits, --server-src git:REV, do not have are left out).
+            *_known_options(["--max-sockets-per-ip", "1000000", "--max-handshakes", "100000",
+                             "--max-handshakes-per-ip", "100000"]),
             # Idle clients would otherwise each cost a ping every 20 s; the
             # drivers do not answer slowly, but pings add noise to the figures.
             "--ping-interval-seconds", "0",
@@ -427,11 +428,26 @@ class LobbyProc(Managed):
         super().stop(signal.SIGINT if self.profiler == "pyinstrument" else sig, wait_s)
 
 
+_serve_help: dict[Path, str] = {}
+
+
 def serve_help() -> str:
-    out = subprocess.run([sys.executable, "-m", "lobby.cli", "serve", "--help"],
-                         capture_output=True, text=True, env=_env(), cwd=_server_src,
-                         timeout=30)
-    return out.stdout
+    if _server_src not in _serve_help:
+        out = subprocess.run([sys.executable, "-m", "lobby.cli", "serve", "--help"],
+                             capture_output=True, text=True, env=_env(), cwd=_server_src,
+                             timeout=30)
+        _serve_help[_server_src] = out.stdout
+    return _serve_help[_server_src]
+
+
+def _known_options(pairs: list[str]) -> list[str]:
+    """The (option, value) pairs that the nodes' `lobby serve` accepts."""
+    known = serve_help()
+    out: list[str] = []
+    for opt, value in zip(pairs[::2], pairs[1::2], strict=True):
+        if re.search(rf"{re.escape(opt)}(?![\w-])", known):
+            out += [opt, value]
+    return out
 
 
 class FleetIQProc(Managed):

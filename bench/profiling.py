@@ -16,6 +16,7 @@ import contextlib
 import shutil
 import signal
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ SAMPLE_RATE = 200  # per second: enough samples in a 10 s phase for a stable top
 
 class PySpy:
     def __init__(self, pid: int, out: Path, fmt: str = "raw") -> None:
-        exe = shutil.which("py-spy")
+        # The venv's own py-spy when the venv is not on PATH (`.venv/bin/python -m bench`).
+        exe = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent))
         if exe is None:
             raise RuntimeError("py-spy is not installed (pip install py-spy)")
         self.out = out
@@ -85,7 +88,8 @@ def summarize_collapsed(text: str, top: int = 20) -> dict[str, Any]:
         if frames[-1] in IDLE_LEAVES:
             idle += count
             continue
-        if frames[0].startswith("_bootstrap (threading.py)"):
+        # Python 3.11+ names it Thread._bootstrap.
+        if frames[0].startswith(("_bootstrap (threading.py)", "Thread._bootstrap (threading.py)")):
             # Pool threads (boto3 calls, scrypt) mostly wait on sockets, which
             # py-spy cannot tell from work here: counted apart from the loop.
             threads += count

@@ -1,17 +1,22 @@
 """Per-address limits of the socket layer: who the client is, and how many TCP
 connections, handshakes in flight and WebSockets each address may hold.
 
-Every limit here is per node. They keep one address (or a flood of half-open
-connections from many) from taking the file descriptors and the event loop that
-every other player needs; the limits that must hold across nodes (wrong
-passwords) live in the session store.
+The caps on connections and handshakes are per node: they keep one address (or
+a flood of half-open connections from many) from taking the file descriptors and
+the event loop that every other player of *this* node needs. WebSockets per
+client address (--max-sockets-per-ip) are counted lobby-wide, in the session
+store (AddressLedger), so that a load balancer spreading an address over nodes
+does not multiply its cap; so are wrong passwords.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import secrets
+import ssl
 import time
 from collections import Counter
 from http import HTTPStatus
@@ -106,7 +111,9 @@ class ConnectionGate:
 
     def __init__(self, *, max_connections: int, max_handshakes: int,
                  max_handshakes_per_ip: int, max_sockets_per_ip: int,
-                 trusted_proxies: tuple[IPNetwork, ...] = ()) -> None:
+                 trusted_proxies: tuple[IPNetwork, ...] = (),
+                 ledger: AddressLedger | None = None) -> None:
+        self.ledger = ledger
         self.max_connections = max_connections
         self.max_handshakes = max_handshakes
         self.max_handshakes_per_ip = max_handshakes_per_ip
@@ -119,7 +126,8 @@ class ConnectionGate:
         self._handshaking: dict[str, dict[Tracked, None]] = {}
         self._sockets: Counter[str] = Counter()
         self.stats = {"dropped_connections": 0, "refused_handshakes": 0,
-                      "evicted_handshakes": 0, "refused_per_ip": 0}
+                      "evicted_handshakes": 0, "refused_per_ip": 0,
+                      "refused_per_ip_lobby": 0}
         self._refusals = RateLimitedLog(log)
         self.refuse_seconds = REFUSE_SECONDS
 
@@ -201,6 +209,8 @@ class ConnectionGate:
             self._sockets[conn.client_ip] -= 1
             if self._sockets[conn.client_ip] <= 0:
                 del self._sockets[conn.client_ip]
+            if self.ledger is not None:
+                self.ledger.release(conn.client_ip)
 
     def _end_handshake(self, conn: Tracked) -> None:
         mine = self._handshaking.get(conn.peer)
@@ -218,17 +228,32 @@ class ConnectionGate:
         return client_address(peer, request.headers.get("X-Forwarded-For"),
                               self.trusted_proxies)
 
-    def admit_socket(self, tracked: Tracked | None, address: str) -> bool:
-        """Count a WebSocket against its address; False past the cap."""
+    async def admit_socket(self, tracked: Tracked | None, address: str) -> str | None:
+        """Count a WebSocket against its address: None, or why it is refused.
+        This node's own count is checked first (no store call past the cap);
+        then the lobby's, in the store, one round trip."""
         if self._sockets[address] >= self.max_sockets_per_ip:
             self.stats["refused_per_ip"] += 1
             self._refusals.warning("refusing WebSockets from %s: %d open (--max-sockets-per-ip)",
                                    address, self._sockets[address])
-            return False
-        if tracked is not None:
-            self._sockets[address] += 1
-            tracked.client_ip = address
-        return True
+            return "too many connections from your address (--max-sockets-per-ip)"
+        if tracked is None:
+            return None
+        if self.ledger is not None:
+            if not await self.ledger.acquire(address):
+                self.stats["refused_per_ip"] += 1
+                self.stats["refused_per_ip_lobby"] += 1
+                self._refusals.warning(
+                    "refusing WebSockets from %s: %d open across the lobby's nodes "
+                    "(--max-sockets-per-ip)", address, self.max_sockets_per_ip)
+                return ("too many connections from your address across the lobby "
+                        "(--max-sockets-per-ip)")
+            if tracked.gate_state is None:  # it closed while the store answered
+                self.ledger.release(address)
+                return "closed"
+        self._sockets[address] += 1
+        tracked.client_ip = address
+        return None
 
     def sockets_of(self, address: str) -> int:
         return self._sockets.get(address, 0)
@@ -265,16 +290,23 @@ class GuardedFront(FrontProtocol):
         self.gate = gate
         self.tracked = tracked
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the TCP connection at its accept; False: abort it now."""
         tracked = self.tracked
         tracked.transport = transport
         tracked.peer = _peer_of(transport)
         if not self.gate.accepted(tracked):
-            transport.abort()  # type: ignore[attr-defined]
-        elif tracked.gate_state == "refusing":
+            return False
+        if tracked.gate_state == "refusing":
             asyncio.get_running_loop().call_later(
                 self.gate.refuse_seconds, transport.abort)  # type: ignore[attr-defined]
+        return True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # Over TLS, TlsFront counted the connection at its accept already.
+        if self.tracked.transport is None and not self.admit(transport):
+            transport.abort()  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._handed_off:
@@ -289,6 +321,62 @@ class GuardedFront(FrontProtocol):
             response.headers.append(("Connection", "close"))
             return response
         return await super()._answer(event, headers)
+
+
+class TlsFront(asyncio.Protocol):
+    """With --tls-cert, a connection's protocol until its TLS handshake is done.
+
+    The gate counts the connection at its TCP accept, so a peer that connects and
+    never finishes TLS holds a handshake slot, capped per address, like one that
+    never sends its HTTP request (with TLS in the listening socket the gate would
+    see it only after the handshake). Then the handshake runs (loop.start_tls,
+    within the handshake timeout) and the connection goes on as its GuardedFront.
+    """
+
+    def __init__(self, front: GuardedFront, context: ssl.SSLContext, timeout: float) -> None:
+        self.front = front
+        self.context = context
+        self.timeout = timeout
+        self._transport: asyncio.Transport | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.pause_reading()  # the first bytes are the TLS handshake's
+        if not self.front.admit(transport):
+            transport.abort()
+            return
+        self.front.service.connections.add(self)  # type: ignore[arg-type]
+        self._task = asyncio.get_running_loop().create_task(self._handshake(transport))
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport, self.front, self.context, server_side=True,
+                ssl_handshake_timeout=self.timeout)
+        except Exception:  # a failed or timed-out handshake, or a peer gone
+            transport.abort()
+            self.front.gate.closed(self.front.tracked)
+            return
+        finally:
+            self.front.service.connections.discard(self)  # type: ignore[arg-type]
+        if tls is None or tls.is_closing():
+            self.front.gate.closed(self.front.tracked)
+            return
+        self.front.connection_made(tls)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Only before start_tls took the transport over (after, the front hears it).
+        self.front.service.connections.discard(self)  # type: ignore[arg-type]
+        if self._task is not None:
+            self._task.cancel()
+        self.front.gate.closed(self.front.tracked)
+
+    def shutdown(self) -> None:
+        """Server shutdown (HttpService.close_all): a handshake in flight is dropped."""
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class GuardedConnection(ServerConnection):
@@ -326,3 +414,172 @@ def install_accept_error_limiter(loop: asyncio.AbstractEventLoop) -> Any:
 
     loop.set_exception_handler(handler)
     return previous
+
+
+class AddressLedger:
+    """This node's share of the lobby-wide count of WebSockets per client address,
+    kept in the session store so that --max-sockets-per-ip holds across nodes.
+
+    One writer task makes every store call, in order: an address's release, the
+    forgetting of it and its next acquire reach the store as they happened. An
+    acquire waits for its batch (one round trip at connect); releases ride with the
+    next batch, sent at once when the writer is idle.
+
+    Counts are kept under this node's *incarnation* (node id and a random suffix),
+    whose heartbeat the writer renews every `beat_seconds`. A node that dies stops
+    beating; once its heartbeat lapses (`lapse_ms`, --node-timeout-seconds) any
+    node's address sweep drops its counts, so a SIGKILLed node cannot lock an
+    address out. A node that finds its own heartbeat lapsed (paused, or cut off
+    from the store), or whose batch failed, writes its counts again under a new
+    incarnation and drops the old one.
+    """
+
+    def __init__(self, store: Any, node_id: str, limit: int, *, lapse_ms: int,
+                 beat_seconds: float) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.limit = limit
+        self.lapse_ms = lapse_ms
+        self.beat_seconds = beat_seconds
+        self.incarnation = self._new_incarnation()
+        self.held: Counter[str] = Counter()  # address -> sockets counted in the store
+        self.stats = {"store_failures": 0, "incarnations": 1, "swept": 0}
+        self._queue: list[tuple[str, Any]] = []
+        self._forget: set[str] = set()  # refused addresses this node holds none of
+        self._wake = asyncio.Event()
+        self._lost = False  # a batch failed: what the store has of us is in doubt
+        self._next_beat = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._sweep: asyncio.Task[None] | None = None
+        self._failures = RateLimitedLog(log, 10.0)
+
+    def _new_incarnation(self) -> str:
+        return f"{self.node_id}#{secrets.token_hex(4)}"
+
+    async def start(self) -> None:
+        await self.store.address_beat(self.incarnation, _now_ms(), self.lapse_ms, first=True)
+        self._next_beat = asyncio.get_running_loop().time() + self.beat_seconds
+        self._task = asyncio.create_task(self._run(), name="lobby-address-ledger")
+
+    async def close(self) -> None:
+        """Stop writing, and take this node's counts out of the store (its
+        sockets are closed, or about to be)."""
+        for task in (self._task, self._sweep):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        for _, fut in self._queue:
+            if fut is not None and not fut.done():
+                fut.set_result(True)
+        self._queue.clear()
+        await self.store.address_drop(self.incarnation)
+
+    async def acquire(self, address: str) -> bool:
+        """Count one more WebSocket from `address`; False: the lobby holds the cap."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((address, fut))
+        self._wake.set()
+        return await fut
+
+    def release(self, address: str) -> None:
+        """One counted WebSocket from `address` closed (sent with the next batch)."""
+        self._queue.append((address, None))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = self._next_beat - loop.time()
+            if not self._queue and wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+            if loop.time() >= self._next_beat:
+                # Before any batch: a node that was paused past its heartbeat
+                # learns it here and writes under a new incarnation.
+                await self._beat()
+                self._next_beat = loop.time() + self.beat_seconds
+            if self._queue:
+                await self._flush()
+
+    async def _beat(self) -> None:
+        try:
+            alive = await self.store.address_beat(self.incarnation, _now_ms(), self.lapse_ms)
+            if not alive or self._lost:
+                await self._reincarnate()
+        except Exception as err:
+            self._failed(err)
+            return
+        if self._sweep is None or self._sweep.done():
+            self._sweep = asyncio.create_task(self._sweep_dead(), name="lobby-address-sweep")
+
+    async def _reincarnate(self) -> None:
+        old, self.incarnation = self.incarnation, self._new_incarnation()
+        self.stats["incarnations"] += 1
+        await self.store.address_beat(self.incarnation, _now_ms(), self.lapse_ms, first=True)
+        await self.store.address_restore(self.incarnation, dict(self.held))
+        self._lost = False
+        log.warning("address counts written again under %s (%d addresses): %s was taken "
+                    "for dead or a write failed", self.incarnation, len(self.held), old)
+        await self.store.address_drop(old)
+
+    async def _sweep_dead(self) -> None:
+        try:
+            while True:
+                dropped = await self.store.address_sweep(_now_ms())
+                self.stats["swept"] += dropped
+                if not dropped:
+                    return
+        except Exception as err:
+            self._failed(err)
+
+    async def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        ops: list[tuple[str, str]] = [("forget", a) for a in self._forget if not self.held[a]]
+        self._forget.clear()
+        waiting: list[tuple[str, asyncio.Future[bool]]] = []
+        for address, fut in batch:
+            if fut is None:
+                if self.held[address] <= 0:
+                    continue
+                self.held[address] -= 1
+                ops.append(("release", address))
+                if not self.held[address]:
+                    del self.held[address]
+                    ops.append(("forget", address))
+            else:
+                ops.append(("acquire", address))
+                waiting.append((address, fut))
+        results: list[bool] | None
+        try:
+            results = await self.store.address_apply(self.incarnation, ops, self.limit)
+        except Exception as err:
+            # Admitted (each node's own cap still holds) and counted here; the
+            # next beat writes the counts again under a new incarnation.
+            self._failed(err)
+            results = None
+        admitted = iter([ok for (kind, _), ok in zip(ops, results, strict=True)
+                         if kind == "acquire"] if results is not None else [])
+        for address, fut in waiting:
+            ok = next(admitted, True)
+            if ok:
+                self.held[address] += 1
+            elif not self.held[address]:
+                self._forget.add(address)
+            if fut.done():  # the connection went away while it waited
+                if ok:
+                    self.release(address)
+            else:
+                fut.set_result(ok)
+
+    def _failed(self, err: Exception) -> None:
+        self._lost = True
+        self.stats["store_failures"] += 1
+        self._failures.warning("address counts: store call failed (%s: %s); sockets are "
+                               "capped per node until it answers", type(err).__name__, err)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -20,7 +20,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from websockets.asyncio.server import Server, serve
 
 from lobby import play, redisconn
-from lobby.addresses import ConnectionGate, install_accept_error_limiter, parse_proxies
+from lobby.addresses import (
+    AddressLedger,
+    ConnectionGate,
+    install_accept_error_limiter,
+    parse_proxies,
+)
 from lobby.admin import Call, Handler, OpsAPI
 from lobby.allocators.base import Allocator
 from lobby.allocators.static import StaticAllocator
@@ -98,6 +103,12 @@ class LobbyNode:
         # accept that many before the gate counts them.
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.accept_batch = max(16, min(ACCEPT_BATCH_MAX, soft_limit // 16))
+        # --max-sockets-per-ip across nodes: each node's share in the store, under a
+        # heartbeat that lapses with the node's (--node-timeout-seconds).
+        self.ledger = AddressLedger(
+            self.store, self.node_id, settings.max_sockets_per_ip,
+            lapse_ms=int(settings.node_timeout_seconds * 1000),
+            beat_seconds=min(BEAT_SECONDS, settings.node_timeout_seconds / 5))
         self.gate = ConnectionGate(
             max_connections=max(16, min(max_clients + settings.max_handshakes,
                                         soft_limit - 64 - 2 * self.accept_batch)),
@@ -105,6 +116,7 @@ class LobbyNode:
             max_handshakes_per_ip=settings.max_handshakes_per_ip,
             max_sockets_per_ip=settings.max_sockets_per_ip,
             trusted_proxies=parse_proxies(settings.trusted_proxy),
+            ledger=self.ledger,
         )
         self.rebuilder = Rebuilder(
             self.store, self._load_records, f"{self.node_id}.{secrets.token_hex(4)}",
@@ -113,12 +125,16 @@ class LobbyNode:
         self.reconciler: Reconciler | None = None
         if self.table is not None and self.persistence is not None:
             self.reconciler = Reconciler(self.store, self.table, self.persistence)
+        self._tls = _tls_context(settings)
         self.sockets = SocketServer(
             self.lobby, self.node_id,
             rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst,
             max_clients=max_clients,
             max_buffered=settings.max_buffered_bytes,
             gate=self.gate,
+            # wss:// and https:// on the same port, the TLS handshake started by
+            # each connection once the gate has counted it (lobby.addresses.TlsFront).
+            tls=self._tls, tls_timeout=settings.handshake_timeout_seconds,
         )
         # A connection's first request (a WebSocket upgrade or plain HTTP) must come
         # within the handshake timeout: until then it is a handshake in flight.
@@ -144,7 +160,6 @@ class LobbyNode:
                                      self.node_info)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._tls = _tls_context(settings)
         self._epoch: str | None = None  # the store generation this node has synced with
         self._epoch_lock = asyncio.Lock()
         # Set when this node may have missed what the store did (its link was down,
@@ -170,7 +185,7 @@ class LobbyNode:
             "persistence": self.persistence.metrics if self.persistence is not None else None,
             # per-address limits and password checks (identity)
             "connections": {"open": self.gate.connections, "handshakes": self.gate.handshakes,
-                            **self.gate.stats},
+                            **self.gate.stats, "ledger": dict(self.ledger.stats)},
             "password_checks": self.lobby.password_checks,
             "reconcile": asdict(self.reconciler.stats) if self.reconciler is not None else None,
             "rebuild": {**asdict(self.rebuilder.stats), "rebuilding": self.rebuilder.rebuilding},
@@ -180,7 +195,7 @@ class LobbyNode:
         """What GET /admin/nodes shows of this node."""
         return {
             "node_id": self.node_id, "mode": self.mode, "sockets": self.hub.client_count,
-            "players": sum(1 for c in self.hub.clients() if c.player_id is not None),
+            "players": self.hub.player_count,
             "local_sessions": self.hub.session_count, "draining": self.draining,
             "started_at": self.started_at, "seen_at": time.time(),
             "address": f"{self.settings.host}:{self.port if self._server else self.settings.port}",
@@ -289,6 +304,7 @@ class LobbyNode:
         if self.lobby.auth is not None:
             await self.lobby.auth.start()
         await self.check_store()
+        await self.ledger.start()
         try:
             self._server = await self._listen()
         except OSError as err:
@@ -335,9 +351,6 @@ class LobbyNode:
             # Counted from the TCP accept (half-open connections included), and
             # given little time: a real client sends its request at once.
             open_timeout=s.handshake_timeout_seconds,
-            # --tls-cert: wss:// and https:// on the same port (websockets applies
-            # the handshake timeout to the TLS handshake too).
-            ssl=self._tls,
         )
 
     def _log_mode(self) -> None:
@@ -535,6 +548,7 @@ class LobbyNode:
             self.sockets.http.close_all()
             await _bounded("closing sockets", self._server.wait_closed(), 10)
         self.hub.close()
+        await _bounded("dropping this node's address counts", self.ledger.close(), 5)
         await _bounded("closing pub/sub", self.bus.close(), 5)
         if self.reconciler is not None:
             await self.reconciler.close()

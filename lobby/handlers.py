@@ -35,6 +35,7 @@ from lobby.store.base import (
     SweepResult,
     Timeouts,
 )
+from lobby.store.search import LISTED
 from lobby.tickets import make_ticket
 
 if TYPE_CHECKING:
@@ -67,6 +68,14 @@ def _listed(rec: SessionRecord, viewer: str | None) -> dict[str, Any]:
         view["players"] = []
         view["connected_players"] = []
     return view
+
+
+def _member(rec: SessionRecord, player_id: str | None) -> bool:
+    return any(m["id"] == player_id for m in rec["members"])
+
+
+def _browser_view(rec: SessionRecord) -> str:
+    return p.encode(_listed(rec, None))
 
 
 class StoreChanged(Exception):
@@ -350,7 +359,7 @@ class Lobby:
         await self.store.new_player(
             player_id, name, token_hash(resume_token), client.conn_id, now_ms()
         )
-        client.player_id = player_id
+        self.hub.bind(client, player_id)  # a new id: no resume elsewhere can race it
         client.name = name
         client.token_hash = token_hash(resume_token)
         return {"player_id": player_id, "name": name, "resume_token": resume_token,
@@ -454,8 +463,13 @@ class Lobby:
         # The store checks the cursor (BAD_REQUEST when it is not one of its own).
         records, nxt = await self.store.list_sessions(req.limit or 20, req.cursor or None,
                                                       query=query)
-        return {"sessions": [_listed(r, client.player_id) for r in records],
-                "next_cursor": nxt}, None
+        viewer = client.player_id
+        # Each record's view to non-members is encoded once (search.RecordCache);
+        # only a member of a password room gets a view of its own.
+        views = p.EncodedList(
+            p.encode(_listed(r, viewer)) if r["pw"] is not None and _member(r, viewer)
+            else LISTED.view(r, _browser_view) for r in records)
+        return {"sessions": views, "next_cursor": nxt}, None
 
     async def join_session(self, client: Client, req: p.JoinSession) -> Result:
         assert client.player_id is not None

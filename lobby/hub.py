@@ -72,6 +72,9 @@ class Hub:
         self._push_many = push_many
         self._sessions: dict[str, dict[str, _Member]] = {}
         self._clients: dict[str, Client] = {}  # conn id -> client, for node messages
+        # Of those, the ones that are a player (hello done): kept by add/remove_client,
+        # bind and replace, so that a heartbeat need not walk 10,000 sockets.
+        self.player_count = 0
         # Sockets replaced before their own resume returned: conn id -> player id.
         self._replaced_early: dict[str, str] = {}
         self.events_in = 0
@@ -84,9 +87,13 @@ class Hub:
     # connections -------------------------------------------------------------
     def add_client(self, client: Client) -> None:
         self._clients[client.conn_id] = client
+        if client.player_id is not None:
+            self.player_count += 1
 
     def remove_client(self, client: Client) -> None:
-        self._clients.pop(client.conn_id, None)
+        gone = self._clients.pop(client.conn_id, None)
+        if gone is not None and gone.player_id is not None:
+            self.player_count -= 1
         self._replaced_early.pop(client.conn_id, None)
 
     def bind(self, client: Client, player_id: str) -> bool:
@@ -94,6 +101,8 @@ class Hub:
         player to a newer socket (the `replaced` message beat the resume reply):
         then the socket is closed with 4001 and False returned. No await between
         the store's answer and this call, so no message can slip in between."""
+        if client.player_id is None and self._clients.get(client.conn_id) is client:
+            self.player_count += 1
         client.player_id = player_id
         if self._replaced_early.pop(client.conn_id, None) == player_id:
             self.replace(client)
@@ -108,6 +117,8 @@ class Hub:
         """A newer socket resumed this client's player: forget and close this one."""
         if client.session_id is not None:
             self._forget_client(client.session_id, client)
+        if client.player_id is not None and self._clients.get(client.conn_id) is client:
+            self.player_count -= 1
         client.player_id = None
         client.close(CLOSE_REPLACED, "replaced by a newer connection")
 

@@ -107,7 +107,7 @@ class _NodeCollector:
         yield _gauge("lobby_sockets", "open WebSocket connections on this node",
                      hub.client_count)
         yield _gauge("lobby_players", "sockets on this node that said hello",
-                     sum(1 for c in hub.clients() if c.player_id is not None))
+                     hub.player_count)
         yield _gauge("lobby_local_sessions", "sessions with a member on this node",
                      hub.session_count)
         yield _gauge("lobby_draining", "1 while this node drains (SIGTERM)",

@@ -430,6 +430,19 @@ def reply_for_error(rtype: str, rid: Any, err: LobbyError) -> dict[str, Any]:
     return error_reply(rtype, rid, err.code, err.message)
 
 
+class EncodedList(list[str]):
+    """JSON texts (each one value, from encode()) that encode() writes into a
+    message as one array as they are: a page of sessions whose views a node
+    has encoded before."""
+
+
 def encode(message: dict[str, Any]) -> str:
     # Compact separators: frames are tiny and sent to many sockets.
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    spliced = [k for k, v in message.items() if type(v) is EncodedList]
+    if not spliced:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps({k: v for k, v in message.items() if type(v) is not EncodedList},
+                      separators=(",", ":"), ensure_ascii=False)
+    arrays = ",".join(json.dumps(k, ensure_ascii=False) + ":[" + ",".join(message[k]) + "]"
+                      for k in spliced)
+    return text[:-1] + ("," if text != "{}" else "") + arrays + "}"

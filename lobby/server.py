@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 import time
 from collections.abc import Iterable
 from http import HTTPStatus
@@ -22,7 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from lobby import protocol as p
-from lobby.addresses import ConnectionGate, GuardedConnection, GuardedFront, Tracked
+from lobby.addresses import ConnectionGate, GuardedConnection, GuardedFront, TlsFront, Tracked
 from lobby.errors import ErrorCode
 from lobby.handlers import Lobby
 from lobby.http import FrontProtocol, HttpRequest, HttpResponse, HttpService, Router, text_response
@@ -118,9 +119,15 @@ def push_many(clients: Iterable[Client], text: str) -> None:
 class SocketServer:
     def __init__(self, lobby: Lobby, node_id: str, *, rate: float, burst: int,
                  max_clients: int | None = None, max_buffered: int = 1 << 20,
-                 gate: ConnectionGate | None = None) -> None:
+                 gate: ConnectionGate | None = None, tls: ssl.SSLContext | None = None,
+                 tls_timeout: float = 5.0) -> None:
         self.lobby = lobby
         self.gate = gate
+        # --tls-cert: the listening socket is plain TCP and each connection starts
+        # TLS itself once the gate has counted it (TlsFront).
+        assert tls is None or gate is not None, "TLS is started by the gate's fronts"
+        self.tls = tls
+        self.tls_timeout = tls_timeout
         self.max_clients = max_clients
         self.max_buffered = max_buffered
         self.stats: dict[str, int] = {"slow_drops": 0}
@@ -141,8 +148,11 @@ class SocketServer:
             return FrontProtocol(self.http, lambda: ServerConnection(protocol, server, **kwargs))
         gate = self.gate
         tracked = Tracked()
-        return GuardedFront(self.http, lambda: GuardedConnection(
+        front = GuardedFront(self.http, lambda: GuardedConnection(
             protocol, server, gate=gate, tracked=tracked, **kwargs), gate, tracked)
+        if self.tls is not None:
+            return TlsFront(front, self.tls, self.tls_timeout)  # type: ignore[return-value]
+        return front
 
     async def process_request(self, connection: ServerConnection, request: Request
                               ) -> Response | None:
@@ -162,10 +172,9 @@ class SocketServer:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "lobby node full\n")
         if self.gate is not None:
             address = self.gate.client_address(connection, request)
-            if not self.gate.admit_socket(tracked, address):
-                return connection.respond(
-                    HTTPStatus.TOO_MANY_REQUESTS,
-                    "too many connections from your address (--max-sockets-per-ip)\n")
+            refusal = await self.gate.admit_socket(tracked, address)
+            if refusal is not None:
+                return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, refusal + "\n")
         return None
 
     def _healthz(self, request: HttpRequest) -> HttpResponse:

@@ -100,7 +100,7 @@ def public_session(
 def bus_view(rec: SessionRecord | dict[str, Any]) -> dict[str, Any]:
     """What an event on the bus carries of the record (mirrors bus_view in
     prelude.lua): everything clients see, never a token or password hash."""
-    out = {k: v for k, v in rec.items() if k not in ("conns", "ix", "bans")}
+    out = {k: v for k, v in rec.items() if k not in ("ix", "bans")}
     if rec.get("pw") is not None:
         out["pw"] = {}
     out["members"] = [{k: v for k, v in m.items() if k != "tokh"} for m in rec["members"]]

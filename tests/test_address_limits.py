@@ -20,8 +20,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from lobby.addresses import client_address, parse_proxies
+from lobby.addresses import AddressLedger, client_address, parse_proxies
+from lobby.store.memory import MemoryStore
 from tests.conftest import Player, free_port, stop_process, ws_url
+from tests.faults import node_procs  # noqa: F401  (fixture)
 
 
 def test_client_address_from_forwarded_for() -> None:
@@ -45,6 +47,23 @@ async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+async def _until_store(count: Callable[[], Any], want: int, timeout: float) -> float:
+    """Seconds until the store counts `want` (polled: a release on another node or
+    a dead node's sweep has no notification of its own)."""
+    started = time.monotonic()
+    while (got := await count()) != want:
+        assert time.monotonic() - started < timeout, f"store counts {got}, not {want}"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def _refused(url: str, source: str) -> bytes:
+    with pytest.raises(InvalidStatus) as refused:
+        await _open(url, source)
+    assert refused.value.response.status_code == 429
+    return refused.value.response.body
 
 
 async def _open(url: str, source: str, **kw: Any) -> Any:
@@ -106,6 +125,112 @@ async def test_sockets_per_address_capped_others_unaffected(make_node) -> None:
             await player.close()
     finally:
         await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+
+
+async def test_sockets_per_address_capped_across_nodes(make_node, redis_url) -> None:
+    # A load balancer spreads one address over two nodes: the cap is the lobby's.
+    n1, n2 = [await make_node(redis_url=redis_url, max_sockets_per_ip=4) for _ in range(2)]
+    opened = [await _open(ws_url(n), "127.0.0.1") for n in (n1, n2, n1, n2)]
+    others: list[Player] = []
+    try:
+        for n in (n1, n2):
+            assert b"across the lobby (--max-sockets-per-ip)" in \
+                await _refused(ws_url(n), "127.0.0.1")
+        assert n1.gate.sockets_of("127.0.0.1") == 2 == n2.gate.sockets_of("127.0.0.1")
+        assert await n1.store.address_count("127.0.0.1") == 4
+        assert n1.metrics()["connections"]["refused_per_ip_lobby"] == 1
+        # Other addresses, on either node, are unaffected.
+        for i, n in ((2, n1), (2, n2), (3, n2)):
+            player = Player(await _open(ws_url(n), f"127.0.0.{i}"))
+            others.append(player)
+            await player.hello(f"other{i}")
+            await player.ok("ping")
+        # A socket closed on one node frees a place on the other.
+        await opened.pop(0).close()
+        await _until_store(lambda: n2.store.address_count("127.0.0.1"), 3, 5)
+        opened.append(await _open(ws_url(n2), "127.0.0.1"))
+        await _refused(ws_url(n1), "127.0.0.1")
+        assert n2.gate.sockets_of("127.0.0.1") == 3
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+        for player in others:
+            await player.close()
+    await _until_store(lambda: n1.store.address_count("127.0.0.1"), 0, 5)
+
+
+async def test_a_sigkilled_node_stops_counting_against_its_addresses(
+        make_node, redis_url, node_procs) -> None:  # noqa: F811
+    doomed = await node_procs(redis_url=redis_url, extra=[
+        "--max-sockets-per-ip", "3", "--node-timeout-seconds", "1"])
+    survivor = await make_node(redis_url=redis_url, max_sockets_per_ip=3,
+                               node_timeout_seconds=1.0)
+    held = [await _open(doomed.url, "127.0.0.7") for _ in range(3)]
+    assert b"across the lobby" in await _refused(ws_url(survivor), "127.0.0.7")
+    doomed.kill()
+    # Nothing told the store: the counts go with the dead node's heartbeat
+    # (1 s) at the survivor's next address sweep (every 0.2 s).
+    took = await _until_store(lambda: survivor.store.address_count("127.0.0.7"), 0, 10)
+    print(f"a SIGKILLed node's 3 sockets stopped counting {took:.2f}s after the kill")
+    again = [await _open(ws_url(survivor), "127.0.0.7") for _ in range(3)]
+    try:
+        await _refused(ws_url(survivor), "127.0.0.7")
+    finally:
+        for ws in held + again:
+            ws.transport.abort()
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose address batches fail while `down` is set."""
+
+    down = False
+
+    async def address_apply(self, *args: Any) -> list[bool]:
+        if self.down:
+            raise ConnectionError("store unreachable")
+        return await super().address_apply(*args)
+
+
+async def test_ledger_writes_its_counts_again_after_a_lapse_or_a_failure() -> None:
+    store = FlakyStore(lambda channel, message: None)
+    # A heartbeat that lapses long before the next beat: as a node paused (or cut
+    # off from the store) past --node-timeout-seconds.
+    ledger = AddressLedger(store, "n1", 3, lapse_ms=50, beat_seconds=3600)
+    other = AddressLedger(store, "n2", 3, lapse_ms=60_000, beat_seconds=3600)
+    await ledger.start()
+    await other.start()
+    try:
+        assert [await ledger.acquire("10.0.0.1") for _ in range(2)] == [True, True]
+        first = ledger.incarnation
+        await asyncio.sleep(0.06)
+        # The other node's sweep drops the lapsed counts: the address is free.
+        assert await store.address_sweep(int(time.time() * 1000)) == 1
+        assert await store.address_count("10.0.0.1") == 0
+        # The paused node's next beat finds its heartbeat gone, and it writes its
+        # two sockets again under a new incarnation.
+        await ledger._beat()
+        assert ledger.incarnation != first
+        assert await store.address_count("10.0.0.1") == 2
+        assert await other.acquire("10.0.0.1") is True
+        assert await other.acquire("10.0.0.1") is False
+        # The store fails: sockets are admitted (each node's own cap still holds)
+        # and counted here; once it answers they are written again.
+        store.down = True
+        assert await other.acquire("10.0.0.2") is True
+        assert other.stats["store_failures"] == 1
+        store.down = False
+        before = other.incarnation
+        await other._beat()
+        assert other.incarnation != before
+        assert await store.address_count("10.0.0.2") == 1
+        assert await store.address_count("10.0.0.1") == 3
+        ledger.release("10.0.0.1")
+        await _until_store(lambda: store.address_count("10.0.0.1"), 2, 5)
+        assert await other.acquire("10.0.0.1") is True
+    finally:
+        await ledger.close()
+        await other.close()
+    assert await store.address_count("10.0.0.1") == 0
+    assert await store.address_count("10.0.0.2") == 0
 
 
 async def test_forwarded_for_counts_the_client_behind_a_trusted_proxy(make_node) -> None:

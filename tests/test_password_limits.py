@@ -30,7 +30,9 @@ async def _players(nodes: list[LobbyNode], source: str, count: int) -> list[Play
 
 
 async def test_brute_force_from_200_sockets_on_2_nodes(make_node, redis_url: str) -> None:
-    nodes = [await make_node(redis_url=redis_url, max_sockets_per_ip=100) for _ in range(2)]
+    # 100 attackers from each address over the two nodes, and one late socket:
+    # --max-sockets-per-ip counts lobby-wide.
+    nodes = [await make_node(redis_url=redis_url, max_sockets_per_ip=101) for _ in range(2)]
     host = await _player(nodes[0], "127.0.0.2", "host")
     sid = (await host.ok("create_session", password="correct horse"))["session"]["session_id"]
     attackers = (await _players(nodes, "127.0.1.1", 100)

@@ -1990,3 +1990,87 @@ async def test_memory_store_never_holds_a_rebuild_lease(store: Harness) -> None:
     assert await h.store.take_restore_lease("a", 1000) == RestoreLease("memory", False)
     assert await h.store.restore_batch("a", "[]", HOLD, 1000, T0) is None
     assert await h.store.finish_restore("a", "x") == "memory"
+
+
+# per-address WebSocket counts across nodes (lobby/addresses.py's AddressLedger) ---
+
+
+async def test_address_counts_hold_across_node_incarnations(store: Harness) -> None:
+    s = store.store
+    a, b = "n1#aaaa", "n2#bbbb"
+    for inc in (a, b):
+        assert await s.address_beat(inc, T0, 10_000, first=True)
+    acquire = ("acquire", "10.0.0.1")
+    assert await s.address_apply(a, [acquire, acquire], 3) == [True, True]
+    # The third socket fits on the other node; the fourth is over the cap on any node.
+    assert await s.address_apply(b, [acquire, acquire, ("acquire", "2001:db8::1")], 3) \
+        == [True, False, True]
+    assert await s.address_apply(a, [acquire], 3) == [False]
+    assert await s.address_count("10.0.0.1") == 3
+    assert await s.address_count("2001:db8::1") == 1
+    # A release frees a place for any node, in the same batch as the next acquire.
+    assert await s.address_apply(a, [("release", "10.0.0.1")], 3) == [True]
+    assert await s.address_apply(b, [acquire], 3) == [True]
+    assert await s.address_apply(a, [("release", "10.0.0.1"), acquire, acquire], 3) \
+        == [True, True, False]
+    # A count never goes below zero: a release the store no longer has is a no-op.
+    assert await s.address_apply(a, [("release", "10.0.0.1")] * 3 + [("forget", "10.0.0.1")],
+                                 3) == [True] * 4
+    assert await s.address_count("10.0.0.1") == 2
+    if isinstance(s, RedisStore):
+        await store.client.script_flush()  # as a restarted Redis: no scripts loaded
+    assert await s.address_apply(a, [("release", "10.0.0.9"), acquire], 3) == [True, True]
+    assert await s.address_count("10.0.0.1") == 3
+
+
+async def test_a_lapsed_incarnation_is_swept_and_told(store: Harness) -> None:
+    s = store.store
+    dead, alive = "n1#dead", "n2#live"
+    assert await s.address_beat(dead, T0, 10_000, first=True)
+    assert await s.address_beat(alive, T0, 10_000, first=True)
+    assert await s.address_apply(dead, [("acquire", "10.0.0.1")] * 2
+                                 + [("acquire", "10.0.0.2")], 2) == [True] * 3
+    assert await s.address_apply(alive, [("acquire", "10.0.0.3")], 2) == [True]
+    assert await s.address_apply(alive, [("acquire", "10.0.0.1")], 2) == [False]
+    assert await s.address_sweep(T0 + 9_000) == 0
+    assert await s.address_beat(alive, T0 + 9_000, 10_000)
+    # Past its heartbeat: its counts go (an address it held is free again), the
+    # live node's stay.
+    assert await s.address_sweep(T0 + 10_001) == 1
+    assert await s.address_count("10.0.0.1") == 0
+    assert await s.address_count("10.0.0.2") == 0
+    assert await s.address_count("10.0.0.3") == 1
+    assert await s.address_apply(alive, [("acquire", "10.0.0.1")] * 2, 2) == [True, True]
+    assert await s.address_sweep(T0 + 10_002) == 0
+    # The lapsed incarnation, were it only paused, learns it at its next beat
+    # (swept or not yet), and does not come back to life.
+    assert not await s.address_beat(dead, T0 + 10_003, 10_000)
+    late = "n3#late"
+    assert await s.address_beat(late, T0, 10_000, first=True)
+    assert not await s.address_beat(late, T0 + 10_000, 10_000)
+    assert not await s.address_beat("n4#never", T0, 10_000)
+
+
+async def test_address_counts_restored_and_dropped_whole(store: Harness) -> None:
+    s = store.store
+    old, new = "n1#old", "n1#new"
+    assert await s.address_beat(old, T0, 10_000, first=True)
+    assert await s.address_apply(old, [("acquire", "10.0.0.1")] * 2, 5) == [True, True]
+    # A node writes its counts again under a new incarnation, then drops the old one.
+    assert await s.address_beat(new, T0, 10_000, first=True)
+    await s.address_restore(new, {"10.0.0.1": 2, "10.0.0.2": 1})
+    assert await s.address_count("10.0.0.1") == 4
+    await s.address_drop(old)
+    assert await s.address_count("10.0.0.1") == 2
+    assert await s.address_count("10.0.0.2") == 1
+    assert not await s.address_beat(old, T0 + 1, 10_000)
+    assert await s.address_apply(new, [("acquire", "10.0.0.1")] * 4, 5) \
+        == [True, True, True, False]
+    await s.address_drop(new)
+    assert await s.address_count("10.0.0.1") == 0
+    assert await s.address_sweep(T0 + 20_000) == 0
+    if isinstance(s, RedisStore):
+        # Nothing left behind, and every address under its own hash tag.
+        left = [k async for k in store.client.scan_iter(match=f"{s.prefix}*")]
+        assert [k for k in left if b"{a" in k or k.endswith(b"anodes")] == []
+        assert s._address_key("2001:db8::1").endswith("{a:2001:db8::1}")

@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 
 from lobby.config import StartupError
 from tests.conftest import Player
+from tests.test_address_limits import _closed_by_server, _half_open, _until
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
@@ -78,6 +79,36 @@ async def test_wss_lifecycle(make_node, tmp_path: Path) -> None:
         await connect(f"ws://127.0.0.1:{node.port}/ws", open_timeout=5)
     for player in (host, again):
         await player.close()
+
+
+async def test_tls_handshakes_are_counted_from_the_tcp_accept(make_node, tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    node = await make_node(tls_cert=str(cert), tls_key=str(key), max_handshakes_per_ip=8,
+                           handshake_timeout_seconds=3.0)
+    # 20 connections from one address that never finish TLS: half never send a
+    # byte, half only the first bytes of a ClientHello.
+    links = [await _half_open(node.port, "127.0.0.5") for _ in range(20)]
+    for _, writer in links[::2]:
+        writer.write(b"\x16\x03\x01\x02\x00\x01")
+    # Past the 8 in flight from that address they are refused (dropped after 1 s).
+    closed = await asyncio.gather(*(_closed_by_server(r, 2.0) for r, _ in links))
+    assert closed.count(True) == 12, closed
+    assert node.gate.handshakes == 8
+    # Meanwhile a player from another address connects over TLS and plays.
+    trust = ssl.create_default_context(cafile=str(cert))
+    player = Player(await connect(f"wss://127.0.0.1:{node.port}/ws", ssl=trust,
+                                  compression=None, local_addr=("127.0.0.6", 0)))
+    await player.hello("real")
+    await player.ok("create_session")
+    # The 8 held are dropped at the TLS handshake timeout.
+    kept = [r for (r, _), c in zip(links, closed, strict=True) if not c]
+    assert all(await asyncio.gather(*(_closed_by_server(r, 5) for r in kept)))
+    await _until(lambda: node.gate.handshakes == 0)
+    assert node.gate.connections == 1  # the player's
+    for _, writer in links:
+        writer.close()
+    await player.close()
+    await _until(lambda: node.gate.connections == 0)
 
 
 async def test_tls_flags_checked_at_start(make_node, tmp_path: Path) -> None:

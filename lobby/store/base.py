@@ -22,6 +22,10 @@ CHAT_RATE = 5
 CHAT_WINDOW_MS = 5_000
 CHAT_KEEP = 50
 
+# One change of a node's per-address WebSocket counts: ("acquire" | "release" |
+# "forget", client address). See SessionStore.address_apply.
+AddressOp = tuple[str, str]
+
 
 @dataclass(slots=True)
 class PlayerInfo:
@@ -358,4 +362,40 @@ class SessionStore(Protocol):
     async def password_refund(self, session_id: str, address: str, now: int,
                               limits: GuessLimits) -> None:
         """The counted guess was right: it does not count against anyone."""
+        ...
+
+    # WebSockets per client address, across nodes (--max-sockets-per-ip) -----------
+    # Counted per node *incarnation* (node id and a suffix of the process), which
+    # keeps a heartbeat: the counts of one whose heartbeat lapsed are dropped by
+    # address_sweep, so a killed node cannot lock an address out.
+    async def address_apply(self, incarnation: str, ops: list[AddressOp], limit: int
+                            ) -> list[bool]:
+        """The ops in order, one result each. "acquire": one more socket from the
+        address if all incarnations together hold fewer than `limit` (False: not
+        counted), and the address is on the incarnation's list; "release": one
+        fewer (never below zero); "forget": off the list (it holds none)."""
+        ...
+
+    async def address_beat(self, incarnation: str, now: int, lapse_ms: int,
+                           first: bool = False) -> bool:
+        """Renew the heartbeat for `lapse_ms` (`first`: register it). False when it
+        had lapsed or is unknown: its counts are dropped or being dropped, and the
+        node goes on under a new incarnation (address_restore)."""
+        ...
+
+    async def address_restore(self, incarnation: str, counts: dict[str, int]) -> None:
+        """Write a node's counts (address -> sockets) under a new incarnation."""
+        ...
+
+    async def address_sweep(self, now: int, limit: int = 10) -> int:
+        """Drop the counts of up to `limit` incarnations whose heartbeat lapsed;
+        how many. Safe on every node at once."""
+        ...
+
+    async def address_drop(self, incarnation: str) -> None:
+        """Drop every count of the incarnation, and its heartbeat."""
+        ...
+
+    async def address_count(self, address: str) -> int:
+        """Sockets counted from the address, on all incarnations."""
         ...

@@ -24,6 +24,7 @@ from lobby.store.base import (
     CHAT_KEEP,
     CHAT_RATE,
     CHAT_WINDOW_MS,
+    AddressOp,
     Change,
     GuessLimits,
     GuessVerdict,
@@ -90,6 +91,11 @@ class MemoryStore:
         # {address: expiry} of the addresses that guessed on it.
         self._guess_buckets: dict[str, dict[str, int]] = {}
         self._guessed: dict[str, tuple[int, set[str]]] = {}
+        # The address_*.lua keys: address -> {incarnation: sockets}; incarnation ->
+        # its addresses; incarnation -> the time its heartbeat lapses.
+        self._addr_counts: dict[str, dict[str, int]] = {}
+        self._addr_of: dict[str, set[str]] = {}
+        self._addr_beats: dict[str, int] = {}
 
     async def start(self) -> None:
         return None
@@ -1047,3 +1053,59 @@ class MemoryStore:
         page = ids[start:start + count]
         nxt = page[-1] if start + count < len(ids) else None
         return [json.loads(self._sessions[sid]) for sid in page], nxt
+
+    # per-address WebSocket counts (lobby/addresses.py's AddressLedger) ------------
+    async def address_apply(self, incarnation: str, ops: list[AddressOp], limit: int
+                            ) -> list[bool]:
+        results = []
+        for kind, address in ops:
+            counts = self._addr_counts.setdefault(address, {})
+            ok = True
+            if kind == "acquire":
+                self._addr_of.setdefault(incarnation, set()).add(address)
+                ok = sum(counts.values()) < limit
+                if ok:
+                    counts[incarnation] = counts.get(incarnation, 0) + 1
+            elif kind == "release":
+                left = counts.get(incarnation, 0) - 1
+                if left > 0:
+                    counts[incarnation] = left
+                else:
+                    counts.pop(incarnation, None)
+            else:  # forget
+                self._addr_of.get(incarnation, set()).discard(address)
+            if not counts:
+                del self._addr_counts[address]
+            results.append(ok)
+        return results
+
+    async def address_beat(self, incarnation: str, now: int, lapse_ms: int,
+                           first: bool = False) -> bool:
+        lapses = self._addr_beats.get(incarnation)
+        if (lapses is None and not first) or (lapses is not None and lapses <= now):
+            return False
+        self._addr_beats[incarnation] = now + lapse_ms
+        return True
+
+    async def address_restore(self, incarnation: str, counts: dict[str, int]) -> None:
+        for address, n in counts.items():
+            self._addr_counts.setdefault(address, {})[incarnation] = n
+            self._addr_of.setdefault(incarnation, set()).add(address)
+
+    async def address_sweep(self, now: int, limit: int = 10) -> int:
+        dead = sorted((t, inc) for inc, t in self._addr_beats.items() if t < now)[:limit]
+        for _, incarnation in dead:
+            await self.address_drop(incarnation)
+        return len(dead)
+
+    async def address_drop(self, incarnation: str) -> None:
+        for address in self._addr_of.pop(incarnation, set()):
+            counts = self._addr_counts.get(address)
+            if counts is not None:
+                counts.pop(incarnation, None)
+                if not counts:
+                    del self._addr_counts[address]
+        self._addr_beats.pop(incarnation, None)
+
+    async def address_count(self, address: str) -> int:
+        return sum(self._addr_counts.get(address, {}).values())

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AskError, ClusterError, ResponseError, TryAgainError
+from redis.exceptions import AskError, ClusterError, NoScriptError, ResponseError, TryAgainError
 
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
@@ -39,6 +39,7 @@ from lobby.store.base import (
     CHAT_KEEP,
     CHAT_RATE,
     CHAT_WINDOW_MS,
+    AddressOp,
     Change,
     GuessLimits,
     GuessVerdict,
@@ -52,7 +53,13 @@ from lobby.store.base import (
     Verdict,
 )
 from lobby.store.keys import Keys
-from lobby.store.search import SCAN_BUDGET, SNAPSHOT_MAX, SNAPSHOT_MS, cursor_position
+from lobby.store.search import (
+    LISTED,
+    SCAN_BUDGET,
+    SNAPSHOT_MAX,
+    SNAPSHOT_MS,
+    cursor_position,
+)
 
 _SCRIPTS = (
     # a session's bucket (KEYS[1]: the bucket's prefix)
@@ -108,6 +115,11 @@ return __r
 def _once(body: str) -> str:
     """A script whose reply is kept under its operation key (KEYS[2])."""
     return _ONCE_HEAD + body + _ONCE_TAIL
+# Per-address socket counts: a backstop expiry of an address's hash after its last
+# acquire (a dead node's counts are dropped by the address sweep long before), and
+# the pipeline size when dropping or restoring a node's counts.
+ADDRESS_KEEP_MS = 24 * 3600 * 1000
+ADDRESS_BATCH = 500
 
 
 def _load_lua(name: str) -> str:
@@ -191,9 +203,7 @@ def ended_record(raw: bytes) -> SessionRecord:
 
 
 def _rec(raw: bytes | str) -> SessionRecord:
-    rec = json.loads(raw)
-    rec.pop("conns", None)  # which socket holds each seat: the store's own bookkeeping
-    return rec  # type: ignore[no-any-return]
+    return json.loads(raw)  # type: ignore[no-any-return]
 
 
 def _conn_node(conn: str) -> str:
@@ -224,6 +234,11 @@ class RedisStore:
         self._leases: set[int] = set()
         # Buckets whose rebuild lease this process holds, per owner token.
         self._restoring: dict[str, set[int]] = {}
+        # address_*.lua: one key each, in KEYS, without the prelude.
+        self._address_scripts = {
+            name: client.register_script(_load_lua(name))
+            for name in ("address_acquire", "address_release", "address_beat")
+        }
 
     async def start(self) -> None:
         # Which bucket holds a session depends on B: every node of a deployment
@@ -518,7 +533,6 @@ class RedisStore:
             raise_script_error(res[1].decode())
         ended = res[0] == b"DEL"
         rec = ended_record(res[1])
-        rec.pop("conns", None)  # type: ignore[misc]
         return Change(rec["id"], rec, reason if ended else None)
 
     async def leave_session(self, player_id: str, now: int, *, session_id: str | None = None
@@ -705,7 +719,8 @@ class RedisStore:
             raise LobbyError(ErrorCode.BAD_REQUEST, "cursor expired: list again")
         nxt, raws, positions = res
         snap = arg["snap"] or arg["token"]
-        return ([_rec(r) for r in raws], (nxt.decode() or None),
+        # Shared, read-only records (search.RecordCache): pages repeat them.
+        return (LISTED.records(raws), (nxt.decode() or None),
                 [p.decode() for p in positions], snap)
 
     async def sweep(self, now: int, timeouts: Timeouts, limit: int = 100,
@@ -754,7 +769,6 @@ class RedisStore:
             for i in range(2, len(flat), 3):
                 tag = flat[i + 2].decode()
                 rec = ended_record(flat[i + 1])
-                rec.pop("conns", None)  # type: ignore[misc]
                 change = Change(flat[i].decode(), rec, None if tag == "OK" else tag)
                 changes.append(change)
                 if change.ended:
@@ -1097,6 +1111,98 @@ def _order_key(rec: SessionRecord, sort: str) -> tuple[Any, ...]:
     if sort == "fewest_players":
         return (len(rec["members"]), created, sid)
     return (-created, sid)
+
+    # per-address WebSocket counts (lobby/addresses.py's AddressLedger) ------------
+    # Each address's counts are one hash under its own hash tag, and each script
+    # call names its one key in KEYS: ready for Redis Cluster as they are.
+    def _address_key(self, address: str) -> str:
+        return f"{self.prefix}{{a:{address}}}"
+
+    def _addresses_of(self, incarnation: str) -> str:
+        """The addresses an incarnation may hold counts of (for dropping them)."""
+        return f"{self.prefix}{{an:{incarnation}}}"
+
+    async def address_apply(self, incarnation: str, ops: list[AddressOp], limit: int
+                            ) -> list[bool]:
+        if not ops:
+            return []
+        try:
+            replies = await self._address_pipeline(incarnation, ops, limit)
+        except NoScriptError:
+            # An emptied Redis: none of the batch's scripts ran (SADD and SREM are
+            # idempotent), so the whole batch runs again once they are loaded.
+            for script in self._address_scripts.values():
+                await self.redis.script_load(script.script)
+            replies = await self._address_pipeline(incarnation, ops, limit)
+        results = []
+        for kind, _ in ops:
+            reply = next(replies)
+            if kind == "acquire":
+                reply = next(replies)
+                results.append(int(reply[0]) == 1)
+            else:
+                results.append(True)
+        return results
+
+    async def _address_pipeline(self, incarnation: str, ops: list[AddressOp], limit: int
+                                ) -> Any:
+        # EVALSHA by hand: redis-py's Script in a pipeline adds a SCRIPT EXISTS
+        # round trip to every batch.
+        acquire = self._address_scripts["address_acquire"].sha
+        release = self._address_scripts["address_release"].sha
+        mine = self._addresses_of(incarnation)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for kind, address in ops:
+                key = self._address_key(address)
+                if kind == "acquire":
+                    pipe.sadd(mine, address)
+                    pipe.evalsha(acquire, 1, key, incarnation, limit, ADDRESS_KEEP_MS)
+                elif kind == "release":
+                    pipe.evalsha(release, 1, key, incarnation, 1)
+                else:
+                    pipe.srem(mine, address)
+            return iter(await pipe.execute())
+
+    async def address_beat(self, incarnation: str, now: int, lapse_ms: int,
+                           first: bool = False) -> bool:
+        alive = await self._address_scripts["address_beat"](
+            keys=[f"{self.prefix}anodes"], args=[incarnation, now, lapse_ms, "1" if first else ""])
+        return int(alive) == 1
+
+    async def address_restore(self, incarnation: str, counts: dict[str, int]) -> None:
+        items = list(counts.items())
+        for i in range(0, len(items), ADDRESS_BATCH):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for address, n in items[i:i + ADDRESS_BATCH]:
+                    key = self._address_key(address)
+                    pipe.sadd(self._addresses_of(incarnation), address)
+                    pipe.hset(key, incarnation, n)
+                    pipe.pexpire(key, ADDRESS_KEEP_MS)
+                await pipe.execute()
+
+    async def address_sweep(self, now: int, limit: int = 10) -> int:
+        dead = await self.redis.zrangebyscore(
+            f"{self.prefix}anodes", "-inf", f"({now}", start=0, num=limit)
+        for incarnation in dead:
+            await self.address_drop(incarnation.decode())
+        return len(dead)
+
+    async def address_drop(self, incarnation: str) -> None:
+        mine = self._addresses_of(incarnation)
+        while True:
+            # SPOP: nodes sweeping the same incarnation at once share the work.
+            addresses = await self.redis.spop(mine, ADDRESS_BATCH)
+            if addresses:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for address in addresses:
+                        pipe.hdel(self._address_key(address.decode()), incarnation)
+                    await pipe.execute()
+            if len(addresses or ()) < ADDRESS_BATCH:
+                break
+        await self.redis.zrem(f"{self.prefix}anodes", incarnation)
+
+    async def address_count(self, address: str) -> int:
+        return sum(int(n) for n in await self.redis.hvals(self._address_key(address)))
 
 
 def _live(c: LiveClient) -> dict[str, str]:

@@ -7,10 +7,14 @@ key's value. prelude.lua's attr_token() spells tokens the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import json
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from lobby.errors import ErrorCode, LobbyError
+
+if TYPE_CHECKING:
+    from lobby.session import SessionRecord
 
 ALL_KEYS = "*"
 
@@ -111,3 +115,62 @@ def parse_cursor(cursor: str | None, sort: str) -> tuple[str, int] | None:
     if not (cursor.isascii() and cursor.isdigit() and len(cursor) < 19):
         raise ValueError("not a cursor of this sort")
     return "seq", int(cursor)
+
+
+# Records a node keeps decoded, with their browser view (RecordCache): ~5 KB each.
+RECORD_CACHE_SIZE = 4096
+
+
+class RecordCache:
+    """list_sessions pages, decoded once per record text.
+
+    Browsers page through the same rooms over and over (the first pages of the
+    popular filters), and a room's stored text changes only when the room does.
+    Decoding a page of records and encoding their views cost a node more than
+    everything else in a list request (docs/benchmarks.md), so both are kept by
+    the record's exact stored text, least recently used out first: a changed
+    room is a new text, so nothing stale is ever shown. The records handed out
+    are shared between requests: read them, never change them.
+    """
+
+    def __init__(self, size: int = RECORD_CACHE_SIZE) -> None:
+        self.size = size
+        # text -> [record, its view's JSON or None]; and the same entries by the
+        # record's id(), which stays unique while the entry holds the record.
+        self._by_text: dict[bytes, list[Any]] = {}
+        self._by_id: dict[int, list[Any]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def records(self, texts: Iterable[bytes]) -> list[SessionRecord]:
+        out: list[SessionRecord] = []
+        by_text = self._by_text
+        for text in texts:
+            entry = by_text.pop(text, None)
+            if entry is None:
+                self.misses += 1
+                entry = [json.loads(text), None]
+                self._by_id[id(entry[0])] = entry
+                if len(by_text) >= self.size:
+                    oldest = by_text.pop(next(iter(by_text)))
+                    del self._by_id[id(oldest[0])]
+            else:
+                self.hits += 1
+            by_text[text] = entry  # (re)inserted last: the most recently used
+            out.append(entry[0])
+        return out
+
+    def view(self, record: SessionRecord, render: Callable[[SessionRecord], str]) -> str:
+        """render(record), once per cached record (records not from records():
+        rendered every time)."""
+        entry = self._by_id.get(id(record))
+        if entry is None or entry[0] is not record:
+            return render(record)
+        if entry[1] is None:
+            entry[1] = render(record)
+        text: str = entry[1]
+        return text
+
+
+# One per process: entries are keyed by content, so nodes and stores can share it.
+LISTED = RecordCache()

@@ -50,23 +50,31 @@ for _, c in ipairs(q.conds) do
 end
 local need_record = #others > 0 or q.min_free ~= NULL or q.has_pw ~= NULL
 
--- Whether a session is listed and meets every driver, from the indexes alone
--- (they hold exactly that): no record to decode for most candidates.
-local function indexed_match(sid)
-  if not redis.call('ZSCORE', OPEN, sid) then return false end
+-- Which of `ids` are still listed and meet every driver, from the indexes alone
+-- (they hold exactly that), one ZMSCORE per index for the whole chunk: only a
+-- snapshot's candidates (later pages of a player-count sort) need it; the others
+-- come straight from an index lookup in this script. An attribute index holds
+-- only listed sessions, so `open` is asked only when there is no driver.
+local function indexed_matches(ids)
+  local ok = {}
+  for j = 1, #ids do ok[j] = true end
+  if #drivers == 0 then
+    local listed = redis.call('ZMSCORE', OPEN, unpack(ids))
+    for j = 1, #ids do ok[j] = listed[j] ~= false end
+  end
   for _, c in ipairs(drivers) do
     local values = c[3]
     if c[2] == 'eq' then values = {c[3]} end
-    local found = false
+    local found = {}
     for _, w in ipairs(values) do
-      if redis.call('ZSCORE', ixkey(attr_token(c[1], w)), sid) then
-        found = true
-        break
+      local scores = redis.call('ZMSCORE', ixkey(attr_token(c[1], w)), unpack(ids))
+      for j = 1, #ids do
+        if scores[j] ~= false then found[j] = true end
       end
     end
-    if not found then return false end
+    for j = 1, #ids do ok[j] = ok[j] and found[j] == true end
   end
-  return true
+  return ok
 end
 local function record_match(raw)
   if not need_record then return true end
@@ -108,26 +116,47 @@ local function intersect(dst, scored, keys)
   redis.call('ZINTERSTORE', unpack(args))
 end
 
--- Walks the candidates in order: at(i) is the i-th id (nil past the last; at most
--- `budget`), pos(i) the cursor just after it. Returns the next page's cursor.
+-- Walks the candidates in order, in chunks: chunk(from, n) gives up to n ids from
+-- the from-th on (fewer: no more after them), pos(i) the cursor just after the
+-- i-th; at most `budget` candidates. `exact`: the candidates come from an index
+-- lookup made in this script, so only the record conditions are left to check.
+-- A chunk is read with one MGET (and, not exact, one ZMSCORE per index) rather
+-- than a call per candidate. Returns the next page's cursor.
 local out = {}
 -- Each returned record's cursor position: a merge of several buckets' pages
 -- (redis.py) resumes a bucket just after the last of its records it used.
 local outpos = {}
-local function walk(at, pos)
+local function walk(chunk, pos, exact)
   local last = nil
-  local i = 1
-  while i <= budget do
-    local sid = at(i)
-    if not sid then return nil end -- no more candidates: the last page
-    local raw = indexed_match(sid) and redis.call('GET', skey(sid))
-    if raw and record_match(raw) then
-      if #out == limit then return last end -- one more match: there is a next page
-      table.insert(out, raw)
-      table.insert(outpos, tostring(pos(i)))
-      last = pos(i)
+  local seen = 0
+  while seen < budget do
+    -- One match more than the page needs tells that there is a next page.
+    local n = math.min(budget - seen, math.max(limit + 1 - #out, seen))
+    local ids = chunk(seen + 1, n)
+    if #ids == 0 then return nil end
+    local ok = nil
+    if not exact then ok = indexed_matches(ids) end
+    local keys = {}
+    for j, sid in ipairs(ids) do
+      if exact or ok[j] then table.insert(keys, skey(sid)) end
     end
-    i = i + 1
+    local raws = {}
+    if #keys > 0 then raws = redis.call('MGET', unpack(keys)) end
+    local k = 0
+    for j = 1, #ids do
+      if exact or ok[j] then
+        k = k + 1
+        local raw = raws[k]
+        if raw and record_match(raw) then
+          if #out == limit then return last end
+          table.insert(out, raw)
+          table.insert(outpos, tostring(pos(seen + j)))
+          last = pos(seen + j)
+        end
+      end
+    end
+    seen = seen + #ids
+    if #ids < n then return nil end -- no more candidates: the last page
   end
   return pos(budget) -- budget spent: go on from here
 end
@@ -142,46 +171,37 @@ if not players then
     table.insert(temps, src)
     intersect(src, OPEN, keys)
   end
-  -- Candidates are read in growing chunks: most pages need only limit + 1.
   local bound = q.seq and ('(' .. q.seq) or (desc and '+inf' or '-inf')
-  local ids, scores, ended = {}, {}, false
-  local function at(i)
-    while i > #ids and not ended do
-      local count = math.min(budget - #ids, math.max(limit + 1, #ids * 4))
-      local hits
-      if desc then
-        hits = redis.call('ZREVRANGEBYSCORE', src, bound, '-inf', 'WITHSCORES', 'LIMIT', #ids, count)
-      else
-        hits = redis.call('ZRANGEBYSCORE', src, bound, '+inf', 'WITHSCORES', 'LIMIT', #ids, count)
-      end
-      for j = 1, #hits, 2 do
-        table.insert(ids, hits[j])
-        table.insert(scores, hits[j + 1])
-      end
-      if #hits / 2 < count then ended = true end
+  local scores = {}
+  local function chunk(from, n)
+    local hits
+    if desc then
+      hits = redis.call('ZREVRANGEBYSCORE', src, bound, '-inf', 'WITHSCORES', 'LIMIT', from - 1, n)
+    else
+      hits = redis.call('ZRANGEBYSCORE', src, bound, '+inf', 'WITHSCORES', 'LIMIT', from - 1, n)
     end
-    return ids[i]
+    local ids = {}
+    for j = 1, #hits, 2 do
+      table.insert(ids, hits[j])
+      scores[from + (j - 1) / 2] = hits[j + 1]
+    end
+    return ids
   end
-  nxt = walk(at, function(i) return scores[i] end)
+  -- src is `open` or the drivers' intersection made just above: exact candidates.
+  nxt = walk(chunk, function(i) return scores[i] end, true)
 else
   -- Player counts change under a paging client: the order is taken once, on the
   -- first page, over the first snap_max candidates, and kept for snap_ms (a list).
-  local token, offset, at
+  local token, offset, chunk, exact
   local ids = {}
   if q.snap then
     local key = B .. 'snap:' .. q.snap
     if redis.call('EXISTS', key) == 0 then return {'ERR', 'CURSOR_EXPIRED'} end
-    token, offset = q.snap, q.offset
-    local ended = false
-    at = function(i)
-      while i > #ids and not ended do
-        local count = math.min(budget - #ids, math.max(limit + 1, #ids * 4))
-        local from = offset + #ids
-        local chunk = redis.call('LRANGE', key, from, from + count - 1)
-        for _, sid in ipairs(chunk) do table.insert(ids, sid) end
-        if #chunk < count then ended = true end
-      end
-      return ids[i]
+    token, offset, exact = q.snap, q.offset, false
+    -- The snapshot's sessions may have changed since: each is checked again.
+    chunk = function(from, n)
+      local at = offset + from - 1
+      return redis.call('LRANGE', key, at, at + n - 1)
     end
   else
     local src = OPENP
@@ -196,10 +216,14 @@ else
     else
       ids = redis.call('ZRANGE', src, 0, q.snap_max - 1)
     end
-    token, offset = q.token, 0
-    at = function(i) return ids[i] end
+    token, offset, exact = q.token, 0, true
+    chunk = function(from, n)
+      local part = {}
+      for i = from, math.min(#ids, from + n - 1) do table.insert(part, ids[i]) end
+      return part
+    end
   end
-  local pos = walk(at, function(i) return offset + i end)
+  local pos = walk(chunk, function(i) return offset + i end, exact)
   if pos then nxt = 'p' .. token .. '.' .. pos end
   -- `keep`: a merge of several buckets' pages (redis.py) may resume this bucket
   -- inside this page, so its order is kept even when the page is its last.
@@ -209,5 +233,7 @@ else
     redis.call('PEXPIRE', key, q.snap_ms)
   end
 end
+-- DEL, not UNLINK: handing a large set to the lazy-free thread cost ~750 µs a call
+-- on this 2-core machine under load (docs/benchmarks.md), freeing it ~60 µs.
 for _, k in ipairs(temps) do redis.call('DEL', k) end
 return {nxt or '', out, outpos}

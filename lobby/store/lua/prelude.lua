@@ -39,6 +39,8 @@ local function chatkey(sid) return B .. 'c:' .. sid end
 local function chatmetakey(sid) return B .. 'cm:' .. sid end
 -- The session's sharded pub/sub channel, on the bucket's slot.
 local function evkey(sid) return B .. 'ev:' .. sid end
+-- Which socket holds each seat of a session: player id -> conn ('' once gone).
+local function seatkey(sid) return B .. 'sc:' .. sid end
 local function conn_node(conn) return string.match(conn, '^(.+)%.[^.]*$') end
 
 -- A slot that Redis Cluster is migrating has some of its keys on each master;
@@ -56,7 +58,8 @@ end
 
 -- The keys any change of session `sid` may touch, besides its index entries.
 local function session_keys(sid)
-  return {EPOCH, skey(sid), chatkey(sid), chatmetakey(sid), OPEN, OPENP, HOLDS, DEADLINES, SEQ}
+  return {EPOCH, skey(sid), chatkey(sid), chatmetakey(sid), seatkey(sid), OPEN, OPENP, HOLDS,
+          DEADLINES, SEQ}
 end
 
 local MIGRATING = {'ERR', 'MIGRATING'}
@@ -69,15 +72,9 @@ end
 
 local function save(key, t) redis.call('SET', key, cjson.encode(t)) end
 
--- The record as the caller gets it: without `conns` (which socket holds each
--- seat), the store's own bookkeeping.
-local function enc(s)
-  local conns = s.conns
-  s.conns = nil
-  local text = cjson.encode(s)
-  s.conns = conns
-  return text
-end
+-- The record as the caller gets it (which socket holds each seat is kept beside
+-- it, in seatkey()).
+local function enc(s) return cjson.encode(s) end
 
 local function fail(code) return {'ERR', code} end
 local function ok(s) return {'OK', enc(s)} end
@@ -94,7 +91,7 @@ end
 local function bus_view(s)
   local out = {}
   for k, v in pairs(s) do
-    if k ~= 'conns' and k ~= 'ix' and k ~= 'bans' then out[k] = v end
+    if k ~= 'ix' and k ~= 'bans' then out[k] = v end
   end
   if s.pw ~= NULL then out.pw = {} end
   local members = {}
@@ -243,7 +240,7 @@ end
 -- The join code and server index entries live in slots of their own: the caller
 -- removes them after this (redis.py), only where they still name this session.
 local function delete_session(s)
-  redis.call('DEL', skey(s.id), chatkey(s.id), chatmetakey(s.id))
+  redis.call('DEL', skey(s.id), chatkey(s.id), chatmetakey(s.id), seatkey(s.id))
   unindex(s)
   redis.call('ZREM', DEADLINES, s.id)
 end
@@ -262,7 +259,7 @@ local function remove_member(s, pid, reason)
   local i = member_index(s, pid)
   if not i then return s, false end
   table.remove(s.members, i)
-  if s.conns then s.conns[pid] = nil end
+  redis.call('HDEL', seatkey(s.id), pid)
   redis.call('ZREM', HOLDS, held(s.id, pid))
   if #s.members == 0 then
     touch(s)
@@ -298,12 +295,11 @@ end
 -- Which socket holds each seat: set on create, join and reconnect; '' once the
 -- socket is gone. A seat whose socket is gone is held (off) or released.
 local function seat_conn(s, pid)
-  return (s.conns or {})[pid] or ''
+  return redis.call('HGET', seatkey(s.id), pid) or ''
 end
 
 local function set_seat_conn(s, pid, conn)
-  if not s.conns or s.conns == NULL then s.conns = {} end
-  s.conns[pid] = conn
+  redis.call('HSET', seatkey(s.id), pid, conn)
 end
 
 -- The member's socket `conn` is gone (it closed, or its node died): the seat is
