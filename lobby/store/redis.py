@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, ClusterError, NoScriptError, ResponseError, TryAgainError
 
+from lobby.config import StartupError
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
 from lobby.session import PasswordHash, SessionRecord
@@ -77,6 +78,9 @@ _SCRIPTS = (
 RESTORE_BATCH = 200
 REBIND_BATCH = 500
 RESTORE_LEASE_MS = 10_000
+# Session buckets on a Redis Cluster unless --redis-buckets says otherwise: about 4
+# per master of a 3-master cluster (a bucket is the unit a reshard moves).
+CLUSTER_BUCKETS = 12
 # How long a script call waits for a slot migration of its keys to end.
 MIGRATION_WAIT_SECONDS = 15.0
 _MIGRATING = [b"ERR", b"MIGRATING"]
@@ -247,9 +251,10 @@ class RedisStore:
         await self.redis.hsetnx(meta, "buckets", self.keys.buckets)
         held = int(await self.redis.hget(meta, "buckets") or self.keys.buckets)
         if held != self.keys.buckets:
-            raise LobbyError(ErrorCode.INTERNAL, (
-                f"this Redis holds sessions in {held} buckets (--redis-buckets {held}); "
-                f"this node was started with {self.keys.buckets}"))
+            raise StartupError(
+                f"--redis-buckets: this Redis holds sessions in {held} buckets; this node "
+                f"was started with {self.keys.buckets} (start it with --redis-buckets {held})",
+                2)
 
     async def close(self) -> None:
         await self.redis.aclose()
