@@ -90,6 +90,21 @@ async def after(player: Any, etype: str, version: int, timeout: float = 10) -> d
                 return ev
 
 
+async def rooms_as_heard(node: LobbyNode, pairs: list[tuple[Any, Any, str]], inside: list[bool]
+                         ) -> None:
+    """The store and the players agree on who is in which room, and events still
+    reach the other node: each host sees its guest's next move."""
+    for (host, guest, sid), is_in in zip(pairs, inside, strict=True):
+        rec = await node.store.get_session(sid)
+        assert rec is not None
+        members = [m["id"] for m in rec["members"]]
+        assert members == ([host.player_id, guest.player_id] if is_in else [host.player_id])
+        await guest.ok("leave_session" if is_in else "join_session",
+                       **({} if is_in else {"session_id": sid}))
+        ev = await after(host, "player_left" if is_in else "player_joined", rec["v"])
+        assert ev["player_id"] == guest.player_id
+
+
 async def test_reshard_during_traffic_fails_no_request(
     cluster_url: str, redis_cluster: RedisClusterProcs, make_node: Any, connect_player: Any
 ) -> None:
@@ -120,17 +135,7 @@ async def test_reshard_during_traffic_fails_no_request(
     assert moved_during > 50, "the traffic must have run during the moves"
     failed = [r for r in replies if not r["ok"]]
     assert failed == [], failed[:5]
-    # The store and the players agree on who is in which room.
-    for (host, guest, sid), is_in in zip(pairs, inside, strict=True):
-        rec = await n1.store.get_session(sid)
-        assert rec is not None
-        members = [m["id"] for m in rec["members"]]
-        assert members == ([host.player_id, guest.player_id] if is_in else [host.player_id])
-        # ...and events still reach the other node: the host sees the guest's next move.
-        await guest.ok("leave_session" if is_in else "join_session",
-                       **({} if is_in else {"session_id": sid}))
-        ev = await after(host, "player_left" if is_in else "player_joined", rec["v"])
-        assert ev["player_id"] == guest.player_id
+    await rooms_as_heard(n1, pairs, inside)
 
 
 async def test_a_master_dies_and_its_replica_takes_over(
@@ -219,16 +224,7 @@ async def test_sentinel_failover_during_traffic_nodes_follow(
     inside = await asyncio.gather(*workers)
     late = replies[mark + 20:]
     assert late and all(r["ok"] for r in late), [r for r in late if not r["ok"]][:3]
-    # The rooms and who is in them, as the players last heard.
-    for (host, guest, sid), is_in in zip(pairs, inside, strict=True):
-        rec = await n2.store.get_session(sid)
-        assert rec is not None
-        members = [m["id"] for m in rec["members"]]
-        assert members == ([host.player_id, guest.player_id] if is_in else [host.player_id])
-        await guest.ok("leave_session" if is_in else "join_session",
-                       **({} if is_in else {"session_id": sid}))
-        ev = await after(host, "player_left" if is_in else "player_joined", rec["v"])
-        assert ev["player_id"] == guest.player_id
+    await rooms_as_heard(n2, pairs, inside)
 
 
 async def test_a_shard_that_comes_back_empty_is_rebuilt_alone(

@@ -20,6 +20,7 @@ from lobby.persistence.dynamodb import SessionTable
 from tests.aws_fixtures import moto_endpoint  # noqa: F401  (fixture)
 from tests.conftest import RedisServer, http_request
 from tests.fleetiq_fixtures import FleetIQProcess, register_servers, run_fleetiq_local
+from tests.test_cluster import bus_restored
 
 KEY = "test-server-key"
 _tables = itertools.count()
@@ -230,6 +231,7 @@ async def test_redis_restarted_empty_rebuilds_from_dynamodb(
         assert node.persistence is not None
         await node.persistence.flush(10)
 
+    restores = [n.bus.restores for n in (n1, n2)]  # type: ignore[attr-defined]
     own_redis.restart_empty()
     await guest.close()  # the guest drops while Redis is gone, then resumes
 
@@ -243,6 +245,9 @@ async def test_redis_restarted_empty_rebuilds_from_dynamodb(
     # The waiting room is browsable again, and its host (still connected to node 1)
     # was re-registered: it can act without reconnecting.
     await n1.check_store()
+    # Pushes published before a node's bus has subscribed again are lost (the next
+    # event carries the whole session): wait for both buses.
+    await bus_restored([n1, n2], restores)
     browser = await connect_player(n2, "browser")
     listed = await browser.ok("list_sessions")
     assert [s["session_id"] for s in listed["sessions"]] == [wsid]

@@ -1120,19 +1120,29 @@ class RedisStore:
         if self.cluster:
             # A cluster pipeline refuses EVALSHA: the calls go out at once instead
             # (their order does not matter: SADD and SREM are idempotent).
+            # An address's own operations keep their order; addresses go at once.
             scripts = self._address_scripts
-            calls: list[Any] = []
-            for kind, address in ops:
+            by_address: dict[str, list[int]] = {}
+            for i, (_, address) in enumerate(ops):
+                by_address.setdefault(address, []).append(i)
+            replies: list[list[Any]] = [[] for _ in ops]
+
+            async def run(address: str, indexes: list[int]) -> None:
                 key = self._address_key(address)
-                if kind == "acquire":
-                    calls.append(self.redis.sadd(mine, address))
-                    calls.append(scripts["address_acquire"](
-                        keys=[key], args=[incarnation, limit, ADDRESS_KEEP_MS]))
-                elif kind == "release":
-                    calls.append(scripts["address_release"](keys=[key], args=[incarnation, 1]))
-                else:
-                    calls.append(self.redis.srem(mine, address))
-            return iter(await asyncio.gather(*calls))
+                for i in indexes:
+                    kind = ops[i][0]
+                    if kind == "acquire":
+                        replies[i].append(await self.redis.sadd(mine, address))
+                        replies[i].append(await scripts["address_acquire"](
+                            keys=[key], args=[incarnation, limit, ADDRESS_KEEP_MS]))
+                    elif kind == "release":
+                        replies[i].append(await scripts["address_release"](
+                            keys=[key], args=[incarnation, 1]))
+                    else:
+                        replies[i].append(await self.redis.srem(mine, address))
+
+            await asyncio.gather(*(run(a, ix) for a, ix in by_address.items()))
+            return iter([r for rs in replies for r in rs])
         async with self.redis.pipeline(transaction=False) as pipe:
             for kind, address in ops:
                 key = self._address_key(address)
