@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -361,6 +362,8 @@ class LobbyNode:
             # Counted from the TCP accept (half-open connections included), and
             # given little time: a real client sends its request at once.
             open_timeout=s.handshake_timeout_seconds,
+            # --workers: the kernel spreads new connections over the processes.
+            reuse_port=s.reuse_port or None,
         )
 
     def _log_mode(self) -> None:
@@ -566,10 +569,13 @@ class LobbyNode:
         await _bounded("closing the allocator", self.allocator.close(), 5)
         await _bounded("closing the store", self.store.close(), 5)
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until SIGTERM or SIGINT, then shut down cleanly: sockets closed,
-        pending DynamoDB writes flushed (a container's `docker stop` sends SIGTERM)."""
+        pending DynamoDB writes flushed (a container's `docker stop` sends SIGTERM).
+        `on_ready` is called once the node listens (a --workers supervisor waits for it)."""
         await self.start()
+        if on_ready is not None:
+            on_ready()
         # Process-wide, so here rather than in start() (tests run nodes in-process):
         # start-up objects (modules, pydantic schemas) never die, so keep them out
         # of the collector's scans, and collect the young generation less often.
