@@ -184,46 +184,64 @@ class SocketServer:
         tracked = getattr(ws, "tracked", None)
         remote = (tracked.client_ip if tracked is not None else None) or (
             ws.remote_address[0] if ws.remote_address else "unknown")
+        _forget_handshake(ws)
         client = WsClient(ws, f"{self.node_id}.{next(self._ids)}", self.burst,
                           self.max_buffered, self.stats, address=remote)
         self.lobby.hub.add_client(client)
-        log.info("connect %s from %s", client.conn_id, remote,
-                 extra=fields(conn=client.conn_id, remote=remote))
+        if log.isEnabledFor(logging.INFO):
+            log.info("connect %s from %s", client.conn_id, remote,
+                     extra=fields(conn=client.conn_id, remote=remote))
         try:
-            async for frame in ws:
-                if isinstance(frame, bytes):
-                    client.push(_BINARY_REFUSED)
-                    continue
-                # Charged before parsing, bad frames too: a parse and a reply cost
-                # the same whether the frame turns out valid or not.
-                if not client.allow(self.rate, self.burst, 1 + len(frame) // FRAME_COST_BYTES):
-                    client.refused += 1
-                    if client.refused > self.burst:
-                        # It keeps sending while refused: answering it is the cost
-                        # now. Frames read until its close reply are dropped unread.
-                        if client.refused == self.burst + 1:
-                            client.close(1008, "rate limit exceeded")
-                        continue
-                    rtype, rid = (p.envelope_of(frame) if len(frame) <= PEEK_MAX_BYTES
-                                  else ("error", None))
-                    client.push(_rate_limited(rtype, rid))
-                    continue
-                client.refused = 0
-                try:
-                    req = p.parse_request(frame)
-                except p.BadFrame as bad:
-                    client.push(p.encode(bad.reply))
-                    continue
-                await self.lobby.handle(client, req)
+            # recv() rather than `async for`: no async generator kept per idle socket.
+            while True:
+                await self._frame(client, await ws.recv())
         except ConnectionClosed:
             pass
         finally:
-            log.info("disconnect %s (player %s, code %s)", client.conn_id, client.player_id,
-                     ws.close_code, extra=fields(
-                         conn=client.conn_id, player=client.player_id,
-                         session=client.session_id, code=ws.close_code,
-                         reason=ws.close_reason or None))
+            if log.isEnabledFor(logging.INFO):
+                log.info("disconnect %s (player %s, code %s)", client.conn_id,
+                         client.player_id, ws.close_code, extra=fields(
+                             conn=client.conn_id, player=client.player_id,
+                             session=client.session_id, code=ws.close_code,
+                             reason=ws.close_reason or None))
             try:
                 await self.lobby.disconnected(client)
             except Exception:
                 log.exception("cleanup of %s failed", client.conn_id)
+
+    async def _frame(self, client: WsClient, frame: str | bytes) -> None:
+        """One frame: limits first, then parse, then the handler. (A function of its
+        own, so that an idle socket keeps neither its last frame nor request alive.)"""
+        if isinstance(frame, bytes):
+            client.push(_BINARY_REFUSED)
+            return
+        # Charged before parsing, bad frames too: a parse and a reply cost
+        # the same whether the frame turns out valid or not.
+        if not client.allow(self.rate, self.burst, 1 + len(frame) // FRAME_COST_BYTES):
+            client.refused += 1
+            if client.refused > self.burst:
+                # It keeps sending while refused: answering it is the cost
+                # now. Frames read until its close reply are dropped unread.
+                if client.refused == self.burst + 1:
+                    client.close(1008, "rate limit exceeded")
+                return
+            rtype, rid = (p.envelope_of(frame) if len(frame) <= PEEK_MAX_BYTES
+                          else ("error", None))
+            client.push(_rate_limited(rtype, rid))
+            return
+        client.refused = 0
+        try:
+            req = p.parse_request(frame)
+        except p.BadFrame as bad:
+            client.push(p.encode(bad.reply))
+            return
+        await self.lobby.handle(client, req)
+
+
+def _forget_handshake(ws: ServerConnection) -> None:
+    """Drop the opening handshake's headers: websockets keeps the request (its
+    parser's frame too) and the response for the connection's life, ~2.6 KiB per
+    socket that nothing reads after process_request (docs/benchmarks.md)."""
+    if ws.request is not None:
+        ws.request.headers.clear()
+    ws.response = None
