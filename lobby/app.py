@@ -148,6 +148,7 @@ class LobbyNode:
             # wss:// and https:// on the same port, the TLS handshake started by
             # each connection once the gate has counted it (lobby.addresses.TlsFront).
             tls=self._tls, tls_timeout=settings.handshake_timeout_seconds,
+            ping_interval=settings.ping_interval_seconds,
         )
         # A connection's first request (a WebSocket upgrade or plain HTTP) must come
         # within the handshake timeout: until then it is a handshake in flight.
@@ -327,6 +328,9 @@ class LobbyNode:
         self._tasks.append(asyncio.create_task(self._store_reconciler(),
                                                name="lobby-store-reconciler"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="lobby-heartbeat"))
+        if self.sockets.keepalive is not None:
+            self._tasks.append(asyncio.create_task(self.sockets.keepalive.run(),
+                                                   name="lobby-keepalive"))
         self._log_mode()
 
     async def _listen(self) -> Server:
@@ -351,8 +355,9 @@ class LobbyNode:
             # Lobby frames are tiny JSON; per-message deflate costs tens of KiB
             # per connection for no gain (docs/benchmarks.md has the measurement).
             compression="deflate" if s.ws_compression else None,
-            ping_interval=s.ping_interval_seconds,
-            ping_timeout=s.ping_interval_seconds,
+            # Keepalive pings are the node's, one timer for every socket (lobby.server).
+            ping_interval=None,
+            ping_timeout=None,
             server_header="lobby",
             # asyncio accepts up to `backlog` connections per wake-up before any of
             # them is seen by the gate; out of descriptors, that burst is what hits
