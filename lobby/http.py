@@ -293,6 +293,14 @@ class FrontProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._deadline = loop.time() + self.service.head_timeout
         self._timer = loop.call_at(self._deadline, self._head_timed_out)
+        if self._raw:
+            # Over TLS the request can arrive before the TLS front hands us the
+            # transport (lobby.addresses.TlsFront): decide on it now.
+            self._sniff(b"")
+        if self._eof and self._h11 is None and not self._handed_off:
+            self._start_h11()
+        if not self._handed_off and not transport.is_closing():
+            transport.resume_reading()  # TlsFront paused it for the handshake
 
     def data_received(self, data: bytes) -> None:
         if self._h11 is None:
@@ -317,8 +325,10 @@ class FrontProtocol(asyncio.Protocol):
     def _sniff(self, data: bytes) -> None:
         raw = self._raw
         assert raw is not None
-        start = max(0, len(raw) - 3)
+        start = max(0, len(raw) - 3) if data else 0  # the end may straddle two reads
         raw += data
+        if self._transport is None:
+            return  # connection_made decides (TLS: data before the transport)
         end = raw.find(b"\r\n\r\n", start)
         if end < 0:
             if len(raw) <= MAX_HEAD_BYTES:
@@ -357,7 +367,8 @@ class FrontProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         if self._h11 is None:
-            self._start_h11()  # h11 tells an incomplete request from a closed one
+            if self._transport is not None:
+                self._start_h11()  # h11 tells an incomplete request from a closed one
             return True
         with contextlib.suppress(RuntimeError):
             self._h11.receive_data(b"")
@@ -519,7 +530,8 @@ class FrontProtocol(asyncio.Protocol):
         self._raw = None
         if self._eof:
             ws.eof_received()
-        transport.resume_reading()
+        if not transport.is_closing():  # a TLS transport cannot resume once closed
+            transport.resume_reading()
 
 
 def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
