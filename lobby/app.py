@@ -16,14 +16,11 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from websockets.asyncio.server import Server, serve
 
-from lobby import play
+from lobby import play, redisconn
 from lobby.addresses import (
     AddressLedger,
     ConnectionGate,
@@ -82,22 +79,12 @@ class LobbyNode:
                 self.table, on_recovered=self._dynamodb_recovered)
         self.store: SessionStore
         self.bus: Bus
-        self._redis: aioredis.Redis | None = None
-        if settings.redis_url:
-            # A blocking pool: a burst (hundreds of hosts starting at once) waits
-            # for a free connection instead of failing on the pool's limit.
-            try:
-                pool = aioredis.BlockingConnectionPool.from_url(
-                    settings.redis_url, max_connections=64, timeout=10,
-                    # A pooled connection found dead (Redis restarted) is retried on a
-                    # fresh one instead of failing the player's request.
-                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
-                    retry_on_error=[RedisConnectionError, RedisTimeoutError],
-                    socket_connect_timeout=2,
-                )
-            except ValueError as err:
-                raise StartupError(f"--redis-url (LOBBY_REDIS_URL): {err}", 2) from err
-            self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis: redisconn.RedisClient | None = None
+        # One Redis (a blocking pool), a Redis Cluster or a Sentinel master: redisconn
+        # checks the flags (exit 2 when they conflict) and builds the client.
+        self.redis_target = redisconn.target(settings)
+        if self.redis_target is not None:
+            self._redis = redisconn.connect(self.redis_target)
             self.store = RedisStore(self._redis, settings.redis_prefix)
             self.bus = RedisBus(self._redis, settings.redis_prefix)
         else:
@@ -288,7 +275,7 @@ class LobbyNode:
 
     @property
     def mode(self) -> str:
-        return "redis" if self.settings.redis_url else "embedded"
+        return "redis" if self.redis_target is not None else "embedded"
 
     @property
     def port(self) -> int:
@@ -298,8 +285,10 @@ class LobbyNode:
     async def start(self) -> None:
         s = self.settings
         if self._redis is not None:
+            where = self.redis_target
+            assert where is not None
             await _until_reachable(
-                f"--redis-url (LOBBY_REDIS_URL): Redis at {_redact(s.redis_url)}",
+                f"{where.flag} ({redisconn.env_name(where.flag)}): {where.describe()}",
                 self.store.start, s.startup_timeout_seconds)
         else:
             await self.store.start()
@@ -387,7 +376,9 @@ class LobbyNode:
                 "on restart. Use --redis-url (LOBBY_REDIS_URL) to run several nodes."
             )
         else:
-            log.info("redis mode: sessions in %s (prefix %r)", _redact(s.redis_url), s.redis_prefix)
+            assert self.redis_target is not None
+            log.info("redis mode: sessions in %s (prefix %r)", self.redis_target.describe(),
+                     s.redis_prefix)
         if self.table is not None:
             log.info("persisting sessions to DynamoDB table %s", s.dynamodb_table)
         else:
@@ -695,9 +686,3 @@ def _make_allocator(settings: Settings) -> Allocator:
     log.info("static allocator: every session gets %s", settings.game_server)
     return StaticAllocator(settings.game_server)
 
-
-def _redact(url: str | None) -> str:
-    if not url or "@" not in url:
-        return url or ""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -22,7 +22,8 @@ from lobby.config import Settings, StartupError
 from lobby.logs import FORMATS, LEVELS
 
 DEFAULTS = Settings()
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+CLUSTER_URL_SCHEMES = ("redis+cluster", "rediss+cluster", "redis", "rediss")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,15 +121,23 @@ def _endpoint(raw: str) -> str:
     return raw
 
 
-def _redis_url(raw: str) -> str:
+def _url_scheme(raw: str, schemes: tuple[str, ...], example: str) -> str:
     from urllib.parse import urlsplit
 
     scheme = urlsplit(raw).scheme.lower() if "://" in raw else ""
-    if scheme not in REDIS_SCHEMES:
+    if scheme not in schemes:
         raise argparse.ArgumentTypeError(
-            f"must be a URL such as redis://HOST:6379/0 (schemes: "
-            f"{', '.join(s + '://' for s in REDIS_SCHEMES)}), not {raw!r}")
+            f"must be a URL such as {example} (schemes: "
+            f"{', '.join(s + '://' for s in schemes)}), not {raw!r}")
     return raw
+
+
+def _redis_url(raw: str) -> str:
+    return _url_scheme(raw, REDIS_SCHEMES, "redis://HOST:6379/0")
+
+
+def _redis_cluster_url(raw: str) -> str:
+    return _url_scheme(raw, CLUSTER_URL_SCHEMES, "redis+cluster://HOST:PORT[,HOST:PORT...]")
 
 
 def _nonnegative_float(raw: str) -> float:
@@ -179,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "--port", _port, d.port, "TCP port for ws://HOST:PORT/ws and the HTTP endpoints")
     _add(serve, "--redis-url", _redis_url, d.redis_url,
          "Redis URL; unset = embedded single-node mode with state in memory")
+    _add(serve, "--redis-cluster-url", _redis_cluster_url, d.redis_cluster_url,
+         "Redis Cluster startup nodes, redis+cluster://HOST:PORT[,HOST:PORT...] (database 0 "
+         "only); instead of --redis-url")
+    _add(serve, "--redis-sentinel", str, d.redis_sentinel,
+         "Sentinel: HOST:PORT[,HOST:PORT...] of the sentinels, with --redis-sentinel-master; "
+         "instead of --redis-url")
+    _add(serve, "--redis-sentinel-master", str, d.redis_sentinel_master,
+         "the master's name in the sentinels' configuration (sentinel monitor NAME ...)")
     _add(serve, "--redis-prefix", str, d.redis_prefix, "prefix of every Redis key and channel")
     _add(serve, "--game-server", _endpoint, d.game_server,
          "HOST:PORT handed out by the static allocator")

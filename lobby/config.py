@@ -10,6 +10,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     redis_url: str | None = None  # None: embedded mode (state in process memory)
+    # Or a Redis Cluster (startup nodes), or Sentinel: lobby/redisconn.py builds the client.
+    redis_cluster_url: str | None = None  # redis+cluster://HOST:PORT[,HOST:PORT...]
+    redis_sentinel: str | None = None  # HOST:PORT[,HOST:PORT...] of the sentinels
+    redis_sentinel_master: str | None = None  # the monitored master's name
     redis_prefix: str = "lobby:"
     game_server: str = "127.0.0.1:6060"  # static allocator's endpoint
     seat_hold_seconds: float = 60.0
