@@ -84,7 +84,10 @@ class LobbyNode:
         # checks the flags (exit 2 when they conflict) and builds the client.
         self.redis_target = redisconn.target(settings)
         if self.redis_target is not None:
-            self._redis = redisconn.connect(self.redis_target)
+            # CLIENT SETNAME refuses spaces and newlines, which --node-id may hold.
+            name = "lobby-" + "".join(c if c.isalnum() or c in "._:-" else "_"
+                                      for c in self.node_id)
+            self._redis = redisconn.connect(self.redis_target, client_name=name)
             self.store = RedisStore(self._redis, settings.redis_prefix)
             self.bus = RedisBus(self._redis, settings.redis_prefix)
         else:
