@@ -406,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         # Chosen here so that every line, from the first, names the node.
         settings.node_id = settings.node_id or secrets.token_hex(4)
         workers = args.workers
-        if not settings.redis_url:
+        # Any of the three Redis deployments shares the sessions between processes.
+        shared = settings.redis_url or settings.redis_cluster_url or settings.redis_sentinel
+        if not shared:
             if workers is not None and workers > 1:
                 return _fail(2, f"--workers {workers} (LOBBY_WORKERS): embedded mode keeps "
                              "the sessions in one process's memory, so it runs one process; "
