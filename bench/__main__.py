@@ -1,6 +1,6 @@
 """python -m bench <scenario> [options]: run one load scenario against local lobby nodes.
 
-Scenarios: fill, churn, list, storm, cross-node, chat. Each run starts its own lobby
+Scenarios: fill, churn, cold, list, storm, cross-node, chat. Each run starts its own lobby
 node(s) (and, with --mode redis, its own redis-server), drives them from
 --drivers processes over 127.0.0.1, prints a table and writes
 bench/results/<scenario>-<mode>-<timestamp>.json.
@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import chat, churn, fill, listing, storm
+from bench import chat, churn, cold, fill, listing, storm
 from bench.common import DeadlineExceeded, Run
 from bench.driver import DriverError
 from bench.procs import StartError, raise_nofile, server_patches, server_source
@@ -47,6 +47,10 @@ def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
     p.add_argument("--server-src", default="worktree", metavar="worktree|head|git:REV|DIR",
                    help="lobby code the nodes run: this checkout as it is (default), a "
                         "commit (exported to the run's log dir), or a directory")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="start each node as `lobby serve --workers N` (N processes on one "
+                        "port); unset: one process (LOBBY_WORKERS=1, which older lobby "
+                        "code ignores)")
     p.add_argument("--server-patch", default="", metavar="NAMES",
                    help="try proposed server changes from bench/patches/sitecustomize.py on "
                         "the nodes, comma-separated: pool, backlog, gcfreeze, nogc")
@@ -77,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds at each rate before measuring")
         p.add_argument("--attributes", action="store_true",
                        help="rooms carry mode/region/map/skill attributes (indexed)")
+
+    p = sub.add_parser("cold", help="connect + hello + join a room of 7 + leave + close, "
+                                    "at a fixed rate (cold joins)")
+    _common(p)
+    p.add_argument("--rooms", type=int, default=250)
+    p.add_argument("--rate", type=_ints, default=[200, 500, 1000, 1500],
+                   help="cold joins per second, in turn")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per rate")
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="seconds at each rate before measuring")
 
     p = sub.add_parser("list", help="list_sessions pages at a fixed rate over many rooms")
     _common(p)
@@ -117,6 +131,7 @@ RUNNERS: dict[str, Callable[[Run], list[dict[str, Any]]]] = {
     "fill": fill.run,
     "churn": lambda r: churn.run(r, cross_node=False),
     "cross-node": lambda r: churn.run(r, cross_node=True),
+    "cold": cold.run,
     "list": listing.run,
     "storm": storm.run,
     "chat": chat.run,

@@ -47,8 +47,8 @@ def _ignore(client: BenchClient, event: dict[str, Any], t_ns: int) -> None:
 
 
 class BenchClient(asyncio.Protocol):
-    __slots__ = ("_fragments", "_ids", "_open", "_waiting", "events", "on_event", "player_id",
-                 "transport", "ws")
+    __slots__ = ("_fragments", "_ids", "_lost", "_open", "_waiting", "events", "on_event",
+                 "player_id", "transport", "ws")
 
     def __init__(self, url: str, on_event: OnEvent | None = None) -> None:
         self.ws = ClientProtocol(parse_uri(url))
@@ -58,7 +58,9 @@ class BenchClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
-        self._open: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._open: asyncio.Future[None] = loop.create_future()
+        self._lost: asyncio.Future[None] = loop.create_future()
         self._fragments: list[bytes] = []
 
     @classmethod
@@ -106,6 +108,8 @@ class BenchClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ws.receive_eof()
+        if not self._lost.done():
+            self._lost.set_result(None)
         err = ConnectionError(f"connection closed ({exc or 'EOF'})")
         if not self._open.done():
             self._open.set_exception(err)
@@ -168,6 +172,14 @@ class BenchClient(asyncio.Protocol):
     @property
     def closed(self) -> bool:
         return self.transport is None or self.transport.is_closing()
+
+    async def close(self, wait_s: float = 10.0) -> None:
+        """The closing handshake (code 1000), until the server has closed TCP."""
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(1000)
+            self._flush()
+        async with asyncio.timeout(wait_s):
+            await self._lost
 
     def abort(self) -> None:
         """Drop the TCP connection without a closing handshake: teardown stays cheap."""

@@ -27,6 +27,7 @@ from bench.procs import (
     machine_ticks,
     open_fds,
     sample,
+    sample_tree,
 )
 from bench.profiling import PySpy, stop_quietly
 from bench.report import run_name, write_results
@@ -114,7 +115,7 @@ class Run:
                             "scope": "whole life of the node, set-up included"}
         node = LobbyProc(name, self.log_dir, redis_url=redis_url,
                          extra=[*(extra or []), *self.args.server_arg], profiler=profiler,
-                         profile_out=out)
+                         profile_out=out, workers=getattr(self.args, "workers", None))
         self.nodes.append(node)
         return node
 
@@ -153,7 +154,8 @@ class Run:
         ext = {"raw": "collapsed.txt", "flamegraph": "svg", "speedscope": "speedscope.json"}
         out = self.results_dir / f"{self.name}-{label}.{ext[self.args.profile_format]}"
         try:
-            self._profiler = PySpy(node.pid, out, self.args.profile_format)
+            self._profiler = PySpy(node.pid, out, self.args.profile_format,
+                                   subprocesses=bool(node.workers and node.workers > 1))
         except RuntimeError as exc:
             self.notes.append(f"profile not taken: {exc}")
 
@@ -187,7 +189,8 @@ class Run:
     def snapshot(self) -> Snapshot:
         procs = [*self.nodes, *self.others]
         return Snapshot(
-            nodes={p.name: sample(p.pid) for p in procs},
+            # A --workers node is its parent and every worker: the tree's sum.
+            nodes={p.name: sample_tree(p.pid) for p in procs},
             redis=sample(self.redis.pid) if self.redis is not None else None,
             drivers=self.pool.samples() if self.pool is not None else [],
             commands=self.redis.command_stats() if self.redis is not None else {},

@@ -8,6 +8,7 @@ that the benchmark needs nothing beyond the project's own dependencies.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import re
@@ -85,6 +86,43 @@ def sample(pid: int) -> ProcSample | None:
         cpu_ticks=utime + stime,
         threads=int(fields.get("Threads", "1")),
     )
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                out += [int(c) for c in
+                        Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return out
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += _children(p)
+    return pids
+
+
+def sample_tree(pid: int) -> ProcSample | None:
+    """sample() summed over a process and its descendants (a --workers node).
+
+    CPU of workers that exited meanwhile is lost (a restart during a window)."""
+    top = sample(pid)
+    if top is None:
+        return None
+    for child in tree_pids(pid)[1:]:
+        s = sample(child)
+        if s is not None:
+            top.rss_kib += s.rss_kib
+            top.hwm_kib += s.hwm_kib
+            top.cpu_ticks += s.cpu_ticks
+            top.threads += s.threads
+    return top
 
 
 def cpu_percent(before: ProcSample | None, after: ProcSample | None) -> float | None:
@@ -235,7 +273,8 @@ class Managed:
     """A subprocess with its output in a log file; stop() always reaps it."""
 
     def __init__(self, name: str, cmd: list[str], log_dir: Path,
-                 stdout: int | IO[str] | None = None, patched: bool = False) -> None:
+                 stdout: int | IO[str] | None = None, patched: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.cmd = cmd
         self.log_path = log_dir / f"{name}.log"
@@ -247,7 +286,8 @@ class Managed:
         self.proc: subprocess.Popen[str] = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else self._log, stderr=self._log,
-            text=True, env=_env(patched), preexec_fn=_child_setup, process_group=0,
+            text=True, env={**_env(patched), **(env or {})}, preexec_fn=_child_setup,
+            process_group=0,
             # `python -m` puts the working directory first on sys.path: run in
             # the chosen lobby source so that it, not the checkout, is imported.
             cwd=_server_src,
@@ -376,8 +416,9 @@ class LobbyProc(Managed):
 
     def __init__(self, name: str, log_dir: Path, *, redis_url: str | None = None,
                  extra: list[str] | None = None, profiler: str | None = None,
-                 profile_out: Path | None = None) -> None:
+                 profile_out: Path | None = None, workers: int | None = None) -> None:
         self.port = free_port()
+        self.workers = workers
         args = [
             "serve", "--host", LOOPBACK, "--port", str(self.port),
             # The bench measures the server, not its per-connection abuse limit.
@@ -393,6 +434,8 @@ class LobbyProc(Managed):
         ]
         if redis_url:
             args += ["--redis-url", redis_url]
+        if workers is not None:
+            args += ["--workers", str(workers)]
         args += extra or []
         if profiler == "pyinstrument":
             assert profile_out is not None
@@ -401,8 +444,13 @@ class LobbyProc(Managed):
         else:
             cmd = [sys.executable, "-m", "lobby.cli", *args]
         self.profiler = profiler
-        super().__init__(name, cmd, log_dir, patched=True)
+        super().__init__(name, cmd, log_dir, patched=True,
+                         # One process unless asked: lobby's default in Redis mode is one
+                         # worker per core (older lobby code ignores the variable).
+                         env={} if workers is not None else {"LOBBY_WORKERS": "1"})
         self._wait_ready()
+        if workers is not None and workers > 1:
+            self._wait_workers(workers)
 
     @property
     def url(self) -> str:
@@ -422,6 +470,21 @@ class LobbyProc(Managed):
                 time.sleep(0.05)
         self.stop()
         raise StartError(f"{self.name} did not start:\n{self.log_tail()}")
+
+    def _wait_workers(self, workers: int) -> None:
+        """Until `workers` node ids have answered on the port (each new connection
+        lands on one worker, chosen by the kernel)."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + 20
+        while len(seen) < workers and time.monotonic() < deadline:
+            with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{self.port}/metrics.json",
+                                            timeout=1) as resp:
+                    seen.add(json.loads(resp.read())["node_id"])
+        if len(seen) < workers:
+            self.stop()
+            raise StartError(f"{self.name}: only {len(seen)} of {workers} workers answered:\n"
+                             f"{self.log_tail()}")
 
     def stop(self, sig: int = signal.SIGTERM, wait_s: float = 10.0) -> None:
         # pyinstrument writes its report on SIGINT (KeyboardInterrupt), not SIGTERM.

@@ -25,7 +25,7 @@ SAMPLE_RATE = 200  # per second: enough samples in a 10 s phase for a stable top
 
 
 class PySpy:
-    def __init__(self, pid: int, out: Path, fmt: str = "raw") -> None:
+    def __init__(self, pid: int, out: Path, fmt: str = "raw", subprocesses: bool = False) -> None:
         # The venv's own py-spy when the venv is not on PATH (`.venv/bin/python -m bench`).
         exe = shutil.which("py-spy") or shutil.which(
             "py-spy", path=str(Path(sys.executable).parent))
@@ -37,7 +37,8 @@ class PySpy:
         self._log = self.log.open("w")
         self.proc = subprocess.Popen(
             [exe, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE),
-             "--nolineno", "--format", fmt, "-o", str(out)],
+             "--nolineno", "--format", fmt, "-o", str(out),
+             *(["--subprocesses"] if subprocesses else [])],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
 

@@ -270,9 +270,11 @@ class Tracked:
     """What the gate knows of one TCP connection, from accept to close, whichever
     protocol (HTTP front, then maybe WebSocket) serves it meanwhile."""
 
-    __slots__ = ("__weakref__", "client_ip", "gate_state", "peer", "refusal", "transport")
+    __slots__ = ("__weakref__", "client_ip", "gate_state", "last_received", "peer", "refusal",
+                 "transport")
 
     def __init__(self) -> None:
+        self.last_received = 0.0  # loop time of the last bytes read (the keepalive's)
         self.peer = "unknown"
         self.gate_state: str | None = None
         self.refusal = ""
@@ -380,13 +382,20 @@ class TlsFront(asyncio.Protocol):
 
 
 class GuardedConnection(ServerConnection):
-    """The WebSocket a GuardedFront hands its socket to; it reports the close."""
+    """The WebSocket a GuardedFront hands its socket to; it reports the close, and
+    when it last received anything (the node's keepalive reads it: lobby.server)."""
 
     def __init__(self, *args: Any, gate: ConnectionGate, tracked: Tracked,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gate = gate
         self.tracked = tracked
+
+    def data_received(self, data: bytes) -> None:
+        # On Tracked (slotted): one more attribute on the connection itself would
+        # take its __dict__ past the 30 keys that instances share, +1.5 KiB a socket.
+        self.tracked.last_received = self.loop.time()
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gate.closed(self.tracked)

@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -83,7 +84,10 @@ class LobbyNode:
         # checks the flags (exit 2 when they conflict) and builds the client.
         self.redis_target = redisconn.target(settings)
         if self.redis_target is not None:
-            self._redis = redisconn.connect(self.redis_target)
+            # CLIENT SETNAME refuses spaces and newlines, which --node-id may hold.
+            name = "lobby-" + "".join(c if c.isalnum() or c in "._:-" else "_"
+                                      for c in self.node_id)
+            self._redis = redisconn.connect(self.redis_target, client_name=name)
             buckets = settings.redis_buckets or (
                 CLUSTER_BUCKETS if self.redis_target.kind == "cluster" else 1)
             if not 1 <= buckets <= 1024:
@@ -139,6 +143,7 @@ class LobbyNode:
             # wss:// and https:// on the same port, the TLS handshake started by
             # each connection once the gate has counted it (lobby.addresses.TlsFront).
             tls=self._tls, tls_timeout=settings.handshake_timeout_seconds,
+            ping_interval=settings.ping_interval_seconds,
         )
         # A connection's first request (a WebSocket upgrade or plain HTTP) must come
         # within the handshake timeout: until then it is a handshake in flight.
@@ -320,6 +325,9 @@ class LobbyNode:
         self._tasks.append(asyncio.create_task(self._store_reconciler(),
                                                name="lobby-store-reconciler"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="lobby-heartbeat"))
+        if self.sockets.keepalive is not None:
+            self._tasks.append(asyncio.create_task(self.sockets.keepalive.run(),
+                                                   name="lobby-keepalive"))
         self._log_mode()
 
     async def _listen(self) -> Server:
@@ -344,8 +352,9 @@ class LobbyNode:
             # Lobby frames are tiny JSON; per-message deflate costs tens of KiB
             # per connection for no gain (docs/benchmarks.md has the measurement).
             compression="deflate" if s.ws_compression else None,
-            ping_interval=s.ping_interval_seconds,
-            ping_timeout=s.ping_interval_seconds,
+            # Keepalive pings are the node's, one timer for every socket (lobby.server).
+            ping_interval=None,
+            ping_timeout=None,
             server_header="lobby",
             # asyncio accepts up to `backlog` connections per wake-up before any of
             # them is seen by the gate; out of descriptors, that burst is what hits
@@ -355,6 +364,8 @@ class LobbyNode:
             # Counted from the TCP accept (half-open connections included), and
             # given little time: a real client sends its request at once.
             open_timeout=s.handshake_timeout_seconds,
+            # --workers: the kernel spreads new connections over the processes.
+            reuse_port=s.reuse_port or None,
         )
 
     def _log_mode(self) -> None:
@@ -562,10 +573,13 @@ class LobbyNode:
         await _bounded("closing the allocator", self.allocator.close(), 5)
         await _bounded("closing the store", self.store.close(), 5)
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until SIGTERM or SIGINT, then shut down cleanly: sockets closed,
-        pending DynamoDB writes flushed (a container's `docker stop` sends SIGTERM)."""
+        pending DynamoDB writes flushed (a container's `docker stop` sends SIGTERM).
+        `on_ready` is called once the node listens (a --workers supervisor waits for it)."""
         await self.start()
+        if on_ready is not None:
+            on_ready()
         # Process-wide, so here rather than in start() (tests run nodes in-process):
         # start-up objects (modules, pydantic schemas) never die, so keep them out
         # of the collector's scans, and collect the young generation less often.

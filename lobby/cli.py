@@ -88,6 +88,12 @@ def _port(raw: str) -> int:
     return value
 
 
+def _workers(raw: str) -> int | None:
+    if raw.strip().lower() == "auto":
+        return None
+    return _positive_int(raw)
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in LEVELS:
@@ -255,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
          "comma-separated session attribute keys with search indexes (e.g. mode,map,region); "
          "unset or * = every key")
     _add(serve, "--node-id", str, d.node_id, "this node's id (random when unset)")
+    _add(serve, "--workers", _workers, None,
+         "node processes on this port (SO_REUSEPORT), each a full node with its own id "
+         "(<node-id>-w1, ...); auto = one per core in Redis mode, 1 in embedded mode, "
+         "which cannot run more")
+    serve.add_argument(
+        "--reuse-port", action="store_true",
+        default=_flag(os.environ.get("LOBBY_REUSE_PORT", "")),
+        help="listen with SO_REUSEPORT so that several lobby processes (Redis mode) share "
+             "the port; --workers sets it for its workers (env LOBBY_REUSE_PORT=1; "
+             "default off)",
+    )
     _add(serve, "--log-level", _log_level, d.log_level,
          "DEBUG, INFO, WARNING, ERROR or CRITICAL (DEBUG also prints start-up tracebacks)")
     _add(serve, "--log-format", _log_format, d.log_format,
@@ -360,6 +377,19 @@ def _fail(code: int, message: str, debug: bool) -> int:
     return code
 
 
+def _supervise(argv: list[str], workers: int, settings: Settings) -> int:
+    from lobby.workers import Supervisor, resolve_port
+
+    try:
+        port = resolve_port(settings.host, settings.port)
+    except OSError as err:
+        return _fail(2, f"--port (LOBBY_PORT): cannot listen on {settings.host}:"
+                     f"{settings.port}: {err.strerror or err}", settings.log_level == "DEBUG")
+    assert settings.node_id is not None
+    flags = argv[argv.index("serve") + 1:]
+    return Supervisor(flags, workers, port, settings.node_id, settings.drain_seconds).run()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "fleetiq-local":
@@ -373,17 +403,37 @@ def main(argv: list[str] | None = None) -> int:
         if not any(a == flag or a.startswith(flag + "=") for a in argv):
             subparser.error(message)
     if args.command == "serve":
-        _raise_open_file_limit()
         settings = settings_from_args(args)
         from lobby import logs
 
         # Chosen here so that every line, from the first, names the node.
         settings.node_id = settings.node_id or secrets.token_hex(4)
-        logs.configure(settings.log_level, settings.log_format, settings.node_id)
+        workers = args.workers
+        # Any of the three Redis deployments shares the sessions between processes.
+        shared = settings.redis_url or settings.redis_cluster_url or settings.redis_sentinel
+        if not shared:
+            if workers is not None and workers > 1:
+                return _fail(2, f"--workers {workers} (LOBBY_WORKERS): embedded mode keeps "
+                             "the sessions in one process's memory, so it runs one process; "
+                             "give --redis-url to run several workers, or --workers 1", False)
+            if settings.reuse_port:
+                return _fail(2, "--reuse-port (LOBBY_REUSE_PORT): embedded mode keeps the "
+                             "sessions in one process's memory; two processes sharing its "
+                             "port would be two separate lobbies. Give --redis-url", False)
+        elif workers is None:
+            from lobby.workers import cores
+
+            workers = cores()
+        logs.configure(settings.log_level, settings.log_format, settings.node_id,
+                       tag_node=settings.reuse_port or (workers or 1) > 1)
+        if workers is not None and workers > 1:
+            return _supervise(argv, workers, settings)
+        _raise_open_file_limit()
         try:
             from lobby.app import LobbyNode
+            from lobby.workers import notify_ready
 
-            asyncio.run(LobbyNode(settings).serve_forever())
+            asyncio.run(LobbyNode(settings).serve_forever(on_ready=notify_ready))
         except KeyboardInterrupt:
             pass
         except StartupError as err:

@@ -48,6 +48,9 @@ class Settings:
     # /readyz says 503 once the oldest change not yet in DynamoDB is older than this
     durability_max_lag_seconds: float = 10.0
     node_id: str | None = None  # random when unset
+    # SO_REUSEPORT on the listening socket: several processes share the port
+    # (set by `--workers N` for its workers; Redis mode only).
+    reuse_port: bool = False
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one object per line (lobby/logs.py)
     startup_timeout_seconds: float = 10.0  # retrying an unreachable Redis/DynamoDB at start

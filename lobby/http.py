@@ -246,20 +246,38 @@ def _is_upgrade(headers: Mapping[str, str]) -> bool:
     return "websocket" in headers.get("upgrade", "").lower()
 
 
+def _sniff_upgrade(head: bytes | bytearray) -> bool:
+    """Whether a complete request head asks for a WebSocket (as `_is_upgrade` would
+    say of its first Upgrade header), read without h11: the cold path of every
+    player. Whatever this lets through, websockets' own parser still validates."""
+    if not head.startswith(b"GET "):
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"upgrade":
+            return b"websocket" in value.lower()
+    return False
+
+
 class FrontProtocol(asyncio.Protocol):
     """The first protocol of every accepted connection (see the module docstring).
 
     `make_ws()` builds the websockets connection the socket becomes if its first
-    request is a WebSocket upgrade."""
+    request is a WebSocket upgrade. Until the first request head is complete the
+    bytes are only collected: an upgrade is handed to websockets at once (no h11
+    parser, task or timeout of its own: a third of a cold join's HTTP cost), and
+    anything else starts the h11 side with the bytes read so far."""
 
     def __init__(self, service: HttpService, make_ws: Callable[[], asyncio.Protocol]) -> None:
         self.service = service
         self._make_ws = make_ws
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._h11: h11.Connection | None = None  # made once the request is not an upgrade
         self._raw: bytearray | None = bytearray()  # the first request's bytes, for a handoff
         self._transport: asyncio.Transport | None = None
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # loop time by which the first request head must be in
         self._eof = False
         self._lost = False
         self._busy = False
@@ -272,9 +290,22 @@ class FrontProtocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self.service.connections.add(self)
-        self._task = asyncio.get_running_loop().create_task(self._serve())
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self.service.head_timeout
+        self._timer = loop.call_at(self._deadline, self._head_timed_out)
+        if self._raw:
+            # Over TLS the request can arrive before the TLS front hands us the
+            # transport (lobby.addresses.TlsFront): decide on it now.
+            self._sniff(b"")
+        if self._eof and self._h11 is None and not self._handed_off:
+            self._start_h11()
+        if not self._handed_off and not transport.is_closing():
+            transport.resume_reading()  # TlsFront paused it for the handshake
 
     def data_received(self, data: bytes) -> None:
+        if self._h11 is None:
+            self._sniff(data)
+            return
         if self._raw is not None:
             self._raw += data
         try:
@@ -282,6 +313,7 @@ class FrontProtocol(asyncio.Protocol):
         except RuntimeError:
             # h11 refuses data after it has decided to close: the rest is dropped.
             return
+        assert self._wake is not None
         self._wake.set()
         # Bound what a pipelining or flooding peer can make us buffer while a
         # handler runs: reading resumes when the next event is wanted.
@@ -290,17 +322,66 @@ class FrontProtocol(asyncio.Protocol):
             assert self._transport is not None
             self._transport.pause_reading()
 
+    def _sniff(self, data: bytes) -> None:
+        raw = self._raw
+        assert raw is not None
+        start = max(0, len(raw) - 3) if data else 0  # the end may straddle two reads
+        raw += data
+        if self._transport is None:
+            return  # connection_made decides (TLS: data before the transport)
+        end = raw.find(b"\r\n\r\n", start)
+        if end < 0:
+            if len(raw) <= MAX_HEAD_BYTES:
+                return  # more to come (h11 answers a head that grows past the limit)
+        elif _sniff_upgrade(raw[:end]):
+            self._cancel_timer()
+            self._hand_off()
+            return
+        self._start_h11()
+
+    def _start_h11(self) -> None:
+        """The first request is plain HTTP (or unreadable): h11's turn."""
+        self._cancel_timer()
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._wake = asyncio.Event()
+        assert self._raw is not None
+        if self._raw:
+            with contextlib.suppress(RuntimeError):
+                self._h11.receive_data(bytes(self._raw))
+            self._unread = len(self._raw)
+        if self._eof:
+            with contextlib.suppress(RuntimeError):
+                self._h11.receive_data(b"")
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self._transport is not None and not self._handed_off:
+            self._transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def eof_received(self) -> bool:
         self._eof = True
+        if self._h11 is None:
+            if self._transport is not None:
+                self._start_h11()  # h11 tells an incomplete request from a closed one
+            return True
         with contextlib.suppress(RuntimeError):
             self._h11.receive_data(b"")
+        assert self._wake is not None
         self._wake.set()
         return True  # half-open: we may still answer, then close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._cancel_timer()
         self.service.connections.discard(self)
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     # ---------------------------------------------------------------------------
 
@@ -311,6 +392,7 @@ class FrontProtocol(asyncio.Protocol):
     async def _next_event(self, wait: float) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        assert self._h11 is not None and self._wake is not None
         while True:
             event = self._h11.next_event()
             if event is not h11.NEED_DATA:
@@ -333,7 +415,9 @@ class FrontProtocol(asyncio.Protocol):
         try:
             first = True
             while not self._lost:
-                timeout = self.service.head_timeout if first else self.service.idle_timeout
+                # The first head's time started at the TCP accept (connection_made).
+                timeout = (self._deadline - asyncio.get_running_loop().time() if first
+                           else self.service.idle_timeout)
                 try:
                     event = await self._next_event(timeout)
                 except TimeoutError:
@@ -407,6 +491,7 @@ class FrontProtocol(asyncio.Protocol):
                     close: bool = False) -> bool:
         if self._lost or self._transport is None:
             return False
+        assert self._h11 is not None
         headers = [
             ("Date", email.utils.formatdate(usegmt=True)),
             ("Server", "lobby"),
@@ -445,7 +530,8 @@ class FrontProtocol(asyncio.Protocol):
         self._raw = None
         if self._eof:
             ws.eof_received()
-        transport.resume_reading()
+        if not transport.is_closing():  # a TLS transport cannot resume once closed
+            transport.resume_reading()
 
 
 def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:

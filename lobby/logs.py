@@ -52,9 +52,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, separators=(",", ":"))
 
 
-def configure(level: str, fmt: str, node: str | None = None) -> None:
+def configure(level: str, fmt: str, node: str | None = None, tag_node: bool = False) -> None:
+    """`tag_node`: text lines name the node too (several processes share stderr:
+    `lobby serve --workers`)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(node) if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    text = _TEXT_FORMAT.replace("%(name)s", f"[{node}] %(name)s") if tag_node and node \
+        else _TEXT_FORMAT
+    handler.setFormatter(JsonFormatter(node) if fmt == "json" else logging.Formatter(text))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

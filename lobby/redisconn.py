@@ -281,14 +281,16 @@ class _SentinelMaster(aioredis.Redis):
                 await client.aclose()
 
 
-def connect(where: RedisTarget, max_connections: int = MAX_CONNECTIONS) -> RedisClient:
-    """A client for the target (no I/O yet: the first command connects)."""
+def connect(where: RedisTarget, max_connections: int = MAX_CONNECTIONS,
+            client_name: str | None = None) -> RedisClient:
+    """A client for the target (no I/O yet: the first command connects). Its
+    connections carry `client_name` (CLIENT LIST shows which node holds which)."""
     if where.kind == "single":
         assert where.url is not None
         try:
             pool = aioredis.BlockingConnectionPool.from_url(
                 where.url, max_connections=max_connections, timeout=WAIT_SECONDS,
-                socket_connect_timeout=2, **_retry())
+                socket_connect_timeout=2, client_name=client_name, **_retry())
         except ValueError as err:
             raise _bad(where.flag, str(err)) from err
         return aioredis.Redis(connection_pool=pool)
@@ -296,13 +298,15 @@ def connect(where: RedisTarget, max_connections: int = MAX_CONNECTIONS) -> Redis
         return BoundedRedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in where.nodes],
             max_concurrency=max_connections, username=where.username,
-            password=where.password, ssl=where.tls, socket_connect_timeout=2)
+            password=where.password, ssl=where.tls, socket_connect_timeout=2,
+            client_name=client_name)
     assert where.master is not None
     sentinel = Sentinel(list(where.nodes), socket_connect_timeout=2,
                         sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2})
     master = sentinel.master_for(
         where.master, redis_class=_SentinelMaster, connection_pool_class=_BlockingSentinelPool,
-        max_connections=max_connections, timeout=WAIT_SECONDS, **_retry())
+        max_connections=max_connections, timeout=WAIT_SECONDS, client_name=client_name,
+        **_retry())
     assert isinstance(master, _SentinelMaster)
     master.sentinel = sentinel
     return master

@@ -20,6 +20,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from lobby import protocol as p
@@ -48,8 +49,8 @@ class WsClient:
     """A player socket as the domain sees it (satisfies `hub.Client`)."""
 
     __slots__ = ("_last", "_tokens", "address", "conn_id", "max_buffered", "name",
-                 "password_failures", "player_id", "refused", "session_id", "stats",
-                 "token_hash", "ws")
+                 "password_failures", "ping_sent", "player_id", "refused", "session_id",
+                 "stats", "token_hash", "ws")
 
     def __init__(self, ws: ServerConnection, conn_id: str, burst: int,
                  max_buffered: int = 1 << 20, stats: dict[str, int] | None = None,
@@ -67,6 +68,7 @@ class WsClient:
         self.password_failures: list[float] = []
         self._tokens = float(burst)
         self._last = time.monotonic()
+        self.ping_sent = 0.0  # loop time of the keepalive ping not yet answered; 0: none
 
     def push(self, text: str) -> None:
         # broadcast() writes without awaiting the peer: replies and events never
@@ -116,11 +118,65 @@ def push_many(clients: Iterable[Client], text: str) -> None:
     broadcast([c.ws for c in clients if c.writable()], text)  # type: ignore[attr-defined]
 
 
+class Keepalive:
+    """One keepalive for all of a node's sockets, instead of websockets' task per
+    socket (~1.7 KiB per idle socket, and a task made on every connect).
+
+    The sockets are spread over SLICES buckets; every interval / SLICES seconds
+    one bucket is visited: a socket that has received nothing since its last ping
+    (an interval ago) is closed with 1011, as websockets' keepalive would do, and
+    the others are pinged. Any frame counts as a sign of life, a pong included.
+    """
+
+    SLICES = 20
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._buckets: list[dict[WsClient, None]] = [{} for _ in range(self.SLICES)]
+        self._next = 0
+        self.timeouts = 0
+
+    def add(self, client: WsClient) -> None:
+        self._buckets[self._next % self.SLICES][client] = None
+        self._next += 1
+
+    def remove(self, client: WsClient) -> None:
+        for bucket in self._buckets:
+            if bucket.pop(client, 0) is None:
+                return
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = self.interval / self.SLICES
+        k = 0
+        while True:
+            await asyncio.sleep(tick)
+            self.visit(self._buckets[k], loop.time())
+            k = (k + 1) % self.SLICES
+
+    def visit(self, bucket: dict[WsClient, None], now: float) -> None:
+        for client in list(bucket):
+            ws = client.ws
+            if ws.protocol.state is not State.OPEN:
+                continue
+            tracked = getattr(ws, "tracked", None)
+            if client.ping_sent and tracked is not None and \
+                    tracked.last_received < client.ping_sent:
+                self.timeouts += 1
+                client.ping_sent = 0.0
+                bucket.pop(client, None)
+                client.close(1011, "keepalive ping timeout")
+                continue
+            client.ping_sent = now
+            ws.protocol.send_ping(b"")
+            ws.send_data()
+
+
 class SocketServer:
     def __init__(self, lobby: Lobby, node_id: str, *, rate: float, burst: int,
                  max_clients: int | None = None, max_buffered: int = 1 << 20,
                  gate: ConnectionGate | None = None, tls: ssl.SSLContext | None = None,
-                 tls_timeout: float = 5.0) -> None:
+                 tls_timeout: float = 5.0, ping_interval: float | None = None) -> None:
         self.lobby = lobby
         self.gate = gate
         # --tls-cert: the listening socket is plain TCP and each connection starts
@@ -135,6 +191,7 @@ class SocketServer:
         self.rate = rate
         self.burst = burst
         self._ids = itertools.count(1)
+        self.keepalive = Keepalive(ping_interval) if ping_interval else None
         self.http = HttpService(Router())
         # `routes["/path"] = handler` registers a handler for any method (lobby.http).
         self.routes: Router = self.http.router
@@ -184,46 +241,68 @@ class SocketServer:
         tracked = getattr(ws, "tracked", None)
         remote = (tracked.client_ip if tracked is not None else None) or (
             ws.remote_address[0] if ws.remote_address else "unknown")
+        _forget_handshake(ws)
         client = WsClient(ws, f"{self.node_id}.{next(self._ids)}", self.burst,
                           self.max_buffered, self.stats, address=remote)
         self.lobby.hub.add_client(client)
-        log.info("connect %s from %s", client.conn_id, remote,
-                 extra=fields(conn=client.conn_id, remote=remote))
+        if self.keepalive is not None:
+            self.keepalive.add(client)
+        if log.isEnabledFor(logging.INFO):
+            log.info("connect %s from %s", client.conn_id, remote,
+                     extra=fields(conn=client.conn_id, remote=remote))
         try:
-            async for frame in ws:
-                if isinstance(frame, bytes):
-                    client.push(_BINARY_REFUSED)
-                    continue
-                # Charged before parsing, bad frames too: a parse and a reply cost
-                # the same whether the frame turns out valid or not.
-                if not client.allow(self.rate, self.burst, 1 + len(frame) // FRAME_COST_BYTES):
-                    client.refused += 1
-                    if client.refused > self.burst:
-                        # It keeps sending while refused: answering it is the cost
-                        # now. Frames read until its close reply are dropped unread.
-                        if client.refused == self.burst + 1:
-                            client.close(1008, "rate limit exceeded")
-                        continue
-                    rtype, rid = (p.envelope_of(frame) if len(frame) <= PEEK_MAX_BYTES
-                                  else ("error", None))
-                    client.push(_rate_limited(rtype, rid))
-                    continue
-                client.refused = 0
-                try:
-                    req = p.parse_request(frame)
-                except p.BadFrame as bad:
-                    client.push(p.encode(bad.reply))
-                    continue
-                await self.lobby.handle(client, req)
+            # recv() rather than `async for`: no async generator kept per idle socket.
+            while True:
+                await self._frame(client, await ws.recv())
         except ConnectionClosed:
             pass
         finally:
-            log.info("disconnect %s (player %s, code %s)", client.conn_id, client.player_id,
-                     ws.close_code, extra=fields(
-                         conn=client.conn_id, player=client.player_id,
-                         session=client.session_id, code=ws.close_code,
-                         reason=ws.close_reason or None))
+            if self.keepalive is not None:
+                self.keepalive.remove(client)
+            if log.isEnabledFor(logging.INFO):
+                log.info("disconnect %s (player %s, code %s)", client.conn_id,
+                         client.player_id, ws.close_code, extra=fields(
+                             conn=client.conn_id, player=client.player_id,
+                             session=client.session_id, code=ws.close_code,
+                             reason=ws.close_reason or None))
             try:
                 await self.lobby.disconnected(client)
             except Exception:
                 log.exception("cleanup of %s failed", client.conn_id)
+
+    async def _frame(self, client: WsClient, frame: str | bytes) -> None:
+        """One frame: limits first, then parse, then the handler. (A function of its
+        own, so that an idle socket keeps neither its last frame nor request alive.)"""
+        if isinstance(frame, bytes):
+            client.push(_BINARY_REFUSED)
+            return
+        # Charged before parsing, bad frames too: a parse and a reply cost
+        # the same whether the frame turns out valid or not.
+        if not client.allow(self.rate, self.burst, 1 + len(frame) // FRAME_COST_BYTES):
+            client.refused += 1
+            if client.refused > self.burst:
+                # It keeps sending while refused: answering it is the cost
+                # now. Frames read until its close reply are dropped unread.
+                if client.refused == self.burst + 1:
+                    client.close(1008, "rate limit exceeded")
+                return
+            rtype, rid = (p.envelope_of(frame) if len(frame) <= PEEK_MAX_BYTES
+                          else ("error", None))
+            client.push(_rate_limited(rtype, rid))
+            return
+        client.refused = 0
+        try:
+            req = p.parse_request(frame)
+        except p.BadFrame as bad:
+            client.push(p.encode(bad.reply))
+            return
+        await self.lobby.handle(client, req)
+
+
+def _forget_handshake(ws: ServerConnection) -> None:
+    """Drop the opening handshake's headers: websockets keeps the request (its
+    parser's frame too) and the response for the connection's life, ~2.6 KiB per
+    socket that nothing reads after process_request (docs/benchmarks.md)."""
+    if ws.request is not None:
+        ws.request.headers.clear()
+    ws.response = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,11 @@ from tests.frames import SENT_FRAMES
 # Redis Cluster and Sentinel fixtures (redis_cluster, cluster_url, make_redis_cluster,
 # redis_sentinel, sentinel_target, make_redis_sentinel): tests/cluster_fixtures.py.
 pytest_plugins = ("tests.cluster_fixtures",)
+
+# `lobby serve` subprocesses run one process (the tests were written for one node per
+# port); in Redis mode its default would be one worker per core. tests/test_workers.py
+# asks for workers itself.
+os.environ.setdefault("LOBBY_WORKERS", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,8 @@ class NodeProcess:
         self.env = {**os.environ, **(env or {})}
         for key in [k for k in self.env if k.startswith("LOBBY_") and k not in (env or {})]:
             del self.env[key]  # the machine's LOBBY_* must not leak into a test
+        # One process, as the tests were written for; tests/test_workers.py asks for more.
+        self.env.setdefault("LOBBY_WORKERS", "1")
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self._reader: asyncio.Task[None] | None = None
@@ -63,6 +65,15 @@ class NodeProcess:
                         f"lobby exited without logging {needle!r}:\n" + "\n".join(self.lines))
                 await self._seen.wait()
 
+    async def wait_count(self, needle: str, count: int, seconds: float = 20) -> None:
+        """Until `count` stderr lines contain `needle`."""
+        async with asyncio.timeout(seconds), self._seen:
+            while sum(needle in line for line in self.lines) < count:
+                if self.lines and self.lines[-1] == "":
+                    raise AssertionError(f"lobby exited with fewer than {count} lines "
+                                         f"{needle!r}:\n" + "\n".join(self.lines))
+                await self._seen.wait()
+
     def signal_stop(self) -> None:
         """SIGTERM, once: a node drains and exits by itself."""
         assert self.proc is not None
@@ -93,6 +104,7 @@ async def run_lobby(args: list[str], env: dict[str, str] | None = None,
                     seconds: float = 30) -> tuple[int, list[str]]:
     """Run `lobby ARGS` to its end: (exit code, stderr lines)."""
     full_env: dict[str, Any] = {k: v for k, v in os.environ.items() if not k.startswith("LOBBY_")}
+    full_env["LOBBY_WORKERS"] = "1"  # unless `args` or `env` ask for workers
     full_env.update(env or {})
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lobby.cli", *args, env=full_env,

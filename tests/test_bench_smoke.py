@@ -56,6 +56,19 @@ def test_churn(tmp_path: Path) -> None:
         assert step["usage"]["node1_cpu_pct"] is not None
 
 
+def test_cold(tmp_path: Path) -> None:
+    doc = _run(tmp_path, "cold", "--rooms", "4", "--rate", "10", "--duration", "1",
+               "--warmup", "0.2")
+    step = doc["steps"][0]
+    assert step["errors"] == {}
+    assert step["cycles"] > 0
+    lat = step["cold_join_ms"]
+    assert lat["n"] == step["cycles"] == step["close_ms"]["n"]
+    # The whole cold join includes its connect + hello part.
+    assert 0 < step["open_hello_ms"]["p50"] <= lat["max"]
+    assert step["node_cpu_ms_per_cycle"] > 0
+
+
 def test_list(tmp_path: Path) -> None:
     doc = _run(tmp_path, "list", "--rooms", "30,60", "--rate", "40", "--duration", "1",
                "--warmup", "0.2", "--listers", "2", "--page", "10")

@@ -93,10 +93,10 @@ async def test_serve_with_conflicting_redis_flags_exits_2_with_one_line() -> Non
     assert bad.returncode == 2 and "--redis-cluster-url" in err.decode()
 
 
-def _clients(port: int) -> int:
-    """Client connections the server holds, less the one asking."""
+def _clients(port: int, name: str) -> int:
+    """Client connections the server holds under that client name."""
     with redis.Redis(port=port) as c:
-        return int(c.info("clients")["connected_clients"]) - 1
+        return sum(1 for conn in c.client_list() if conn.get("name") == name)
 
 
 # --- one Redis ----------------------------------------------------------------------
@@ -110,13 +110,12 @@ async def test_one_redis_client_is_the_blocking_pool_and_waits_at_its_limit(
         redis_url: str, redis_server: RedisServer) -> None:
     t = _target(redis_url=redis_url)
     assert t is not None
-    client = redisconn.connect(t, max_connections=3)
+    client = redisconn.connect(t, max_connections=3, client_name="burst-single")
     try:
         assert not redisconn.is_cluster(client) and redisconn.primaries(client) == []
         assert await client.ping() is True
-        others = _clients(redis_server.port) - 1  # the client's first connection
         assert await _burst(client, [f"q{i}" for i in range(12)]) == [None] * 12
-        assert _clients(redis_server.port) - others == 3
+        assert _clients(redis_server.port, "burst-single") == 3
         ps = await redisconn.pubsub(client)
         assert isinstance(ps, PubSub) and not isinstance(ps, ClusterPubSub)
         await ps.aclose()
@@ -277,16 +276,16 @@ def _sentinel_target(setup: SentinelProcs) -> redisconn.RedisTarget:
 
 async def test_sentinel_client_talks_to_the_master_and_waits_at_its_limit(
         sentinel_target: SentinelProcs) -> None:
-    client = redisconn.connect(_sentinel_target(sentinel_target), max_connections=3)
+    client = redisconn.connect(_sentinel_target(sentinel_target), max_connections=3,
+                               client_name="burst-sentinel")
     try:
         assert not redisconn.is_cluster(client)
         await client.set("k", "v")
         master = sentinel_target.master_port()
         with sentinel_target.client(master) as c:
             assert c.get("k") == "v"
-        others = _clients(master) - 1  # the replica's and the sentinel's links
         assert await _burst(client, [f"q{i}" for i in range(12)]) == [None] * 12
-        assert _clients(master) - others == 3
+        assert _clients(master, "burst-sentinel") == 3
     finally:
         await client.aclose()
 
