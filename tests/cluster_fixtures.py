@@ -16,6 +16,9 @@ module can ask for these fixtures by name:
     sentinel_target      function: flushes `redis_sentinel`, returns it.
     make_redis_sentinel  function: factory -> a Sentinel setup of the test's own
                          (for failover tests).
+    redis_deployment     function, parametrized single / cluster / sentinel: the Settings
+                         overrides that put a node on a clean deployment of that kind
+                         (`make_node(**redis_deployment)`), for suites that must pass on all.
 
 The helpers block (subprocesses, a sync Redis client): a test that keeps traffic going
 while they run calls them in a thread, `await asyncio.to_thread(cluster.move_slots, ...)`.
@@ -596,6 +599,16 @@ def make_redis_sentinel() -> Iterator[Callable[..., SentinelProcs]]:
     yield factory
     for setup in setups:
         setup.stop()
+
+
+@pytest.fixture(params=["single", "cluster", "sentinel"])
+def redis_deployment(request: pytest.FixtureRequest) -> dict[str, str]:
+    if request.param == "single":
+        return {"redis_url": request.getfixturevalue("redis_url")}
+    if request.param == "cluster":
+        return {"redis_cluster_url": request.getfixturevalue("cluster_url")}
+    setup = request.getfixturevalue("sentinel_target")
+    return {"redis_sentinel": setup.sentinels, "redis_sentinel_master": setup.master_name}
 
 
 def port_open(port: int) -> bool:

@@ -330,3 +330,17 @@ async def test_a_node_runs_on_sentinel_and_follows_a_failover(
                 await asyncio.sleep(0.2)
     joined = await guest.ok("join_session", session_id=created["session"]["session_id"])
     assert joined["session"]["player_count"] == 2
+
+
+async def test_redis_deployment_names_a_clean_deployment_of_each_kind(
+        redis_deployment: dict[str, str], request: pytest.FixtureRequest) -> None:
+    t = redisconn.target(Settings(**redis_deployment))
+    assert t is not None
+    assert t.kind == request.node.callspec.params["redis_deployment"]
+    client = redisconn.connect(t)
+    try:
+        assert await client.ping() is True
+        assert await client.dbsize() == 0  # flushed for this test (every master)
+        await client.set("left-behind", 1)  # the next test's flush removes it
+    finally:
+        await client.aclose()
