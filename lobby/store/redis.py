@@ -25,6 +25,7 @@ import json
 import secrets
 import time
 import zlib
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -265,8 +266,11 @@ class RedisStore:
         script = self._scripts[name]
         call_args = [self.prefix, now, *args]
         keys = [key, f"{key}:op:{secrets.token_hex(8)}"] if self.once else [key]
-        if client is not None:  # queued in a pipeline (one Redis: no migrations)
-            return await script(keys=keys, args=call_args, client=client)
+        if client is not None:
+            # Queued in a pipeline (one Redis: no migrations). EVALSHA by hand:
+            # redis-py's Script adds a SCRIPT EXISTS round trip to every pipeline;
+            # a NOSCRIPT (an emptied Redis) is handled by _pipelined.
+            return client.evalsha(script.sha, len(keys), *keys, *call_args)
         deadline = time.monotonic() + MIGRATION_WAIT_SECONDS
         pause = 0.01
         while True:
@@ -295,10 +299,7 @@ class RedisStore:
         cluster (whose pipelines send to several masters at once)."""
         if self.cluster:
             return [await self._run(name, key, *args, now=now) for name, key, args in calls]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name, key, args in calls:
-                await self._run(name, key, *args, now=now, client=pipe)
-            return await pipe.execute()  # type: ignore[no-any-return]
+        return await self._pipelined(list(calls), now)
 
     async def _together(self, calls: list[tuple[str, str, tuple[Any, ...]]], now: int
                         ) -> list[Any]:
@@ -308,10 +309,28 @@ class RedisStore:
         if self.cluster:
             return list(await asyncio.gather(
                 *(self._run(name, key, *args, now=now) for name, key, args in calls)))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name, key, args in calls:
-                await self._run(name, key, *args, now=now, client=pipe)
-            return await pipe.execute()  # type: ignore[no-any-return]
+        return await self._pipelined(calls, now)
+
+    async def _pipelined(self, calls: list[tuple[str, str, tuple[Any, ...]]], now: int,
+                         before: Callable[[Any], None] | None = None) -> list[Any]:
+        """Script calls in one pipeline, in order (`before` queues plain commands
+        first). On NOSCRIPT (a Redis restarted empty) no script of it ran: the
+        scripts are loaded and the pipeline sent again (its plain commands are
+        idempotent)."""
+        for attempt in range(2):
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    if before is not None:
+                        before(pipe)
+                    for name, key, args in calls:
+                        await self._run(name, key, *args, now=now, client=pipe)
+                    return await pipe.execute()  # type: ignore[no-any-return]
+            except NoScriptError:
+                if attempt:
+                    raise
+                for script in self._scripts.values():
+                    await self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
 
     def _pointer_error(self, res: Any) -> None:
         if res[0] == b"ERR":
@@ -390,11 +409,10 @@ class RedisStore:
                 self._run("p_resume", self.keys.player(player_id), player_id, token_hash,
                           conn, mode, name, now=now)))[1]
         else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.sadd(self._node_set(_conn_node(conn)), player_id)
-                await self._run("p_resume", self.keys.player(player_id), player_id,
-                                token_hash, conn, mode, name, now=now, client=pipe)
-                res = (await pipe.execute())[1]
+            res = (await self._pipelined(
+                [("p_resume", self.keys.player(player_id),
+                  (player_id, token_hash, conn, mode, name))], now,
+                before=lambda pipe: pipe.sadd(self._node_set(_conn_node(conn)), player_id)))[1]
         if res[0] != b"OK":
             return None
         p = json.loads(res[1])
