@@ -44,7 +44,7 @@ from lobby.server import SocketServer, push_many
 from lobby.session import SessionRecord
 from lobby.store.base import Change, LiveClient, SessionStore
 from lobby.store.memory import MemoryStore
-from lobby.store.redis import RedisStore
+from lobby.store.redis import CLUSTER_BUCKETS, RedisStore
 
 log = logging.getLogger("lobby")
 LISTEN_BACKLOG = 4096  # connections the kernel queues for this node
@@ -84,7 +84,11 @@ class LobbyNode:
         self.redis_target = redisconn.target(settings)
         if self.redis_target is not None:
             self._redis = redisconn.connect(self.redis_target)
-            self.store = RedisStore(self._redis, settings.redis_prefix, settings.redis_buckets,
+            buckets = settings.redis_buckets or (
+                CLUSTER_BUCKETS if self.redis_target.kind == "cluster" else 1)
+            if not 1 <= buckets <= 1024:
+                raise StartupError("--redis-buckets (LOBBY_REDIS_BUCKETS): between 1 and 1024", 2)
+            self.store = RedisStore(self._redis, settings.redis_prefix, buckets,
                                     once=self.redis_target.kind != "single")
             self.bus = RedisBus(self._redis, self.store.keys)
         else:
@@ -594,6 +598,8 @@ async def _until_reachable(what: str, call: Any, seconds: float) -> None:
             return
         except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as err:
             last: Exception = err
+        except StartupError:
+            raise  # reachable, but wrong (e.g. --redis-buckets): no waiting helps
         except Exception as err:  # botocore's connection errors, and what we cannot retry
             if "AuthenticationError" in type(err).__name__:
                 raise StartupError(f"{what}: {err}", 2) from err

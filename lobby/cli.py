@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "--redis-prefix", str, d.redis_prefix, "prefix of every Redis key and channel")
     _add(serve, "--redis-buckets", int, d.redis_buckets,
          "session buckets (hash slots) the sessions are spread over; fixed for a deployment "
-         "(1 for one Redis or Sentinel; on a cluster, e.g. 4 per master)")
+         "(unset: 1 on one Redis or Sentinel, 12 on a Redis Cluster, about 4 per master)")
     _add(serve, "--game-server", _endpoint, d.game_server,
          "HOST:PORT handed out by the static allocator")
     _add(serve, "--seat-hold-seconds", float, d.seat_hold_seconds,

@@ -17,7 +17,7 @@ class Settings:
     redis_prefix: str = "lobby:"
     # Session buckets (lobby/store/keys.py): fixed for a deployment; more than the
     # masters of a Redis Cluster (e.g. 4 per master) so sessions spread over them.
-    redis_buckets: int = 1
+    redis_buckets: int | None = None  # None: 1, or CLUSTER_BUCKETS on a Redis Cluster
     game_server: str = "127.0.0.1:6060"  # static allocator's endpoint
     seat_hold_seconds: float = 60.0
     max_message_bytes: int = 64 * 1024

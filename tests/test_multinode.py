@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from lobby.config import StartupError
 from lobby.errors import ErrorCode, LobbyError
 from lobby.store.keys import Keys
 from lobby.store.redis import RedisStore
@@ -200,3 +201,12 @@ async def test_unsubscribe_then_resubscribe_keeps_order(make_node, redis_url, co
         assert (await b.event("player_joined"))["player_id"] == newcomer.player_id
         await newcomer.ok("leave_session")
         await b.ok("leave_session")
+
+
+async def test_nodes_must_agree_on_the_buckets(make_node, redis_url) -> None:
+    """Which bucket holds a session depends on their number: a node started with
+    another number than the Redis holds would look sessions up in the wrong place."""
+    await make_node(redis_url=redis_url, redis_buckets=4)
+    with pytest.raises(StartupError) as info:
+        await make_node(redis_url=redis_url, redis_buckets=6)
+    assert "--redis-buckets 4" in str(info.value) and info.value.exit_code == 2

@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, ClusterError, NoScriptError, ResponseError, TryAgainError
 
+from lobby.config import StartupError
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
 from lobby.session import PasswordHash, SessionRecord
@@ -77,6 +78,9 @@ _SCRIPTS = (
 RESTORE_BATCH = 200
 REBIND_BATCH = 500
 RESTORE_LEASE_MS = 10_000
+# Session buckets on a Redis Cluster unless --redis-buckets says otherwise: about 4
+# per master of a 3-master cluster (a bucket is the unit a reshard moves).
+CLUSTER_BUCKETS = 12
 # How long a script call waits for a slot migration of its keys to end.
 MIGRATION_WAIT_SECONDS = 15.0
 _MIGRATING = [b"ERR", b"MIGRATING"]
@@ -247,9 +251,10 @@ class RedisStore:
         await self.redis.hsetnx(meta, "buckets", self.keys.buckets)
         held = int(await self.redis.hget(meta, "buckets") or self.keys.buckets)
         if held != self.keys.buckets:
-            raise LobbyError(ErrorCode.INTERNAL, (
-                f"this Redis holds sessions in {held} buckets (--redis-buckets {held}); "
-                f"this node was started with {self.keys.buckets}"))
+            raise StartupError(
+                f"--redis-buckets: this Redis holds sessions in {held} buckets; this node "
+                f"was started with {self.keys.buckets} (start it with --redis-buckets {held})",
+                2)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -1070,48 +1075,6 @@ class RedisStore:
         return records, more
 
 
-def _verdict(res: Any) -> GuessVerdict:
-    if res[0] == b"OK":
-        return GuessVerdict()
-    return GuessVerdict(int(res[1]), res[2].decode())
-
-
-def _guess_args(session_id: str, address: str, limits: GuessLimits, mode: str) -> tuple[Any, ...]:
-    return (session_id, address, limits.per_session, limits.per_address, limits.window_ms,
-            limits.lock_ms, limits.lock_max_ms, mode)
-
-
-def _owner(bucket: int, nodes: list[str]) -> str:
-    """The node that sweeps a bucket: the highest of hash(node, bucket)."""
-    return max(nodes, key=lambda n: zlib.crc32(f"{n}/{bucket}".encode()))
-
-
-async def _nothing() -> tuple[list[SessionRecord], str | None, list[str], str]:
-    return [], None, [], ""
-
-
-def _split_cursor(cursor: str | None, buckets: int) -> list[str | None]:
-    if cursor is None:
-        return [None] * buckets
-    if not cursor.startswith("b"):
-        raise LobbyError(ErrorCode.BAD_REQUEST, "bad cursor")
-    parts = cursor[1:].split(",")
-    if len(parts) != buckets:
-        raise LobbyError(ErrorCode.BAD_REQUEST, "bad cursor")
-    return [p or None for p in parts]
-
-
-def _order_key(rec: SessionRecord, sort: str) -> tuple[Any, ...]:
-    """The merge order of the buckets' pages (within a bucket, its own order)."""
-    created, sid = rec["created"], rec["id"]
-    if sort == "oldest":
-        return (created, sid)
-    if sort == "most_players":
-        return (-len(rec["members"]), -created, sid)
-    if sort == "fewest_players":
-        return (len(rec["members"]), created, sid)
-    return (-created, sid)
-
     # per-address WebSocket counts (lobby/addresses.py's AddressLedger) ------------
     # Each address's counts are one hash under its own hash tag, and each script
     # call names its one key in KEYS: ready for Redis Cluster as they are.
@@ -1151,6 +1114,22 @@ def _order_key(rec: SessionRecord, sort: str) -> tuple[Any, ...]:
         acquire = self._address_scripts["address_acquire"].sha
         release = self._address_scripts["address_release"].sha
         mine = self._addresses_of(incarnation)
+        if self.cluster:
+            # A cluster pipeline refuses EVALSHA: the calls go out at once instead
+            # (their order does not matter: SADD and SREM are idempotent).
+            scripts = self._address_scripts
+            calls: list[Any] = []
+            for kind, address in ops:
+                key = self._address_key(address)
+                if kind == "acquire":
+                    calls.append(self.redis.sadd(mine, address))
+                    calls.append(scripts["address_acquire"](
+                        keys=[key], args=[incarnation, limit, ADDRESS_KEEP_MS]))
+                elif kind == "release":
+                    calls.append(scripts["address_release"](keys=[key], args=[incarnation, 1]))
+                else:
+                    calls.append(self.redis.srem(mine, address))
+            return iter(await asyncio.gather(*calls))
         async with self.redis.pipeline(transaction=False) as pipe:
             for kind, address in ops:
                 key = self._address_key(address)
@@ -1204,6 +1183,48 @@ def _order_key(rec: SessionRecord, sort: str) -> tuple[Any, ...]:
     async def address_count(self, address: str) -> int:
         return sum(int(n) for n in await self.redis.hvals(self._address_key(address)))
 
+
+def _verdict(res: Any) -> GuessVerdict:
+    if res[0] == b"OK":
+        return GuessVerdict()
+    return GuessVerdict(int(res[1]), res[2].decode())
+
+
+def _guess_args(session_id: str, address: str, limits: GuessLimits, mode: str) -> tuple[Any, ...]:
+    return (session_id, address, limits.per_session, limits.per_address, limits.window_ms,
+            limits.lock_ms, limits.lock_max_ms, mode)
+
+
+def _owner(bucket: int, nodes: list[str]) -> str:
+    """The node that sweeps a bucket: the highest of hash(node, bucket)."""
+    return max(nodes, key=lambda n: zlib.crc32(f"{n}/{bucket}".encode()))
+
+
+async def _nothing() -> tuple[list[SessionRecord], str | None, list[str], str]:
+    return [], None, [], ""
+
+
+def _split_cursor(cursor: str | None, buckets: int) -> list[str | None]:
+    if cursor is None:
+        return [None] * buckets
+    if not cursor.startswith("b"):
+        raise LobbyError(ErrorCode.BAD_REQUEST, "bad cursor")
+    parts = cursor[1:].split(",")
+    if len(parts) != buckets:
+        raise LobbyError(ErrorCode.BAD_REQUEST, "bad cursor")
+    return [p or None for p in parts]
+
+
+def _order_key(rec: SessionRecord, sort: str) -> tuple[Any, ...]:
+    """The merge order of the buckets' pages (within a bucket, its own order)."""
+    created, sid = rec["created"], rec["id"]
+    if sort == "oldest":
+        return (created, sid)
+    if sort == "most_players":
+        return (-len(rec["members"]), -created, sid)
+    if sort == "fewest_players":
+        return (len(rec["members"]), created, sid)
+    return (-created, sid)
 
 def _live(c: LiveClient) -> dict[str, str]:
     return {"id": c.player_id, "name": c.name, "tokh": c.token_hash, "conn": c.conn,
