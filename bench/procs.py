@@ -462,7 +462,8 @@ def combined(samples: list[ProcSample | None]) -> ProcSample | None:
 # phase.) Several of them may travel in one pipeline: the round trips are the
 # read events Redis served (net#reads), not these.
 NODE_COMMANDS = ("evalsha", "eval", "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe",
-                 "ping", "script|load", "script|exists", "cluster|slots", "cluster|shards", "cluster|nodes")
+                 "ping", "script|load", "script|exists", "cluster|slots", "cluster|shards",
+                 "cluster|nodes")
 # Read events one command_stats() call adds on each server: its own INFO, and
 # the read that sees its connection close.
 INFO_READS = 2
