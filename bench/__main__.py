@@ -57,7 +57,7 @@ def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
                         "commit (exported to the run's log dir), or a directory")
     p.add_argument("--server-patch", default="", metavar="NAMES",
                    help="try proposed server changes from bench/patches/sitecustomize.py on "
-                        "the nodes, comma-separated: pool, backlog, gcfreeze, nogc")
+                        "the nodes, comma-separated: pool, backlog, gcfreeze, nogc, scriptcache")
 
 
 def build_parser() -> argparse.ArgumentParser:
