@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,7 +38,7 @@ MASTER_CHECK_SECONDS = 1.0  # Sentinel: how often the sentinels are asked for th
 HEALTH_SECONDS = 5.0  # an idle connection is PINGed this often, and dropped if silent
 
 _MAIN = "main"  # the one master of a Redis or a Sentinel deployment
-_SUB, _UNSUB, _FIX, _PING = "sub", "unsub", "fix", "ping"
+_SUB, _UNSUB, _FIX, _PING, _STOP = "sub", "unsub", "fix", "ping", "stop"
 _REPLY_KIND = {b"SSUBSCRIBE": b"ssubscribe", b"SUNSUBSCRIBE": b"sunsubscribe",
                b"PING": b"pong"}
 
@@ -125,8 +125,12 @@ class RedisBus:
         self._placed: dict[bytes, _Link] = {}  # where each channel's SSUBSCRIBE went
         self._confirmed: set[bytes] = set()  # placed and confirmed there
         self._links: dict[str, _Link] = {}
-        # Confirmations arrive in command order, so each channel's waiters are FIFO.
-        self._waiters: dict[bytes, deque[asyncio.Future[None]]] = defaultdict(deque)
+        # subscribe() calls the writer has taken up whose channel has no SSUBSCRIBE
+        # on its way (master out of reach, or the command failed). The next one
+        # sent takes them along: it goes out after each of their calls.
+        self._waiters: dict[bytes, list[asyncio.Future[None]]] = defaultdict(list)
+        self._connecting: dict[str, asyncio.Task[None]] = {}
+        self._refreshing: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         # Lost channels not yet subscribed again; None while nothing is lost.
@@ -168,12 +172,26 @@ class RedisBus:
         self._closing = True
         if self._fix is not None:
             self._fix.cancel()
-        tasks = self._tasks + [link.task for link in self._links.values() if link.task]
+        # The writer is stopped by a message, not cancelled: a cancellation that
+        # lands inside redis-py's send path can be swallowed there (seen here),
+        # leaving the task alive.
+        self._queue.put_nowait((_STOP, None))
+        writer, *others = self._tasks or [None]
+        tasks = [t for t in others if t is not None]
+        tasks += [link.task for link in self._links.values() if link.task]
+        tasks += self._connecting.values()
+        if self._refreshing is not None:
+            tasks.append(self._refreshing)
         for task in tasks:
             task.cancel()
+        if writer is not None:
+            done, _ = await asyncio.wait([writer], timeout=2)
+            if not done:
+                tasks.append(writer)
+                writer.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await asyncio.wait_for(task, 2)
         for link in list(self._links.values()):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(link.conn.disconnect(), 2)
@@ -182,8 +200,7 @@ class RedisBus:
     async def _subscribe(self, channel: bytes) -> None:
         self._wanted.add(channel)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[channel].append(fut)
-        self._queue.put_nowait((_SUB, channel))
+        self._queue.put_nowait((_SUB, (channel, fut)))
         # Bounded: with Redis gone, the request fails instead of hanging.
         await asyncio.wait_for(fut, SUBSCRIBE_TIMEOUT)
 
@@ -212,6 +229,31 @@ class RedisBus:
         self._links[name] = link
         return link
 
+    def _open_link(self, name: str) -> _Link | None:
+        """The open connection to `name`, or None while it is being opened in the
+        background: a master that does not answer must not hold up the writer
+        (and with it every subscribe on the healthy masters)."""
+        link = self._links.get(name)
+        if link is not None and not link.closed:
+            return link
+        if name not in self._connecting and not self._closing:
+            self._connecting[name] = asyncio.create_task(
+                self._connect(name), name=f"lobby-bus-connect-{name}")
+        return None
+
+    async def _connect(self, name: str) -> None:
+        try:
+            await self._link(name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("pub/sub: cannot reach %s (%s); retrying", name, exc)
+            self._schedule_fix(refresh=True, backoff=True)
+        else:
+            self._queue.put_nowait((_FIX, None))  # subscribe what waits for it
+        finally:
+            self._connecting.pop(name, None)
+
     def _new_connection(self, name: str) -> Connection:
         if self._cluster is not None:
             node = self._cluster.nodes_manager.get_node(node_name=name)
@@ -229,11 +271,17 @@ class RedisBus:
 
     # writing ----------------------------------------------------------------
     async def _write(self) -> None:
-        while True:
+        while not self._closing:
             op, arg = await self._queue.get()
+            if op == _STOP:
+                return
             try:
                 if op == _SUB:
-                    await self._send_subscribe([arg])
+                    channel, fut = arg
+                    # Only now: an SSUBSCRIBE sent before this point (before an
+                    # unsubscribe that came between) must not release this call.
+                    self._waiters[channel].append(fut)
+                    await self._send_subscribe([channel])
                 elif op == _UNSUB:
                     await self._send_unsubscribe(arg)
                 elif op == _FIX:
@@ -249,7 +297,13 @@ class RedisBus:
 
     async def _send(self, link: _Link, command: bytes, channels: list[bytes]) -> bool:
         kind = _REPLY_KIND[command]
-        link.sent.append(_Sent(kind, deque(channels)))
+        sent = _Sent(kind, deque(channels))
+        if command == b"SSUBSCRIBE":
+            for channel in channels:
+                waiters = self._waiters.pop(channel, None)
+                if waiters:
+                    sent.waiters[channel] = waiters
+        link.sent.append(sent)
         try:
             await link.conn.send_command(command, *([] if command == b"PING" else channels),
                                          check_health=False)
@@ -268,13 +322,10 @@ class RedisBus:
                 self._unplace(channel)
                 self._schedule_fix(refresh=True)
         for (name, _), group in groups.items():
-            try:
-                link = await self._link(name)
-            except Exception as exc:
-                log.warning("pub/sub: cannot reach %s (%s); retrying", name, exc)
+            link = self._open_link(name)
+            if link is None:  # subscribed once the connection is up
                 for channel in group:
                     self._unplace(channel)
-                self._schedule_fix(refresh=True, backoff=True)
                 continue
             for channel in group:
                 old = self._placed.get(channel)
@@ -285,6 +336,12 @@ class RedisBus:
             await self._send(link, b"SSUBSCRIBE", group)
 
     async def _send_unsubscribe(self, channel: bytes) -> None:
+        if channel not in self._wanted:
+            # subscribe() calls before this unsubscribe() that no SSUBSCRIBE took
+            # along (their master was out of reach): they end unsubscribed anyway.
+            for fut in self._waiters.pop(channel, ()):
+                if not fut.done():
+                    fut.set_result(None)
         link = self._unplace(channel)
         if self._missing is not None:
             self._missing.discard(channel)
@@ -300,18 +357,33 @@ class RedisBus:
         """Subscribe every wanted channel that has no place (lost, or never placed)."""
         self._fix = None
         if self._cluster is not None and self._refresh:
-            try:
-                await self._cluster.nodes_manager.initialize()
-            except Exception as exc:
-                log.warning("pub/sub: slot map refresh failed (%s); retrying", exc)
-                self._schedule_fix(refresh=True, backoff=True)
-                return
+            # In the background, like connecting: a master that hangs must not
+            # hold up the writer. Its completion asks for this again.
             self._refresh = False
+            if self._refreshing is None:
+                self._refreshing = asyncio.create_task(self._refresh_map(),
+                                                       name="lobby-bus-slots")
+            return
+        if self._refreshing is not None:
+            return
         todo = [ch for ch in self._wanted if ch not in self._placed]
         if todo:
             await self._send_subscribe(todo)
-        if self._fix is None:
-            self._fix_delay = RETRY_MIN
+
+    async def _refresh_map(self) -> None:
+        assert self._cluster is not None
+        try:
+            await asyncio.wait_for(self._cluster.nodes_manager.initialize(),
+                                   SUBSCRIBE_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("pub/sub: slot map refresh failed (%s); retrying", exc)
+            self._schedule_fix(refresh=True, backoff=True)
+        else:
+            self._queue.put_nowait((_FIX, None))
+        finally:
+            self._refreshing = None
 
     def _schedule_fix(self, refresh: bool = False, backoff: bool = False) -> None:
         self._refresh |= refresh
@@ -358,26 +430,29 @@ class RedisBus:
                 if not head.channels:
                     link.sent.popleft()
                 if kind == b"ssubscribe":
-                    self._confirm(link, msg[1])
+                    self._confirm(link, msg[1], head.waiters.pop(msg[1], ()))
                 elif kind == b"pong":
                     link.ping_at = 0.0
             elif kind == b"sunsubscribe":
                 self._dropped_by_server(link, msg[1])
 
-    def _confirm(self, link: _Link, channel: bytes) -> None:
+    def _confirm(self, link: _Link, channel: bytes, waiters: Iterable[asyncio.Future[None]]
+                 ) -> None:
         if self._placed.get(channel) is link:
             self._confirmed.add(channel)
+            self._fix_delay = RETRY_MIN  # things work again
             if self._missing is not None:
                 self._missing.discard(channel)
                 self._maybe_restored()
-        waiters = self._waiters.get(channel)
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():  # a waiter that timed out is skipped, not confirmed
+        for fut in waiters:
+            if not fut.done():  # one that timed out is gone
                 fut.set_result(None)
-                break
-        if not waiters:
-            self._waiters.pop(channel, None)
+
+    def _hand_back(self, sent: _Sent) -> None:
+        """A command that will get no confirmation: its waiters wait for the next."""
+        for channel, waiters in sent.waiters.items():
+            self._waiters[channel].extend(w for w in waiters if not w.done())
+        sent.waiters.clear()
 
     def _refused(self, link: _Link, err: ResponseError) -> None:
         """An error reply: to our oldest command still waiting for replies."""
@@ -386,6 +461,7 @@ class RedisBus:
                     head.kind.decode() if head else "a command", err)
         if head is None or head.kind != b"ssubscribe":
             return
+        self._hand_back(head)
         for channel in head.channels:
             if self._placed.get(channel) is link:
                 self._unplace(channel)
@@ -415,6 +491,9 @@ class RedisBus:
         lost = [ch for ch, where in self._placed.items() if where is link]
         for channel in lost:
             self._unplace(channel)
+        for sent in link.sent:
+            self._hand_back(sent)
+        link.sent.clear()
         wanted = [ch for ch in lost if ch in self._wanted]
         if not self._closing:
             log.warning("pub/sub connection to %s lost (%s); %d channel(s) to restore",
@@ -480,6 +559,8 @@ class _Sent:
 
     kind: bytes
     channels: deque[bytes]
+    # subscribe() calls this SSUBSCRIBE's confirmation releases, per channel.
+    waiters: dict[bytes, list[asyncio.Future[None]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)

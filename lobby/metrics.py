@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from lobby.session import LIVE_STATES
+from lobby.store.search import LISTED
 
 if TYPE_CHECKING:
     from lobby.app import LobbyNode
@@ -138,6 +139,13 @@ class _NodeCollector:
                 if type(value) is int:
                     limits.add_metric([key], value)
             yield limits
+        cached = CounterMetricFamily(
+            "lobby_listed_records", "list_sessions records from the store, by whether this "
+            "process had them decoded and rendered already (hit) or not (miss)",
+            labels=["cache"])
+        cached.add_metric(["hit"], LISTED.hits)
+        cached.add_metric(["miss"], LISTED.misses)
+        yield cached
         checks = getattr(node.lobby, "password_checks", None)
         if type(checks) is int:
             yield _counter("lobby_password_checks", "scrypt password verifications run", checks)

@@ -10,6 +10,7 @@ and the bus' own count of messages read off the wire says what came.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -346,6 +347,51 @@ async def test_cluster_master_killed_replica_promoted(make_redis_cluster: Any) -
         await node.bus.close()
     finally:
         await client.aclose()
+
+
+async def test_cluster_frozen_master_holds_up_no_other_master(make_redis_cluster: Any
+                                                             ) -> None:
+    """A master that stops answering (SIGSTOP: its port still accepts connections)
+    must not hold up subscribes on the healthy masters while the bus keeps
+    trying it; once its replica takes over, its channels come back."""
+    procs: RedisClusterProcs = make_redis_cluster(3, replicas=1)
+    keys = Keys(buckets=BUCKETS)
+    client, pub_client = cluster_client(procs), cluster_client(procs)
+    frozen = None
+    try:
+        node = Node(client, keys, "n1")
+        node.bus.health_seconds = 0.5
+        await node.start()
+        sessions = one_per_bucket(keys)
+        for sid in sessions:
+            await node.bus.subscribe(sid)
+        frozen = procs.owner(keyslot(keys.channel(sessions[0]))).port
+        procs.servers[frozen].proc.send_signal(signal.SIGSTOP)
+        # Polled: the bus' verdict (its PING went unanswered) is a counter.
+        async with asyncio.timeout(10):
+            while node.bus.losses == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        healthy = [sid for sid in (f"late{i}" for i in range(200))
+                   if procs.owner(keyslot(keys.channel(sid))).port != frozen][:5]
+        started = asyncio.get_running_loop().time()
+        for sid in healthy:
+            await node.bus.subscribe(sid)
+        assert asyncio.get_running_loop().time() - started < 2.0
+        pub = Publisher(pub_client, keys)
+        for sid in healthy:
+            assert await pub.session(sid, sid) == 1
+        assert {(await node.next()).decode() for _ in healthy} == set(healthy)
+        # The cluster promotes the frozen master's replica; the bus follows.
+        await asyncio.wait_for(node.restored.wait(), 30)
+        assert procs.owner(keyslot(keys.channel(sessions[0]))).port != frozen
+        assert await pub.session(sessions[0], "back") == 1
+        assert await node.next() == b"back"
+        await node.bus.close()
+    finally:
+        if frozen is not None:
+            procs.servers[frozen].kill()  # SIGKILL ends a stopped process too
+        await client.aclose()
+        await pub_client.aclose()
 
 
 @pytest.mark.parametrize("how", ["kill", "failover"])

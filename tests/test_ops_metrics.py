@@ -21,7 +21,7 @@ FAMILIES = {
     # counters
     "lobby_requests", "lobby_events", "lobby_frames_out", "lobby_slow_socket_drops",
     "lobby_claims", "lobby_connection_limits", "lobby_password_checks",
-    "lobby_handshakes_in_flight",
+    "lobby_handshakes_in_flight", "lobby_listed_records",
     # histograms
     "lobby_request_duration_seconds", "lobby_fanout_latency_seconds",
     "lobby_claim_duration_seconds",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from lobby import protocol as p
-from lobby.store.search import RecordCache
+from lobby.app import LobbyNode
+from lobby.store.search import LISTED, RecordCache
 
 
 def _text(sid: str, players: int = 1) -> bytes:
@@ -63,3 +64,40 @@ def test_the_least_recently_used_records_go_first() -> None:
     # An evicted record still renders right (uncached), whatever reused its id().
     assert cache.view(b, lambda r: r["id"]) == "b"
     assert d["id"] == "d"
+
+
+async def test_listed_rooms_stay_fresh_over_real_sockets(node: LobbyNode, connect_player
+                                                         ) -> None:
+    """Repeated pages come from the cache (Redis mode), and a room that changed is
+    shown as it is now: its player count, its attributes, its password room's players
+    to a member only."""
+    host = await connect_player(node, "host")
+    sid = (await host.ok("create_session", max_players=4,
+                         attributes={"mode": "ctf"}))["session"]["session_id"]
+    locked = await connect_player(node, "pw-host")
+    await locked.ok("create_session", max_players=4, password="secret")
+    browser = await connect_player(node, "browser")
+
+    def room(reply: dict) -> dict:
+        return next(s for s in reply["sessions"] if s["session_id"] == sid)
+
+    first = await browser.ok("list_sessions", filter={"mode": "ctf"})
+    hits = LISTED.hits
+    again = await browser.ok("list_sessions", filter={"mode": "ctf"})
+    assert again["sessions"] == first["sessions"]
+    if node.mode == "redis":
+        assert LISTED.hits > hits  # the same texts: decoded and rendered before
+    guest = await connect_player(node, "guest")
+    await guest.ok("join_session", session_id=sid)
+    await host.ok("update_session", attributes={"map": "dust"})
+    now = room(await browser.ok("list_sessions", filter={"mode": "ctf"}))
+    assert now["player_count"] == 2 and now["attributes"] == {"mode": "ctf", "map": "dust"}
+    assert [p["name"] for p in now["players"]] == ["host", "guest"]
+    # A password room: the count for everyone, the players for its members only.
+    pages = {who: await player.ok("list_sessions", has_password=True)
+             for who, player in (("member", locked), ("browser", browser), ("again", locked))}
+    assert [s["players"] for s in pages["browser"]["sessions"]] == [[]]
+    assert [s["host_id"] for s in pages["browser"]["sessions"]] == [None]
+    for who in ("member", "again"):
+        assert [[p["name"] for p in s["players"]] for s in pages[who]["sessions"]] == [
+            ["pw-host"]]

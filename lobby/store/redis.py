@@ -1004,24 +1004,27 @@ class RedisStore:
                              limits: GuessLimits) -> GuessVerdict:
         addr_key = self.keys.address(address)
         if not session_id:
-            res = await self._guess(addr_key, session_id, address, now, limits, "address")
+            res = await self._guess(addr_key, session_id, address, now, limits,
+                                    "address-lock")
             return _verdict(res)
         locked, res = await asyncio.gather(
             self._guess(self._on(session_id), session_id, address, now, limits,
                         "session-locked"),
             self._guess(addr_key, session_id, address, now, limits, "address"))
-        if res[0] != b"OK" and len(res) < 4:
+        if res[0] == b"LIMITED":
             return _verdict(res)  # the address was locked already
         if locked[0] != b"OK":
-            if res[0] == b"OK":
-                await self._guess(addr_key, session_id, address, now, limits, "address-refund")
             return _verdict(locked)
-        if res[0] != b"OK":
-            return _verdict(res)
+        # The session counts first (its lock answers most of an attack's guesses
+        # without counting them against their addresses), then the address.
         res = await self._guess(self._on(session_id), session_id, address, now, limits,
                                 "session")
         if res[0] != b"OK":
-            await self._guess(addr_key, session_id, address, now, limits, "address-refund")
+            return _verdict(res)
+        res = await self._guess(addr_key, session_id, address, now, limits, "address-lock")
+        if res[0] != b"OK":
+            await self._guess(self._on(session_id), session_id, address, now, limits,
+                              "session-uncount")
         return _verdict(res)
 
     async def password_refund(self, session_id: str, address: str, now: int,

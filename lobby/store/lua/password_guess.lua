@@ -51,18 +51,29 @@ if MODE == 'address-refund' then
   refund(AK)
   return {'OK'}
 end
+if MODE == 'session-uncount' then -- the address refused the guess after the session counted it
+  refund(SK)
+  return {'OK'}
+end
 if MODE == 'session-refund' then
   refund(SK)
   redis.call('SREM', FK, ADDR)
   return {'OK'}
 end
-if MODE == 'address' then
+if MODE == 'address' or MODE == 'address-lock' then
   local a = state(AK)
   if a.u > NOW then return {'LIMITED', a.u - NOW, 'address'} end
+  -- 'address' only looks (it runs beside the session's lock check, which answers
+  -- the guess first when it applies); 'address-lock' then counts the guess, or
+  -- locks the address at its limit.
+  if MODE == 'address' then
+    if a.n >= PER_ADDRESS then return {'FULL'} end
+    return {'OK'}
+  end
   if a.n >= PER_ADDRESS then
     a.u = NOW + math.min(LOCK_MAX, LOCK * 2 ^ a.lv); a.lv = a.lv + 1; a.w = NOW; a.n = 0
     save(AK, a)
-    return {'LIMITED', a.u - NOW, 'address', 'new'} -- locked by this guess
+    return {'LIMITED', a.u - NOW, 'address'}
   end
   a.n = a.n + 1
   save(AK, a)
