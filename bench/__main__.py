@@ -1,7 +1,7 @@
 """python -m bench <scenario> [options]: run one load scenario against local lobby nodes.
 
 Scenarios: fill, churn, cold, list, storm, cross-node, chat. Each run starts its own lobby
-node(s) (and, with --mode redis, its own redis-server), drives them from
+node(s) (and, with --mode redis or cluster, its own redis-server(s)), drives them from
 --drivers processes over 127.0.0.1, prints a table and writes
 bench/results/<scenario>-<mode>-<timestamp>.json.
 """
@@ -27,9 +27,17 @@ def _ints(raw: str) -> list[int]:
 
 def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
     if mode:
-        p.add_argument("--mode", choices=("embedded", "redis"), default="embedded",
+        p.add_argument("--mode", choices=("embedded", "redis", "cluster"), default="embedded",
                        help="embedded: state in the node's memory; redis: a private "
-                            "redis-server started for the run")
+                            "redis-server started for the run; cluster: a private Redis "
+                            "Cluster (--masters masters, no replicas)")
+    else:
+        p.add_argument("--mode", choices=("redis", "cluster"), default="redis",
+                       help="redis: one private redis-server; cluster: a private Redis Cluster")
+    p.add_argument("--masters", type=int, default=3, help="--mode cluster: masters")
+    p.add_argument("--redis-buckets", type=int, default=None, metavar="B",
+                   help="the nodes' --redis-buckets (default: theirs on one Redis, "
+                        "4 per master on a cluster)")
     p.add_argument("--drivers", type=int, default=2,
                    help="load-generating processes (default 2: this machine has 2 cores)")
     p.add_argument("--deadline", type=float, default=180.0,
@@ -53,7 +61,7 @@ def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
                         "code ignores)")
     p.add_argument("--server-patch", default="", metavar="NAMES",
                    help="try proposed server changes from bench/patches/sitecustomize.py on "
-                        "the nodes, comma-separated: pool, backlog, gcfreeze, nogc")
+                        "the nodes, comma-separated: pool, backlog, gcfreeze, nogc, scriptcache")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds at each rate before measuring")
         p.add_argument("--attributes", action="store_true",
                        help="rooms carry mode/region/map/skill attributes (indexed)")
+        p.add_argument("--replies-only", action="store_true",
+                       help="a cycle waits for the join/leave replies only, not for the "
+                            "members' events: the store's cost without the fan-out")
 
     p = sub.add_parser("cold", help="connect + hello + join a room of 7 + leave + close, "
                                     "at a fixed rate (cold joins)")
@@ -140,8 +151,6 @@ RUNNERS: dict[str, Callable[[Run], list[dict[str, Any]]]] = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.scenario == "cross-node":
-        args.mode = "redis"
     if args.drivers < 1:
         raise SystemExit("--drivers must be at least 1")
     raise_nofile()

@@ -138,7 +138,7 @@ def run(run: Run) -> list[dict[str, Any]]:
     args = run.args
     if args.rooms * MEMBERS > 20_000:
         raise SystemExit("chat: at most 2,500 rooms (20,000 sockets)")
-    if run.mode == "redis":
+    if run.mode in ("redis", "cluster"):
         run.start_redis()
     node1 = run.start_node("node1", profiled=True)
     params = {"rooms": args.rooms, "url": node1.url,
@@ -180,7 +180,8 @@ def run(run: Run) -> list[dict[str, Any]]:
             "profiled": profiled and args.profile,
         }
         if run.redis is not None:
-            step["redis_per_message"] = redis_per_op(usage["redis_commands"], sent)
+            step["redis_per_message"] = redis_per_op(
+                usage["redis_commands"], sent, run.redis_servers, usage.get("redis_cpu_seconds"))
         run.steps.append(step)
         lat = step["fanout_latency_ms"]
         row = {

@@ -61,13 +61,17 @@ class ChurnRoom:
             self._done.set_result(self._last)
 
 
-async def _one(room: ChurnRoom, kind: str, rtype: str, **fields: Any) -> tuple[int, int]:
-    """One request whose event all members must see: (fan-out latency, reply latency)."""
+async def _one(room: ChurnRoom, kind: str, rtype: str, events: bool = True,
+               **fields: Any) -> tuple[int, int]:
+    """One request whose event all members must see: (fan-out latency, reply latency).
+    Without `events`, only the reply is awaited (both figures are its latency)."""
     done = room.arm(kind)
     t_send, fut = room.joiner.send(rtype, **fields)
     t_reply, reply = await fut
     if not reply.get("ok"):
         raise RequestFailed(reply)
+    if not events:
+        return t_reply - t_send, t_reply - t_send
     t_last = await done
     return t_last - t_send, t_reply - t_send
 
@@ -83,15 +87,15 @@ class _Tally:
 
 
 async def _room_loop(room: ChurnRoom, first_ns: int, period_ns: int, warm_ns: int, end_ns: int,
-                     tally: _Tally) -> None:
+                     tally: _Tally, events: bool = True) -> None:
     slot = first_ns
     while slot < end_ns:
         await sleep_until(slot)
         try:
             async with asyncio.timeout(CYCLE_TIMEOUT_S):
-                join, join_reply = await _one(room, "player_joined", "join_session",
+                join, join_reply = await _one(room, "player_joined", "join_session", events,
                                               session_id=room.sid)
-                leave, _ = await _one(room, "player_left", "leave_session")
+                leave, _ = await _one(room, "player_left", "leave_session", events)
         except (TimeoutError, RequestFailed, ConnectionError) as exc:
             tally.errors[error_name(exc)] += 1
             # The room's state is unknown now (the joiner may still be in it):
@@ -146,7 +150,8 @@ async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: i
         # Shards interleave their phases so the aggregate arrivals stay even.
         offsets = [int(period_ns * (i + shard / shards) / n) for i in range(n)]
         await asyncio.gather(*(
-            _room_loop(room, start_ns + off, period_ns, warm_ns, end_ns, tally)
+            _room_loop(room, start_ns + off, period_ns, warm_ns, end_ns, tally,
+                       not params.get("replies_only"))
             for room, off in zip(live, offsets, strict=True)
         ))
         return {"join_ns": tally.join_ns, "join_at_ns": tally.join_at_ns,
@@ -174,17 +179,22 @@ def run(run: Run, cross_node: bool) -> list[dict[str, Any]]:
     args = run.args
     if args.rooms * (MEMBERS + 1) > 20_000:
         raise SystemExit("churn: at most 2,500 rooms (20,000 sockets)")
-    if cross_node or run.mode == "redis":
+    if cross_node or run.mode in ("redis", "cluster"):
         run.start_redis()
     node1 = run.start_node("node1", profiled=True)
     node2 = run.start_node("node2") if cross_node else node1
     if cross_node:
-        run.notes.append("members on node1, joiners on node2, one Redis")
+        run.notes.append("members on node1, joiners on node2, "
+                          + ("a Redis Cluster" if run.mode == "cluster" else "one Redis"))
     params = {
         "rooms": args.rooms, "member_url": node1.url, "joiner_url": node2.url,
         "connect_concurrency": args.connect_concurrency,
         "attributes": getattr(args, "attributes", False),
+        "replies_only": args.replies_only,
     }
+    if args.replies_only:
+        run.notes.append("--replies-only: a cycle waits for the joiner's replies, not for the "
+                         "members' events (latencies are reply latencies)")
     pool = run.start_drivers(driver_main, params)
     t0 = time.monotonic()
     setup = pool.command("setup", wait_s=run.budget(120))
@@ -227,7 +237,8 @@ def run(run: Run, cross_node: bool) -> list[dict[str, Any]]:
             "profiled": profiled and args.profile,
         }
         if run.redis is not None:
-            step["redis_per_join_leave"] = redis_per_op(usage["redis_commands"], joins)
+            step["redis_per_join_leave"] = redis_per_op(
+                usage["redis_commands"], joins, run.redis_servers, usage.get("redis_cpu_seconds"))
         run.steps.append(step)
         lat = step["join_latency_ms"]
         row = {
@@ -243,6 +254,7 @@ def run(run: Run, cross_node: bool) -> list[dict[str, Any]]:
             row["redis cpu%"] = usage.get("redis_cpu_pct")
             row["rt/join+leave"] = step["redis_per_join_leave"].get("round_trips_per_op")
             row["script us"] = step["redis_per_join_leave"].get("evalsha_usec_per_call")
+            row["redis us/op"] = step["redis_per_join_leave"].get("cpu_usec_per_op")
         row["driver cpu%"] = usage.get("driver_cpu_pct_total")
         row["others cpu%"] = usage.get("other_processes_cpu_pct")
         summary.append(row)

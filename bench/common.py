@@ -20,7 +20,9 @@ from bench.procs import (
     LobbyProc,
     Managed,
     ProcSample,
+    RedisClusterProcs,
     RedisProc,
+    combined,
     command_deltas,
     cpu_percent,
     machine_info,
@@ -58,7 +60,8 @@ def error_name(exc: BaseException) -> str:
 @dataclass
 class Snapshot:
     nodes: dict[str, ProcSample | None]
-    redis: ProcSample | None
+    redis: ProcSample | None  # all redis-servers together
+    redis_parts: list[ProcSample | None]  # each of them (a cluster's masters)
     drivers: list[ProcSample | None]
     commands: dict[str, int] = field(default_factory=dict)
     machine: tuple[float, int, int] = (0.0, 0, 0)
@@ -78,7 +81,7 @@ class Run:
         self.name = run_name(scenario, self.mode)
         self.log_dir = self.results_dir / f"{self.name}.logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.redis: RedisProc | None = None
+        self.redis: RedisProc | RedisClusterProcs | None = None
         self.nodes: list[LobbyProc] = []
         self.others: list[Managed] = []  # helpers such as fleetiq-local
         self.pool: DriverPool | None = None
@@ -99,13 +102,30 @@ class Run:
         return min(wanted_s, left)
 
     # processes ---------------------------------------------------------------
-    def start_redis(self) -> RedisProc:
-        self.redis = RedisProc(self.log_dir)
+    def start_redis(self) -> RedisProc | RedisClusterProcs:
+        """--mode redis: one redis-server; --mode cluster: a Redis Cluster of
+        --masters masters (no replicas)."""
+        if self.mode == "cluster":
+            self.redis = RedisClusterProcs(self.log_dir, getattr(self.args, "masters", 3))
+            self.notes.append(f"Redis Cluster of {len(self.redis.servers)} masters, "
+                              f"{self.redis_buckets()} session buckets")
+        else:
+            self.redis = RedisProc(self.log_dir)
         return self.redis
+
+    def redis_buckets(self) -> int | None:
+        wanted = getattr(self.args, "redis_buckets", None)
+        if wanted is None and self.mode == "cluster":
+            return 4 * getattr(self.args, "masters", 3)
+        return wanted  # type: ignore[no-any-return]
+
+    @property
+    def redis_servers(self) -> int:
+        return len(self.redis.pids) if self.redis is not None else 0
 
     def start_node(self, name: str = "node1", extra: list[str] | None = None,
                    profiled: bool = False) -> LobbyProc:
-        redis_url = self.redis.url if self.redis is not None else None
+        redis_args = self.redis.node_args(self.redis_buckets()) if self.redis else None
         profiler = None
         out = None
         if profiled and self.args.profile and self.args.profiler == "pyinstrument":
@@ -113,7 +133,7 @@ class Run:
             out = self.results_dir / f"{self.name}-{name}.pyinstrument.txt"
             self.profile = {"profiler": "pyinstrument", "file": str(out),
                             "scope": "whole life of the node, set-up included"}
-        node = LobbyProc(name, self.log_dir, redis_url=redis_url,
+        node = LobbyProc(name, self.log_dir, redis_args=redis_args,
                          extra=[*(extra or []), *self.args.server_arg], profiler=profiler,
                          profile_out=out, workers=getattr(self.args, "workers", None))
         self.nodes.append(node)
@@ -188,10 +208,12 @@ class Run:
 
     def snapshot(self) -> Snapshot:
         procs = [*self.nodes, *self.others]
+        parts = [sample(pid) for pid in self.redis.pids] if self.redis is not None else []
         return Snapshot(
             # A --workers node is its parent and every worker: the tree's sum.
             nodes={p.name: sample_tree(p.pid) for p in procs},
-            redis=sample(self.redis.pid) if self.redis is not None else None,
+            redis=combined(parts),
+            redis_parts=parts,
             drivers=self.pool.samples() if self.pool is not None else [],
             commands=self.redis.command_stats() if self.redis is not None else {},
             machine=machine_ticks(),
@@ -209,6 +231,13 @@ class Run:
         if after.redis is not None:
             out["redis_cpu_pct"] = _r(cpu_percent(before.redis, after.redis))
             out["redis_rss_mib"] = round(after.redis.rss_kib / 1024, 1)
+            if out["redis_cpu_pct"] is not None and out["seconds"] is not None:
+                out["redis_cpu_seconds"] = round(
+                    (after.redis.cpu_ticks - before.redis.cpu_ticks) / CLK_TCK, 3)  # type: ignore[union-attr]
+            if len(after.redis_parts) > 1:
+                out["redis_cpu_pct_each"] = [
+                    _r(cpu_percent(b, a)) for b, a in zip(before.redis_parts, after.redis_parts,
+                                                          strict=True)]
         if after.drivers:
             cpus = drivers_cpu(before.drivers, after.drivers)
             out["driver_cpu_pct"] = [_r(c) for c in cpus]

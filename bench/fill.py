@@ -107,7 +107,7 @@ def run(run: Run) -> list[dict[str, Any]]:
         if run.left() < 20:
             run.notes.append(f"{clients:,} clients: skipped, --deadline is near")
             break
-        if run.mode == "redis":
+        if run.mode in ("redis", "cluster"):
             run.start_redis()
         node = run.start_node("node1", profiled=True)
         pool = run.start_drivers(driver_main, {
@@ -159,7 +159,8 @@ def run(run: Run) -> list[dict[str, Any]]:
             "usage_during_fill": usage,
         }
         if run.redis is not None:
-            step["redis_per_client"] = redis_per_op(usage["redis_commands"], clients)
+            step["redis_per_client"] = redis_per_op(
+                usage["redis_commands"], clients, run.redis_servers, usage.get("redis_cpu_seconds"))
             step["redis_rss_mib"] = usage.get("redis_rss_mib")
         if not ok:
             step["limited_by"] = _limit_reason(run, node, fills, fds, clients)

@@ -125,7 +125,7 @@ def run(run: Run) -> list[dict[str, Any]]:
         raise SystemExit(f"list: at most {MAX_CLIENTS:,} sockets")
     if args.listers < args.drivers:
         raise SystemExit("list: --listers must be at least --drivers")
-    if run.mode == "redis":
+    if run.mode in ("redis", "cluster"):
         run.start_redis()
     node = run.start_node("node1", profiled=True)
     pool = run.start_drivers(driver_main, {
@@ -168,7 +168,9 @@ def run(run: Run) -> list[dict[str, Any]]:
             "profiled": profiled and args.profile,
         }
         if run.redis is not None:
-            step["redis_per_list"] = redis_per_op(usage["redis_commands"], len(lat_ns))
+            step["redis_per_list"] = redis_per_op(
+                usage["redis_commands"], len(lat_ns), run.redis_servers,
+                usage.get("redis_cpu_seconds"))
         run.steps.append(step)
         row = {
             "rooms": have, "target/s": args.rate, "achieved/s": step["achieved_rate"],
@@ -179,6 +181,7 @@ def run(run: Run) -> list[dict[str, Any]]:
         if run.redis is not None:
             row["redis cpu%"] = usage.get("redis_cpu_pct")
             row["script us"] = step["redis_per_list"].get("evalsha_usec_per_call")
+            row["rt/list"] = step["redis_per_list"].get("round_trips_per_op")
         row["driver cpu%"] = usage.get("driver_cpu_pct_total")
         row["others cpu%"] = usage.get("other_processes_cpu_pct")
         summary.append(row)

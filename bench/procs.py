@@ -325,21 +325,32 @@ class Managed:
 
 
 class RedisProc(Managed):
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, name: str = "redis", extra: list[str] | None = None,
+                 port: int | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise StartError("redis-server is not on PATH")
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="lobby-bench-redis-")
-        super().__init__("redis", [
+        super().__init__(name, [
             exe, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
-            "--appendonly", "no", "--dir", self.dir, "--maxclients", "10000",
+            "--appendonly", "no", "--dir", self.dir, "--maxclients", "10000", *(extra or []),
         ], log_dir)
         self._wait_ready()
 
     @property
     def url(self) -> str:
         return f"redis://{LOOPBACK}:{self.port}/0"
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.pid]
+
+    def node_args(self, buckets: int | None = None) -> list[str]:
+        """`lobby serve` arguments that point a node here."""
+        args = ["--redis-url", self.url]
+        # Only when asked: a node of a commit before the bucket layout has no such flag.
+        return args + (["--redis-buckets", str(buckets)] if buckets else [])
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 10
@@ -356,10 +367,11 @@ class RedisProc(Managed):
         self.stop()
         raise StartError(f"redis-server did not start:\n{self.log_tail()}")
 
-    def command_stats(self) -> dict[str, int]:
-        """Calls per command since start (INFO commandstats), via a raw socket."""
+    def command(self, *words: str) -> bytes:
+        """One inline command on a fresh connection; the reply's raw bytes (a bulk
+        string's body). Raw sockets: the bench needs no Redis client of its own."""
         with socket.create_connection((LOOPBACK, self.port), timeout=5) as s:
-            s.sendall(b"INFO commandstats\r\n")
+            s.sendall(" ".join(words).encode() + b"\r\n")
             buf = b""
             while True:
                 chunk = s.recv(65536)
@@ -368,12 +380,25 @@ class RedisProc(Managed):
                 buf += chunk
                 header, _, body = buf.partition(b"\r\n")
                 if header.startswith(b"$") and len(body) >= int(header[1:]):
-                    break
+                    return body[:int(header[1:])]
+                if header[:1] in (b"+", b"-", b":"):
+                    return header
+        return buf
+
+    def command_stats(self) -> dict[str, int]:
+        """Calls per command since start (INFO commandstats), and the read events
+        Redis served (INFO stats total_reads_processed: one per request or pipeline
+        a client sent, i.e. its round trips), in one INFO call."""
+        buf = self.command("INFO", "commandstats", "stats")
         stats: dict[str, int] = {}
         for m in re.finditer(rb"cmdstat_([^:]+):calls=(\d+),usec=(\d+)", buf):
             stats[m.group(1).decode()] = int(m.group(2))
             # Time Redis spent in the command (a script: all of it), in µs.
             stats[m.group(1).decode() + "#usec"] = int(m.group(3))
+        for name in ("total_reads_processed", "total_writes_processed"):
+            m2 = re.search(rb"\r\n" + name.encode() + rb":(\d+)", buf)
+            if m2:
+                stats["net#" + name.split("_")[1]] = int(m2.group(1))
         return stats
 
     def stop(self, sig: int = signal.SIGTERM, wait_s: float = 10.0) -> None:
@@ -381,30 +406,145 @@ class RedisProc(Managed):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class RedisClusterProcs:
+    """A Redis Cluster of `masters` masters, no replicas, on free ports.
+
+    Each server's cluster bus port is a second free port: the default (port +
+    10000) is past 65535 for many ports the OS hands out. The figures of a run
+    are the sums over the masters (commands, reads, CPU).
+    """
+
+    def __init__(self, log_dir: Path, masters: int = 3) -> None:
+        self.servers: list[RedisProc] = []
+        try:
+            for i in range(masters):
+                port = free_port()
+                self.servers.append(RedisProc(log_dir, name=f"redis-m{i + 1}", port=port, extra=[
+                    "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                    "--cluster-config-file", f"nodes-{port}.conf",
+                    # Long enough that a loaded machine never marks a busy master FAIL.
+                    "--cluster-node-timeout", "15000",
+                ]))
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise StartError("redis-cli is not on PATH")
+            out = subprocess.run(
+                [cli, "--cluster", "create", *(f"{LOOPBACK}:{s.port}" for s in self.servers),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                raise StartError(f"redis-cli --cluster create failed:\n{out.stdout[-2000:]}"
+                                 f"{out.stderr[-2000:]}")
+            self._wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ok(self, seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + seconds
+        want = f"cluster_known_nodes:{len(self.servers)}".encode()
+        while time.monotonic() < deadline:
+            infos = []
+            with contextlib.suppress(OSError, ValueError):
+                infos = [s.command("CLUSTER", "INFO") for s in self.servers]
+            if infos and all(b"cluster_state:ok" in i and want in i
+                             and b"cluster_slots_assigned:16384" in i for i in infos):
+                return
+            time.sleep(0.05)
+        raise StartError("the cluster did not reach cluster_state:ok on every master")
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{LOOPBACK}:{s.port}" for s in self.servers)
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.servers]
+
+    def node_args(self, buckets: int | None = None) -> list[str]:
+        return ["--redis-cluster-url", self.url, "--redis-buckets", str(buckets or 12)]
+
+    def command_stats(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for s in self.servers:
+            for k, v in s.command_stats().items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def slots(self) -> dict[str, int]:
+        """Keys held per master (DBSIZE), to see how evenly the buckets spread."""
+        out = {}
+        for s in self.servers:
+            with contextlib.suppress(OSError, ValueError):
+                out[s.name] = int(s.command("DBSIZE").lstrip(b":"))
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, wait_s: float = 10.0) -> None:
+        for s in self.servers:
+            s.stop(sig, wait_s)
+
+
+def combined(samples: list[ProcSample | None]) -> ProcSample | None:
+    """Several processes as one: their CPU ticks and RSS summed (None if any is gone)."""
+    if not samples or any(s is None for s in samples):
+        return None
+    live = [s for s in samples if s is not None]
+    return ProcSample(t=max(s.t for s in live), rss_kib=sum(s.rss_kib for s in live),
+                      hwm_kib=sum(s.hwm_kib for s in live),
+                      cpu_ticks=sum(s.cpu_ticks for s in live),
+                      threads=sum(s.threads for s in live))
+
+
 # Commands a lobby node sends itself; everything else in commandstats during a
 # measured phase (GET, SET, PUBLISH, ZADD, ...) is issued by its Lua scripts, so
-# costs Redis CPU but no round trip. (A node also sends GET in resume and SET in
-# hello, neither of which runs in a measured churn, list or storm phase.)
-ROUND_TRIP_COMMANDS = ("evalsha", "eval", "subscribe", "unsubscribe", "ping", "script|load")
+# costs Redis CPU but no round trip of its own. (A node also sends GET in resume
+# and SET in hello, neither of which runs in a measured churn, list or storm
+# phase.) Several of them may travel in one pipeline: the round trips are the
+# read events Redis served (net#reads), not these.
+NODE_COMMANDS = ("evalsha", "eval", "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe",
+                 "ping", "script|load", "script|exists", "cluster|slots", "cluster|shards",
+                 "cluster|nodes")
+# Read events one command_stats() call adds on each server: its own INFO, and
+# the read that sees its connection close.
+INFO_READS = 2
 
 
 def command_deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     out = {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}
     # The benchmark's own INFO calls are not the server's work.
     out.pop("info", None)
+    out.pop("info#usec", None)
+    out.pop("cluster|info", None)
+    out.pop("cluster|info#usec", None)
     return {k: v for k, v in sorted(out.items()) if v}
 
 
-def redis_per_op(deltas: dict[str, int], ops: int) -> dict[str, Any]:
+def redis_per_op(deltas: dict[str, int], ops: int, servers: int = 1,
+                 cpu_seconds: float | None = None) -> dict[str, Any]:
+    """Redis work per operation. `servers`: how many redis-servers the deltas sum
+    over (each INFO pair adds its own reads); `cpu_seconds`: their process CPU
+    over the same window, from /proc."""
     if ops <= 0:
         return {"ops": 0}
-    trips = sum(v for k, v in deltas.items() if k in ROUND_TRIP_COMMANDS)
-    calls = {k: v for k, v in deltas.items() if not k.endswith("#usec")}
+    node_cmds = sum(v for k, v in deltas.items() if k in NODE_COMMANDS)
+    calls = {k: v for k, v in deltas.items() if "#" not in k}
     out: dict[str, Any] = {
         "ops": ops,
-        "round_trips_per_op": round(trips / ops, 3),
+        "node_commands_per_op": round(node_cmds / ops, 3),
         "commands_per_op": {k: round(v / ops, 3) for k, v in calls.items()},
+        # Time Redis spent executing what the nodes sent (a script's time holds
+        # the commands it called, which commandstats also lists on their own).
+        "command_usec_per_op": round(sum(deltas.get(k + "#usec", 0) for k in NODE_COMMANDS)
+                                     / ops, 1),
     }
+    if "net#reads" in deltas:
+        reads = max(0, deltas["net#reads"] - INFO_READS * servers)
+        out["round_trips_per_op"] = round(reads / ops, 3)
+    else:  # a Redis without the stat: one command, one round trip
+        out["round_trips_per_op"] = out["node_commands_per_op"]
+    if cpu_seconds is not None:
+        # All of a redis-server's CPU (network, event loop, commands) per op.
+        out["cpu_usec_per_op"] = round(cpu_seconds * 1e6 / ops, 1)
     if deltas.get("evalsha"):
         # Redis-side time of a script call, which the machine's other load barely moves.
         out["evalsha_usec_per_call"] = round(deltas.get("evalsha#usec", 0) / deltas["evalsha"], 1)
@@ -414,7 +554,7 @@ def redis_per_op(deltas: dict[str, int], ops: int) -> dict[str, Any]:
 class LobbyProc(Managed):
     """One `lobby serve` node, opened up for load: no rate limit, no keepalive pings."""
 
-    def __init__(self, name: str, log_dir: Path, *, redis_url: str | None = None,
+    def __init__(self, name: str, log_dir: Path, *, redis_args: list[str] | None = None,
                  extra: list[str] | None = None, profiler: str | None = None,
                  profile_out: Path | None = None, workers: int | None = None) -> None:
         self.port = free_port()
@@ -432,8 +572,7 @@ class LobbyProc(Managed):
             "--ping-interval-seconds", "0",
             "--log-level", "WARNING",
         ]
-        if redis_url:
-            args += ["--redis-url", redis_url]
+        args += redis_args or []
         if workers is not None:
             args += ["--workers", str(workers)]
         args += extra or []

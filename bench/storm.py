@@ -146,7 +146,7 @@ def run(run: Run) -> list[dict[str, Any]]:
     else:
         why = "" if has_fleetiq else " (`lobby serve` has no --fleetiq-group option yet)"
         run.notes.append(f"allocator: static{why}")
-    if run.mode == "redis":
+    if run.mode in ("redis", "cluster"):
         run.start_redis()
     node = run.start_node("node1", extra=extra, profiled=True)
     pool = run.start_drivers(driver_main, {
@@ -185,7 +185,8 @@ def run(run: Run) -> list[dict[str, Any]]:
         "usage": usage,
     }
     if run.redis is not None:
-        step["redis_per_start"] = redis_per_op(usage["redis_commands"], rooms)
+        step["redis_per_start"] = redis_per_op(
+                usage["redis_commands"], rooms, run.redis_servers, usage.get("redis_cpu_seconds"))
     run.steps.append(step)
     row = {
         "rooms": rooms, "spread s": args.spread, "allocator": step["allocator"],

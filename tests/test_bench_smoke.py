@@ -121,3 +121,31 @@ def test_summarize_collapsed() -> None:
     assert out["top_self"][0] == {"function": "g (b.py)", "samples": 3, "pct": 75.0}
     inclusive = {r["function"]: r["samples"] for r in out["top_inclusive"]}
     assert inclusive["f (a.py)"] == 4
+
+
+@needs_redis
+def test_churn_on_a_cluster(tmp_path: Path) -> None:
+    # --replies-only: the store's calls on 3 masters, whatever the bus delivers.
+    doc = _run(tmp_path, "churn", "--mode", "cluster", "--replies-only", "--rooms", "4",
+               "--rate", "20", "--duration", "1", "--warmup", "0.2")
+    step = doc["steps"][0]
+    assert doc["mode"] == "cluster"
+    assert step["errors"] == {}
+    per_op = step["redis_per_join_leave"]
+    # A join and a leave are at least 2 script calls each on a cluster (player, session).
+    assert per_op["commands_per_op"]["evalsha"] >= 4
+    assert per_op["round_trips_per_op"] >= 4
+    assert per_op["cpu_usec_per_op"] > 0
+    assert len(step["usage"]["redis_cpu_pct_each"]) == 3
+
+
+@needs_redis
+def test_list_on_a_cluster(tmp_path: Path) -> None:
+    doc = _run(tmp_path, "list", "--mode", "cluster", "--rooms", "30", "--rate", "20",
+               "--duration", "1", "--warmup", "0.2", "--listers", "2", "--page", "10")
+    step = doc["steps"][0]
+    assert step["errors"] == {}
+    assert step["items_per_page"] == 10
+    # A list call per bucket with rooms left to page through (12 buckets on 3
+    # masters), all counted: more than one per master.
+    assert step["redis_per_list"]["commands_per_op"]["evalsha"] > 3

@@ -51,3 +51,21 @@ if "backlog" in _patches:
         return await _create_server(self, *args, **kwargs)
 
     asyncio.base_events.BaseEventLoop.create_server = _create_server_backlog  # type: ignore[method-assign]
+
+if "scriptcache" in _patches:
+    # A pipeline of Script calls without redis-py's SCRIPT EXISTS round trip before
+    # every execute: once a pipeline has checked (or loaded) its scripts, later
+    # pipelines trust that. Measures what the store's leave would save; a real fix
+    # must also reload on NOSCRIPT (a Redis restarted empty).
+    from redis.asyncio.client import Pipeline
+
+    _load_scripts = Pipeline.load_scripts
+    _checked: set[str] = set()
+
+    async def _load_scripts_once(self: Any) -> None:
+        if all(s.sha in _checked for s in self.scripts):
+            return
+        await _load_scripts(self)
+        _checked.update(s.sha for s in self.scripts)
+
+    Pipeline.load_scripts = _load_scripts_once  # type: ignore[method-assign]
