@@ -555,8 +555,11 @@ class LobbyProc(Managed):
     """One `lobby serve` node, opened up for load: no rate limit, no keepalive pings."""
 
     def __init__(self, name: str, log_dir: Path, *, redis_args: list[str] | None = None,
-                 extra: list[str] | None = None, profiler: str | None = None,
-                 profile_out: Path | None = None, workers: int | None = None) -> None:
+                 redis_url: str | None = None, extra: list[str] | None = None,
+                 profiler: str | None = None, profile_out: Path | None = None,
+                 workers: int | None = None) -> None:
+        if redis_url:  # one Redis (tests/faults.py); redis_args says anything else
+            redis_args = [*(redis_args or []), "--redis-url", redis_url]
         self.port = free_port()
         self.workers = workers
         args = [
