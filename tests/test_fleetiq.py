@@ -185,6 +185,38 @@ def test_utilized_keeps_the_claim(fleetiq_local_short_ttl: FleetIQProcess, group
     assert claimed["GameServerId"] == server_id
 
 
+def test_claims_follow_registration_order(
+    fleetiq_local_short_ttl: FleetIQProcess, group_name: str
+) -> None:
+    """A claim takes the first claimable server in registration order, whatever
+    made it claimable again: a lapsed claim, an AVAILABLE update; a server
+    registered again comes last; a UTILIZED one never comes back."""
+    ttl = fleetiq_local_short_ttl.claim_ttl_seconds
+    client = make_client("gamelift", endpoint_url=fleetiq_local_short_ttl.url)
+    a, b, c, d = register_servers(client, group_name, 4)
+
+    def claim() -> str:
+        return str(client.claim_game_server(GameServerGroupName=group_name)["GameServer"][
+            "GameServerId"])
+
+    assert [claim(), claim(), claim()] == [a, b, c]
+    client.update_game_server(GameServerGroupName=group_name, GameServerId=b,
+                              UtilizationStatus="UTILIZED")
+    client.update_game_server(GameServerGroupName=group_name, GameServerId=c,
+                              UtilizationStatus="AVAILABLE")
+    assert claim() == c  # before d: released by the update
+    client.update_game_server(GameServerGroupName=group_name, GameServerId=c,
+                              UtilizationStatus="UTILIZED")
+    wait_until_unclaimed(client, group_name, a, timeout=ttl + 5)
+    assert claim() == a  # lapsed, and still before d
+    client.deregister_game_server(GameServerGroupName=group_name, GameServerId=a)
+    register_servers(client, group_name, 1)  # a again, registered last
+    assert [claim(), claim()] == [d, a]
+    with pytest.raises(client.exceptions.OutOfCapacityException):
+        claim()
+    client.close()
+
+
 def test_update_available_releases_a_claim(gamelift: Any, group_name: str) -> None:
     [server_id] = register_servers(gamelift, group_name, 1)
     gamelift.claim_game_server(GameServerGroupName=group_name)
