@@ -256,11 +256,11 @@ def server_patches(names: str) -> None:
     _server_patches = names
 
 
-def _env(patched: bool = False) -> dict[str, str]:
+def _env(patched: bool = False, src: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     # PYTHONPATH comes before the editable install's finder, so this chooses
     # which lobby code the subprocesses run.
-    path = [str(_server_src), env.get("PYTHONPATH")]
+    path = [str(src or _server_src), env.get("PYTHONPATH")]
     if patched and _server_patches:
         path.insert(0, str(_PATCH_DIR))
         env["BENCH_SERVER_PATCH"] = _server_patches
@@ -274,7 +274,8 @@ class Managed:
 
     def __init__(self, name: str, cmd: list[str], log_dir: Path,
                  stdout: int | IO[str] | None = None, patched: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, src: Path | None = None) -> None:
+        """`src`: the lobby code to run (default: the chosen server source)."""
         self.name = name
         self.cmd = cmd
         self.log_path = log_dir / f"{name}.log"
@@ -286,11 +287,11 @@ class Managed:
         self.proc: subprocess.Popen[str] = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else self._log, stderr=self._log,
-            text=True, env={**_env(patched), **(env or {})}, preexec_fn=_child_setup,
+            text=True, env={**_env(patched, src), **(env or {})}, preexec_fn=_child_setup,
             process_group=0,
             # `python -m` puts the working directory first on sys.path: run in
             # the chosen lobby source so that it, not the checkout, is imported.
-            cwd=_server_src,
+            cwd=src or _server_src,
         )
 
     @property
@@ -656,7 +657,11 @@ def _known_options(pairs: list[str]) -> list[str]:
 
 
 class FleetIQProc(Managed):
-    """`lobby fleetiq-local` with one group holding `servers` registered game servers."""
+    """`lobby fleetiq-local` with one group holding `servers` registered game servers.
+
+    It is part of the rig, not of the server under test: it runs this checkout's
+    code whatever --server-src says, so an A/B of two lobby commits measures both
+    against the same stand-in (whose own CPU shares the machine's cores)."""
 
     READY = "FLEETIQ_LOCAL_LISTENING port="
 
@@ -664,7 +669,8 @@ class FleetIQProc(Managed):
         self.group = group
         super().__init__("fleetiq", [
             sys.executable, "-m", "lobby.cli", "fleetiq-local", "--port", "0", "--group", group,
-        ], log_dir, stdout=subprocess.PIPE)
+            "--log-level", "WARNING",
+        ], log_dir, stdout=subprocess.PIPE, src=_REPO_ROOT)
         self.port = self._read_port()
         self.endpoint = f"http://{LOOPBACK}:{self.port}"
         self._register(servers)

@@ -425,6 +425,10 @@ def install_accept_error_limiter(loop: asyncio.AbstractEventLoop) -> Any:
     return previous
 
 
+# Queued releases wait this long for an acquire to ride with (seconds).
+RELEASE_DELAY = 0.05
+
+
 class AddressLedger:
     """This node's share of the lobby-wide count of WebSockets per client address,
     kept in the session store so that --max-sockets-per-ip holds across nodes.
@@ -432,7 +436,8 @@ class AddressLedger:
     One writer task makes every store call, in order: an address's release, the
     forgetting of it and its next acquire reach the store as they happened. An
     acquire waits for its batch (one round trip at connect); releases ride with the
-    next batch, sent at once when the writer is idle.
+    next acquire's batch, or go on their own after RELEASE_DELAY (a sent release
+    batch would hold up the next acquire for its round trip).
 
     Counts are kept under this node's *incarnation* (node id and a random suffix),
     whose heartbeat the writer renews every `beat_seconds`. A node that dies stops
@@ -456,6 +461,8 @@ class AddressLedger:
         self._queue: list[tuple[str, Any]] = []
         self._forget: set[str] = set()  # refused addresses this node holds none of
         self._wake = asyncio.Event()
+        self._acquires = 0  # acquires in the queue
+        self._release_due = 0.0  # loop time by which queued releases go out
         self._lost = False  # a batch failed: what the store has of us is in doubt
         self._next_beat = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -488,24 +495,31 @@ class AddressLedger:
         """Count one more WebSocket from `address`; False: the lobby holds the cap."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append((address, fut))
+        self._acquires += 1
         self._wake.set()
         return await fut
 
     def release(self, address: str) -> None:
         """One counted WebSocket from `address` closed (sent with the next batch)."""
+        if not self._queue:
+            self._release_due = asyncio.get_running_loop().time() + RELEASE_DELAY
+            self._wake.set()
         self._queue.append((address, None))
-        self._wake.set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            wait = self._next_beat - loop.time()
-            if not self._queue and wait > 0:
+            now = loop.time()
+            due = self._next_beat
+            if self._queue:
+                due = now if self._acquires else min(due, self._release_due)
+            if due > now:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
+                    async with asyncio.timeout(due - now):
                         await self._wake.wait()
-            if loop.time() >= self._next_beat:
+                continue
+            if now >= self._next_beat:
                 # Before any batch: a node that was paused past its heartbeat
                 # learns it here and writes under a new incarnation.
                 await self._beat()
@@ -546,6 +560,7 @@ class AddressLedger:
 
     async def _flush(self) -> None:
         batch, self._queue = self._queue, []
+        self._acquires = 0
         ops: list[tuple[str, str]] = [("forget", a) for a in self._forget if not self.held[a]]
         self._forget.clear()
         waiting: list[tuple[str, asyncio.Future[bool]]] = []

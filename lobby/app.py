@@ -691,7 +691,8 @@ def _make_allocator(settings: Settings) -> Allocator:
         log.info("allocating game servers from FleetIQ group %s", settings.fleetiq_group)
         return FleetIQAllocator(
             settings.fleetiq_group, region=settings.aws_region,
-            endpoint_url=settings.aws_endpoint_url,
+            endpoint_url=settings.aws_endpoint_url, client=settings.fleetiq_client,
+            max_workers=settings.fleetiq_concurrency,
         )
     log.info("static allocator: every session gets %s", settings.game_server)
     return StaticAllocator(settings.game_server)

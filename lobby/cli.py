@@ -109,6 +109,13 @@ def _log_format(raw: str) -> str:
     return fmt
 
 
+def _fleetiq_client(raw: str) -> str:
+    kind = raw.strip().lower()
+    if kind not in ("async", "boto3"):
+        raise argparse.ArgumentTypeError(f"must be async or boto3, not {raw!r}")
+    return kind
+
+
 def _endpoint(raw: str) -> str:
     """HOST:PORT or [IPv6]:PORT, what a game client connects its ENet peer to."""
     host, sep, port = raw.rpartition(":")
@@ -241,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "--aws-region", str, d.aws_region, "AWS region (else AWS_REGION, us-east-1)")
     _add(serve, "--aws-endpoint-url", str, d.aws_endpoint_url,
          "GameLift endpoint override, e.g. http://127.0.0.1:9090 for lobby fleetiq-local")
+    _add(serve, "--fleetiq-client", _fleetiq_client, d.fleetiq_client,
+         "async: GameLift calls signed and sent on the event loop; boto3: the boto3 client "
+         "in a thread pool (about 1 ms of CPU a call, under the GIL)")
+    _add(serve, "--fleetiq-concurrency", _positive_int, d.fleetiq_concurrency,
+         "GameLift calls in flight at once (connections with async, threads with boto3)")
     serve.add_argument(
         "--dynamodb", action="store_true", default=_flag(os.environ.get("LOBBY_DYNAMODB", "")),
         help="persist sessions to DynamoDB (env LOBBY_DYNAMODB=1; default off)",

@@ -41,6 +41,10 @@ class Settings:
     fleetiq_group: str | None = None
     aws_region: str | None = None
     aws_endpoint_url: str | None = None  # FleetIQ endpoint override (lobby fleetiq-local)
+    # "async": GameLift calls signed and sent on the event loop (lobby/aws_json.py);
+    # "boto3": the boto3 client in a thread pool (~1 ms of CPU a call under the GIL)
+    fleetiq_client: str = "async"
+    fleetiq_concurrency: int = 32  # GameLift calls in flight (connections or threads)
     # DynamoDB persistence (off unless dynamodb is set)
     dynamodb: bool = False
     dynamodb_table: str = "lobby_sessions"

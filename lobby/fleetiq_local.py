@@ -35,8 +35,11 @@ simply gone after the TTL. Game server groups are created implicitly.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
+import contextlib
+import heapq
 import itertools
 import json
 import logging
@@ -50,7 +53,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
 logger = logging.getLogger("lobby.fleetiq_local")
@@ -147,6 +151,13 @@ class _State:
     # makes "first claimable server" deterministic.
     groups: dict[str, dict[str, GameServer]] = field(default_factory=dict)
     faults: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+    # What keeps a claim O(log n) with hundreds of servers (bench/storm.py): per
+    # group, a heap of (seq, id) of servers that may be claimable, and a heap of
+    # (claim expiry, seq, id). Entries are checked when popped, never removed.
+    free: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    claims: dict[str, list[tuple[float, int, str]]] = field(default_factory=dict)
+    # No server can have gone silent before this (time.monotonic()).
+    next_silence_check: float = 0.0
     faults_in_flight: int = 0
     seq: Iterator[int] = field(default_factory=itertools.count)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -275,12 +286,20 @@ class FleetIQService:
 
     def _expire_silent(self) -> None:
         """Deregister servers that have not reported health for the health TTL."""
-        deadline = time.monotonic() - self._state.health_ttl_seconds
+        now = time.monotonic()
+        if now < self._state.next_silence_check:
+            return
+        deadline = now - self._state.health_ttl_seconds
+        oldest = now
         for servers in self._state.groups.values():
             for server_id in [sid for sid, s in servers.items() if s.last_seen < deadline]:
                 logger.info("game server %s: no health report for %.1fs, deregistered",
                             server_id, self._state.health_ttl_seconds)
                 del servers[server_id]
+            oldest = min([oldest, *(s.last_seen for s in servers.values())])
+        # Reports only move last_seen later, and new servers start at now: until
+        # the oldest report ages out, nobody can (a scan per call was O(servers)).
+        self._state.next_silence_check = oldest + self._state.health_ttl_seconds
 
     def _group(self, name: str) -> dict[str, GameServer]:
         servers = self._state.groups.get(name)
@@ -327,7 +346,34 @@ class FleetIQService:
             seq=next(self._state.seq),
         )
         servers[server_id] = server
+        self._may_be_free(server)
+        self._state.next_silence_check = min(
+            self._state.next_silence_check, server.last_seen + self._state.health_ttl_seconds)
         return {"GameServer": server.to_api(time.monotonic())}
+
+    def _may_be_free(self, server: GameServer) -> None:
+        heapq.heappush(self._state.free.setdefault(server.group, []),
+                       (server.seq, server.server_id))
+
+    def _first_claimable(self, group: str, servers: dict[str, GameServer],
+                         now: float) -> GameServer | None:
+        """The first claimable server in registration order (as a scan of the
+        group would find it), from the heaps."""
+        free = self._state.free.setdefault(group, [])
+        claims = self._state.claims.setdefault(group, [])
+        while claims and claims[0][0] <= now:
+            _, seq, sid = heapq.heappop(claims)
+            lapsed = servers.get(sid)
+            if lapsed is not None and lapsed.seq == seq:
+                heapq.heappush(free, (seq, sid))
+        while free:
+            seq, sid = free[0]
+            server = servers.get(sid)
+            if (server is not None and server.seq == seq and server.utilization == AVAILABLE
+                    and not server.is_claimed(now)):
+                return server
+            heapq.heappop(free)  # gone, claimed or utilized: back in when it lapses
+        return None
 
     def deregister_game_server(self, body: dict[str, Any]) -> dict[str, Any]:
         server = self._server(body)
@@ -353,19 +399,14 @@ class FleetIQService:
                     "ConflictException", f"Game server {server_id} is already claimed or utilized"
                 )
         else:
-            server = next(
-                (
-                    s
-                    for s in servers.values()
-                    if s.utilization == AVAILABLE and not s.is_claimed(now)
-                ),
-                None,
-            )
+            server = self._first_claimable(group, servers, now)
             if server is None:
                 raise ApiError(
                     "OutOfCapacityException", f"No available game servers in group {group}"
                 )
         server.claim_expires_at = now + self._state.claim_ttl_seconds
+        heapq.heappush(self._state.claims.setdefault(group, []),
+                       (server.claim_expires_at, server.seq, server.server_id))
         server.last_claim_time = time.time()
         if data is not None:
             server.data = data
@@ -390,6 +431,7 @@ class FleetIQService:
         elif utilization == AVAILABLE:
             server.utilization = AVAILABLE
             server.claim_expires_at = None
+            self._may_be_free(server)
         if health is not None:
             server.last_health_check_time = time.time()
             server.last_seen = now
@@ -440,137 +482,174 @@ def _decode_token(token: str, group: str, order: str) -> int:
     return int(after)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    # HTTP/1.1 keeps connections alive, so boto3's urllib3 pool reuses them
-    # instead of paying a TCP handshake per call.
-    protocol_version = "HTTP/1.1"
-    server: _Server
+class _BadRequest(Exception):
+    """A request this server cannot read: answered 400, then the connection closes."""
 
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes; without NODELAY, Nagle
-        # plus the peer's delayed ACK stalls keep-alive replies by ~40 ms.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
+class _Http:
+    """HTTP/1.1 with kept-alive connections on one asyncio loop.
 
-    def _send_json(self, status: int, payload: dict[str, Any]) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", JSON_CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-        self.end_headers()
-        self.wfile.write(body)
+    One thread and no GIL handoffs: a burst of hundreds of calls on dozens of
+    connections costs this process a fraction of what a thread per connection
+    did, which matters where the lobby under test shares the machine's cores
+    with it (bench/storm.py). A delayed fault sleeps on its own connection only.
+    """
 
-    def _send_error(self, err: ApiError) -> None:
-        self._send_json(err.status, {"__type": err.error_type, "message": err.message})
+    def __init__(self, service: FleetIQService) -> None:
+        self.service = service
 
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _read_json(self) -> Any:
-        raw = self._read_body()
-        if not raw:
-            return {}
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
         try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise ApiError("SerializationException", f"Body is not valid JSON: {exc}") from exc
+            while await self._one(reader, writer, peer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
 
-    def do_GET(self) -> None:
-        self._read_body()
-        if self.path == "/_local/health":
-            self._send_json(200, {"status": "ok"})
-        elif self.path == "/_local/faults":
-            self._send_json(200, self.server.service.fault_status())
-        else:
-            self._send_error(ApiError("NotFoundException", f"No route for GET {self.path}", 404))
-
-    def do_DELETE(self) -> None:
-        self._read_body()
-        if self.path == "/_local/faults":
-            self.server.service.clear_faults()
-            self._send_json(200, {})
-        else:
-            self._send_error(ApiError("NotFoundException", f"No route for DELETE {self.path}", 404))
-
-    def do_POST(self) -> None:
-        service = self.server.service
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   peer: Any) -> bool:
+        """Serve one request; False when the connection is done."""
         try:
-            if self.path == "/_local/faults":
-                service.add_faults(self._read_json())
-                self._send_json(200, {})
-                return
-            if self.path != "/":
-                self._read_body()
-                raise ApiError("NotFoundException", f"No route for POST {self.path}", 404)
-            self._api_call(service)
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return False  # closed between requests
+        except asyncio.LimitOverrunError:
+            self._respond(writer, 431, {"__type": "BadRequest", "message": "headers too long"},
+                          close=True)
+            return False
+        try:
+            method, path, version, headers = _parse_head(head)
+            length = int(headers.get("content-length") or 0)
+            if length < 0:
+                raise _BadRequest("negative Content-Length")
+        except (_BadRequest, ValueError) as exc:
+            self._respond(writer, 400, {"__type": "BadRequest", "message": str(exc)}, close=True)
+            return False
+        body = await reader.readexactly(length) if length > 0 else b""
+        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        logger.debug("%s %s %s", peer, method, path)
+        try:
+            status, payload = await self._route(method, path, headers, body, writer)
+        except _Disconnected:
+            return False
         except ApiError as err:
-            self._send_error(err)
+            status, payload = err.status, {"__type": err.error_type, "message": err.message}
+        self._respond(writer, status, payload, close=not keep)
+        await writer.drain()
+        return keep
 
-    def _api_call(self, service: FleetIQService) -> None:
-        target = self.headers.get("X-Amz-Target", "")
-        body = self._read_json()
+    def _respond(self, writer: asyncio.StreamWriter, status: int, payload: dict[str, Any],
+                 *, close: bool) -> None:
+        body = json.dumps(payload).encode()
+        reason = HTTPStatus(status).phrase if status in _STATUSES else "Unknown"
+        head = (f"HTTP/1.1 {status} {reason}\r\n"
+                f"Date: {formatdate(usegmt=True)}\r\n"
+                f"Content-Type: {JSON_CONTENT_TYPE}\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                f"x-amzn-RequestId: {uuid.uuid4()}\r\n"
+                + ("Connection: close\r\n" if close else "") + "\r\n")
+        writer.write(head.encode("latin-1") + body)
+
+    async def _route(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                     writer: asyncio.StreamWriter) -> tuple[int, dict[str, Any]]:
+        service = self.service
+        if method == "GET":
+            if path == "/_local/health":
+                return 200, {"status": "ok"}
+            if path == "/_local/faults":
+                return 200, service.fault_status()
+        elif method == "DELETE":
+            if path == "/_local/faults":
+                service.clear_faults()
+                return 200, {}
+        elif method == "POST":
+            if path == "/_local/faults":
+                service.add_faults(_json_body(body))
+                return 200, {}
+            if path == "/":
+                return await self._api_call(headers, body, writer)
+        else:
+            raise ApiError("UnsupportedOperation", f"Unsupported method {method}", 501)
+        raise ApiError("NotFoundException", f"No route for {method} {path}", 404)
+
+    async def _api_call(self, headers: dict[str, str], body: bytes,
+                        writer: asyncio.StreamWriter) -> tuple[int, dict[str, Any]]:
+        service = self.service
+        target = headers.get("x-amz-target", "")
+        parsed = _json_body(body)
         op = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
         if op not in service.operations:
             raise ApiError("UnknownOperationException", f"Unknown operation {target!r}")
-        if not isinstance(body, dict):
+        if not isinstance(parsed, dict):
             raise ApiError("SerializationException", "Body must be a JSON object")
-        group = body.get("GameServerGroupName")
+        group = parsed.get("GameServerGroupName")
         fault = service.next_fault(op)
         if fault is None:
-            self._serve_call(service, op, body, group)
-            return
+            return 200, _serve_call(service, op, parsed, group)
         try:
-            self._faulted_call(service, op, body, group, fault)
+            delay = float(fault.get("delay", 0))
+            if delay > 0:
+                await asyncio.sleep(delay)  # this connection only; other clients go on
+            if fault.get("disconnect"):
+                logger.info("%s group=%s -> injected disconnect", op, group)
+                sock = writer.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                raise _Disconnected
+            if "type" in fault:
+                err = ApiError(str(fault["type"]), str(fault.get("message", "injected fault")),
+                               int(fault.get("status", 400)))
+                logger.info("%s group=%s -> injected %s %s", op, group, err.status,
+                            err.error_type)
+                raise err
+            return 200, _serve_call(service, op, parsed, group)
         finally:
             service.fault_done()
 
-    def _faulted_call(self, service: FleetIQService, op: str, body: dict[str, Any],
-                      group: Any, fault: dict[str, Any]) -> None:
-        delay = float(fault.get("delay", 0))
-        if delay > 0:
-            # Sleeps in this connection's thread only; other clients go on.
-            time.sleep(delay)
-        if fault.get("disconnect"):
-            logger.info("%s group=%s -> injected disconnect", op, group)
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        if "type" in fault:
-            err = ApiError(
-                str(fault["type"]),
-                str(fault.get("message", "injected fault")),
-                int(fault.get("status", 400)),
-            )
-            logger.info("%s group=%s -> injected %s %s", op, group, err.status, err.error_type)
-            raise err
-        self._serve_call(service, op, body, group)
 
-    def _serve_call(self, service: FleetIQService, op: str, body: dict[str, Any],
-                    group: Any) -> None:
-        try:
-            result = service.call(op, body)
-        except ApiError as err:
-            logger.info("%s group=%s -> %s %s", op, group, err.status, err.error_type)
-            raise
-        server_id = result.get("GameServer", {}).get("GameServerId", "")
-        logger.info("%s group=%s -> 200 %s", op, group, server_id)
-        self._send_json(200, result)
+class _Disconnected(Exception):
+    """An injected disconnect: the connection is gone, nothing to answer."""
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # A burst of hundreds of new connections must not overflow the accept
-    # backlog; dropped SYNs cost the client a 1 s retransmit each.
-    request_queue_size = 1024
+_STATUSES = {int(s) for s in HTTPStatus}
 
-    def __init__(self, address: tuple[str, int], service: FleetIQService) -> None:
-        self.service = service
-        super().__init__(address, _Handler)
+
+def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
+    lines = head[:-4].decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise _BadRequest(f"bad request line {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise _BadRequest(f"bad header line {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
+    return parts[0], parts[1], parts[2], headers
+
+
+def _json_body(raw: bytes) -> Any:
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ApiError("SerializationException", f"Body is not valid JSON: {exc}") from exc
+
+
+def _serve_call(service: FleetIQService, op: str, body: dict[str, Any],
+                group: Any) -> dict[str, Any]:
+    try:
+        result = service.call(op, body)
+    except ApiError as err:
+        logger.info("%s group=%s -> %s %s", op, group, err.status, err.error_type)
+        raise
+    server_id = result.get("GameServer", {}).get("GameServerId", "")
+    logger.info("%s group=%s -> 200 %s", op, group, server_id)
+    return result
 
 
 class FleetIQLocal:
@@ -588,14 +667,17 @@ class FleetIQLocal:
         self.service = FleetIQService(claim_ttl_seconds=claim_ttl_seconds, groups=groups,
                                       health_ttl_seconds=health_ttl_seconds)
         self._requested_port = port
-        self._server: _Server | None = None
+        self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._sock is None:
             return self._requested_port
-        return int(self._server.server_address[1])
+        return int(self._sock.getsockname()[1])
 
     @property
     def url(self) -> str:
@@ -603,34 +685,44 @@ class FleetIQLocal:
         return f"http://{host}:{self.port}"
 
     def bind(self) -> None:
-        if self._server is None:
-            self._server = _Server((self.host, self._requested_port), self.service)
+        if self._sock is None:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            # A burst of hundreds of new connections must not overflow the accept
+            # backlog; dropped SYNs cost the client a 1 s retransmit each.
+            self._sock = socket.create_server((self.host, self._requested_port),
+                                              family=family, backlog=1024)
+
+    async def _serve(self) -> None:
+        assert self._sock is not None
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        http = _Http(self.service)
+        server = await asyncio.start_server(http.serve, sock=self._sock)
+        self._ready.set()
+        async with server:
+            await self._stopping.wait()
 
     def start(self) -> None:
         self.bind()
-        assert self._server is not None
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fleetiq-local",
-            daemon=True,
-        )
+        self._ready.clear()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),),
+                                        name="fleetiq-local", daemon=True)
         self._thread.start()
+        self._ready.wait(10)
 
     def serve_forever(self) -> None:
         self.bind()
-        assert self._server is not None
-        self._server.serve_forever()
+        asyncio.run(self._serve())
 
     def stop(self) -> None:
-        if self._server is None:
-            return
         if self._thread is not None:
-            self._server.shutdown()
+            if self._loop is not None and self._stopping is not None:
+                self._loop.call_soon_threadsafe(self._stopping.set)
             self._thread.join()
             self._thread = None
-        self._server.server_close()
-        self._server = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def __enter__(self) -> FleetIQLocal:
         self.start()
@@ -659,13 +751,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="create this game server group up front (repeatable)",
     )
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="INFO logs every call (default); the bench runs with WARNING")
     args = parser.parse_args(argv)
     if args.claim_ttl_seconds <= 0:
         parser.error("--claim-ttl-seconds must be positive")
     if args.health_ttl_seconds <= 0:
         parser.error("--health-ttl-seconds must be positive")
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     local = FleetIQLocal(
         host=args.host,

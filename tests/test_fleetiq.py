@@ -51,8 +51,14 @@ __all__ = [  # fixtures, used by name
 FAST = {"base_delay": 0.01, "max_delay": 0.05}
 
 
-def allocator(url: str, group: str, **kwargs: Any) -> FleetIQAllocator:
-    return FleetIQAllocator(group, endpoint_url=url, **{**FAST, **kwargs})
+@pytest.fixture(params=["async", "boto3"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """The allocator's GameLift client: on the event loop, or boto3 in threads."""
+    return str(request.param)
+
+
+def allocator(kind: str, url: str, group: str, **kwargs: Any) -> FleetIQAllocator:
+    return FleetIQAllocator(group, endpoint_url=url, client=kind, **{**FAST, **kwargs})
 
 
 def describe(client: Any, group: str, server_id: str) -> dict[str, Any]:
@@ -177,6 +183,38 @@ def test_utilized_keeps_the_claim(fleetiq_local_short_ttl: FleetIQProcess, group
     assert "ClaimStatus" not in describe(client, group_name, server_id)
     claimed = client.claim_game_server(GameServerGroupName=group_name)["GameServer"]
     assert claimed["GameServerId"] == server_id
+
+
+def test_claims_follow_registration_order(
+    fleetiq_local_short_ttl: FleetIQProcess, group_name: str
+) -> None:
+    """A claim takes the first claimable server in registration order, whatever
+    made it claimable again: a lapsed claim, an AVAILABLE update; a server
+    registered again comes last; a UTILIZED one never comes back."""
+    ttl = fleetiq_local_short_ttl.claim_ttl_seconds
+    client = make_client("gamelift", endpoint_url=fleetiq_local_short_ttl.url)
+    a, b, c, d = register_servers(client, group_name, 4)
+
+    def claim() -> str:
+        return str(client.claim_game_server(GameServerGroupName=group_name)["GameServer"][
+            "GameServerId"])
+
+    assert [claim(), claim(), claim()] == [a, b, c]
+    client.update_game_server(GameServerGroupName=group_name, GameServerId=b,
+                              UtilizationStatus="UTILIZED")
+    client.update_game_server(GameServerGroupName=group_name, GameServerId=c,
+                              UtilizationStatus="AVAILABLE")
+    assert claim() == c  # before d: released by the update
+    client.update_game_server(GameServerGroupName=group_name, GameServerId=c,
+                              UtilizationStatus="UTILIZED")
+    wait_until_unclaimed(client, group_name, a, timeout=ttl + 5)
+    assert claim() == a  # lapsed, and still before d
+    client.deregister_game_server(GameServerGroupName=group_name, GameServerId=a)
+    register_servers(client, group_name, 1)  # a again, registered last
+    assert [claim(), claim()] == [d, a]
+    with pytest.raises(client.exceptions.OutOfCapacityException):
+        claim()
+    client.close()
 
 
 def test_update_available_releases_a_claim(gamelift: Any, group_name: str) -> None:
@@ -325,10 +363,10 @@ def test_in_process_server_on_a_free_port() -> None:
 
 
 async def test_allocator_claims_a_server(
-    fleetiq_url: str, gamelift: Any, group_name: str
+    kind: str, fleetiq_url: str, gamelift: Any, group_name: str
 ) -> None:
     register_servers(gamelift, group_name, 1)
-    alloc = allocator(fleetiq_url, group_name)
+    alloc = allocator(kind, fleetiq_url, group_name)
     try:
         allocation = await alloc.allocate("sess-1", ["alice", "bob"])
         assert allocation == Allocation(server_id="gs-0000", endpoint="10.0.0.0:6060")
@@ -344,11 +382,11 @@ async def test_allocator_claims_a_server(
 
 
 async def test_allocator_truncates_game_server_data(
-    fleetiq_url: str, gamelift: Any, group_name: str
+    kind: str, fleetiq_url: str, gamelift: Any, group_name: str
 ) -> None:
     register_servers(gamelift, group_name, 1)
     players = [f"player-{n:03d}-" + "x" * 40 for n in range(200)]
-    alloc = allocator(fleetiq_url, group_name)
+    alloc = allocator(kind, fleetiq_url, group_name)
     try:
         allocation = await alloc.allocate("sess-big", players)
     finally:
@@ -363,7 +401,7 @@ async def test_allocator_truncates_game_server_data(
 
 
 async def test_allocator_retries_throttling_then_succeeds(
-    fleetiq_local: FleetIQProcess, gamelift: Any, group_name: str
+    kind: str, fleetiq_local: FleetIQProcess, gamelift: Any, group_name: str
 ) -> None:
     register_servers(gamelift, group_name, 1)
     fleetiq_local.inject_faults(
@@ -374,7 +412,7 @@ async def test_allocator_retries_throttling_then_succeeds(
             ]
         }
     )
-    alloc = allocator(fleetiq_local.url, group_name)
+    alloc = allocator(kind, fleetiq_local.url, group_name)
     try:
         allocation = await alloc.allocate("sess-1", ["p1"])
     finally:
@@ -394,11 +432,11 @@ async def test_allocator_retries_throttling_then_succeeds(
     ids=["500", "429", "503-unmodeled", "dropped-connection"],
 )
 async def test_allocator_retries_transient_errors(
-    fleetiq_local: FleetIQProcess, gamelift: Any, group_name: str, fault: dict[str, Any]
+    kind: str, fleetiq_local: FleetIQProcess, gamelift: Any, group_name: str, fault: dict[str, Any]
 ) -> None:
     register_servers(gamelift, group_name, 1)
     fleetiq_local.inject_faults({"ClaimGameServer": [fault]})
-    alloc = allocator(fleetiq_local.url, group_name)
+    alloc = allocator(kind, fleetiq_local.url, group_name)
     try:
         allocation = await alloc.allocate("sess-1", ["p1"])
     finally:
@@ -408,13 +446,13 @@ async def test_allocator_retries_transient_errors(
 
 
 async def test_allocator_gives_up_after_max_attempts(
-    fleetiq_local: FleetIQProcess, gamelift: Any, group_name: str
+    kind: str, fleetiq_local: FleetIQProcess, gamelift: Any, group_name: str
 ) -> None:
     register_servers(gamelift, group_name, 1)
     fleetiq_local.inject_faults(
         {"ClaimGameServer": [{"status": 500, "type": "InternalServiceException"}] * 5}
     )
-    alloc = allocator(fleetiq_local.url, group_name, max_attempts=3)
+    alloc = allocator(kind, fleetiq_local.url, group_name, max_attempts=3)
     try:
         with pytest.raises(NoServerAvailable):
             await alloc.allocate("sess-1", ["p1"])
@@ -430,6 +468,7 @@ async def test_allocator_gives_up_after_max_attempts(
 
 @pytest.mark.parametrize("error_type", ["InvalidRequestException", "UnauthorizedException"])
 async def test_allocator_does_not_retry_client_errors(
+    kind: str,
     fleetiq_local: FleetIQProcess,
     gamelift: Any,
     group_name: str,
@@ -438,7 +477,7 @@ async def test_allocator_does_not_retry_client_errors(
 ) -> None:
     register_servers(gamelift, group_name, 1)
     fleetiq_local.inject_faults({"ClaimGameServer": [{"status": 400, "type": error_type}]})
-    alloc = allocator(fleetiq_local.url, group_name)
+    alloc = allocator(kind, fleetiq_local.url, group_name)
     try:
         with caplog.at_level(logging.ERROR, logger="lobby.fleetiq"), pytest.raises(
             NoServerAvailable
@@ -451,9 +490,9 @@ async def test_allocator_does_not_retry_client_errors(
 
 
 async def test_allocator_unknown_group_is_a_logged_config_error(
-    fleetiq_url: str, caplog: pytest.LogCaptureFixture
+    kind: str, fleetiq_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    alloc = allocator(fleetiq_url, "no-such-group")
+    alloc = allocator(kind, fleetiq_url, "no-such-group")
     try:
         with caplog.at_level(logging.ERROR, logger="lobby.fleetiq"), pytest.raises(
             NoServerAvailable
@@ -467,12 +506,12 @@ async def test_allocator_unknown_group_is_a_logged_config_error(
     )
 
 
-async def test_allocator_connection_refused_is_retried_then_fails() -> None:
+async def test_allocator_connection_refused_is_retried_then_fails(kind: str) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # Nothing listens on the port now: every attempt is refused at once.
-    alloc = allocator(f"http://127.0.0.1:{port}", "g", max_attempts=3)
+    alloc = allocator(kind, f"http://127.0.0.1:{port}", "g", max_attempts=3)
     try:
         with pytest.raises(NoServerAvailable):
             await alloc.allocate("sess-1", ["p1"])
@@ -482,10 +521,10 @@ async def test_allocator_connection_refused_is_retried_then_fails() -> None:
 
 
 async def test_allocator_rejects_server_without_connection_info(
-    fleetiq_url: str, gamelift: Any, group_name: str
+    kind: str, fleetiq_url: str, gamelift: Any, group_name: str
 ) -> None:
     register_servers(gamelift, group_name, 1, connection_info=False)
-    alloc = allocator(fleetiq_url, group_name)
+    alloc = allocator(kind, fleetiq_url, group_name)
     try:
         with pytest.raises(NoServerAvailable):
             await alloc.allocate("sess-1", ["p1"])
@@ -495,12 +534,12 @@ async def test_allocator_rejects_server_without_connection_info(
 
 
 async def test_event_loop_keeps_running_during_a_slow_claim(
-    fleetiq_local: FleetIQProcess, gamelift: Any, group_name: str
+    kind: str, fleetiq_local: FleetIQProcess, gamelift: Any, group_name: str
 ) -> None:
     register_servers(gamelift, group_name, 1)
     slow = 0.6
     fleetiq_local.inject_faults({"ClaimGameServer": [{"delay": slow}]})
-    alloc = allocator(fleetiq_local.url, group_name)
+    alloc = allocator(kind, fleetiq_local.url, group_name)
     ticks: list[float] = []
 
     async def ticker() -> None:
@@ -526,7 +565,7 @@ async def test_event_loop_keeps_running_during_a_slow_claim(
 
 
 async def test_concurrent_allocations_never_share_a_server(
-    fleetiq_url: str, gamelift: Any, group_name: str
+    kind: str, fleetiq_url: str, gamelift: Any, group_name: str
 ) -> None:
     count = 500
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -536,7 +575,7 @@ async def test_concurrent_allocations_never_share_a_server(
                 lambda c: register_servers(gamelift, group_name, c[1], start=c[0]), chunks
             )
         )
-    alloc = allocator(fleetiq_url, group_name)
+    alloc = allocator(kind, fleetiq_url, group_name)
     try:
         started = time.monotonic()
         results = await asyncio.gather(
@@ -556,8 +595,8 @@ async def test_concurrent_allocations_never_share_a_server(
     assert elapsed < 10
 
 
-async def test_closed_allocator_refuses_work(fleetiq_url: str, group_name: str) -> None:
-    alloc = allocator(fleetiq_url, group_name)
+async def test_closed_allocator_refuses_work(kind: str, fleetiq_url: str, group_name: str) -> None:
+    alloc = allocator(kind, fleetiq_url, group_name)
     await alloc.close()
     await alloc.close()
     with pytest.raises(NoServerAvailable):
