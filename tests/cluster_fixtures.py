@@ -205,12 +205,22 @@ class RedisClusterProcs:
                  # masters on a machine that may be slow.
                  "--cluster-replica-validity-factor", "0",
                  "--cluster-allow-replica-migration", "no"]
+        # Every port is chosen before any server binds, so the OS may hand out one
+        # twice: each is taken only once (a repeated one would leave a node out).
+        taken: set[int] = set()
+
+        def distinct_port() -> int:
+            while (port := free_port()) in taken:
+                pass
+            taken.add(port)
+            return port
+
         for _ in range(self.masters_wanted * (1 + self.replicas_wanted)):
-            server = RedisProcess([])
+            server = RedisProcess([], port=distinct_port())
             # The bus port is chosen too: the default (port + 10000) may be taken, or
             # past 65535 for a free port the OS hands out.
             server.extra = [*extra, "--cluster-config-file", f"{server.dir}/nodes.conf",
-                            "--cluster-port", str(free_port())]
+                            "--cluster-port", str(distinct_port())]
             self.servers[server.port] = server
         try:
             for server in self.servers.values():

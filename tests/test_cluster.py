@@ -57,6 +57,7 @@ class Replies(list[dict[str, Any]]):
     def __init__(self) -> None:
         super().__init__()
         self._grew = asyncio.Condition()
+        self.lost = 0  # changes the store no longer had (see churn)
 
     async def add(self, reply: dict[str, Any]) -> None:
         self.append(reply)
@@ -77,6 +78,12 @@ async def churn(guest: Any, sid: str, stop: asyncio.Event, replies: Replies) -> 
         await replies.add(reply)
         if reply["ok"]:
             inside = not inside
+        elif reply["error"]["code"] == ("NOT_IN_SESSION" if inside else "ALREADY_IN_SESSION"):
+            # The store says otherwise: a failover lost the last change (replication
+            # is asynchronous). The guest goes on from the store's state; the test
+            # counts these.
+            inside = not inside
+            replies.lost += 1
     return inside
 
 
@@ -135,6 +142,7 @@ async def test_reshard_during_traffic_fails_no_request(
     assert moved_during > 50, "the traffic must have run during the moves"
     failed = [r for r in replies if not r["ok"]]
     assert failed == [], failed[:5]
+    assert replies.lost == 0
     await rooms_as_heard(n1, pairs, inside)
 
 
@@ -222,8 +230,13 @@ async def test_sentinel_failover_during_traffic_nodes_follow(
     await replies.reach(mark + 40)  # traffic goes on, on the new master
     stop.set()
     inside = await asyncio.gather(*workers)
+    # Writes the old master took but had not replicated are lost (the README says
+    # so): at most the last change of each guest; after that every request works.
+    assert replies.lost <= len(pairs), replies.lost
     late = replies[mark + 20:]
-    assert late and all(r["ok"] for r in late), [r for r in late if not r["ok"]][:3]
+    refused = [r for r in late if not r["ok"]]
+    assert len(refused) <= replies.lost, refused[:3]
+    assert all(r["ok"] for r in late[-len(pairs) * 4:]), refused[:3]
     await rooms_as_heard(n2, pairs, inside)
 
 
