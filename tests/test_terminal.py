@@ -58,7 +58,9 @@ async def test_interactive_session_through_a_pty(node, connect_player) -> None:
         await bob.ok("join_session", session_id=session_id)
         await expect(child, r"\* player_joined .*name=bob")
         child.sendline("start")
-        await expect_all(child, [r"started .* CONNECTING 2/4 at 127\.0\.0\.1:6060",
+        # Not inside the event's own text ("session_started ... CONNECTING 2/4 at ..."):
+        # when the event comes first, a bare "started" would match there and eat it.
+        await expect_all(child, [r"(?<![\w])started .* CONNECTING 2/4 at 127\.0\.0\.1:6060",
                                  r"\* session_started server_id=static"])
         started = await bob.event("session_started")
         assert started["server_endpoint"] == "127.0.0.1:6060"
