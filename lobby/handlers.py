@@ -591,7 +591,15 @@ class Lobby:
     async def leave_session(self, client: Client, req: p.LeaveSession) -> Result:
         assert client.player_id is not None
         sid = client.session_id
-        change = await self.store.leave_session(client.player_id, now_ms(), session_id=sid)
+        try:
+            change = await self.store.leave_session(client.player_id, now_ms(), session_id=sid)
+        except LobbyError as e:
+            if e.code is ErrorCode.NOT_IN_SESSION:
+                # The store wins: it lost the join (a Sentinel or cluster failover
+                # drops the writes not yet replicated). Forgetting the room here
+                # lets the next join work instead of answering ALREADY_IN_SESSION.
+                await self.hub.detach(sid, client)
+            raise
         await self.hub.detach(sid, client)
         self._on_change(change)
         return {}, None

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from lobby.app import LobbyNode
 from lobby.store.keys import Keys
 from tests.faults import node_procs, tcp_proxy  # noqa: F401  (fixtures)
 
@@ -181,3 +183,71 @@ async def test_node_restarted_at_once_under_the_same_id_drops_the_old_sockets(
     left = await host.event("player_left", timeout=5)
     assert (left["player_id"], left["reason"]) == (guest.player_id, "timeout")
     assert (await listed(host, sid))["player_count"] == 1
+
+
+
+class Keyspace:
+    """The whole Redis keyspace, saved and put back: what a failover to a replica
+    that lagged does (the writes it had not replicated are gone, and no event says so)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.client = aioredis.from_url(redis_url)
+        self.saved: dict[bytes, tuple[int, bytes]] = {}
+
+    async def save(self) -> None:
+        self.saved = {}
+        async for key in self.client.scan_iter(count=1000):
+            ttl, dump = await self.client.pttl(key), await self.client.dump(key)
+            if dump is not None:
+                self.saved[key] = (max(ttl, 0), dump)
+
+    async def put_back(self) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.flushdb()
+            for key, (ttl, dump) in self.saved.items():
+                pipe.restore(key, ttl, dump)
+            await pipe.execute()
+
+
+async def test_a_change_the_store_lost_does_not_wedge_the_player(
+    make_node: Callable[..., Awaitable[LobbyNode]],
+    connect_player: Callable[..., Awaitable[Any]], redis_url: str,
+) -> None:
+    """A failover can lose a join or a leave the node already answered and whose
+    event the node already heard. The store is the truth: the player's next request
+    says so, and the one after it works (it used to be ALREADY_IN_SESSION to every
+    join and NOT_IN_SESSION to every leave, for ever)."""
+    node = await make_node(redis_url=redis_url)
+    host = await connect_player(node, "host")
+    guest = await connect_player(node, "guest")
+    sid = (await host.ok("create_session", max_players=4))["session"]["session_id"]
+    keyspace = Keyspace(redis_url)
+
+    async def members() -> list[str]:
+        rec = await node.store.get_session(sid)
+        assert rec is not None
+        return [m["id"] for m in rec["members"]]
+
+    # The store loses a join.
+    await keyspace.save()
+    await guest.ok("join_session", session_id=sid)
+    assert (await host.event("player_joined"))["player_id"] == guest.player_id
+    await keyspace.put_back()
+    assert await members() == [host.player_id]
+    assert (await guest.request("leave_session"))["error"]["code"] == "NOT_IN_SESSION"
+    await guest.ok("join_session", session_id=sid)
+    assert (await host.event("player_joined"))["player_id"] == guest.player_id
+    assert await members() == [host.player_id, guest.player_id]
+
+    # The store loses a leave.
+    await keyspace.save()
+    await guest.ok("leave_session")
+    assert (await host.event("player_left"))["player_id"] == guest.player_id
+    await keyspace.put_back()
+    assert (await guest.request("join_session", session_id=sid))["error"]["code"] == (
+        "ALREADY_IN_SESSION")
+    await guest.ok("leave_session")
+    assert (await host.event("player_left"))["player_id"] == guest.player_id
+    await guest.ok("join_session", session_id=sid)
+    assert await members() == [host.player_id, guest.player_id]
+    await keyspace.client.aclose()
