@@ -59,6 +59,9 @@ def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
                    help="start each node as `lobby serve --workers N` (N processes on one "
                         "port); unset: one process (LOBBY_WORKERS=1, which older lobby "
                         "code ignores)")
+    p.add_argument("--pin", action="store_true",
+                   help="CPU affinity: the node on CPU 0, Redis and the drivers on the "
+                        "others (what separate machines would give; 2 cores here)")
     p.add_argument("--server-patch", default="", metavar="NAMES",
                    help="try proposed server changes from bench/patches/sitecustomize.py on "
                         "the nodes, comma-separated: pool, backlog, gcfreeze, nogc, scriptcache")

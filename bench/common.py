@@ -4,6 +4,7 @@ opening clients and rooms (driver side)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sys
 import time
@@ -111,6 +112,8 @@ class Run:
                               f"{self.redis_buckets()} session buckets")
         else:
             self.redis = RedisProc(self.log_dir)
+        for pid in self.redis.pids:
+            self.pin(pid, node=False)
         return self.redis
 
     def redis_buckets(self) -> int | None:
@@ -137,7 +140,16 @@ class Run:
                          extra=[*(extra or []), *self.args.server_arg], profiler=profiler,
                          profile_out=out, workers=getattr(self.args, "workers", None))
         self.nodes.append(node)
+        self.pin(node.pid, node=True)
         return node
+
+    def pin(self, pid: int, *, node: bool) -> None:
+        """--pin: the node alone on CPU 0 (its workers inherit it), everything else
+        on the other CPUs, so the node never waits for a driver's time slice."""
+        cpus = sorted(os.sched_getaffinity(0))
+        if not getattr(self.args, "pin", False) or len(cpus) < 2:
+            return
+        os.sched_setaffinity(pid, {cpus[0]} if node else set(cpus[1:]))
 
     def stop_node(self, node: LobbyProc) -> None:
         node.stop()
@@ -147,6 +159,8 @@ class Run:
     def start_drivers(self, main: Any, params: dict[str, Any]) -> DriverPool:
         self.pool = DriverPool(main, params, self.args.drivers,
                                hard_deadline_s=self.left() + 30)
+        for pid in self.pool.pids:
+            self.pin(pid, node=False)
         return self.pool
 
     def stop_drivers(self) -> None:
