@@ -93,7 +93,8 @@ class LobbyNode:
             if not 1 <= buckets <= 1024:
                 raise StartupError("--redis-buckets (LOBBY_REDIS_BUCKETS): between 1 and 1024", 2)
             self.store = RedisStore(self._redis, settings.redis_prefix, buckets,
-                                    once=self.redis_target.kind != "single")
+                                    once=self.redis_target.kind != "single",
+                                    link=redisconn.link(self.redis_target, name))
             self.bus = RedisBus(self._redis, self.store.keys)
         else:
             memory_bus = MemoryBus()

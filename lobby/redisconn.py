@@ -50,6 +50,7 @@ from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lobby.config import Settings, StartupError
+from lobby.store.link import Link
 
 Kind = Literal["single", "cluster", "sentinel"]
 RedisClient = aioredis.Redis | RedisCluster
@@ -279,6 +280,27 @@ class _SentinelMaster(aioredis.Redis):
         if self.sentinel is not None:
             for client in self.sentinel.sentinels:
                 await client.aclose()
+
+
+def link(where: RedisTarget, client_name: str | None = None) -> Link | None:
+    """One Redis over plain TCP: the multiplexed connection the store's script calls
+    use (lobby.store.link). None for a cluster, a Sentinel, TLS or a Unix socket,
+    which keep redis-py's own connections."""
+    if where.kind != "single" or where.url is None:
+        return None
+    pool = aioredis.ConnectionPool.from_url(where.url)
+    kw = pool.connection_kwargs
+    if pool.connection_class is not aioredis.Connection or "host" not in kw:
+        return None
+    setup: list[tuple[Any, ...]] = []
+    if kw.get("password"):
+        setup.append(("AUTH", *([kw["username"]] if kw.get("username") else []),
+                      kw["password"]))
+    if kw.get("db"):
+        setup.append(("SELECT", kw["db"]))
+    if client_name:
+        setup.append(("CLIENT", "SETNAME", client_name))
+    return Link(kw["host"], int(kw.get("port", 6379)), setup)
 
 
 def connect(where: RedisTarget, max_connections: int = MAX_CONNECTIONS,

@@ -21,8 +21,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
+from lobby import redisconn
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import attr_value
+from lobby.redisconn import RedisTarget
 from lobby.session import Member, PasswordHash, SessionRecord, bus_view
 from lobby.store.base import (
     Change,
@@ -144,7 +146,11 @@ class RedisHarness(Harness):
         self.client = client if client is not None else aioredis.from_url(url)
         # A unique prefix proves the store confines itself to the prefix it is given.
         self.prefix = f"conf-{uuid.uuid4().hex[:8]}:"
-        self.store = RedisStore(self.client, self.prefix, buckets)
+        # One Redis: the store's script calls go over its multiplexed link, as on a
+        # node (lobby/store/link.py); the Sentinel and Cluster harnesses use redis-py.
+        link = redisconn.link(RedisTarget("single", "--redis-url", url=url)) if (
+            client is None) else None
+        self.store = RedisStore(self.client, self.prefix, buckets, link=link)
         keys = self.store.keys
         self._channels = {keys.channel(sid).encode(): sid for sid in WATCHED_SESSIONS}
         self._channels.update(
@@ -242,6 +248,8 @@ class RedisHarness(Harness):
             except asyncio.CancelledError:
                 pass
         await self._pubsub.aclose()
+        if self.store.link is not None:
+            await self.store.link.close()
         await self.client.aclose()
 
 

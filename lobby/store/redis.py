@@ -25,7 +25,6 @@ import json
 import secrets
 import time
 import zlib
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -55,6 +54,7 @@ from lobby.store.base import (
     Verdict,
 )
 from lobby.store.keys import Keys
+from lobby.store.link import Link
 from lobby.store.search import (
     LISTED,
     SCAN_BUDGET,
@@ -217,8 +217,12 @@ def _conn_node(conn: str) -> str:
 
 class RedisStore:
     def __init__(self, client: aioredis.Redis | RedisCluster, prefix: str = "lobby:",
-                 buckets: int = 1, *, once: bool | None = None) -> None:
+                 buckets: int = 1, *, once: bool | None = None, link: Link | None = None
+                 ) -> None:
         self.redis = client
+        # One Redis: the script calls of the hot path go over `link` (lobby.store.link)
+        # instead of redis-py's per-command machinery.
+        self.link = link
         self.prefix = prefix
         self.keys = Keys(prefix, buckets)
         self.cluster = isinstance(client, RedisCluster)
@@ -258,6 +262,8 @@ class RedisStore:
                 2)
 
     async def close(self) -> None:
+        if self.link is not None:
+            await self.link.close()
         await self.redis.aclose()
 
     async def _run(self, name: str, key: str, *args: Any, now: int, client: Any = None) -> Any:
@@ -271,6 +277,8 @@ class RedisStore:
             # redis-py's Script adds a SCRIPT EXISTS round trip to every pipeline;
             # a NOSCRIPT (an emptied Redis) is handled by _pipelined.
             return client.evalsha(script.sha, len(keys), *keys, *call_args)
+        if self.link is not None:
+            return await self._evalsha(script, keys, call_args)
         deadline = time.monotonic() + MIGRATION_WAIT_SECONDS
         pause = 0.01
         while True:
@@ -289,6 +297,14 @@ class RedisStore:
                 raise LobbyError(ErrorCode.INTERNAL, "the store is resharding: try again")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.2)
+
+    async def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        assert self.link is not None
+        try:
+            return await self.link.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # an emptied Redis: load it, then the call runs once
+            await self.link.call("SCRIPT", "LOAD", script.script)
+            return await self.link.call("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _on(self, session_id: str) -> str:
         return self.keys.of_session(session_id)
@@ -312,16 +328,18 @@ class RedisStore:
         return await self._pipelined(calls, now)
 
     async def _pipelined(self, calls: list[tuple[str, str, tuple[Any, ...]]], now: int,
-                         before: Callable[[Any], None] | None = None) -> list[Any]:
-        """Script calls in one pipeline, in order (`before` queues plain commands
+                         before: list[tuple[Any, ...]] | None = None) -> list[Any]:
+        """Script calls in one pipeline, in order (`before`: plain commands sent
         first). On NOSCRIPT (a Redis restarted empty) no script of it ran: the
         scripts are loaded and the pipeline sent again (its plain commands are
         idempotent)."""
         for attempt in range(2):
             try:
+                if self.link is not None:
+                    return await self._linked(calls, now, before or [])
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    if before is not None:
-                        before(pipe)
+                    for command in before or []:
+                        pipe.execute_command(*command)
                     for name, key, args in calls:
                         await self._run(name, key, *args, now=now, client=pipe)
                     return await pipe.execute()  # type: ignore[no-any-return]
@@ -331,6 +349,17 @@ class RedisStore:
                 for script in self._scripts.values():
                     await self.redis.script_load(script.script)
         raise AssertionError("unreachable")
+
+    async def _linked(self, calls: list[tuple[str, str, tuple[Any, ...]]], now: int,
+                      before: list[tuple[Any, ...]]) -> list[Any]:
+        """_pipelined on the link: every command written at once, in order."""
+        assert self.link is not None
+        commands = list(before)
+        for name, key, args in calls:
+            keys = [key, f"{key}:op:{secrets.token_hex(8)}"] if self.once else [key]
+            commands.append(("EVALSHA", self._scripts[name].sha, len(keys), *keys,
+                             self.prefix, now, *args))
+        return await self.link.batch(commands)
 
     def _pointer_error(self, res: Any) -> None:
         if res[0] == b"ERR":
@@ -412,7 +441,7 @@ class RedisStore:
             res = (await self._pipelined(
                 [("p_resume", self.keys.player(player_id),
                   (player_id, token_hash, conn, mode, name))], now,
-                before=lambda pipe: pipe.sadd(self._node_set(_conn_node(conn)), player_id)))[1]
+                before=[("SADD", self._node_set(_conn_node(conn)), player_id)]))[1]
         if res[0] != b"OK":
             return None
         p = json.loads(res[1])
