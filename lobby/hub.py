@@ -16,12 +16,12 @@ the chat log the reply carried.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from lobby import fastjson
 from lobby.bus import Bus
 from lobby.protocol import encode
 from lobby.session import public_session
@@ -252,7 +252,7 @@ class Hub:
     # delivery ----------------------------------------------------------------
     def on_message(self, raw: bytes | str) -> None:
         try:
-            ev = json.loads(raw)
+            ev = fastjson.loads(raw)
             self._dispatch(ev)
         except Exception:
             log.exception("bad bus message dropped: %.200r", raw)

@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
+from lobby import fastjson
 from lobby.errors import ErrorCode, LobbyError
 
 # Bounds on client-supplied values: a lobby's fields are short, and every byte a
@@ -440,9 +441,8 @@ def encode(message: dict[str, Any]) -> str:
     # Compact separators: frames are tiny and sent to many sockets.
     spliced = [k for k, v in message.items() if type(v) is EncodedList]
     if not spliced:
-        return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-    text = json.dumps({k: v for k, v in message.items() if type(v) is not EncodedList},
-                      separators=(",", ":"), ensure_ascii=False)
+        return fastjson.dumps(message)
+    text = fastjson.dumps({k: v for k, v in message.items() if type(v) is not EncodedList})
     arrays = ",".join(json.dumps(k, ensure_ascii=False) + ":[" + ",".join(message[k]) + "]"
                       for k in spliced)
     return text[:-1] + ("," if text != "{}" else "") + arrays + "}"

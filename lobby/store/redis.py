@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, ClusterError, NoScriptError, ResponseError, TryAgainError
 
+from lobby import fastjson
 from lobby.config import StartupError
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
@@ -200,7 +201,7 @@ def restore_batches(
 
 
 def ended_record(raw: bytes) -> SessionRecord:
-    rec = json.loads(raw)
+    rec = fastjson.loads(raw)
     # cjson encodes an empty Lua table as {}: the last member has left.
     if not rec["members"]:
         rec["members"] = []
@@ -208,7 +209,7 @@ def ended_record(raw: bytes) -> SessionRecord:
 
 
 def _rec(raw: bytes | str) -> SessionRecord:
-    return json.loads(raw)  # type: ignore[no-any-return]
+    return fastjson.loads(raw)  # type: ignore[no-any-return]
 
 
 def _conn_node(conn: str) -> str:
@@ -370,7 +371,7 @@ class RedisStore:
         raw = await self.redis.get(self.keys.player(player_id))
         if not raw:
             raise LobbyError(ErrorCode.NOT_AUTHENTICATED)
-        sid = json.loads(raw).get("sid")
+        sid = fastjson.loads(raw).get("sid")
         if not sid:
             raise LobbyError(ErrorCode.NOT_IN_SESSION)
         return sid  # type: ignore[no-any-return]
@@ -444,7 +445,7 @@ class RedisStore:
                 before=[("SADD", self._node_set(_conn_node(conn)), player_id)]))[1]
         if res[0] != b"OK":
             return None
-        p = json.loads(res[1])
+        p = fastjson.loads(res[1])
         old = res[2].decode()
         tell = None
         if old and old != conn:
@@ -574,10 +575,10 @@ class RedisStore:
         if res[0] != b"OK" and not (res[0] == b"ERR" and res[1] == b"ALREADY_IN_SESSION"):
             await self._run("p_release", self.keys.player(player_id), session_id, "", now=now)
         if res[0] == b"PW":
-            raise PasswordRequired(json.loads(res[1]))
+            raise PasswordRequired(fastjson.loads(res[1]))
         if res[0] == b"ERR":
             raise_script_error(res[1].decode())
-        chat = [json.loads(raw) for raw in res[2]]
+        chat = [fastjson.loads(raw) for raw in res[2]]
         return _rec(res[1]), chat
 
     def _change(self, res: Any, reason: str) -> Change:
@@ -680,14 +681,14 @@ class RedisStore:
                               CHAT_RATE, CHAT_KEEP, session_id, now=now)
         if res[0] == b"ERR":
             raise_script_error(res[1].decode(), None, res[2].decode() if len(res) > 2 else None)
-        return json.loads(res[1])  # type: ignore[no-any-return]
+        return fastjson.loads(res[1])  # type: ignore[no-any-return]
 
     async def chat_history(self, session_id: str, player_id: str) -> list[dict[str, Any]]:
         res = await self._run("chat_history", self._on(session_id), player_id, session_id,
                               now=0)
         if res[0] == b"ERR":
             raise_script_error(res[1].decode())
-        return [json.loads(raw) for raw in res[1]]
+        return [fastjson.loads(raw) for raw in res[1]]
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         raw = await self.redis.get(self.keys.session(session_id))
@@ -793,8 +794,8 @@ class RedisStore:
             res = await self._run("nodes", self.keys.nodes, node, timeouts.node_ms, limit,
                                   stale, now=now)
             revived = int(res[0]) == 1
-            dead = [d for d in json.loads(res[1]) if d != node]
-            live = json.loads(res[2])
+            dead = [d for d in fastjson.loads(res[1]) if d != node]
+            live = fastjson.loads(res[2])
             more = await self._drop_dead(dead, now, timeouts.hold_ms, 10 * limit, changes)
         # Each bucket is swept by one node at a time: its owner among the live
         # nodes (rendezvous hashing), the bucket's lease settling hand-overs.
@@ -816,7 +817,7 @@ class RedisStore:
                 continue
             if k in owned and node:
                 self._leases.add(k)
-            for pid, sid in json.loads(flat[1]):
+            for pid, sid in fastjson.loads(flat[1]):
                 release.append(("p_release", self.keys.player(pid), (sid, "forget")))
             for i in range(2, len(flat), 3):
                 tag = flat[i + 2].decode()
@@ -995,7 +996,7 @@ class RedisStore:
         if not mine:
             return None  # the caller holds no bucket's lease
         by_bucket: dict[int, list[SessionRecord]] = {}
-        for rec in json.loads(batch):
+        for rec in fastjson.loads(batch):
             k = self.keys.bucket(rec["id"])
             if k in mine:
                 by_bucket.setdefault(k, []).append(rec)
@@ -1007,7 +1008,7 @@ class RedisStore:
             if int(res[0]) < 0:
                 return None
             restored += int(res[0])
-            done = set(json.loads(res[1]))
+            done = set(fastjson.loads(res[1]))
             for rec in recs:
                 if rec["id"] not in done:
                     continue
