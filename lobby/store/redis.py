@@ -307,6 +307,22 @@ class RedisStore:
             await self.link.call("SCRIPT", "LOAD", script.script)
             return await self.link.call("EVALSHA", script.sha, len(keys), *keys, *args)
 
+    async def _cmd(self, *args: Any) -> Any:
+        """A plain command of the hot path: on the link when there is one (its reply
+        unparsed: bytes, ints, lists)."""
+        if self.link is not None:
+            return await self.link.call(*args)
+        return await self.redis.execute_command(*args)
+
+    async def _cmds(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Plain commands in one round trip (one Redis: not a transaction)."""
+        if self.link is not None:
+            return await self.link.batch(commands)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
     def _on(self, session_id: str) -> str:
         return self.keys.of_session(session_id)
 
@@ -368,7 +384,7 @@ class RedisStore:
 
     async def _pointer(self, player_id: str) -> str:
         """The session the player's record points to (checked by the caller's script)."""
-        raw = await self.redis.get(self.keys.player(player_id))
+        raw = await self._cmd("GET", self.keys.player(player_id))
         if not raw:
             raise LobbyError(ErrorCode.NOT_AUTHENTICATED)
         sid = fastjson.loads(raw).get("sid")
@@ -425,10 +441,8 @@ class RedisStore:
         self, player_id: str, name: str, token_hash: str, conn: str, now: int
     ) -> PlayerInfo:
         record = {"id": player_id, "name": name, "tokh": token_hash, "conn": conn}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self._node_set(_conn_node(conn)), player_id)
-            pipe.set(self.keys.player(player_id), json.dumps(record))
-            await pipe.execute()
+        await self._cmds([("SADD", self._node_set(_conn_node(conn)), player_id),
+                          ("SET", self.keys.player(player_id), json.dumps(record))])
         return PlayerInfo(player_id, name, None)
 
     async def _take(self, mode: str, player_id: str, token_hash: str, conn: str, name: str,
@@ -489,7 +503,7 @@ class RedisStore:
         if res[0] != b"OK":
             return None
         sid = res[1].decode()
-        forget = self.redis.srem(self._node_set(_conn_node(conn)), player_id)
+        forget = self._cmd("SREM", self._node_set(_conn_node(conn)), player_id)
         if not sid:
             await forget
             return None
@@ -691,7 +705,7 @@ class RedisStore:
         return [fastjson.loads(raw) for raw in res[1]]
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        raw = await self.redis.get(self.keys.session(session_id))
+        raw = await self._cmd("GET", self.keys.session(session_id))
         return _rec(raw) if raw else None
 
     async def session_of_code(self, code: str) -> str | None:
