@@ -143,6 +143,9 @@ class RedisBus:
         self.dropped = 0  # of those, messages of channels no longer wanted
         self.losses = 0  # connections found broken or silent, channels moved away
         self.restores = 0
+        # Set and replaced at each restore rather than cleared: a clear could
+        # hide the restore from a waiter that had not woken yet.
+        self._restore_event = asyncio.Event()
         self.health_seconds = HEALTH_SECONDS
         # Called once lost channels are subscribed again (see the class docstring).
         self.on_restored: Callable[[], None] | None = None
@@ -196,6 +199,12 @@ class RedisBus:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(link.conn.disconnect(), 2)
         self._links.clear()
+
+    async def restored(self, after: int) -> None:
+        """Returns once `restores` exceeds `after`: read the counter before the
+        fault, then await this (a restore that came in between is not missed)."""
+        while self.restores <= after:
+            await self._restore_event.wait()
 
     async def _subscribe(self, channel: bytes) -> None:
         self._wanted.add(channel)
@@ -516,6 +525,8 @@ class RedisBus:
             return
         self._missing = None
         self.restores += 1
+        event, self._restore_event = self._restore_event, asyncio.Event()
+        event.set()
         log.warning("pub/sub subscriptions restored")
         if self.on_restored is not None:
             self.on_restored()

@@ -267,14 +267,18 @@ async def test_a_silent_connection_is_dropped_and_rebuilt(
         node.bus.health_seconds = 0.4
         await node.start()
         await node.bus.subscribe("room")
+        restored = asyncio.create_task(node.bus.restored(node.bus.restores))
         proxy.stall()
         # Polled: the bus' verdict is a counter, not an event.
         async with asyncio.timeout(10):
             while node.bus.losses == 0:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert not node.restored.is_set()
+        assert not restored.done()  # lost is not restored
         proxy.restore()
         await asyncio.wait_for(node.restored.wait(), EVENT_WAIT)
+        await asyncio.wait_for(restored, EVENT_WAIT)
+        assert node.bus.restores == 1
         assert await Publisher(pub, node.keys).session("room", "after") >= 1
         assert await node.next() == b"after"
         await node.bus.close()

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from lobby.app import LobbyNode
+from lobby.bus import RedisBus
 from lobby.store.keys import Keys
 from tests.aws_fixtures import moto_endpoint  # noqa: F401  (fixture)
 from tests.cluster_fixtures import RedisClusterProcs, SentinelProcs, keyslot
@@ -42,13 +43,18 @@ async def rooms(n1: LobbyNode, n2: LobbyNode, connect_player: Any, count: int
     return out
 
 
+def redis_bus(node: LobbyNode) -> RedisBus:
+    assert isinstance(node.bus, RedisBus)
+    return node.bus
+
+
 async def bus_restored(nodes: list[LobbyNode], before: list[int], timeout: float = 30) -> None:
     """Every node's bus has subscribed its lost channels again (events published
     in the gap are gone: the node then reconciles, and the next event carries
-    the whole session). The bus has no event to await: its counter is polled."""
+    the whole session). `before` is each bus's `restores` read before the fault."""
     async with asyncio.timeout(timeout):
-        while any(n.bus.restores <= b for n, b in zip(nodes, before, strict=True)):  # type: ignore[attr-defined]  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        await asyncio.gather(*(redis_bus(n).restored(b)
+                               for n, b in zip(nodes, before, strict=True)))
 
 
 class Replies(list[dict[str, Any]]):
@@ -165,7 +171,7 @@ async def test_a_master_dies_and_its_replica_takes_over(
 
     # The master of the first room's bucket dies.
     victim = cluster.owner(keyslot(keys.of_session(pairs[0][2]))).port
-    before = [n.bus.restores for n in (n1, n2)]  # type: ignore[attr-defined]
+    before = [redis_bus(n).restores for n in (n1, n2)]
     await asyncio.to_thread(cluster.kill_master, victim)
     await bus_restored([n1, n2], before)
 
@@ -222,7 +228,7 @@ async def test_sentinel_failover_during_traffic_nodes_follow(
     with setup.client(setup.master_port()) as c:
         c.execute_command("WAIT", 1, 5000)
     old = setup.master_port()
-    before = [n.bus.restores for n in (n1, n2)]  # type: ignore[attr-defined]
+    before = [redis_bus(n).restores for n in (n1, n2)]
     new = await asyncio.to_thread(setup.failover)
     assert new != old
     await bus_restored([n1, n2], before)

@@ -20,7 +20,7 @@ from lobby.persistence.dynamodb import SessionTable
 from tests.aws_fixtures import moto_endpoint  # noqa: F401  (fixture)
 from tests.conftest import RedisServer, http_request
 from tests.fleetiq_fixtures import FleetIQProcess, register_servers, run_fleetiq_local
-from tests.test_cluster import bus_restored
+from tests.test_cluster import bus_restored, redis_bus
 
 KEY = "test-server-key"
 _tables = itertools.count()
@@ -231,7 +231,7 @@ async def test_redis_restarted_empty_rebuilds_from_dynamodb(
         assert node.persistence is not None
         await node.persistence.flush(10)
 
-    restores = [n.bus.restores for n in (n1, n2)]  # type: ignore[attr-defined]
+    restores = [redis_bus(n).restores for n in (n1, n2)]
     own_redis.restart_empty()
     await guest.close()  # the guest drops while Redis is gone, then resumes
 
