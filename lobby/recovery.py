@@ -64,6 +64,18 @@ class Rebuilder:
         # Set as this node's current rebuild enters each phase (loading the
         # table, restoring batches, done): for tests and operators' tooling.
         self.reached = {phase: asyncio.Event() for phase in ("loading", "restoring", "done")}
+        # Rebuild runs this node held a lease for and that have ended (restored,
+        # lease lost, or failed): a run covers every bucket whose lease it took.
+        self.runs = 0
+        # Set and replaced as each run ends rather than cleared: a clear could
+        # hide the run from a waiter that had not woken yet.
+        self._run_ended = asyncio.Event()
+
+    async def finished(self, after: int) -> None:
+        """Returns once `runs` exceeds `after`, the run's stats already counted:
+        read `runs` first, then await this (a run ending in between is not missed)."""
+        while self.runs <= after:
+            await self._run_ended.wait()
 
     async def run(self, new_epoch: str) -> str | None:
         """The store's epoch once it has one: rebuilt here if this node gets the
@@ -73,6 +85,15 @@ class Rebuilder:
             return lease.epoch
         if not lease.mine:
             return None
+        try:
+            return await self._rebuild(new_epoch)
+        finally:
+            self.runs += 1
+            ended, self._run_ended = self._run_ended, asyncio.Event()
+            ended.set()
+
+    async def _rebuild(self, new_epoch: str) -> str | None:
+        """run() once this node holds the lease of some emptied buckets."""
         self.rebuilding = True
         for event in self.reached.values():
             event.clear()

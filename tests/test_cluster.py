@@ -16,6 +16,7 @@ from typing import Any
 
 from lobby.app import LobbyNode
 from lobby.bus import RedisBus
+from lobby.recovery import Rebuilder
 from lobby.store.keys import Keys
 from tests.aws_fixtures import moto_endpoint  # noqa: F401  (fixture)
 from tests.cluster_fixtures import RedisClusterProcs, SentinelProcs, keyslot
@@ -55,6 +56,19 @@ async def bus_restored(nodes: list[LobbyNode], before: list[int], timeout: float
     async with asyncio.timeout(timeout):
         await asyncio.gather(*(redis_bus(n).restored(b)
                                for n, b in zip(nodes, before, strict=True)))
+
+
+async def any_run_ends(rebuilders: list[Rebuilder]) -> None:
+    """Until the next rebuild run (after this call) ends on any of them."""
+    before = [r.runs for r in rebuilders]
+    waits = [asyncio.ensure_future(r.finished(b)) for r, b in zip(rebuilders, before,
+                                                                  strict=True)]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    assert [r.runs for r in rebuilders] != before, "woken with no run ended"
 
 
 class Replies(list[dict[str, Any]]):
@@ -264,8 +278,6 @@ async def test_a_shard_that_comes_back_empty_is_rebuilt_alone(
     for n in (n1, n2):
         assert n.persistence is not None and await n.persistence.flush(10)
         await n.check_store()
-        for event in n.rebuilder.reached.values():
-            event.clear()
     # One master loses everything (a restart without persistence).
     victim = cluster.owner(keyslot(keys.of_session(pairs[0][2]))).port
     lost = {sid for _, _, sid in pairs if cluster.owner(keyslot(keys.of_session(sid))).port
@@ -275,13 +287,14 @@ async def test_a_shard_that_comes_back_empty_is_rebuilt_alone(
     await asyncio.to_thread(cluster.flush_shard, victim)
 
     # The emptied buckets are rebuilt, each by the node that takes its lease (both
-    # nodes may share them): the rebuilders' counts say when all are back. They are
-    # polled: a rebuild of part of the buckets has no event of its own.
+    # nodes may share them): the rebuilders' counts say when all are back, looked
+    # at again as each run ends on either node.
+    rebuilders = [n1.rebuilder, n2.rebuilder]
     def restored() -> int:
-        return n1.rebuilder.stats.restored + n2.rebuilder.stats.restored
+        return sum(r.stats.restored for r in rebuilders)
     async with asyncio.timeout(60):
-        while restored() < len(lost):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        while restored() < len(lost):
+            await any_run_ends(rebuilders)
     for n in (n1, n2):
         await n.check_store()
     assert restored() == len(lost)  # only the lost buckets' sessions were restored
