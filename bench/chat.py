@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 from bench.client import BenchClient, RequestFailed
-from bench.common import Opener, Run, error_name, make_room, share, sleep_until
+from bench.common import Opener, Run, error_name, make_room, next_slot, share, sleep_until
 from bench.driver import Channel, quiet_gc, serve_commands
 from bench.procs import redis_per_op
 from bench.report import latency_ms, merge_counts
@@ -86,13 +86,8 @@ async def _room_loop(room: ChatRoom, first_ns: int, period_ns: int, warm_ns: int
         if slot >= warm_ns:
             tally["fanout_ns"].append(fanout)
             tally["reply_ns"].append(reply)
-        slot += period_ns
-        now = time.monotonic_ns()
-        if now > slot:
-            missed = (now - slot) // period_ns + 1
-            if slot >= warm_ns:
-                tally["late"] += missed
-            slot += missed * period_ns
+        slot, late = next_slot(slot, period_ns, warm_ns)
+        tally["late"] += late
 
 
 async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: int) -> None:

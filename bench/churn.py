@@ -21,7 +21,16 @@ from collections import Counter
 from typing import Any
 
 from bench.client import BenchClient, RequestFailed
-from bench.common import Opener, Run, error_name, make_room, room_attributes, share, sleep_until
+from bench.common import (
+    Opener,
+    Run,
+    error_name,
+    make_room,
+    next_slot,
+    room_attributes,
+    share,
+    sleep_until,
+)
 from bench.driver import Channel, quiet_gc, serve_commands
 from bench.procs import redis_per_op
 from bench.report import latency_ms, merge_counts
@@ -107,13 +116,8 @@ async def _room_loop(room: ChurnRoom, first_ns: int, period_ns: int, warm_ns: in
             tally.join_at_ns.append(slot)
             tally.join_reply_ns.append(join_reply)
             tally.leave_ns.append(leave)
-        slot += period_ns
-        now = time.monotonic_ns()
-        if now > slot:
-            missed = (now - slot) // period_ns + 1
-            if slot >= warm_ns:
-                tally.late += missed
-            slot += missed * period_ns
+        slot, late = next_slot(slot, period_ns, warm_ns)
+        tally.late += late
 
 
 async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: int) -> None:

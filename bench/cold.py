@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any
 
 from bench.client import BenchClient, RequestFailed
-from bench.common import Opener, Run, error_name, make_room, share, sleep_until
+from bench.common import Opener, Run, error_name, make_room, next_slot, share, sleep_until
 from bench.driver import Channel, quiet_gc, serve_commands
 from bench.procs import redis_per_op
 from bench.report import latency_ms, merge_counts
@@ -127,13 +127,8 @@ async def _room_loop(room: ColdRoom, url: str, prefix: str, first_ns: int, perio
             tally.errors[error_name(exc)] += 1
             room.broken = True  # its state is unknown now: off the schedule
             return
-        slot += period_ns
-        now = time.monotonic_ns()
-        if now > slot:
-            missed = (now - slot) // period_ns + 1
-            if slot >= warm_ns:
-                tally.late += missed
-            slot += missed * period_ns
+        slot, late = next_slot(slot, period_ns, warm_ns)
+        tally.late += late
 
 
 async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: int) -> None:

@@ -377,6 +377,20 @@ async def sleep_until(t_ns: int) -> None:
         await asyncio.sleep(delay)
 
 
+def next_slot(slot: int, period_ns: int, warm_ns: int) -> tuple[int, int]:
+    """The slot after `slot` of an open-loop schedule (one every `period_ns`),
+    and how many slots it came late for. Slots that passed while the previous
+    cycle was still running are skipped, not queued, so that a slow server
+    shows up as missed rate rather than hidden in the latency figures; they
+    count as late only once past the warm-up (`warm_ns`)."""
+    slot += period_ns
+    now = time.monotonic_ns()
+    if now <= slot:
+        return slot, 0
+    missed = (now - slot) // period_ns + 1
+    return slot + missed * period_ns, missed if slot >= warm_ns else 0
+
+
 def count_errors(results: Iterable[Any]) -> Counter[str]:
     errors: Counter[str] = Counter()
     for r in results:

@@ -22,6 +22,7 @@ from bench.common import (
     Opener,
     Run,
     error_name,
+    next_slot,
     room_attributes,
     share,
     sleep_until,
@@ -65,13 +66,8 @@ async def _lister(client: BenchClient, first_ns: int, period_ns: int, warm_ns: i
         cursor = reply.get("next_cursor")
         if not cursor or depth >= max_pages:
             cursor, depth = None, 0
-        slot += period_ns
-        now = time.monotonic_ns()
-        if now > slot:
-            missed = (now - slot) // period_ns + 1
-            if slot >= warm_ns:
-                out["late"] += missed
-            slot += missed * period_ns
+        slot, late = next_slot(slot, period_ns, warm_ns)
+        out["late"] += late
 
 
 async def driver_main(ch: Channel, params: dict[str, Any], shard: int, shards: int) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.__main__ import main
+from bench.common import next_slot
 from bench.profiling import summarize_collapsed
 
 needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
@@ -121,6 +123,18 @@ def test_summarize_collapsed() -> None:
     assert out["top_self"][0] == {"function": "g (b.py)", "samples": 3, "pct": 75.0}
     inclusive = {r["function"]: r["samples"] for r in out["top_inclusive"]}
     assert inclusive["f (a.py)"] == 4
+
+
+def test_next_slot_skips_the_slots_a_slow_cycle_missed() -> None:
+    period = 1_000_000_000
+    now = time.monotonic_ns()
+    # On time: the next slot, nothing late.
+    assert next_slot(now + 10 * period, period, 0) == (now + 11 * period, 0)
+    # A cycle that ran 5.5 periods over: the 5 slots that passed are skipped
+    # (the schedule keeps its phase) and late, once past the warm-up only.
+    late_slot, late = next_slot(now - 5 * period - period // 2, period, 0)
+    assert (late_slot - now, late) == (period // 2, 5)
+    assert next_slot(now - 5 * period - period // 2, period, now + period)[1] == 0
 
 
 @needs_redis
