@@ -12,6 +12,10 @@
   `down()` is refuse() + cut(): the link is gone until restore().
 - `NodeProc` (bench.procs.LobbyProc): a `lobby serve` subprocess; `kill()`
   SIGKILLs it, so it gets no chance to clean up.
+- Raw connections, for clients that open a TCP link and then say nothing (or
+  only part of a handshake): `half_open(port, source)` connects from a source
+  address of 127.0.0.0/8; `closed_by_server(reader, timeout)` says whether the
+  server closed or reset the link within `timeout` seconds.
 - Fixtures (a test module opts in with
   `from tests.faults import tcp_proxy, node_procs, private_redis  # noqa: F401`,
   and marks each test parameter naming one `# noqa: F811`, as with aws_fixtures):
@@ -218,6 +222,20 @@ class TcpProxy:
             for task in link.tasks:
                 if task is not asyncio.current_task():
                     task.cancel()
+
+
+async def half_open(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            return await reader.read(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
 
 
 class NodeProc(LobbyProc):

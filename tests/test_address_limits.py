@@ -23,7 +23,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from lobby.addresses import AddressLedger, client_address, parse_proxies
 from lobby.store.memory import MemoryStore
 from tests.conftest import Player, free_port, stop_process, ws_url
-from tests.faults import node_procs  # noqa: F401  (fixture)
+from tests.faults import (
+    closed_by_server,
+    half_open,
+    node_procs,  # noqa: F401  (fixture)
+)
 
 
 def test_client_address_from_forwarded_for() -> None:
@@ -253,26 +257,12 @@ async def test_forwarded_for_counts_the_client_behind_a_trusted_proxy(make_node)
         await ws.close()
 
 
-async def _half_open(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-
-
-async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool:
-    try:
-        async with asyncio.timeout(timeout):
-            return await reader.read(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 async def test_handshakes_in_flight_capped_per_address_and_timed_out(make_node) -> None:
     node = await make_node(max_handshakes_per_ip=8, handshake_timeout_seconds=3.0)
-    links = [await _half_open(node.port, "127.0.0.5") for _ in range(20)]
+    links = [await half_open(node.port, "127.0.0.5") for _ in range(20)]
     # Past the 8 in flight from that address, connections are dropped after 1 s
     # (REFUSE_SECONDS: a request arriving meanwhile would get its 429).
-    closed = await asyncio.gather(*(_closed_by_server(r, 2.0) for r, _ in links))
+    closed = await asyncio.gather(*(closed_by_server(r, 2.0) for r, _ in links))
     assert closed.count(True) == 12, closed
     assert node.gate.handshakes == 8
     # Meanwhile another address connects and plays.
@@ -281,7 +271,7 @@ async def test_handshakes_in_flight_capped_per_address_and_timed_out(make_node) 
     await player.ok("create_session")
     # The 8 that never sent a request are dropped after the handshake timeout.
     kept = [r for (r, _), c in zip(links, closed, strict=True) if not c]
-    assert all(await asyncio.gather(*(_closed_by_server(r, 5) for r in kept)))
+    assert all(await asyncio.gather(*(closed_by_server(r, 5) for r in kept)))
     await _until(lambda: node.gate.handshakes == 0)
     assert node.gate.connections == 1  # the player's
     for _, writer in links:
@@ -350,7 +340,7 @@ async def test_half_open_flood_at_the_open_file_limit(tmp_path: Path) -> None:
             async def one() -> None:
                 while not stop.is_set():
                     try:
-                        reader, writer = await _half_open(port, source)
+                        reader, writer = await half_open(port, source)
                     except OSError:
                         await asyncio.sleep(0.05)
                         continue

@@ -17,7 +17,8 @@ from websockets.asyncio.client import connect
 
 from lobby.config import StartupError
 from tests.conftest import Player
-from tests.test_address_limits import _closed_by_server, _half_open, _until
+from tests.faults import closed_by_server, half_open
+from tests.test_address_limits import _until
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
@@ -87,11 +88,11 @@ async def test_tls_handshakes_are_counted_from_the_tcp_accept(make_node, tmp_pat
                            handshake_timeout_seconds=3.0)
     # 20 connections from one address that never finish TLS: half never send a
     # byte, half only the first bytes of a ClientHello.
-    links = [await _half_open(node.port, "127.0.0.5") for _ in range(20)]
+    links = [await half_open(node.port, "127.0.0.5") for _ in range(20)]
     for _, writer in links[::2]:
         writer.write(b"\x16\x03\x01\x02\x00\x01")
     # Past the 8 in flight from that address they are refused (dropped after 1 s).
-    closed = await asyncio.gather(*(_closed_by_server(r, 2.0) for r, _ in links))
+    closed = await asyncio.gather(*(closed_by_server(r, 2.0) for r, _ in links))
     assert closed.count(True) == 12, closed
     assert node.gate.handshakes == 8
     # Meanwhile a player from another address connects over TLS and plays.
@@ -102,7 +103,7 @@ async def test_tls_handshakes_are_counted_from_the_tcp_accept(make_node, tmp_pat
     await player.ok("create_session")
     # The 8 held are dropped at the TLS handshake timeout.
     kept = [r for (r, _), c in zip(links, closed, strict=True) if not c]
-    assert all(await asyncio.gather(*(_closed_by_server(r, 5) for r in kept)))
+    assert all(await asyncio.gather(*(closed_by_server(r, 5) for r in kept)))
     await _until(lambda: node.gate.handshakes == 0)
     assert node.gate.connections == 1  # the player's
     for _, writer in links:
