@@ -1,8 +1,8 @@
 """A node's Prometheus metrics (text exposition format, `prometheus_client`).
 
 Each node has its own registry (tests run several nodes in one process). What
-the node already counts as plain integers (hub, sockets, DynamoDB queue,
-allocator) is read at scrape time by a collector, so the hot paths pay nothing
+the node already counts as plain integers (hub, sockets, pub/sub bus, DynamoDB
+queue, allocator) is read at scrape time by a collector, so the hot paths pay nothing
 for it; what needs a distribution (latencies) is observed where it happens.
 Store-wide numbers (sessions by state, held seats) come from the store and
 are refreshed at most every STORE_STATS_SECONDS, so scrapes of many nodes do
@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from lobby.bus import RedisBus
 from lobby.session import LIVE_STATES
 from lobby.store.search import LISTED
 
@@ -128,6 +129,18 @@ class _NodeCollector:
                        hub.frames_out)
         yield _counter("lobby_slow_socket_drops", "sockets dropped for not reading",
                        node.sockets.stats.get("slow_drops", 0))
+        bus = node.bus
+        if isinstance(bus, RedisBus):  # the embedded store delivers in-process: no bus
+            yield _counter("lobby_bus_messages", "pub/sub messages read off the wire "
+                           "(session events and messages to this node's sockets)",
+                           bus.received)
+            yield _counter("lobby_bus_dropped_messages", "of those, messages of channels "
+                           "this node no longer subscribes to", bus.dropped)
+            yield _counter("lobby_bus_losses", "pub/sub connections found broken or silent, "
+                           "and channels whose slot moved to another master", bus.losses)
+            yield _counter("lobby_bus_restores", "times every lost channel was subscribed "
+                           "again (events of the gap are gone: the node reconciles its "
+                           "sockets with the store)", bus.restores)
         gate = getattr(node, "gate", None)  # per-address limits (lobby/addresses.py)
         if gate is not None:
             yield _gauge("lobby_handshakes_in_flight", "WebSocket handshakes not yet done",

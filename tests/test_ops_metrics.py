@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from lobby.app import LobbyNode
+from lobby.bus import RedisBus
 from tests.aws_fixtures import moto_endpoint  # noqa: F401  (fixture)
 from tests.conftest import RedisServer, http_request
 
@@ -26,6 +27,9 @@ FAMILIES = {
     "lobby_request_duration_seconds", "lobby_fanout_latency_seconds",
     "lobby_claim_duration_seconds",
 }
+# A node on Redis only: the embedded store has no pub/sub bus.
+BUS_FAMILIES = {"lobby_bus_messages", "lobby_bus_dropped_messages", "lobby_bus_losses",
+                "lobby_bus_restores"}
 
 
 async def scrape(node: LobbyNode, headers: dict[str, str] | None = None
@@ -50,6 +54,8 @@ def value(metrics: dict[str, Any], family: str, sample: str | None = None, **lab
 async def test_prometheus_families_and_counters_move(node: LobbyNode, connect_player) -> None:
     before = await scrape(node)
     assert FAMILIES <= before.keys(), FAMILIES - before.keys()
+    on_redis = node.mode == "redis"
+    assert (BUS_FAMILIES <= before.keys()) is on_redis
     assert value(before, "lobby_sockets") == 0
 
     host = await connect_player(node, "host")
@@ -75,6 +81,9 @@ async def test_prometheus_families_and_counters_move(node: LobbyNode, connect_pl
     assert value(during, "lobby_frames_out", "lobby_frames_out_total") >= 1
     assert value(during, "lobby_events", "lobby_events_total") > value(
         before, "lobby_events", "lobby_events_total")
+    if on_redis:  # the events came over pub/sub
+        assert value(during, "lobby_bus_messages", "lobby_bus_messages_total") > value(
+            before, "lobby_bus_messages", "lobby_bus_messages_total")
 
     await host.ok("start_session")
     await guest.event("session_started")
@@ -114,7 +123,7 @@ async def _until_status(node: LobbyNode, want: int, seconds: float) -> float:
             await asyncio.sleep(0.02)
 
 
-async def test_readyz_follows_redis(make_node) -> None:
+async def test_readyz_and_bus_metrics_follow_redis(make_node) -> None:
     redis = RedisServer()
     redis.start()
     try:
@@ -122,6 +131,9 @@ async def test_readyz_follows_redis(make_node) -> None:
         status, detail = await _readyz(node)
         assert status == 200 and detail["ready"] is True
         assert (await http_request(node.port, "GET", "/healthz"))[0] == 200
+        before = await scrape(node)
+        assert value(before, "lobby_bus_losses", "lobby_bus_losses_total") == 0
+        assert value(before, "lobby_bus_restores", "lobby_bus_restores_total") == 0
         redis.stop()
         # "Within a second" of Redis stopping, measured from the process's exit.
         assert await _until_status(node, 503, 1.0) < 1.0
@@ -130,6 +142,12 @@ async def test_readyz_follows_redis(make_node) -> None:
         assert (await http_request(node.port, "GET", "/healthz"))[0] == 200  # still alive
         redis.start()
         await _until_status(node, 200, 5.0)
+        # The bus lost its connection and subscribed its channels again.
+        assert isinstance(node.bus, RedisBus)
+        await asyncio.wait_for(node.bus.restored(0), 10)
+        after = await scrape(node)
+        assert value(after, "lobby_bus_losses", "lobby_bus_losses_total") >= 1
+        assert value(after, "lobby_bus_restores", "lobby_bus_restores_total") == 1
     finally:
         redis.stop()
 
