@@ -130,15 +130,16 @@ class Rebuilder:
             self.rebuilding = False
         self.reached["done"].set()
         self.stats.last_seconds = time.perf_counter() - t0
-        # Several buckets: the store's epoch lists each bucket's; ours is among them.
-        if new_epoch in epoch.split("/"):
+        # Several buckets: the store's epoch lists each bucket's; ours is among them
+        # ('': other nodes still rebuild the other buckets, ours are done).
+        if not epoch or new_epoch in epoch.split("/"):
             self.stats.rebuilds += 1
             self.stats.restored += restored
             if self.stats.rebuilds > 1 or restored:
                 log.warning(
                     "the store came back empty: restored %d live sessions in %d batches"
                     " (%.2fs)", restored, len(batches), self.stats.last_seconds)
-        return epoch
+        return epoch or None
 
     async def _renew(self, lost: asyncio.Event) -> None:
         # Loading a large table can take longer than the lease: keep it alive.

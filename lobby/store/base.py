@@ -331,8 +331,9 @@ class SessionStore(Protocol):
         ...
 
     async def finish_restore(self, owner: str, epoch: str) -> str | None:
-        """Set the epoch and release the lease; the store's epoch, None if the
-        lease was lost before the end."""
+        """Set the epoch and release the lease; the store's epoch, '' if this
+        owner's buckets are done while other owners still rebuild theirs, None if
+        the lease was lost before the end."""
         ...
 
     async def current_epoch(self) -> str | None:

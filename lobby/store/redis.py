@@ -1059,7 +1059,8 @@ class RedisStore:
             [("restore", self.keys.bucket_prefix(k), ("done", owner, epoch)) for k in mine], 0)
         if any(a[0] == b"LOST" for a in answers):
             return None
-        return await self.current_epoch()
+        # '' while other nodes still rebuild their buckets: ours are done, not lost.
+        return await self.current_epoch() or ""
 
     # password guesses ------------------------------------------------------------
     async def password_guess(self, session_id: str, address: str, now: int,
