@@ -1206,17 +1206,18 @@ class RedisStore:
 
             await asyncio.gather(*(run(a, ix) for a, ix in by_address.items()))
             return iter([r for rs in replies for r in rs])
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for kind, address in ops:
-                key = self._address_key(address)
-                if kind == "acquire":
-                    pipe.sadd(mine, address)
-                    pipe.evalsha(acquire, 1, key, incarnation, limit, ADDRESS_KEEP_MS)
-                elif kind == "release":
-                    pipe.evalsha(release, 1, key, incarnation, 1)
-                else:
-                    pipe.srem(mine, address)
-            return iter(await pipe.execute())
+        commands: list[tuple[Any, ...]] = []
+        for kind, address in ops:
+            key = self._address_key(address)
+            if kind == "acquire":
+                commands.append(("SADD", mine, address))
+                commands.append(("EVALSHA", acquire, 1, key, incarnation, limit,
+                                 ADDRESS_KEEP_MS))
+            elif kind == "release":
+                commands.append(("EVALSHA", release, 1, key, incarnation, 1))
+            else:
+                commands.append(("SREM", mine, address))
+        return iter(await self._cmds(commands))
 
     async def address_beat(self, incarnation: str, now: int, lapse_ms: int,
                            first: bool = False) -> bool:
