@@ -582,10 +582,12 @@ class RedisStore:
     async def join_session_chat(
         self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
     ) -> tuple[SessionRecord, list[dict[str, Any]]]:
-        pname, ptokh, pconn = await self._intent(player_id, session_id, now)
         pw_json = json.dumps(verified_pw) if verified_pw else ""
-        res = await self._run("join", self._on(session_id), player_id, session_id, pw_json,
-                              pname, ptokh, pconn, now=now)
+        res = await self._join_at_once(player_id, session_id, pw_json, now)
+        if res is None:
+            pname, ptokh, pconn = await self._intent(player_id, session_id, now)
+            res = await self._run("join", self._on(session_id), player_id, session_id,
+                                  pw_json, pname, ptokh, pconn, now=now)
         if res[0] != b"OK" and not (res[0] == b"ERR" and res[1] == b"ALREADY_IN_SESSION"):
             await self._run("p_release", self.keys.player(player_id), session_id, "", now=now)
         if res[0] == b"PW":
@@ -594,6 +596,29 @@ class RedisStore:
             raise_script_error(res[1].decode())
         chat = [fastjson.loads(raw) for raw in res[2]]
         return _rec(res[1]), chat
+
+    async def _join_at_once(self, player_id: str, session_id: str, pw_json: str, now: int
+                            ) -> Any:
+        """One Redis on the link: p_intent and join written together (one round trip
+        instead of two); join reads what p_intent set. None when p_intent did not
+        set the pointer (another session's, or no player): the two-step path then
+        repairs or refuses, as on a cluster."""
+        if self.link is None or self.once:
+            return None
+        pkey = self.keys.player(player_id)
+        commands = [
+            ("EVALSHA", self._scripts["p_intent"].sha, 1, pkey, self.prefix, now, session_id),
+            ("EVALSHA", self._scripts["join"].sha, 2, self._on(session_id), pkey, self.prefix,
+             now, player_id, session_id, pw_json, "", "", "", "intent")]
+        try:
+            intent, res = await self.link.batch(commands)
+        except NoScriptError:  # an emptied Redis; p_intent is idempotent
+            for name in ("p_intent", "join"):
+                await self.link.call("SCRIPT", "LOAD", self._scripts[name].script)
+            intent, res = await self.link.batch(commands)
+        if intent[0] != b"OK" or res[0] == b"INTENT":
+            return None
+        return res
 
     def _change(self, res: Any, reason: str) -> Change:
         if res[0] == b"ERR":
