@@ -2085,3 +2085,57 @@ async def test_address_counts_restored_and_dropped_whole(store: Harness) -> None
         left = [k async for k in store.client.scan_iter(match=f"{s.prefix}*")]
         assert [k for k in left if b"{a" in k or k.endswith(b"anodes")] == []
         assert s._address_key("2001:db8::1").endswith("{a:2001:db8::1}")
+
+
+# a change cut between its two steps (Redis stores) ------------------------------
+
+
+async def point(h: RedisHarness, pid: str, sid: str) -> None:
+    """The player's pointer names `sid`, as when a node died between the first step of
+    a create or join (the pointer) and the second (the session)."""
+    key = h.store.keys.player(pid)
+    record = json.loads(await h.client.get(key))
+    record["sid"] = sid
+    await h.client.set(key, json.dumps(record))
+
+
+@pytest.mark.parametrize("store", ["redis", "cluster", "sentinel"], indirect=True)
+async def test_a_pointer_left_by_a_cut_change_is_repaired_on_the_next_one(
+    store: Harness,
+) -> None:
+    h = store
+    assert isinstance(h, RedisHarness)
+    await add_players(h, "alice", "bob", "carol")
+    await h.store.create_session("alice", "s1", "", 4, None, T0)
+    await h.store.create_session("carol", "s2", "", 4, None, T0)
+
+    # Pointing to a session that was never made: the join repairs it and goes on.
+    await point(h, "bob", "ghost")
+    rec = await h.store.join_session("bob", "s1", None, T0 + 1)
+    assert ids(rec) == ["alice", "bob"]
+    await h.store.leave_session("bob", T0 + 2)
+
+    # Pointing to a live session that does not list bob (a join of s2 cut after its
+    # first step): joining s1 works, s2 is untouched.
+    await point(h, "bob", "s2")
+    rec = await h.store.join_session("bob", "s1", None, T0 + 3)
+    assert ids(rec) == ["alice", "bob"]
+    s2 = await h.store.get_session("s2")
+    assert s2 is not None and ids(s2) == ["carol"]
+    await h.store.leave_session("bob", T0 + 4)
+
+    # Pointing to the very session the cut join was for: the next join of it works.
+    await point(h, "bob", "s1")
+    rec = await h.store.join_session("bob", "s1", None, T0 + 5)
+    assert ids(rec) == ["alice", "bob"]
+
+    # A leave of a player whose pointer names a session without them says so, and
+    # leaves the session as it is.
+    await h.store.leave_session("bob", T0 + 6)
+    await point(h, "bob", "s2")
+    await fails(ErrorCode.NOT_IN_SESSION, h.store.leave_session("bob", T0 + 7))
+    s2 = await h.store.get_session("s2")
+    assert s2 is not None and ids(s2) == ["carol"]
+    # ...and a create after it repairs the pointer too.
+    rec = await h.store.create_session("bob", "s3", "", 4, None, T0 + 8)
+    assert ids(rec) == ["bob"]
