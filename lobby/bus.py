@@ -146,6 +146,7 @@ class RedisBus:
         # Set and replaced at each restore rather than cleared: a clear could
         # hide the restore from a waiter that had not woken yet.
         self._restore_event = asyncio.Event()
+        self._loss_event = asyncio.Event()  # the same, for losses
         self.health_seconds = HEALTH_SECONDS
         # Called once lost channels are subscribed again (see the class docstring).
         self.on_restored: Callable[[], None] | None = None
@@ -205,6 +206,16 @@ class RedisBus:
         fault, then await this (a restore that came in between is not missed)."""
         while self.restores <= after:
             await self._restore_event.wait()
+
+    async def lost(self, after: int) -> None:
+        """Returns once `losses` exceeds `after` (as restored(), for losses)."""
+        while self.losses <= after:
+            await self._loss_event.wait()
+
+    def _count_loss(self) -> None:
+        self.losses += 1
+        event, self._loss_event = self._loss_event, asyncio.Event()
+        event.set()
 
     async def _subscribe(self, channel: bytes) -> None:
         self._wanted.add(channel)
@@ -483,7 +494,7 @@ class RedisBus:
             return
         self._unplace(channel)
         if channel in self._wanted:
-            self.losses += 1
+            self._count_loss()
             log.warning("pub/sub: %s gave up %r (slot moved); subscribing at its new owner",
                         link.name, channel)
             self._lost([channel])
@@ -494,7 +505,7 @@ class RedisBus:
         if link.closed:
             return
         link.closed = True
-        self.losses += 1
+        self._count_loss()
         if self._links.get(link.name) is link:
             del self._links[link.name]
         lost = [ch for ch, where in self._placed.items() if where is link]
