@@ -10,13 +10,13 @@ alias a stored record and events are the same bytes a Redis node would receive.
 from __future__ import annotations
 
 import bisect
-import json
 import secrets
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from lobby import fastjson
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
 from lobby.session import PasswordHash, SessionRecord
@@ -57,7 +57,9 @@ Publish = Callable[[str, str], None]  # (channel, message): channel is a session
 
 
 def _dump(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+    # Records are kept as text (every read is a copy, as from Redis): orjson, since
+    # this is most of a start's or a join's own CPU in embedded mode.
+    return fastjson.dumps(obj)
 
 
 class MemoryStore:
@@ -106,7 +108,7 @@ class MemoryStore:
     # helpers mirroring prelude.lua ------------------------------------------
     def _load(self, sid: str | None) -> dict[str, Any] | None:
         raw = self._sessions.get(sid) if sid else None
-        return json.loads(raw) if raw else None
+        return fastjson.loads(raw) if raw else None
 
     def _save(self, s: dict[str, Any]) -> str:
         """Store the record; the text is reused for the event and the caller's copy
@@ -151,7 +153,7 @@ class MemoryStore:
             saved = self._save(s)
             self._event(s, {"e": "player_disconnected", "player_id": player_id,
                             "hold_until": off / 1000 if off else None}, saved)
-            return json.loads(saved)  # type: ignore[no-any-return]
+            return fastjson.loads(saved)  # type: ignore[no-any-return]
         self._player_expiry[player_id] = now + max(hold_ms, 1)
         return None
 
@@ -289,7 +291,7 @@ class MemoryStore:
         return s
 
     def _copy(self, s: dict[str, Any] | None) -> SessionRecord | None:
-        return json.loads(_dump(s)) if s is not None else None
+        return fastjson.loads(_dump(s)) if s is not None else None
 
     def _require(self, pid: str, now: int) -> dict[str, Any]:
         p = self._player(pid, now)
@@ -433,7 +435,7 @@ class MemoryStore:
         saved = self._save(s)
         self._deadlines[session_id] = now
         p["sid"] = session_id
-        return json.loads(saved)  # type: ignore[no-any-return]
+        return fastjson.loads(saved)  # type: ignore[no-any-return]
 
     async def join_session(
         self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
@@ -468,13 +470,13 @@ class MemoryStore:
         saved = self._save(s)
         p["sid"] = session_id
         self._event(s, {"e": "player_joined", "player_id": player_id, "name": p["name"]}, saved)
-        return json.loads(saved)  # type: ignore[no-any-return]
+        return fastjson.loads(saved)  # type: ignore[no-any-return]
 
     async def join_session_chat(
         self, player_id: str, session_id: str, verified_pw: PasswordHash | None, now: int
     ) -> tuple[SessionRecord, list[dict[str, Any]]]:
         rec = await self.join_session(player_id, session_id, verified_pw, now)
-        return rec, [json.loads(t) for t in self._chat.get(session_id, ())]
+        return rec, [fastjson.loads(t) for t in self._chat.get(session_id, ())]
 
     async def leave_session(self, player_id: str, now: int, *,
                             session_id: str | None = None) -> Change:
@@ -549,7 +551,7 @@ class MemoryStore:
             self._index_open(s)
         saved = self._save(s)
         self._event(s, {"e": "session_updated"}, saved)
-        return json.loads(saved)  # type: ignore[no-any-return]
+        return fastjson.loads(saved)  # type: ignore[no-any-return]
 
     async def promote(self, host_id: str, target_id: str, now: int, *,
                       session_id: str | None = None) -> SessionRecord:
@@ -563,7 +565,7 @@ class MemoryStore:
         self._touch(s, now)
         saved = self._save(s)
         self._event(s, {"e": "host_changed", "host_id": target_id}, saved)
-        return json.loads(saved)  # type: ignore[no-any-return]
+        return fastjson.loads(saved)  # type: ignore[no-any-return]
 
     async def update_player(
         self, player_id: str, attributes: dict[str, Any], now: int, *, attribute_limit: int = 8,
@@ -584,7 +586,7 @@ class MemoryStore:
         self._touch(s, now)
         saved = self._save(s)
         self._event(s, {"e": "player_updated", "player_id": player_id}, saved)
-        return json.loads(saved)  # type: ignore[no-any-return]
+        return fastjson.loads(saved)  # type: ignore[no-any-return]
 
     async def begin_start(self, player_id: str, now: int, *,
                           session_id: str | None = None) -> SessionRecord:
@@ -602,7 +604,7 @@ class MemoryStore:
             self._holds.pop(m["id"], None)
             if "off" in m:
                 m["off"] = 0
-        return json.loads(self._save(s))  # type: ignore[no-any-return]
+        return fastjson.loads(self._save(s))  # type: ignore[no-any-return]
 
     async def finish_start(
         self, session_id: str, server_id: str, endpoint: str, now: int
@@ -619,7 +621,7 @@ class MemoryStore:
             s, {"e": "session_started", "server_id": server_id, "server_endpoint": endpoint},
             saved,
         )
-        return json.loads(saved)  # type: ignore[no-any-return]
+        return fastjson.loads(saved)  # type: ignore[no-any-return]
 
     async def fail_start(
         self, session_id: str, code: str, message: str, now: int, hold_ms: int
@@ -641,7 +643,7 @@ class MemoryStore:
         self._event(
             s, {"e": "session_start_failed", "error": {"code": code, "message": message}}, saved
         )
-        return json.loads(saved)  # type: ignore[no-any-return]
+        return fastjson.loads(saved)  # type: ignore[no-any-return]
 
     async def mark_in_progress(self, session_id: str, now: int) -> SessionRecord:
         s = self._existing(session_id)
@@ -652,7 +654,7 @@ class MemoryStore:
         self._change_state(s, "IN_PROGRESS", now)
         saved = self._save(s)
         self._event(s, {"e": "session_in_progress"}, saved)
-        return json.loads(saved)  # type: ignore[no-any-return]
+        return fastjson.loads(saved)  # type: ignore[no-any-return]
 
     async def complete(self, session_id: str, reason: str, now: int) -> Change:
         s = self._existing(session_id)
@@ -680,7 +682,7 @@ class MemoryStore:
         s["active"] = now
         saved = self._save(s)
         self._event(s, {"e": "player_ready", "player_id": player_id, "ready": ready}, saved)
-        return json.loads(saved)  # type: ignore[no-any-return]
+        return fastjson.loads(saved)  # type: ignore[no-any-return]
 
     async def send_chat(
         self, session_id: str, player_id: str, text: str, now: int
@@ -712,7 +714,7 @@ class MemoryStore:
     async def chat_history(self, session_id: str, player_id: str) -> list[dict[str, Any]]:
         if self._find(self._load(session_id), player_id) is None:
             raise_script_error("NOT_IN_SESSION")
-        return [json.loads(t) for t in self._chat.get(session_id, ())]
+        return [fastjson.loads(t) for t in self._chat.get(session_id, ())]
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         return self._copy(self._load(session_id))
@@ -1052,7 +1054,7 @@ class MemoryStore:
         start = bisect.bisect_right(ids, cursor) if cursor else 0
         page = ids[start:start + count]
         nxt = page[-1] if start + count < len(ids) else None
-        return [json.loads(self._sessions[sid]) for sid in page], nxt
+        return [fastjson.loads(self._sessions[sid]) for sid in page], nxt
 
     # per-address WebSocket counts (lobby/addresses.py's AddressLedger) ------------
     async def address_apply(self, incarnation: str, ops: list[AddressOp], limit: int
