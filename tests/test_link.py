@@ -78,21 +78,23 @@ async def test_a_cut_link_is_made_again_and_calls_go_on(
     link = link_for(proxy.url())
     direct = aioredis.from_url(redis_server.url)
 
-    async def blocked() -> None:  # the BLPOP is waiting inside Redis (polled)
-        async with asyncio.timeout(10):
-            while (await direct.info("clients"))["blocked_clients"] != 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-
     try:
         assert await link.call("PING") == b"PONG"
-        # Cut while a call waits for its reply: it is sent again on a new connection.
-        waiting = asyncio.ensure_future(link.call("BLPOP", "q", 10))
-        await blocked()
-        assert await asyncio.to_thread(proxy.cut) == 1
-        await asyncio.to_thread(proxy.wait_forwarded, 2)  # a new connection...
-        await blocked()  # ...on which the call waits again
-        await direct.lpush("q", "v")
-        assert await waiting == [b"q", b"v"]
+        async with direct.monitor() as monitor:
+
+            async def received(command: str) -> None:  # Redis' MONITOR feed shows it
+                async with asyncio.timeout(10):
+                    while not (await monitor.next_command())["command"].startswith(command):
+                        pass
+
+            # Cut while a call waits for its reply: it is sent again on a new connection.
+            waiting = asyncio.ensure_future(link.call("BLPOP", "q", 10))
+            await received("BLPOP")
+            assert await asyncio.to_thread(proxy.cut) == 1
+            await received("BLPOP")  # again, on a new connection
+            assert proxy.forwarded == 2
+            await direct.lpush("q", "v")
+            assert await waiting == [b"q", b"v"]
 
         # Refused for longer than the retries last: the call fails with redis-py's
         # ConnectionError (which the callers handle), and works again once restored.
