@@ -65,10 +65,17 @@ CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # -> TLS
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 
 
+# A pooled connection found dead (Redis restarted, master failed over) is retried
+# on a fresh one instead of failing the player's request (the store's link too).
+RETRIES = 3
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=0.5, base=0.02)
+
+
 def _retry() -> dict[str, Any]:
-    # A pooled connection found dead (Redis restarted, master failed over) is retried
-    # on a fresh one instead of failing the player's request.
-    return {"retry": Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+    return {"retry": Retry(_backoff(), RETRIES),
             "retry_on_error": [RedisConnectionError, RedisTimeoutError]}
 
 
@@ -300,7 +307,8 @@ def link(where: RedisTarget, client_name: str | None = None) -> Link | None:
         setup.append(("SELECT", kw["db"]))
     if client_name:
         setup.append(("CLIENT", "SETNAME", client_name))
-    return Link(kw["host"], int(kw.get("port", 6379)), setup)
+    return Link(kw["host"], int(kw.get("port", 6379)), setup, retries=RETRIES,
+                backoff=_backoff())
 
 
 def connect(where: RedisTarget, max_connections: int = MAX_CONNECTIONS,

@@ -25,14 +25,9 @@ from typing import Any
 
 import hiredis
 from redis._parsers.base import BaseParser
+from redis.backoff import AbstractBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-
-RETRIES = 3
-
-
-def _backoff(attempt: int) -> float:
-    return float(min(0.5, 0.02 * 2 ** attempt))
 
 
 class _ErrorReply(Exception):
@@ -112,29 +107,33 @@ class _Connection(asyncio.Protocol):
 class Link:
     """Calls on one connection to host:port, made on first use and again after
     it breaks. `setup`: the commands a new connection sends first (AUTH, SELECT,
-    CLIENT SETNAME), each of which must answer OK."""
+    CLIENT SETNAME), each of which must answer OK. `retries` and `backoff`: how a call
+    whose connection broke is sent again (lobby.redisconn gives redis-py's settings)."""
 
     def __init__(self, host: str, port: int, setup: list[tuple[Any, ...]] | None = None,
-                 connect_timeout: float = 2.0) -> None:
+                 connect_timeout: float = 2.0, retries: int = 0,
+                 backoff: AbstractBackoff | None = None) -> None:
         self.host = host
         self.port = port
         self.setup = setup or []
         self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.backoff = backoff or NoBackoff()
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
     async def call(self, *args: Any) -> Any:
         packed = hiredis.pack_command(args)
-        for attempt in range(RETRIES + 1):
+        for attempt in range(self.retries + 1):
             try:
                 conn = self._conn
                 if conn is None or conn.lost is not None:
                     conn = await self._connected()
                 return await conn.send(packed)
             except RedisConnectionError:
-                if attempt == RETRIES:
+                if attempt == self.retries:
                     raise
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(self.backoff.compute(attempt + 1))  # as redis-py counts
         raise AssertionError("unreachable")
 
     async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -142,7 +141,7 @@ class Link:
         order); their replies, or the first error. Sent again as a whole when the
         connection breaks, like a redis-py pipeline."""
         packed = [hiredis.pack_command(args) for args in commands]
-        for attempt in range(RETRIES + 1):
+        for attempt in range(self.retries + 1):
             try:
                 conn = self._conn
                 if conn is None or conn.lost is not None:
@@ -152,8 +151,8 @@ class Link:
             except RedisConnectionError:
                 replies = [RedisConnectionError("cannot connect")]
             lost = any(isinstance(r, RedisConnectionError) for r in replies)
-            if lost and attempt < RETRIES:
-                await asyncio.sleep(_backoff(attempt))
+            if lost and attempt < self.retries:
+                await asyncio.sleep(self.backoff.compute(attempt + 1))  # as redis-py counts
                 continue
             for reply in replies:
                 if isinstance(reply, BaseException):

@@ -272,7 +272,7 @@ class RedisStore:
         # what a restarted (emptied) Redis answers.
         script = self._scripts[name]
         call_args = [self.prefix, now, *args]
-        keys = [key, f"{key}:op:{secrets.token_hex(8)}"] if self.once else [key]
+        keys = self._script_keys(key)
         if client is not None:
             # Queued in a pipeline (one Redis: no migrations). EVALSHA by hand:
             # redis-py's Script adds a SCRIPT EXISTS round trip to every pipeline;
@@ -298,6 +298,10 @@ class RedisStore:
                 raise LobbyError(ErrorCode.INTERNAL, "the store is resharding: try again")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.2)
+
+    def _script_keys(self, key: str) -> list[str]:
+        """A script call's KEYS: its key, and with `once` an operation key of its own."""
+        return [key, f"{key}:op:{secrets.token_hex(8)}"] if self.once else [key]
 
     async def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         assert self.link is not None
@@ -373,7 +377,7 @@ class RedisStore:
         assert self.link is not None
         commands = list(before)
         for name, key, args in calls:
-            keys = [key, f"{key}:op:{secrets.token_hex(8)}"] if self.once else [key]
+            keys = self._script_keys(key)
             commands.append(("EVALSHA", self._scripts[name].sha, len(keys), *keys,
                              self.prefix, now, *args))
         return await self.link.batch(commands)
