@@ -5,7 +5,12 @@ set-up (thousands of handshakes) does not drown the steady state. It samples
 in its default blocking mode: `--nonblocking` would spare the node the pauses,
 but its stacks then come out torn (frames of different moments stitched
 together). Pausing the node 200 times a second costs it some latency, so
-profiled steps are flagged in the results. When py-spy cannot attach (no
+profiled steps are flagged in the results. It keeps only samples of a thread
+holding the GIL (`--gil`): a node that writes to a socket wakes the reader,
+which often preempts it on the same core, and without `--gil` py-spy counted
+that wait (the thread is runnable, inside `send()`) as work: `send()` looked
+like 30-45% of the node while the kernel was ~22% of its CPU (utime/stime,
+`perf record -e cpu-clock`). When py-spy cannot attach (no
 ptrace in some sandboxes), the node can instead be started under pyinstrument,
 which profiles the whole life of the process.
 """
@@ -37,7 +42,7 @@ class PySpy:
         self._log = self.log.open("w")
         self.proc = subprocess.Popen(
             [exe, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE),
-             "--nolineno", "--format", fmt, "-o", str(out),
+             "--nolineno", "--gil", "--format", fmt, "-o", str(out),
              *(["--subprocesses"] if subprocesses else [])],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

@@ -69,3 +69,21 @@ if "scriptcache" in _patches:
         _checked.update(s.sha for s in self.scripts)
 
     Pipeline.load_scripts = _load_scripts_once  # type: ignore[method-assign]
+
+if "cprofile" in _patches:
+    # Deterministic call counts (and cProfile's CPU time, inflated by its own
+    # overhead) for the node's whole life, written at exit to
+    # $BENCH_CPROFILE_OUT.<pid>: what a change removes per operation shows up
+    # as calls, which do not vary from run to run as sampled times do.
+    import atexit
+    import cProfile
+    import time
+
+    _profiler = cProfile.Profile(time.process_time)
+    _profiler.enable()
+
+    def _dump() -> None:
+        _profiler.disable()
+        _profiler.dump_stats(f"{os.environ.get('BENCH_CPROFILE_OUT', '/tmp/node')}.{os.getpid()}")
+
+    atexit.register(_dump)
