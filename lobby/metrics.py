@@ -60,6 +60,8 @@ class NodeMetrics:
             "write succeeding", buckets=SLOW_BUCKETS, registry=r)
         r.register(_NodeCollector(self))
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # labels() looks the child up under a lock on every call: ~1 µs a fan-out.
+        self._fanout_children: dict[str, Any] = {}
         self.store_stats: dict[str, Any] = {}
         self.state_counts: dict[str, int] = {}
         self._store_stats_at = 0.0
@@ -77,7 +79,10 @@ class NodeMetrics:
         self.claim_seconds.labels(outcome).observe(seconds)
 
     def observe_fanout(self, event: str, changed_ms: int | float) -> None:
-        self.fanout_seconds.labels(event).observe(max(0.0, time.time() - changed_ms / 1000))
+        child = self._fanout_children.get(event)
+        if child is None:
+            child = self._fanout_children[event] = self.fanout_seconds.labels(event)
+        child.observe(max(0.0, time.time() - changed_ms / 1000))
 
     def observe_written(self, changed_ms: int | float) -> None:
         self.dynamodb_lag.observe(max(0.0, time.time() - changed_ms / 1000))
