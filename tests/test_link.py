@@ -32,6 +32,12 @@ async def test_concurrent_calls_get_their_own_replies_in_order(redis_url: str) -
         assert replies == list(range(1, 2001))
         assert await link.batch([("SET", "a", "x"), ("APPEND", "a", "y"), ("GET", "a")]) == [
             b"OK", 2, b"xy"]
+        # Batches (one future each) and single calls of the same loop turn share a
+        # write; each gets its own replies, a batch of one a list of one.
+        got = await asyncio.gather(
+            link.call("INCR", "m"), link.batch([("INCR", "m"), ("INCR", "m")]),
+            link.batch([("INCR", "m")]), link.batch([]), link.call("INCR", "m"))
+        assert got == [1, [2, 3], [4], [], 5]
     finally:
         await link.close()
 

@@ -40,10 +40,35 @@ def _reply(raw: Any) -> Any:
     return raw
 
 
+class _Batch:
+    """The replies of commands written together, collected for one future."""
+
+    __slots__ = ("fut", "left", "replies")
+
+    def __init__(self, fut: asyncio.Future[Any], n: int) -> None:
+        self.fut = fut
+        self.left = n
+        self.replies: list[Any] = []
+
+    def add(self, reply: Any) -> bool:
+        """True once the last reply is in (and the future has them)."""
+        self.replies.append(reply)
+        self.left -= 1
+        if self.left:
+            return False
+        if not self.fut.done():  # else its caller was cancelled
+            error = next((r for r in self.replies if isinstance(r, ResponseError)), None)
+            if error is not None:
+                self.fut.set_exception(error)
+            else:
+                self.fut.set_result(self.replies)
+        return True
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader(replyError=_ErrorReply)
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[asyncio.Future[Any] | _Batch] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
         self._out: list[bytes] = []
@@ -53,12 +78,15 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def send(self, packed: bytes) -> asyncio.Future[Any]:
+    def send(self, packed: bytes, batch: int = 0) -> asyncio.Future[Any]:
+        """The future of one command's reply; `batch`: `packed` holds that many
+        commands and the future gets their replies as a list (the first error
+        among them as an exception): one future a batch, not one per command."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.lost is not None:
             fut.set_exception(RedisConnectionError(str(self.lost)))
             return fut
-        self.waiting.append(fut)
+        self.waiting.append(_Batch(fut, batch) if batch else fut)
         self._out.append(packed)
         if not self._flushing:
             self._flushing = True
@@ -83,7 +111,13 @@ class _Connection(asyncio.Protocol):
                 return
             if raw is False:
                 return
-            fut = self.waiting.popleft()
+            fut = self.waiting[0]
+            if type(fut) is _Batch:
+                if not fut.add(_reply(raw)):
+                    continue  # more replies of the batch to come
+                self.waiting.popleft()
+                continue
+            self.waiting.popleft()
             if fut.done():
                 continue  # its caller was cancelled
             reply = _reply(raw)
@@ -99,7 +133,8 @@ class _Connection(asyncio.Protocol):
         if self.lost is None:
             self.lost = exc
         while self.waiting:
-            fut = self.waiting.popleft()
+            waiting = self.waiting.popleft()
+            fut = waiting.fut if type(waiting) is _Batch else waiting
             if not fut.done():
                 fut.set_exception(RedisConnectionError(f"Redis link lost: {exc}"))
 
@@ -140,23 +175,20 @@ class Link:
         """Commands written together, in this order (their effects happen in this
         order); their replies, or the first error. Sent again as a whole when the
         connection breaks, like a redis-py pipeline."""
-        packed = [hiredis.pack_command(args) for args in commands]
+        if not commands:
+            return []
+        packed = b"".join([hiredis.pack_command(args) for args in commands])
         for attempt in range(self.retries + 1):
             try:
                 conn = self._conn
                 if conn is None or conn.lost is not None:
                     conn = await self._connected()
-                replies = await asyncio.gather(*(conn.send(p) for p in packed),
-                                               return_exceptions=True)
+                replies: list[Any] = await conn.send(packed, len(commands))
             except RedisConnectionError:
-                replies = [RedisConnectionError("cannot connect")]
-            lost = any(isinstance(r, RedisConnectionError) for r in replies)
-            if lost and attempt < self.retries:
+                if attempt == self.retries:
+                    raise
                 await asyncio.sleep(self.backoff.compute(attempt + 1))  # as redis-py counts
                 continue
-            for reply in replies:
-                if isinstance(reply, BaseException):
-                    raise reply
             return replies
         raise AssertionError("unreachable")
 
