@@ -7,7 +7,12 @@ a node that could not hear the store checks its sockets against it (item 4).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
+
 from lobby.store.base import Change, LiveClient, Timeouts, Verdict
+from lobby.store.redis import RedisStore
 from tests.test_store_conformance import (  # noqa: F401  (the store fixture)
     HOLD,
     QUIET,
@@ -15,6 +20,7 @@ from tests.test_store_conformance import (  # noqa: F401  (the store fixture)
     Harness,
     ids,
     name,
+    open_harness,
     store,
     tokh,
 )
@@ -264,3 +270,34 @@ async def test_a_restarted_node_with_the_same_id_drops_its_predecessors_sockets(
     res = await h.store.resume("newcomer", tokh("newcomer"), "n1.newcomer", T0 + 40)
     assert res is not None
     assert await held(h) == 1
+
+
+@pytest.fixture(params=["redis", "cluster", "sentinel"])
+async def redis_store(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    harness = await open_harness(request.param, request)
+    try:
+        yield harness
+    finally:
+        await harness.close()
+
+
+async def test_a_node_keeps_in_its_player_set_only_the_players_on_its_sockets(
+    redis_store: Harness,
+) -> None:
+    """The set a dead node's players are found by (Redis stores only; the memory
+    store has no dead nodes): a closed socket leaves it, in the disconnect's own
+    call on one Redis, and a socket that is no longer the player's does not."""
+    h = redis_store
+    rs = h.store
+    assert isinstance(rs, RedisStore)
+    members = lambda: rs.redis.smembers(rs._node_set("n1"))  # noqa: E731
+    for pid in ("alice", "bob", "carol"):
+        await player(h, pid, "n1")
+    await rs.create_session("carol", "s1", "", 4, None, T0)
+    assert await members() == {b"alice", b"bob", b"carol"}
+    # bob took himself over on another socket of n1: the old one's close is stale.
+    assert await rs.resume("bob", tokh("bob"), "n1.bob2", T0 + 1) is not None
+    assert await rs.disconnect("bob", "n1.bob", T0 + 2, HOLD) is None
+    await rs.disconnect("alice", "n1.alice", T0 + 2, HOLD)  # in no session
+    assert await rs.disconnect("carol", "n1.carol", T0 + 2, HOLD) is not None  # holds
+    assert await members() == {b"bob"}

@@ -503,16 +503,25 @@ class RedisStore:
     async def disconnect(
         self, player_id: str, conn: str, now: int, hold_ms: int
     ) -> SessionRecord | None:
-        res = await self._run("p_drop", self.keys.player(player_id), conn, hold_ms, now=now)
-        if res[0] != b"OK":
-            return None
+        node_set = self._node_set(_conn_node(conn))
+        if self.link is not None:  # one Redis: the SREM in the same call
+            res = await self._evalsha(
+                self._scripts["p_drop"], [self.keys.player(player_id), node_set],
+                [self.prefix, now, conn, hold_ms, "forget"])
+            if res[0] != b"OK" or not res[1]:
+                return None
+            forget = None
+        else:
+            res = await self._run("p_drop", self.keys.player(player_id), conn, hold_ms, now=now)
+            if res[0] != b"OK":
+                return None
+            forget = self._cmd("SREM", node_set, player_id)
+            if not res[1]:
+                await forget
+                return None
         sid = res[1].decode()
-        forget = self._cmd("SREM", self._node_set(_conn_node(conn)), player_id)
-        if not sid:
-            await forget
-            return None
-        got, _ = await asyncio.gather(
-            self._run("s_drop", self._on(sid), player_id, sid, conn, hold_ms, now=now), forget)
+        drop = self._run("s_drop", self._on(sid), player_id, sid, conn, hold_ms, now=now)
+        got = (await asyncio.gather(drop, forget))[0] if forget is not None else await drop
         return _rec(got[1]) if got[0] == b"OK" else None
 
     # sessions ----------------------------------------------------------------

@@ -3,8 +3,12 @@
 -- now. Returns {'OK', session id or ''} (the caller then holds the seat:
 -- s_drop.lua), or {'NO'} when the player is on another socket (or gone).
 -- A player in no session is kept for the hold only.
+-- ARGV[5] 'forget', one Redis only (no slots, no operation keys): KEYS[2] is the
+-- set of the node's players, left here when the socket was the player's (the
+-- store's SREM after the reply, in the same call).
 local p = load(KEYS[1])
 if not p or p.conn ~= ARGV[3] then return {'NO'} end
+if ARGV[5] == 'forget' then redis.call('SREM', KEYS[2], p.id) end
 p.conn = ''
 p.disc = NOW
 if p.sid then
