@@ -64,7 +64,8 @@ def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
                         "others (what separate machines would give; 2 cores here)")
     p.add_argument("--server-patch", default="", metavar="NAMES",
                    help="try proposed server changes from bench/patches/sitecustomize.py on "
-                        "the nodes, comma-separated: pool, backlog, gcfreeze, nogc, scriptcache, cprofile")
+                        "the nodes, comma-separated: pool, backlog, gcfreeze, nogc, scriptcache, "
+                        "cprofile")
 
 
 def build_parser() -> argparse.ArgumentParser:
