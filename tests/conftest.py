@@ -261,7 +261,7 @@ async def connect_player() -> AsyncIterator[Callable[..., Any]]:
     players: list[Player] = []
 
     async def factory(node: LobbyNode, name: str | None = "player", **kw: Any) -> Player:
-        ws = await connect(ws_url(node), compression=None, **kw)
+        ws = await connect(ws_url(node), **{"compression": None, **kw})
         player = Player(ws)
         players.append(player)
         if name is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from lobby.app import LobbyNode
 
@@ -242,3 +243,25 @@ async def test_double_clicked_start_starts_once(node: LobbyNode, connect_player)
     await host.event("session_started")
     await asyncio.sleep(0.05)
     assert host.no_event()
+
+
+async def test_events_reach_deflate_and_plain_sockets_alike(
+    make_mode_node: Any, connect_player: Any,
+) -> None:
+    """A fan-out frames an event once for the plain sockets and lets websockets
+    compress it for a socket that negotiated permessage-deflate: both read the same."""
+    node = await make_mode_node(ws_compression=True)
+    host = await connect_player(node, "Host", compression="deflate")
+    plain = await connect_player(node, "Plain")
+    assert host.ws.protocol.extensions and not plain.ws.protocol.extensions
+    sid = (await host.ok("create_session", name="room", max_players=4))["session"]["session_id"]
+    await plain.ok("join_session", session_id=sid)
+    joined = await host.event("player_joined")
+    assert joined["player_id"] == plain.player_id
+    third = await connect_player(node, "Third", compression="deflate")
+    await third.ok("join_session", session_id=sid)
+    seen = [await p.event("player_joined") for p in (host, plain)]
+    assert seen[0] == seen[1] and seen[0]["player_id"] == third.player_id
+    await host.ok("send_chat", text="über " * 50)  # long enough to be worth compressing
+    chats = [await p.event("chat_message") for p in (host, plain, third)]
+    assert all(c == chats[0] for c in chats) and chats[0]["text"] == "über " * 50
