@@ -75,6 +75,17 @@ async def test_prometheus_families_and_counters_move(node: LobbyNode, connect_pl
                  code="ALREADY_IN_SESSION") == 1
     assert value(during, "lobby_request_duration_seconds",
                  "lobby_request_duration_seconds_count", type="create_session") == 1
+    # Cumulative buckets (the node keeps them itself): non-decreasing up to +Inf,
+    # which is the count; the two hellos took well under the top bucket's 5 s.
+    hello = sorted(
+        ((float(dict(labels)["le"]), v) for (name, labels), v
+         in during["lobby_request_duration_seconds"].items()
+         if name.endswith("_bucket") and dict(labels)["type"] == "hello"))
+    assert [le for le, _ in hello][-1] == float("inf") and len(hello) == 14
+    counts = [v for _, v in hello]
+    assert counts == sorted(counts) and counts[-1] == 2 and hello[-2][1] == 2
+    assert 0 < value(during, "lobby_request_duration_seconds",
+                     "lobby_request_duration_seconds_sum", type="hello") < 5
     # The host's player_joined push: one fan-out observed, one frame out.
     assert value(during, "lobby_fanout_latency_seconds", "lobby_fanout_latency_seconds_count",
                  event="player_joined") == 1
