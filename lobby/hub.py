@@ -64,6 +64,9 @@ class _Member:
     # Queued (version, chat seq, text): one of the two numbers is 0.
     pending: list[tuple[int, int, str]] | None = field(default_factory=list)
     min_chat: int = 0
+    # The newest player_left of this player heard while pending: whether it is
+    # this membership's own (newer than the join) is known at activate.
+    left_at: int = 0
 
 
 class Hub:
@@ -162,6 +165,9 @@ class Hub:
         for v, seq, text in queued:
             if v > version if seq == 0 else seq > chat_seq:
                 client.push(text)
+        if member.left_at > version:  # it left (was kicked) after this join
+            assert client.player_id is not None
+            self._forget(session_id, client.player_id)
 
     def hold(self, session_id: str, client: Client) -> int | None:
         """Queue the events of an active member until `activate` (after a reply
@@ -283,16 +289,28 @@ class Hub:
             self._chat(members, sid, ev["m"])
             return
         out, exclude = _public_event(ev)
+        version = ev["v"]
+        gone = None
         if kind == "player_left":
             gone = members.get(ev["player_id"])
+            if gone is not None and gone.pending is None and version <= gone.min_version:
+                # It left before the join this membership is for (a hop: the leave's
+                # reply, then the join, came before this event): not this one's.
+                gone = None
             if gone is not None and ev["reason"] == "kicked":
                 kicked = {"type": "kicked", "session_id": sid}
                 if "session" in out:  # the room as it is without them
                     kicked["session"] = out["session"]
-                gone.client.push(encode(kicked))
-                self.frames_out += 1
+                if gone.pending is not None:
+                    gone.pending.append((version, 0, encode(kicked)))
+                else:
+                    gone.client.push(encode(kicked))
+                    self.frames_out += 1
+            if gone is not None and gone.pending is not None:
+                # Whether it is this membership's leave is known at activate.
+                gone.left_at = max(gone.left_at, version)
+                gone = None
         text = encode(out)
-        version = ev["v"]
         ready = []
         for pid, member in members.items():
             if pid == exclude:
@@ -307,7 +325,7 @@ class Hub:
             changed = (ev.get("s") or {}).get("updated")
             if self.on_fanout is not None and changed is not None:
                 self.on_fanout(kind, changed)
-        if kind == "player_left" and ev["player_id"] in members:
+        if gone is not None:
             self._forget(sid, ev["player_id"])
         elif kind == "session_closed":
             for pid in list(members):

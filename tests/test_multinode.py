@@ -210,3 +210,34 @@ async def test_nodes_must_agree_on_the_buckets(make_node, redis_url) -> None:
     with pytest.raises(StartupError) as info:
         await make_node(redis_url=redis_url, redis_buckets=6)
     assert "--redis-buckets 4" in str(info.value) and info.value.exit_code == 2
+
+
+async def test_a_late_player_left_of_a_hop_keeps_the_new_membership(
+    make_node, redis_url, connect_player
+) -> None:
+    """A hop (leave, join again) whose leave event reaches the node after the new
+    join (the replies came first): that event is the old membership's, and the
+    player must go on getting the room's events."""
+    n1 = await make_node(redis_url=redis_url)
+    n2 = await make_node(redis_url=redis_url)
+    host = await connect_player(n1, "host")
+    hopper = await connect_player(n2, "hopper")
+    sid = (await host.ok("create_session"))["session"]["session_id"]
+    await hopper.ok("join_session", session_id=sid)
+    # What the bus carries for the session, heard by the test itself.
+    redis = aioredis.from_url(redis_url)
+    ps = redis.pubsub()
+    await ps.ssubscribe(Keys("lobby:").channel(sid))
+    try:
+        assert (await ps.get_message(timeout=5))["type"] == "ssubscribe"
+        await hopper.ok("leave_session")
+        left = (await ps.get_message(timeout=5))["data"]
+        assert b'"player_left"' in left
+        await hopper.ok("join_session", session_id=sid)
+        n2.hub.on_message(left)  # the leave's event, late
+        second = await connect_player(n1, "second")
+        await second.ok("join_session", session_id=sid)
+        assert (await hopper.event("player_joined"))["player_id"] == second.player_id
+    finally:
+        await ps.aclose()
+        await redis.aclose()
