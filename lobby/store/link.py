@@ -158,18 +158,7 @@ class Link:
         self._connecting: asyncio.Future[_Connection] | None = None
 
     async def call(self, *args: Any) -> Any:
-        packed = hiredis.pack_command(args)
-        for attempt in range(self.retries + 1):
-            try:
-                conn = self._conn
-                if conn is None or conn.lost is not None:
-                    conn = await self._connected()
-                return await conn.send(packed)
-            except RedisConnectionError:
-                if attempt == self.retries:
-                    raise
-                await asyncio.sleep(self.backoff.compute(attempt + 1))  # as redis-py counts
-        raise AssertionError("unreachable")
+        return await self._sent(hiredis.pack_command(args))
 
     async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands written together, in this order (their effects happen in this
@@ -178,18 +167,22 @@ class Link:
         if not commands:
             return []
         packed = b"".join([hiredis.pack_command(args) for args in commands])
+        replies: list[Any] = await self._sent(packed, len(commands))
+        return replies
+
+    async def _sent(self, packed: bytes, batch: int = 0) -> Any:
+        """`packed` sent (again on a new connection when this one breaks, up to
+        `retries` times); its reply, or with `batch` the list of its replies."""
         for attempt in range(self.retries + 1):
             try:
                 conn = self._conn
                 if conn is None or conn.lost is not None:
                     conn = await self._connected()
-                replies: list[Any] = await conn.send(packed, len(commands))
+                return await conn.send(packed, batch)
             except RedisConnectionError:
                 if attempt == self.retries:
                     raise
                 await asyncio.sleep(self.backoff.compute(attempt + 1))  # as redis-py counts
-                continue
-            return replies
         raise AssertionError("unreachable")
 
     async def _connected(self) -> _Connection:
