@@ -22,7 +22,6 @@ from collections import Counter
 from http import HTTPStatus
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
 from lobby.http import FrontProtocol, HttpResponse, HttpService, error_response
@@ -222,8 +221,9 @@ class ConnectionGate:
         self.handshakes -= 1
 
     # called by the socket server ---------------------------------------------
-    def client_address(self, conn: ServerConnection, request: Request) -> str:
-        tracked = getattr(conn, "tracked", None)
+    def client_address(self, conn: Any, request: Request) -> str:
+        """`conn`: a lobby.wsconn.WebSocket."""
+        tracked = conn.tracked
         peer = tracked.peer if tracked is not None else _peer_of(conn.transport)
         return client_address(peer, request.headers.get("X-Forwarded-For"),
                               self.trusted_proxies)
@@ -379,36 +379,6 @@ class TlsFront(asyncio.Protocol):
         """Server shutdown (HttpService.close_all): a handshake in flight is dropped."""
         if self._transport is not None:
             self._transport.abort()
-
-
-class GuardedConnection(ServerConnection):
-    """The WebSocket a GuardedFront hands its socket to; it reports the close, and
-    when it last received anything (the node's keepalive reads it: lobby.server)."""
-
-    def __init__(self, *args: Any, gate: ConnectionGate, tracked: Tracked,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.gate = gate
-        self.tracked = tracked
-
-    def data_received(self, data: bytes) -> None:
-        # On Tracked (slotted): one more attribute on the connection itself would
-        # take its __dict__ past the 30 keys that instances share, +1.5 KiB a socket.
-        self.tracked.last_received = self.loop.time()
-        super().data_received(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.gate.closed(self.tracked)
-        super().connection_lost(exc)
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        # websockets' close() does nothing once the TCP connection is gone, at a
-        # cost: a timeout context, two shields, a ConnectionClosed raised and
-        # caught. Its server calls it after every handler, and a player's handler
-        # ends when the socket has closed (~3% of a cold join's CPU).
-        if self.connection_lost_waiter.done():
-            return
-        await super().close(code, reason)
 
 
 def install_accept_error_limiter(loop: asyncio.AbstractEventLoop) -> Any:

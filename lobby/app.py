@@ -18,7 +18,6 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from websockets.asyncio.server import Server, serve
 
 from lobby import play, redisconn
 from lobby.addresses import (
@@ -168,7 +167,7 @@ class LobbyNode:
             _time_writes(self.table, self.prometheus.observe_written)
         self.registry = NodeRegistry(self._redis, settings.redis_prefix, self.node_id,
                                      self.node_info)
-        self._server: Server | None = None
+        self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._epoch: str | None = None  # the store generation this node has synced with
         self._epoch_lock = asyncio.Lock()
@@ -331,7 +330,7 @@ class LobbyNode:
                                                    name="lobby-keepalive"))
         self._log_mode()
 
-    async def _listen(self) -> Server:
+    async def _listen(self) -> asyncio.Server:
         server = await self._serve()
         for sock in server.sockets:
             # asyncio's default listen backlog (100) drops handshakes in bursts:
@@ -342,32 +341,32 @@ class LobbyNode:
                 dup.listen(LISTEN_BACKLOG)
         return server
 
-    async def _serve(self) -> Server:
+    async def _serve(self) -> asyncio.Server:
         s = self.settings
-        return await serve(
-            self.sockets.handle, s.host, s.port,
-            process_request=self.sockets.process_request,
-            # Plain HTTP (bodies, keep-alive) is answered by lobby.http's front.
-            create_connection=self.sockets.front_factory,
+        listener = self.sockets.listen(
             max_size=s.max_message_bytes,
             # Lobby frames are tiny JSON; per-message deflate costs tens of KiB
             # per connection for no gain (docs/benchmarks.md has the measurement).
-            compression="deflate" if s.ws_compression else None,
-            # Keepalive pings are the node's, one timer for every socket (lobby.server).
-            ping_interval=None,
-            ping_timeout=None,
+            compression=bool(s.ws_compression),
             server_header="lobby",
+            # Counted from the hand-off of the upgrade request (the HTTP front
+            # bounds the wait for it): the time process_request may take.
+            open_timeout=s.handshake_timeout_seconds,
+        )
+        # Keepalive pings are the node's, one timer for every socket (lobby.server);
+        # plain HTTP (bodies, keep-alive) is answered by lobby.http's front.
+        server = await asyncio.get_running_loop().create_server(
+            self.sockets.front_factory, s.host, s.port,
             # asyncio accepts up to `backlog` connections per wake-up before any of
             # them is seen by the gate; out of descriptors, that burst is what hits
             # the open-file limit. So it is kept small, and the kernel's queue is
-            # made long again below.
+            # made long again in _listen.
             backlog=self.accept_batch,
-            # Counted from the TCP accept (half-open connections included), and
-            # given little time: a real client sends its request at once.
-            open_timeout=s.handshake_timeout_seconds,
             # --workers: the kernel spreads new connections over the processes.
             reuse_port=s.reuse_port or None,
         )
+        listener.server = server
+        return server
 
     def _log_mode(self) -> None:
         s = self.settings
@@ -420,9 +419,8 @@ class LobbyNode:
         self.draining = True
         seconds = self.settings.drain_seconds
         if self._server is not None:
-            # Only the listening socket (websockets' own close() would also close
-            # every connection with 1001, and is idempotent: stop() calls it).
-            self._server.server.close()
+            # Only the listening socket (stop() closes the connections, with 1001).
+            self._server.close()
         clients = self.hub.clients()
         log.info("draining: %d sockets told to reconnect (1012) over %.1fs",
                  len(clients), seconds / 2, extra=fields(count=len(clients)))
@@ -560,9 +558,11 @@ class LobbyNode:
             await asyncio.wait_for(self.registry.remove(), 2)
         # Each step is bounded: a dead Redis or AWS endpoint must not hang shutdown.
         if self._server is not None:
-            self._server.close()
+            listener = self.sockets.listener
+            assert listener is not None
+            listener.close()
             self.sockets.http.close_all()
-            await _bounded("closing sockets", self._server.wait_closed(), 10)
+            await _bounded("closing sockets", listener.wait_closed(), 10)
         self.hub.close()
         await _bounded("dropping this node's address counts", self.ledger.close(), 5)
         await _bounded("closing pub/sub", self.bus.close(), 5)

@@ -17,20 +17,18 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, broadcast
-from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
-from websockets.server import ServerProtocol
 
 from lobby import protocol as p
-from lobby.addresses import ConnectionGate, GuardedConnection, GuardedFront, TlsFront, Tracked
+from lobby.addresses import ConnectionGate, GuardedFront, TlsFront, Tracked
 from lobby.errors import ErrorCode
 from lobby.handlers import Lobby
 from lobby.http import FrontProtocol, HttpRequest, HttpResponse, HttpService, Router, text_response
 from lobby.hub import Client
 from lobby.logs import fields
+from lobby.wsconn import Listener, WebSocket
 
 log = logging.getLogger("lobby.server")
 
@@ -53,7 +51,7 @@ class WsClient:
                  "password_failures", "ping_sent", "player_id", "refused", "session_id",
                  "stats", "token_hash", "ws")
 
-    def __init__(self, ws: ServerConnection, conn_id: str, burst: int,
+    def __init__(self, ws: WebSocket, conn_id: str, burst: int,
                  max_buffered: int = 1 << 20, stats: dict[str, int] | None = None,
                  address: str = "unknown") -> None:
         self.ws = ws
@@ -96,7 +94,7 @@ class WsClient:
         return False
 
     def close(self, code: int, reason: str) -> None:
-        asyncio.get_running_loop().create_task(self.ws.close(code, reason))
+        self.ws.close(code, reason)
 
     def allow(self, rate: float, burst: int, cost: float = 1.0) -> bool:
         """Token bucket: `rate` requests a second, bursts up to `burst`."""
@@ -116,26 +114,23 @@ def _rate_limited(rtype: str, rid: object) -> str:
 
 def push_many(clients: Iterable[Client], text: str) -> None:
     """`text` to every client, framed once: websockets' serializer makes the frame
-    and the same bytes go to every open socket without an extension (what its
-    broadcast() does per socket costs ~2 µs each, a 16-receiver change ~40 µs: see
-    docs/benchmarks.md). A socket with permessage-deflate, closing or sending a
-    fragmented message goes through broadcast(), which compresses or skips it."""
+    and the same bytes go to every open socket without an extension (framing per
+    receiver costs ~2 µs each, a 16-receiver change ~40 µs: see docs/benchmarks.md).
+    A socket with permessage-deflate gets its own, compressed, frame."""
     frame = b""
-    others: list[ServerConnection] = []
     for client in clients:
         if not client.writable():  # type: ignore[attr-defined]
             continue
-        ws: ServerConnection = client.ws  # type: ignore[attr-defined]
+        ws: WebSocket = client.ws  # type: ignore[attr-defined]
         protocol = ws.protocol
-        if protocol.state is State.OPEN and not protocol.extensions \
-                and ws.send_in_progress is None:
-            if not frame:
-                frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
-            ws.transport.write(frame)
-        else:
-            others.append(ws)
-    if others:
-        broadcast(others, text)
+        if protocol.state is not State.OPEN:
+            continue
+        if protocol.extensions:
+            ws.send_text(text)
+            continue
+        if not frame:
+            frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+        ws.transport.write(frame)
 
 
 class Keepalive:
@@ -212,30 +207,36 @@ class SocketServer:
         self.burst = burst
         self._ids = itertools.count(1)
         self.keepalive = Keepalive(ping_interval) if ping_interval else None
+        self.listener: Listener | None = None  # made by listen()
         self.http = HttpService(Router())
         # `routes["/path"] = handler` registers a handler for any method (lobby.http).
         self.routes: Router = self.http.router
         self.routes.add("GET", "/healthz", self._healthz)
 
-    def front_factory(self, protocol: ServerProtocol, server: Server, **kwargs: Any
-                      ) -> FrontProtocol:
-        """websockets' `create_connection` hook: every accepted socket starts as
-        HTTP and becomes this ServerConnection only if it asks for an upgrade."""
+    def listen(self, **settings: Any) -> Listener:
+        """The WebSocket side of the node's listening socket (lobby.wsconn)."""
+        self.listener = Listener(self, gate=self.gate, **settings)
+        return self.listener
+
+    def front_factory(self) -> asyncio.Protocol:
+        """The protocol of every accepted socket: it starts as HTTP and becomes a
+        WebSocket only if it asks for an upgrade."""
+        listener = self.listener
+        assert listener is not None, "listen() first"
         if self.gate is None:
-            return FrontProtocol(self.http, lambda: ServerConnection(protocol, server, **kwargs))
-        gate = self.gate
+            return FrontProtocol(self.http, lambda: WebSocket(listener))
         tracked = Tracked()
-        front = GuardedFront(self.http, lambda: GuardedConnection(
-            protocol, server, gate=gate, tracked=tracked, **kwargs), gate, tracked)
+        front = GuardedFront(self.http, lambda: WebSocket(listener, tracked), self.gate,
+                             tracked)
         if self.tls is not None:
-            return TlsFront(front, self.tls, self.tls_timeout)  # type: ignore[return-value]
+            return TlsFront(front, self.tls, self.tls_timeout)
         return front
 
-    async def process_request(self, connection: ServerConnection, request: Request
+    async def process_request(self, connection: WebSocket, request: Request
                               ) -> Response | None:
         """Only WebSocket upgrades get here (plain HTTP is lobby.http's)."""
         path = request.path.split("?", 1)[0]
-        tracked = getattr(connection, "tracked", None)
+        tracked = connection.tracked
         if self.gate is not None and tracked is not None:
             refusal = self.gate.request_received(tracked)
             if refusal is not None:
@@ -257,11 +258,13 @@ class SocketServer:
     def _healthz(self, request: HttpRequest) -> HttpResponse:
         return text_response(HTTPStatus.OK, "ok\n")
 
-    async def handle(self, ws: ServerConnection) -> None:
-        tracked = getattr(ws, "tracked", None)
+    def opened(self, ws: WebSocket) -> WsClient:
+        """A socket whose handshake is done: it becomes a client of the hub."""
+        tracked = ws.tracked
         remote = (tracked.client_ip if tracked is not None else None) or (
             ws.remote_address[0] if ws.remote_address else "unknown")
-        _forget_handshake(ws)
+        # websockets' parse of the request is not read again: ~1 KiB a socket.
+        ws.request = None
         client = WsClient(ws, f"{self.node_id}.{next(self._ids)}", self.burst,
                           self.max_buffered, self.stats, address=remote)
         self.lobby.hub.add_client(client)
@@ -270,29 +273,21 @@ class SocketServer:
         if log.isEnabledFor(logging.INFO):
             log.info("connect %s from %s", client.conn_id, remote,
                      extra=fields(conn=client.conn_id, remote=remote))
-        try:
-            # recv() rather than `async for`: no async generator kept per idle socket.
-            while True:
-                await self._frame(client, await ws.recv())
-        except ConnectionClosed:
-            pass
-        finally:
-            if self.keepalive is not None:
-                self.keepalive.remove(client)
-            if log.isEnabledFor(logging.INFO):
-                log.info("disconnect %s (player %s, code %s)", client.conn_id,
-                         client.player_id, ws.close_code, extra=fields(
-                             conn=client.conn_id, player=client.player_id,
-                             session=client.session_id, code=ws.close_code,
-                             reason=ws.close_reason or None))
-            try:
-                await self.lobby.disconnected(client)
-            except Exception:
-                log.exception("cleanup of %s failed", client.conn_id)
+        return client
 
-    async def _frame(self, client: WsClient, frame: str | bytes) -> None:
-        """One frame: limits first, then parse, then the handler. (A function of its
-        own, so that an idle socket keeps neither its last frame nor request alive.)"""
+    async def closed(self, client: WsClient, ws: WebSocket) -> None:
+        if self.keepalive is not None:
+            self.keepalive.remove(client)
+        if log.isEnabledFor(logging.INFO):
+            log.info("disconnect %s (player %s, code %s)", client.conn_id,
+                     client.player_id, ws.close_code, extra=fields(
+                         conn=client.conn_id, player=client.player_id,
+                         session=client.session_id, code=ws.close_code,
+                         reason=ws.close_reason or None))
+        await self.lobby.disconnected(client)
+
+    async def message(self, client: WsClient, frame: str | bytes) -> None:
+        """One message: limits first, then parse, then the handler."""
         if isinstance(frame, bytes):
             client.push(_BINARY_REFUSED)
             return
@@ -317,12 +312,3 @@ class SocketServer:
             client.push(p.encode(bad.reply))
             return
         await self.lobby.handle(client, req)
-
-
-def _forget_handshake(ws: ServerConnection) -> None:
-    """Drop the opening handshake's headers: websockets keeps the request (its
-    parser's frame too) and the response for the connection's life, ~2.6 KiB per
-    socket that nothing reads after process_request (docs/benchmarks.md)."""
-    if ws.request is not None:
-        ws.request.headers.clear()
-    ws.response = None

@@ -1,0 +1,405 @@
+"""A WebSocket connection driven by the event loop's own callbacks.
+
+websockets' Sans-I/O `ServerProtocol` does the protocol: the opening handshake's
+checks, frame parsing and building, permessage-deflate, pings answered and the
+closing handshake. This module is only its I/O: bytes from `data_received` go
+into it, what it has to send goes to the transport, and each complete message
+goes to the owner (lobby.server), one at a time, in order.
+
+It replaces websockets' asyncio connection, which keeps a task per connection
+for its whole life, and per message an assembler's futures, a lock and a wake-up
+of that task: about a fifth of a cold join's CPU (docs/benchmarks.md). Here an
+idle socket has no task at all; a message starts one only if none is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import http
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from websockets.datastructures import Headers
+from websockets.extensions.base import ServerExtensionFactory
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+log = logging.getLogger("lobby.server")
+_ws_log = logging.getLogger("websockets.server")
+
+OPEN = State.OPEN
+CONNECTING = State.CONNECTING
+TEXT = Opcode.TEXT
+BINARY = Opcode.BINARY
+CONT = Opcode.CONT
+
+# Messages read ahead of the one being handled: past HIGH, reading pauses until
+# only LOW are left (a peer that floods gets TCP backpressure, not our memory).
+QUEUE_HIGH = 16
+QUEUE_LOW = 4
+# A message may come in many frames; max_size bounds their bytes, this their count.
+MAX_FRAGMENTS = 256
+
+
+class Owner(Protocol):
+    """What serves the sockets (lobby.server.SocketServer)."""
+
+    async def process_request(self, sock: WebSocket, request: Request) -> Response | None: ...
+
+    def opened(self, sock: WebSocket) -> Any: ...
+
+    async def message(self, client: Any, data: str | bytes) -> None: ...
+
+    async def closed(self, client: Any, sock: WebSocket) -> None: ...
+
+
+class _Date:
+    """The Date header, formatted once a second (formatdate was 2% of a cold join)."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self.second:
+            self.second = second
+            self.text = email.utils.formatdate(second, usegmt=True)
+        return self.text
+
+
+_date = _Date()
+
+
+class LobbyProtocol(ServerProtocol):
+    """websockets' server protocol, with an `accept` that builds the 101 itself.
+    The request is checked by websockets' own `process_request`; a request it
+    refuses goes through websockets' `accept`, for its exact refusal."""
+
+    def accept(self, request: Request) -> Response:
+        try:
+            accept_header, extensions_header, protocol_header = self.process_request(request)
+        except Exception:
+            return super().accept(request)
+        self.accept_called = True
+        headers = Headers()
+        headers["Date"] = _date.now()
+        headers["Upgrade"] = "websocket"
+        headers["Connection"] = "Upgrade"
+        headers["Sec-WebSocket-Accept"] = accept_header
+        if extensions_header is not None:
+            headers["Sec-WebSocket-Extensions"] = extensions_header
+        if protocol_header is not None:
+            headers["Sec-WebSocket-Protocol"] = protocol_header
+        return Response(101, "Switching Protocols", headers)
+
+
+class Listener:
+    """The listening side: settings shared by all sockets, the set of them, and
+    the shutdown (open sockets closed with 1001, handshakes refused with 503)."""
+
+    def __init__(self, owner: Owner, *, max_size: int | None, compression: bool,
+                 server_header: str | None, open_timeout: float | None,
+                 close_timeout: float = 10.0, gate: Any = None) -> None:
+        self.owner = owner
+        self.gate = gate  # lobby.addresses.ConnectionGate: told of every close
+        self.max_size = max_size
+        self.extensions: Sequence[ServerExtensionFactory] | None = (
+            [ServerPerMessageDeflateFactory()] if compression else None)
+        self.server_header = server_header
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self.server: asyncio.Server | None = None
+        self.serving = True
+        self.sockets: set[WebSocket] = set()  # from hand-off until their owner is done
+        self._empty: asyncio.Event | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def new_protocol(self) -> ServerProtocol:
+        return LobbyProtocol(extensions=self.extensions, max_size=self.max_size,
+                             logger=_ws_log)
+
+    def close(self) -> None:
+        """Stop listening and close every open socket with 1001 (going away)."""
+        self.serving = False
+        if self.server is not None:
+            self.server.close()
+        for sock in list(self.sockets):
+            if sock.protocol.state is OPEN:
+                sock.close(CloseCode.GOING_AWAY, "")
+
+    async def wait_closed(self) -> None:
+        """Until every socket is closed and its owner has seen it go."""
+        if self.server is not None:
+            await self.server.wait_closed()
+        if self.sockets:
+            self._empty = asyncio.Event()
+            await self._empty.wait()
+
+    def _done(self, sock: WebSocket) -> None:
+        self.sockets.discard(sock)
+        if not self.sockets and self._empty is not None:
+            self._empty.set()
+
+
+class WebSocket(asyncio.Protocol):
+    """One WebSocket, from the hand-off of its upgrade request to its close."""
+
+    __slots__ = ("_closing", "_fragments", "_inbox", "_lost", "_paused", "_task", "_waiter",
+                 "client", "listener", "protocol", "request", "tracked", "transport")
+
+    def __init__(self, listener: Listener, tracked: Any = None) -> None:
+        self.listener = listener
+        self.tracked = tracked  # lobby.addresses.Tracked: the gate's view of this connection
+        self.protocol = listener.new_protocol()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.request: Request | None = None
+        self.client: Any = None  # the owner's, once the handshake is done
+        self._inbox: collections.deque[str | bytes] = collections.deque()
+        self._fragments: list[Frame] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost = False
+        self._paused = False
+
+    # what the owner uses ---------------------------------------------------------
+
+    @property
+    def remote_address(self) -> Any:
+        return self.transport.get_extra_info("peername") if self.transport else None
+
+    @property
+    def close_code(self) -> int | None:
+        return self.protocol.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self.protocol.close_reason
+
+    def respond(self, status: http.HTTPStatus, text: str) -> Response:
+        """A refusal for process_request to return."""
+        return self.protocol.reject(status, text)
+
+    def send_text(self, text: str) -> None:
+        """Through the protocol (compressed if negotiated); nothing once not open."""
+        if self.protocol.state is OPEN:
+            self.protocol.send_text(text.encode())
+            self.send_data()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the TCP connection is aborted if the peer
+        has not closed it within the close timeout."""
+        if self._lost:
+            return
+        state = self.protocol.state
+        if state is OPEN:
+            self.protocol.send_close(code, reason)
+            self.send_data()
+            self._expect_close()
+        elif state is CONNECTING:
+            self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        if self._lost:
+            return
+        if self._waiter is None:
+            self._waiter = self.listener.loop.create_future()
+        await asyncio.shield(self._waiter)
+
+    def send_data(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():  # the close handshake is done
+                try:
+                    self.transport.write_eof()
+                except Exception:  # uvloop raises RuntimeError there
+                    self.transport.close()
+            else:  # TLS: no half-close
+                self.transport.close()
+
+    # asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.listener.sockets.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tracked is not None:
+            self.tracked.last_received = self.listener.loop.time()
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self.send_data()
+        if protocol.close_expected():
+            self._expect_close()
+        for event in events:
+            if type(event) is Frame:
+                self._frame(event)
+            elif self.request is None and isinstance(event, Request):
+                self.request = event
+                self._task = self.listener.loop.create_task(self._handshake(event))
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self.send_data()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.protocol.receive_eof()  # idempotent: the state is CLOSED now
+        if self._closing is not None:
+            self._closing.cancel()
+            self._closing = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self.tracked is not None:
+            self.listener.gate.closed(self.tracked)
+        if self._task is None:
+            self._end()
+
+    # inside ----------------------------------------------------------------------
+
+    def _expect_close(self) -> None:
+        if self._closing is None and not self._lost:
+            self._closing = self.listener.loop.call_later(
+                self.listener.close_timeout, self.transport.abort)
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is TEXT or opcode is BINARY:
+            if not frame.fin:
+                self._fragments = [frame]
+                return
+            data = frame.data
+        elif opcode is CONT:
+            fragments = self._fragments
+            if fragments is None:  # the protocol has failed the connection already
+                return
+            fragments.append(frame)
+            if not frame.fin:
+                if len(fragments) > MAX_FRAGMENTS:
+                    self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+                return
+            self._fragments = None
+            opcode = fragments[0].opcode
+            data = b"".join(f.data for f in fragments)
+        else:
+            return  # ping, pong and close: the protocol has done what they need
+        if opcode is TEXT:
+            try:
+                message: str | bytes = bytes(data).decode()
+            except UnicodeDecodeError as err:
+                self._fail(CloseCode.INVALID_DATA, f"{err.reason} at position {err.start}")
+                return
+        else:
+            message = bytes(data)
+        inbox = self._inbox
+        inbox.append(message)
+        if self._task is None and self.client is not None:
+            self._task = self.listener.loop.create_task(self._drain())
+        elif len(inbox) >= QUEUE_HIGH and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._inbox.clear()
+        self._fragments = None
+        self.protocol.fail(code, reason)
+        self.send_data()
+        self._expect_close()
+
+    async def _handshake(self, request: Request) -> None:
+        listener = self.listener
+        protocol = self.protocol
+        response: Response | None
+        try:
+            async with asyncio.timeout(listener.open_timeout):
+                response = await listener.owner.process_request(self, request)
+        except TimeoutError:
+            self._task = None
+            self.transport.abort()
+            return
+        except Exception as exc:
+            protocol.handshake_exc = exc
+            log.error("process_request failed", exc_info=True)
+            response = protocol.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR,
+                                       "Failed to open a WebSocket connection.\n")
+        if response is None:
+            response = protocol.accept(request)
+        if listener.server_header is not None:
+            response.headers["Server"] = listener.server_header
+        if response.status_code == 101 and not listener.serving:
+            response = protocol.reject(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                       "Server is shutting down.\n")
+        if self._lost:
+            self._task = None
+            self._end()
+            return
+        protocol.send_response(response)
+        self.send_data()
+        if protocol.state is not OPEN:
+            self._task = None
+            self._expect_close()  # the peer reads the refusal, then closes
+            return
+        try:
+            self.client = listener.owner.opened(self)
+        except Exception:
+            log.exception("opening a socket failed")
+            self._task = None
+            self.transport.abort()
+            return
+        if self._inbox and not self._lost:
+            await self._drain()
+        else:
+            self._task = None
+            if self._lost:
+                self._end()
+
+    async def _drain(self) -> None:
+        """Every message read so far, in order; then, if the connection is gone,
+        the owner is told."""
+        inbox = self._inbox
+        owner = self.listener.owner
+        try:
+            while inbox:
+                message = inbox.popleft()
+                if self._paused and len(inbox) <= QUEUE_LOW and not self._lost:
+                    self._paused = False
+                    self.transport.resume_reading()
+                try:
+                    await owner.message(self.client, message)
+                except Exception:
+                    log.exception("handling a message failed")
+        finally:
+            self._task = None
+            if self._lost:
+                self._end()
+
+    def _end(self) -> None:
+        """The connection is gone and no message is being handled: tell the owner
+        (once, in a task: its cleanup calls the store)."""
+        if self.client is None:
+            self.listener._done(self)
+            return
+        client, self.client = self.client, None
+        self._inbox.clear()
+        self.listener.loop.create_task(self._closed(client))
+
+    async def _closed(self, client: Any) -> None:
+        try:
+            await self.listener.owner.closed(client, self)
+        except Exception:
+            log.exception("cleanup of a socket failed")
+        finally:
+            self.listener._done(self)

@@ -1,0 +1,213 @@
+"""The node's own WebSocket connection (lobby.wsconn) over real sockets: raw TCP
+peers that write frames by hand, so that what a browser or websockets' client
+would never send (fragments, bad UTF-8, frames pipelined behind the upgrade
+request, a flood, a peer that ignores the close) is exercised too."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import struct
+
+from websockets.asyncio.client import connect
+
+from lobby import wsconn
+from lobby.app import LobbyNode
+
+
+def _frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client frame: masked, as RFC 6455 requires of clients."""
+    mask = os.urandom(4)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _request(port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await reader.readexactly(8))[0]
+    return b0 & 0x0F, await reader.readexactly(n)
+
+
+async def _replies(reader: asyncio.StreamReader, count: int) -> list[dict]:
+    out = []
+    while len(out) < count:
+        opcode, data = await _read_frame(reader)
+        assert opcode == 0x1, (opcode, data)
+        out.append(json.loads(data))
+    return out
+
+
+async def _open(port: int, *frames: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Upgrade request and `frames` in one write: the frames arrive before the
+    server has answered the handshake."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_request(port) + b"".join(frames))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+def _ping(i: int) -> bytes:
+    return json.dumps({"type": "ping", "id": i}).encode()
+
+
+async def test_frames_pipelined_behind_the_upgrade_are_answered_in_order(make_node) -> None:
+    node: LobbyNode = await make_node()
+    hello = json.dumps({"type": "hello", "id": 0, "name": "eager"}).encode()
+    reader, writer = await _open(node.port, _frame(0x1, hello),
+                                 *(_frame(0x1, _ping(i)) for i in range(1, 6)))
+    try:
+        async with asyncio.timeout(5):
+            replies = await _replies(reader, 6)
+        assert [r["id"] for r in replies] == [0, 1, 2, 3, 4, 5]
+        assert replies[0]["type"] == "hello" and replies[0]["ok"] is True
+        assert all(r["type"] == "ping" and r["ok"] for r in replies[1:])
+    finally:
+        writer.close()
+
+
+async def test_a_fragmented_message_is_one_request(make_node) -> None:
+    node: LobbyNode = await make_node()
+    text = json.dumps({"type": "hello", "id": 7, "name": "fragments"}).encode()
+    parts = [text[:5], text[5:11], text[11:]]
+    reader, writer = await _open(node.port)
+    try:
+        writer.write(_frame(0x1, parts[0], fin=False) + _frame(0x0, parts[1], fin=False)
+                     # a ping between fragments is allowed and answered at once
+                     + _frame(0x9, b"mid") + _frame(0x0, parts[2]))
+        async with asyncio.timeout(5):
+            opcode, data = await _read_frame(reader)
+            assert (opcode, data) == (0xA, b"mid")
+            (reply,) = await _replies(reader, 1)
+        assert reply["type"] == "hello" and reply["id"] == 7 and reply["ok"] is True
+    finally:
+        writer.close()
+
+
+async def test_invalid_utf8_closes_with_1007_and_the_node_serves_on(make_node,
+                                                                     connect_player) -> None:
+    node: LobbyNode = await make_node()
+    reader, writer = await _open(node.port)
+    try:
+        writer.write(_frame(0x1, b'{"type": "ping", "id": "\xff\xfe"}'))
+        async with asyncio.timeout(5):
+            opcode, data = await _read_frame(reader)
+        assert opcode == 0x8 and struct.unpack("!H", data[:2])[0] == 1007
+    finally:
+        writer.close()
+    player = await connect_player(node, "after")
+    assert (await player.request("ping"))["ok"] is True
+
+
+async def test_too_many_fragments_close_with_1009(make_node) -> None:
+    node: LobbyNode = await make_node()
+    reader, writer = await _open(node.port)
+    try:
+        writer.write(_frame(0x1, b"[", fin=False)
+                     + b"".join(_frame(0x0, b" ", fin=False)
+                                for _ in range(wsconn.MAX_FRAGMENTS + 1)))
+        async with asyncio.timeout(5):
+            opcode, data = await _read_frame(reader)
+        assert opcode == 0x8 and struct.unpack("!H", data[:2])[0] == 1009
+    finally:
+        writer.close()
+
+
+def _node_tasks() -> list[asyncio.Task]:
+    """Tasks running the lobby's code (not the test clients')."""
+    return [t for t in asyncio.all_tasks()
+            if "/lobby/" in t.get_coro().cr_code.co_filename]  # type: ignore[union-attr]
+
+
+async def test_idle_sockets_hold_no_task(make_node, connect_player) -> None:
+    node: LobbyNode = await make_node()
+    before = len(_node_tasks())
+    players = [await connect_player(node, f"idle{i}") for i in range(20)]
+    assert (await players[-1].request("ping"))["ok"] is True
+    assert node.hub.client_count == 20
+    assert len(_node_tasks()) <= before, _node_tasks()
+
+
+async def test_a_flood_pauses_reading_and_every_request_is_still_answered(
+        make_node) -> None:
+    node: LobbyNode = await make_node(rate_limit_per_second=100_000, rate_limit_burst=100_000)
+    hello = json.dumps({"type": "hello", "id": 0, "name": "flood"}).encode()
+    reader, writer = await _open(node.port, _frame(0x1, hello))
+    try:
+        async with asyncio.timeout(10):
+            await _replies(reader, 1)
+            (sock,) = [s for s in node.sockets.listener.sockets if s.client is not None]
+            pauses: list[int] = []
+            pause = sock.transport.pause_reading
+
+            def counted_pause() -> None:
+                pauses.append(len(sock._inbox))
+                pause()
+
+            sock.transport.pause_reading = counted_pause  # type: ignore[method-assign]
+            total = 2_000
+            writer.write(b"".join(_frame(0x1, _ping(i)) for i in range(1, total + 1)))
+            got: list[int] = []
+            while len(got) < total:
+                got += [r["id"] for r in await _replies(reader, 1)]
+        # In order, none lost, though reading stopped while requests queued up
+        # (and resumed: the last ones were read after a pause).
+        assert got == list(range(1, total + 1))
+        assert pauses and min(pauses) >= wsconn.QUEUE_HIGH, pauses
+    finally:
+        writer.close()
+
+
+async def test_a_peer_that_never_answers_the_close_is_cut_after_the_timeout(
+        make_node) -> None:
+    node: LobbyNode = await make_node()
+    node.sockets.listener.close_timeout = 0.3
+    hello = json.dumps({"type": "hello", "id": 0, "name": "deaf"}).encode()
+    reader, writer = await _open(node.port, _frame(0x1, hello))
+    try:
+        async with asyncio.timeout(5):
+            await _replies(reader, 1)
+            (client,) = node.hub.clients()
+            client.close(4000, "bye")
+            opcode, data = await _read_frame(reader)
+            assert opcode == 0x8 and struct.unpack("!H", data[:2])[0] == 4000
+            # No close frame back: the server drops the TCP connection itself.
+            assert await reader.read() == b""
+            await client.ws.wait_closed()
+    finally:
+        writer.close()
+
+
+async def test_shutdown_closes_open_sockets_with_1001_and_waits_for_their_cleanup(
+        make_node) -> None:
+    node: LobbyNode = await make_node()
+    listener = node.sockets.listener
+    async with connect(f"ws://127.0.0.1:{node.port}/ws") as ws:
+        await ws.send(json.dumps({"type": "hello", "id": 1, "name": "stays"}))
+        assert json.loads(await ws.recv())["ok"] is True
+        listener.close()  # what node.stop() does first
+        await asyncio.wait_for(listener.wait_closed(), 15)
+        # wait_closed returned only once the lobby had let the player go
+        assert not listener.sockets and node.hub.client_count == 0
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_code == 1001
