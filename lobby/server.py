@@ -90,7 +90,7 @@ class WsClient:
         log.warning("dropping %s: %d bytes unsent", self.conn_id,
                     transport.get_write_buffer_size())
         self.stats["slow_drops"] = self.stats.get("slow_drops", 0) + 1
-        transport.abort()
+        self.ws.abort()
         return False
 
     def close(self, code: int, reason: str) -> None:
@@ -119,18 +119,17 @@ def push_many(clients: Iterable[Client], text: str) -> None:
     A socket with permessage-deflate gets its own, compressed, frame."""
     frame = b""
     for client in clients:
-        if not client.writable():  # type: ignore[attr-defined]
-            continue
         ws: WebSocket = client.ws  # type: ignore[attr-defined]
-        protocol = ws.protocol
-        if protocol.state is not State.OPEN:
-            continue
-        if protocol.extensions:
+        if ws.plain:
+            transport = ws.transport
+            if (transport.get_write_buffer_size() > client.max_buffered  # type: ignore[attr-defined]
+                    or transport.is_closing()) and not client.writable():  # type: ignore[attr-defined]
+                continue
+            if not frame:
+                frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+            transport.write(frame)
+        elif ws.protocol.state is State.OPEN and client.writable():  # type: ignore[attr-defined]
             ws.send_text(text)
-            continue
-        if not frame:
-            frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
-        ws.transport.write(frame)
 
 
 class Keepalive:

@@ -137,6 +137,11 @@ class Listener:
             if sock.protocol.state is OPEN:
                 sock.close(CloseCode.GOING_AWAY, "")
 
+    def abort(self) -> None:
+        """Drop the TCP connection now (no close frame)."""
+        self.plain = False
+        self.transport.abort()
+
     async def wait_closed(self) -> None:
         """Until every socket is closed and its owner has seen it go."""
         if self.server is not None:
@@ -155,7 +160,7 @@ class WebSocket(asyncio.Protocol):
     """One WebSocket, from the hand-off of its upgrade request to its close."""
 
     __slots__ = ("_closing", "_fragments", "_inbox", "_lost", "_paused", "_task", "_waiter",
-                 "client", "listener", "protocol", "request", "tracked", "transport")
+                 "client", "listener", "plain", "protocol", "request", "tracked", "transport")
 
     def __init__(self, listener: Listener, tracked: Any = None) -> None:
         self.listener = listener
@@ -171,6 +176,10 @@ class WebSocket(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._lost = False
         self._paused = False
+        # Open, without extensions: a frame built once for many sockets can be
+        # written to this one as it is (lobby.server.push_many). Kept up to date
+        # wherever the protocol's state can change, all of them in this class.
+        self.plain = False
 
     # what the owner uses ---------------------------------------------------------
 
@@ -201,6 +210,7 @@ class WebSocket(asyncio.Protocol):
         has not closed it within the close timeout."""
         if self._lost:
             return
+        self.plain = False
         state = self.protocol.state
         if state is OPEN:
             self.protocol.send_close(code, reason)
@@ -208,6 +218,11 @@ class WebSocket(asyncio.Protocol):
             self._expect_close()
         elif state is CONNECTING:
             self.transport.abort()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now (no close frame)."""
+        self.plain = False
+        self.transport.abort()
 
     async def wait_closed(self) -> None:
         if self._lost:
@@ -240,6 +255,8 @@ class WebSocket(asyncio.Protocol):
         protocol = self.protocol
         protocol.receive_data(data)
         events = protocol.events_received()
+        if self.plain and protocol.state is not OPEN:  # a close frame, or a failure
+            self.plain = False
         self.send_data()
         if protocol.close_expected():
             self._expect_close()
@@ -251,12 +268,14 @@ class WebSocket(asyncio.Protocol):
                 self._task = self.listener.loop.create_task(self._handshake(event))
 
     def eof_received(self) -> bool | None:
+        self.plain = False
         self.protocol.receive_eof()
         self.send_data()
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self.plain = False
         self.protocol.receive_eof()  # idempotent: the state is CLOSED now
         if self._closing is not None:
             self._closing.cancel()
@@ -273,7 +292,7 @@ class WebSocket(asyncio.Protocol):
     def _expect_close(self) -> None:
         if self._closing is None and not self._lost:
             self._closing = self.listener.loop.call_later(
-                self.listener.close_timeout, self.transport.abort)
+                self.listener.close_timeout, self.abort)
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
@@ -313,6 +332,7 @@ class WebSocket(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _fail(self, code: int, reason: str) -> None:
+        self.plain = False
         self._inbox.clear()
         self._fragments = None
         self.protocol.fail(code, reason)
@@ -352,6 +372,7 @@ class WebSocket(asyncio.Protocol):
             self._task = None
             self._expect_close()  # the peer reads the refusal, then closes
             return
+        self.plain = not protocol.extensions
         try:
             self.client = listener.owner.opened(self)
         except Exception:
