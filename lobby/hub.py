@@ -258,12 +258,12 @@ class Hub:
     # delivery ----------------------------------------------------------------
     def on_message(self, raw: bytes | str) -> None:
         try:
-            ev = fastjson.loads(raw)
-            self._dispatch(ev)
+            ev, view = split_event(raw)
+            self._dispatch(ev, view)
         except Exception:
             log.exception("bad bus message dropped: %.200r", raw)
 
-    def _dispatch(self, ev: dict[str, Any]) -> None:
+    def _dispatch(self, ev: dict[str, Any], view: str | None = None) -> None:
         self.events_in += 1
         kind = ev["e"]
         if kind == "replaced":
@@ -288,7 +288,9 @@ class Hub:
         if kind == "chat_message":
             self._chat(members, sid, ev["m"])
             return
-        out, exclude = _public_event(ev)
+        if kind == "session_closed":
+            view = None  # the session is gone: no snapshot to mirror
+        out, exclude = _public_event(ev, view)
         version = ev["v"]
         gone = None
         if kind == "player_left":
@@ -298,19 +300,18 @@ class Hub:
                 # reply, then the join, came before this event): not this one's.
                 gone = None
             if gone is not None and ev["reason"] == "kicked":
-                kicked = {"type": "kicked", "session_id": sid}
-                if "session" in out:  # the room as it is without them
-                    kicked["session"] = out["session"]
+                # With the room as it is without them.
+                kicked = _with_session({"type": "kicked", "session_id": sid}, out, view)
                 if gone.pending is not None:
-                    gone.pending.append((version, 0, encode(kicked)))
+                    gone.pending.append((version, 0, kicked))
                 else:
-                    gone.client.push(encode(kicked))
+                    gone.client.push(kicked)
                     self.frames_out += 1
             if gone is not None and gone.pending is not None:
                 # Whether it is this membership's leave is known at activate.
                 gone.left_at = max(gone.left_at, version)
                 gone = None
-        text = encode(out)
+        text = _with_session(out, out, view)
         ready = []
         for pid, member in members.items():
             if pid == exclude:
@@ -322,7 +323,7 @@ class Hub:
         if ready:
             self._push_many(ready, text)
             self.frames_out += len(ready)
-            changed = (ev.get("s") or {}).get("updated")
+            changed = ev.get("u") or (ev.get("s") or {}).get("updated")
             if self.on_fanout is not None and changed is not None:
                 self.on_fanout(kind, changed)
         if gone is not None:
@@ -346,8 +347,43 @@ class Hub:
             self.frames_out += len(ready)
 
 
-def _public_event(ev: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The wire event for a bus event, and the player it must not be sent to."""
+def split_event(raw: bytes | str) -> tuple[dict[str, Any], str | None]:
+    """A bus message: its fields, and the members' view of the session when the
+    store sent one. A session event (publish() in prelude.lua has the layout) is
+    decoded only up to the record; the view is cut off the end, to be forwarded
+    as it is. Anything else, or an event of a node without the view, is decoded
+    whole."""
+    if isinstance(raw, str):
+        cut, close, mark = raw.find(',"s":'), "}", ',"p":'
+    else:
+        cut, close, mark = raw.find(b',"s":'), b"}", b',"p":'  # type: ignore[assignment]
+    if cut > 0:
+        try:
+            head = fastjson.loads(raw[:cut] + close)  # type: ignore[operator]
+        except ValueError:
+            head = None
+        size = head.get("pl") if isinstance(head, dict) else None
+        start = len(raw) - 1 - size if type(size) is int else -1
+        if start > cut and raw[start - 5:start] == mark:
+            view = raw[start:-1]
+            return head, view if isinstance(view, str) else view.decode()  # type: ignore[return-value]
+    return fastjson.loads(raw), None
+
+
+def _with_session(msg: dict[str, Any], out: dict[str, Any], view: str | None) -> str:
+    """`msg` as wire text, with the event's session: `view` (the store's text of
+    it) or the one _public_event built into `out`, if any."""
+    if view is None:
+        if "session" in out:
+            msg["session"] = out["session"]
+        return encode(msg)
+    return encode(msg)[:-1] + ',"session":' + view + "}"
+
+
+def _public_event(ev: dict[str, Any], view: str | None = None
+                  ) -> tuple[dict[str, Any], str | None]:
+    """The wire event for a bus event (without its session when the store sent
+    `view`, the members' view of it), and the player it must not be sent to."""
     kind = ev["e"]
     sid = ev["sid"]
     out: dict[str, Any] = {"type": kind, "session_id": sid}
@@ -373,6 +409,6 @@ def _public_event(ev: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     elif kind == "session_closed":
         out["reason"] = ev["reason"]
         return out, None  # the session is gone: no snapshot to mirror
-    if ev.get("s") is not None:
+    if view is None and ev.get("s") is not None:
         out["session"] = public_session(ev["s"], member=True)  # events go to members only
     return out, exclude

@@ -4,6 +4,7 @@ one Redis, on a Redis Cluster and behind Sentinel: the `shared` fixture)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from typing import Any
 
@@ -238,6 +239,34 @@ async def test_a_late_player_left_of_a_hop_keeps_the_new_membership(
         second = await connect_player(n1, "second")
         await second.ok("join_session", session_id=sid)
         assert (await hopper.event("player_joined"))["player_id"] == second.player_id
+    finally:
+        await ps.aclose()
+        await redis.aclose()
+
+
+async def test_events_of_a_node_without_the_members_view_reach_players_alike(
+    make_node, redis_url, connect_player
+) -> None:
+    """During a rolling restart the bus carries events of the previous release,
+    which have the record but not the members' view of the session (`p`): a node
+    builds the view itself and sends its players the same event."""
+    n1 = await make_node(redis_url=redis_url)
+    host = await connect_player(n1, "host")
+    guest = await connect_player(n1, "guest")
+    sid = (await host.ok("create_session"))["session"]["session_id"]
+    redis = aioredis.from_url(redis_url)
+    ps = redis.pubsub()
+    await ps.ssubscribe(Keys("lobby:").channel(sid))
+    try:
+        assert (await ps.get_message(timeout=5))["type"] == "ssubscribe"
+        await guest.ok("join_session", session_id=sid)
+        raw = (await ps.get_message(timeout=5))["data"]
+        current = await host.event("player_joined")
+        old = json.loads(raw)
+        assert old.pop("p") == current["session"]  # the view the node forwarded
+        del old["pl"], old["u"]
+        n1.hub.on_message(json.dumps(old).encode())  # as the previous release sends it
+        assert await host.event("player_joined") == current
     finally:
         await ps.aclose()
         await redis.aclose()

@@ -23,9 +23,10 @@ from redis.asyncio.sentinel import Sentinel
 
 from lobby import redisconn
 from lobby.errors import ErrorCode, LobbyError
+from lobby.hub import split_event as hub_split
 from lobby.protocol import attr_value
 from lobby.redisconn import RedisTarget
-from lobby.session import Member, PasswordHash, SessionRecord, bus_view
+from lobby.session import Member, PasswordHash, SessionRecord, bus_view, public_session
 from lobby.store.base import (
     Change,
     GuessLimits,
@@ -73,7 +74,7 @@ class Harness:
         self._arrived = asyncio.Event()
 
     def _collect(self, channel: str, message: str | bytes) -> None:
-        self.events.append((channel, json.loads(message)))
+        self.events.append((channel, _checked_layout(message)))
         self._arrived.set()
 
     async def wait_events(self, n: int, timeout: float = 5.0) -> None:
@@ -123,10 +124,30 @@ class MemoryHarness(Harness):
         # Compared as a bus carries them: the Redis stores publish the record's bus
         # view (no token or password hashes), and the tests expect exactly that; the
         # memory store's events never leave the process and carry the whole record.
-        ev = json.loads(message)
+        ev = _checked_layout(message)
         if isinstance(ev.get("s"), dict):
             ev["s"] = bus_view(ev["s"])
-        self._collect(channel, json.dumps(ev))
+        self.events.append((channel, ev))
+        self._arrived.set()
+
+
+def _checked_layout(message: str | bytes) -> dict[str, Any]:
+    """A bus message, decoded; a session event's members' view is checked and
+    taken out, so that the tests compare the rest. The view is what nodes forward
+    to members without decoding it: it must be exactly what public_session makes
+    of the record the event carries (the Lua scripts build it on their own), and
+    where lobby.hub cuts it out."""
+    ev = json.loads(message)
+    if "p" not in ev:
+        assert "pl" not in ev and "u" not in ev, ev
+        return ev
+    fields, view = hub_split(message)
+    assert view is not None and json.loads(view) == ev["p"], (message, view)
+    assert fields == {k: v for k, v in ev.items() if k not in ("s", "p")}, (fields, ev)
+    assert ev["p"] == public_session(ev["s"], member=True), ev
+    assert ev.pop("u") == ev["s"]["updated"]
+    del ev["p"], ev["pl"]
+    return ev
 
 
 # Sharded pub/sub has no pattern subscription: the harness subscribes to the

@@ -19,7 +19,7 @@ from typing import Any
 from lobby import fastjson
 from lobby.errors import ErrorCode, LobbyError
 from lobby.protocol import new_join_codes
-from lobby.session import PasswordHash, SessionRecord
+from lobby.session import PasswordHash, SessionRecord, public_session
 from lobby.store.base import (
     CHAT_KEEP,
     CHAT_RATE,
@@ -162,13 +162,12 @@ class MemoryStore:
         self._player_expiry.pop(pid, None)
 
     def _event(self, s: dict[str, Any], ev: dict[str, Any], saved: str | None = None) -> None:
-        """Publish an event carrying the record; `saved` is its just-saved text."""
-        ev.update(sid=s["id"], v=s["v"])
-        if saved is None:
-            ev["s"] = s
-            self._publish(s["id"], _dump(ev))
-        else:
-            self._publish(s["id"], _dump(ev)[:-1] + ',"s":' + saved + "}")
+        """Publish an event carrying the record and the members' view of it, as
+        publish() in prelude.lua lays it out; `saved` is the record's just-saved text."""
+        view = _dump(public_session(s, member=True))
+        ev.update(sid=s["id"], v=s["v"], u=s["updated"], pl=len(view))
+        self._publish(s["id"], _dump(ev)[:-1] + ',"s":' + (saved or _dump(s))
+                      + ',"p":' + view + "}")
 
     @staticmethod
     def _listed(s: dict[str, Any]) -> bool:

@@ -106,11 +106,41 @@ local function bus_view(s)
   return out
 end
 
+-- The session object of the wire protocol as members see it (mirrors
+-- session.public_session(rec, member=True); tests/test_store_conformance.py
+-- holds the two to the same output).
+local function public_view(s)
+  local ids, players = {}, {}
+  for i, m in ipairs(s.members) do
+    ids[i] = m.id
+    players[i] = {player_id = m.id, name = m.name, attributes = m.attrs or {},
+                  ready = m.ready == true, connected = m.off == nil}
+  end
+  return {
+    session_id = s.id, name = s.name, host_id = s.host, session_state = s.state,
+    player_count = #ids, max_players = s.max, connected_players = ids, players = players,
+    has_password = s.pw ~= NULL, server_id = s.server_id, server_endpoint = s.endpoint,
+    created_at = s.created / 1000, version = s.v, attributes = s.attrs or {},
+    visibility = s.vis or 'public', locked = s.locked == true,
+    join_code = s.code or NULL, start_rule = s.rule or 'host', min_players = s.minp or 1,
+  }
+end
+
+-- An event: its own fields, then the record as `s` (what nodes of the previous
+-- release read) and the members' view of the session as `p`, last, its length
+-- in `pl`: a node cuts the fields off at ',"s":' and `p` off the end, and
+-- forwards `p` without decoding it (lobby.hub). No field of an event is an
+-- object with a key "s", and a JSON string cannot hold ',"', so the first
+-- ',"s":' is the record's.
 local function publish(s, ev)
   ev.sid = s.id
   ev.v = s.v
-  ev.s = bus_view(s)
-  redis.call('SPUBLISH', evkey(s.id), cjson.encode(ev))
+  ev.u = s.updated
+  local view = cjson.encode(public_view(s))
+  ev.pl = #view
+  local head = cjson.encode(ev)
+  redis.call('SPUBLISH', evkey(s.id), string.sub(head, 1, -2) .. ',"s":'
+    .. cjson.encode(bus_view(s)) .. ',"p":' .. view .. '}')
 end
 
 -- Listed: what list_sessions may show (mirrors MemoryStore._listed).
