@@ -356,12 +356,11 @@ class Lobby:
         player_id = "p_" + secrets.token_urlsafe(8)
         resume_token = f"{player_id}.{secrets.token_urlsafe(24)}"
         name = req.name or f"Player-{player_id[2:6]}"
-        await self.store.new_player(
-            player_id, name, token_hash(resume_token), client.conn_id, now_ms()
-        )
+        hashed = token_hash(resume_token)
+        await self.store.new_player(player_id, name, hashed, client.conn_id, now_ms())
         self.hub.bind(client, player_id)  # a new id: no resume elsewhere can race it
         client.name = name
-        client.token_hash = token_hash(resume_token)
+        client.token_hash = hashed
         return {"player_id": player_id, "name": name, "resume_token": resume_token,
                 "resumed": False, "session": None, "chat": []}, None
 

@@ -19,6 +19,7 @@ import collections
 import email.utils
 import http
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -46,6 +47,42 @@ QUEUE_HIGH = 16
 QUEUE_LOW = 4
 # A message may come in many frames; max_size bounds their bytes, this their count.
 MAX_FRAGMENTS = 256
+# Bytes a client may send behind its upgrade request before the 101 is out.
+MAX_EARLY_BYTES = 1 << 16
+
+# websockets' HTTP/1.1 rules (websockets.http11: MAX_NUM_HEADERS, MAX_LINE_LENGTH,
+# _token_re, _value_re), for the fast read of an upgrade request below.
+_MAX_HEADERS = 128
+_MAX_LINE = 8192
+_TOKEN = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
+_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+_PATH = re.compile(rb"/[\x21-\x7e]*")
+
+
+def read_upgrade(head: bytes) -> Request | None:
+    """A common upgrade request (its head, without the blank line) read in one go,
+    or None for anything else: that request goes through websockets' own parser,
+    which accepts or refuses it as it always has. What this accepts, websockets'
+    parser reads the same; the WebSocket checks (key, version, Upgrade,
+    Connection, extensions) are websockets' in either case (LobbyProtocol.accept)."""
+    lines = head.split(b"\r\n")
+    if len(lines) > _MAX_HEADERS + 1:
+        return None
+    method, _, rest = lines[0].partition(b" ")
+    target, _, version = rest.partition(b" ")
+    if method != b"GET" or version != b"HTTP/1.1" or not _PATH.fullmatch(target):
+        return None
+    headers = Headers()
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if not sep or len(line) > _MAX_LINE or not _TOKEN.fullmatch(name) \
+                or not _VALUE.fullmatch(value):
+            return None
+        headers.set_insecure(name.decode(), value.decode("iso-8859-1"))
+    if "Transfer-Encoding" in headers or "Content-Length" in headers:
+        return None
+    return Request(target.decode(), headers)
 
 
 class Owner(Protocol):
@@ -124,9 +161,9 @@ class Listener:
         self._empty: asyncio.Event | None = None
         self.loop = asyncio.get_running_loop()
 
-    def new_protocol(self) -> ServerProtocol:
+    def new_protocol(self, state: State = CONNECTING) -> ServerProtocol:
         return LobbyProtocol(extensions=self.extensions, max_size=self.max_size,
-                             logger=_ws_log)
+                             logger=_ws_log, state=state)
 
     def close(self) -> None:
         """Stop listening and close every open socket with 1001 (going away)."""
@@ -134,7 +171,7 @@ class Listener:
         if self.server is not None:
             self.server.close()
         for sock in list(self.sockets):
-            if sock.protocol.state is OPEN:
+            if sock.client is not None and sock.protocol.state is OPEN:
                 sock.close(CloseCode.GOING_AWAY, "")
 
     def abort(self) -> None:
@@ -159,14 +196,21 @@ class Listener:
 class WebSocket(asyncio.Protocol):
     """One WebSocket, from the hand-off of its upgrade request to its close."""
 
-    __slots__ = ("_closing", "_fragments", "_inbox", "_lost", "_paused", "_task", "_waiter",
-                 "client", "listener", "plain", "protocol", "request", "tracked", "transport")
+    __slots__ = ("_closing", "_early", "_fragments", "_inbox", "_lost", "_paused", "_task",
+                 "_waiter", "client", "listener", "plain", "protocol", "request", "tracked",
+                 "transport")
 
     def __init__(self, listener: Listener, tracked: Any = None) -> None:
         self.listener = listener
         self.tracked = tracked  # lobby.addresses.Tracked: the gate's view of this connection
-        self.protocol = listener.new_protocol()
+        # Made when the request arrives (right after the hand-off): open at once
+        # when read_upgrade read the request, else websockets' parser reads it.
+        self.protocol: ServerProtocol = None  # type: ignore[assignment]
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        # After a request read by read_upgrade, what the client sends before the
+        # 101 is out: fed to the protocol once it is (the protocol is open already
+        # and would answer a ping before the handshake).
+        self._early: bytearray | None = None
         self.request: Request | None = None
         self.client: Any = None  # the owner's, once the handshake is done
         self._inbox: collections.deque[str | bytes] = collections.deque()
@@ -211,13 +255,12 @@ class WebSocket(asyncio.Protocol):
         if self._lost:
             return
         self.plain = False
-        state = self.protocol.state
-        if state is OPEN:
+        if self.client is None:  # still in its handshake
+            self.transport.abort()
+        elif self.protocol.state is OPEN:
             self.protocol.send_close(code, reason)
             self.send_data()
             self._expect_close()
-        elif state is CONNECTING:
-            self.transport.abort()
 
     def abort(self) -> None:
         """Drop the TCP connection now (no close frame)."""
@@ -252,7 +295,17 @@ class WebSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.tracked is not None:
             self.tracked.last_received = self.listener.loop.time()
+        if self._early is not None:
+            self._early += data
+            if len(self._early) > MAX_EARLY_BYTES and not self._paused:
+                self._paused = True
+                self.transport.pause_reading()
+            return
         protocol = self.protocol
+        if protocol is None:
+            protocol = self._start(data)
+            if protocol is None:
+                return
         protocol.receive_data(data)
         events = protocol.events_received()
         if self.plain and protocol.state is not OPEN:  # a close frame, or a failure
@@ -269,6 +322,8 @@ class WebSocket(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.plain = False
+        if self.protocol is None or self._early is not None:
+            return None  # nothing to answer before the handshake
         self.protocol.receive_eof()
         self.send_data()
         return None  # the transport closes itself
@@ -276,7 +331,8 @@ class WebSocket(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.plain = False
-        self.protocol.receive_eof()  # idempotent: the state is CLOSED now
+        if self.protocol is not None:
+            self.protocol.receive_eof()  # idempotent: the state is CLOSED now
         if self._closing is not None:
             self._closing.cancel()
             self._closing = None
@@ -288,6 +344,22 @@ class WebSocket(asyncio.Protocol):
             self._end()
 
     # inside ----------------------------------------------------------------------
+
+    def _start(self, data: bytes) -> ServerProtocol | None:
+        """The first bytes (the whole request head: lobby.http hands it off so):
+        a common upgrade request is read here and the handshake starts; None then.
+        Anything else: websockets' protocol, to read the request itself."""
+        listener = self.listener
+        end = data.find(b"\r\n\r\n")
+        request = read_upgrade(data[:end]) if end > 0 else None
+        if request is None:
+            self.protocol = listener.new_protocol()
+            return self.protocol
+        self.protocol = listener.new_protocol(OPEN)
+        self.request = request
+        self._early = bytearray(data[end + 4:])
+        self._task = listener.loop.create_task(self._handshake(request))
+        return None
 
     def _expect_close(self) -> None:
         if self._closing is None and not self._lost:
@@ -342,19 +414,23 @@ class WebSocket(asyncio.Protocol):
     async def _handshake(self, request: Request) -> None:
         listener = self.listener
         protocol = self.protocol
+        read_here = self._early is not None  # by read_upgrade: the protocol is open
         response: Response | None
+        # The open timeout: the time process_request may take (the HTTP front
+        # bounded the wait for the request itself).
+        timer = None
+        if listener.open_timeout is not None:
+            timer = listener.loop.call_later(listener.open_timeout, self.abort)
         try:
-            async with asyncio.timeout(listener.open_timeout):
-                response = await listener.owner.process_request(self, request)
-        except TimeoutError:
-            self._task = None
-            self.transport.abort()
-            return
+            response = await listener.owner.process_request(self, request)
         except Exception as exc:
             protocol.handshake_exc = exc
             log.error("process_request failed", exc_info=True)
             response = protocol.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR,
                                        "Failed to open a WebSocket connection.\n")
+        finally:
+            if timer is not None:
+                timer.cancel()
         if response is None:
             response = protocol.accept(request)
         if listener.server_header is not None:
@@ -366,20 +442,32 @@ class WebSocket(asyncio.Protocol):
             self._task = None
             self._end()
             return
-        protocol.send_response(response)
-        self.send_data()
-        if protocol.state is not OPEN:
+        early = self._early
+        self._early = None
+        if response.status_code != 101:
+            protocol.send_response(response)  # a refusal: the response, then EOF
+            self.send_data()
             self._task = None
             self._expect_close()  # the peer reads the refusal, then closes
             return
+        if read_here:
+            self.transport.write(response.serialize())
+        else:
+            protocol.send_response(response)
+            self.send_data()
         self.plain = not protocol.extensions
         try:
             self.client = listener.owner.opened(self)
         except Exception:
             log.exception("opening a socket failed")
             self._task = None
-            self.transport.abort()
+            self.abort()
             return
+        if early:
+            if self._paused:
+                self._paused = False
+                self.transport.resume_reading()
+            self.data_received(bytes(early))
         if self._inbox and not self._lost:
             await self._drain()
         else:

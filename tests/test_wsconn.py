@@ -11,6 +11,7 @@ import json
 import os
 import struct
 
+import pytest
 from websockets.asyncio.client import connect
 
 from lobby import wsconn
@@ -211,3 +212,116 @@ async def test_shutdown_closes_open_sockets_with_1001_and_waits_for_their_cleanu
         assert not listener.sockets and node.hub.client_count == 0
         await asyncio.wait_for(ws.wait_closed(), 5)
         assert ws.close_code == 1001
+
+
+_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+_BASE = [("Host", "127.0.0.1"), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+         ("Sec-WebSocket-Key", _KEY), ("Sec-WebSocket-Version", "13")]
+
+
+def _head(lines: list[tuple[str, str]], start: str = "GET /ws HTTP/1.1") -> bytes:
+    return (start + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in lines) + "\r\n").encode()
+
+
+def _without(name: str) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in _BASE if k != name]
+
+
+# Requests a WebSocket client could send, some odd, some wrong: the node must answer
+# each as websockets' own server protocol does (and read the common ones itself).
+HANDSHAKES = {
+    "common": _head(_BASE),
+    "browser-like": _head([*_BASE, ("Origin", "http://example.com"),
+                           ("Sec-WebSocket-Extensions", "permessage-deflate"),
+                           ("User-Agent", "Mozilla/5.0 (X11)"), ("Pragma", "no-cache")]),
+    "lowercase names, mixed case values": _head(
+        [(k.lower(), v) for k, v in _BASE[:2]] + [("connection", "keep-alive, Upgrade")]
+        + _BASE[3:]),
+    "query string": _head(_BASE, "GET /ws?game=demo HTTP/1.1"),
+    "subprotocol offered": _head([*_BASE, ("Sec-WebSocket-Protocol", "chat")]),
+    "no key": _head(_without("Sec-WebSocket-Key")),
+    "short key": _head([*_without("Sec-WebSocket-Key"), ("Sec-WebSocket-Key", "c2hvcnQ=")]),
+    "two keys": _head([*_BASE, ("Sec-WebSocket-Key", _KEY)]),
+    "version 8": _head([*_without("Sec-WebSocket-Version"), ("Sec-WebSocket-Version", "8")]),
+    "no Connection": _head(_without("Connection")),
+    "two Upgrade protocols": _head([*_without("Upgrade"), ("Upgrade", "websocket, h2c")]),
+    "a body": _head([*_BASE, ("Content-Length", "5")]),
+    "an empty body": _head([*_BASE, ("Content-Length", "0")]),
+    "HTTP/1.0": _head(_BASE, "GET /ws HTTP/1.0"),
+    "folded header": _head(_BASE)[:-2] + b"X-Folded: a\r\n b\r\n\r\n",
+    "bad header name": _head([*_BASE, ("Bad Name", "x")]),
+    "control character in a value": _head([*_BASE, ("X-Odd", "a\x01b")]),
+    "wrong path": _head(_BASE, "GET /nope HTTP/1.1"),
+}
+
+
+def _websockets_answer(head: bytes) -> tuple[int, str | None]:
+    """What websockets' own server protocol answers (status, Sec-WebSocket-Accept)."""
+    from websockets.server import ServerProtocol
+
+    proto = ServerProtocol()
+    proto.receive_data(head)
+    events = proto.events_received()
+    if not events:  # its parser refused the request: it closes without an answer
+        return 0, None
+    request = events[0]
+    if request.path.split("?")[0] != "/ws":
+        return 404, None
+    response = proto.accept(request)
+    return response.status_code, response.headers.get("Sec-WebSocket-Accept")
+
+
+async def _node_answer(port: int, head: bytes) -> tuple[int, str | None]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        async with asyncio.timeout(5):
+            raw = await reader.read(65536)
+            if not raw:
+                return 0, None
+            while b"\r\n\r\n" not in raw:
+                raw += await reader.read(65536)
+    finally:
+        writer.close()
+    lines = raw.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), fields.get("Sec-WebSocket-Accept")
+
+
+@pytest.mark.parametrize("case", list(HANDSHAKES))
+async def test_every_handshake_is_answered_as_websockets_answers_it(make_node, case) -> None:
+    node: LobbyNode = await make_node()
+    head = HANDSHAKES[case]
+    expected = _websockets_answer(head)
+    assert await _node_answer(node.port, head) == expected, case
+    if expected[0] == 101:
+        # RFC 6455's own example key and answer
+        assert expected[1] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_the_common_requests_are_read_without_websockets_parser() -> None:
+    for case in ("common", "browser-like", "lowercase names, mixed case values",
+                 "query string", "subprotocol offered", "an empty body"):
+        head = HANDSHAKES[case][:-4]
+        if case == "an empty body":
+            assert wsconn.read_upgrade(head) is None  # any Content-Length: websockets'
+            continue
+        request = wsconn.read_upgrade(head)
+        assert request is not None, case
+        assert request.headers["Sec-WebSocket-Key"] == _KEY
+    for case in ("HTTP/1.0", "folded header", "bad header name",
+                 "control character in a value", "a body"):
+        assert wsconn.read_upgrade(HANDSHAKES[case][:-4]) is None, case
+
+
+async def test_a_ping_sent_with_the_upgrade_is_answered_after_the_101(make_node) -> None:
+    node: LobbyNode = await make_node()
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        writer.write(_request(node.port) + _frame(0x9, b"early"))
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101"), head
+            assert await _read_frame(reader) == (0xA, b"early")
+    finally:
+        writer.close()
