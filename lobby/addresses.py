@@ -20,7 +20,7 @@ import ssl
 import time
 from collections import Counter
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from websockets.http11 import Request
 
@@ -343,7 +343,8 @@ class TlsFront(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (uvloop's transports are not asyncio.Transport subclasses)
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.pause_reading()  # the first bytes are the TLS handshake's
         if not self.front.admit(transport):

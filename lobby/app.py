@@ -394,6 +394,7 @@ class LobbyNode:
         if not s.server_key:
             log.warning("no --server-key: game-server callbacks are refused and "
                         "join_ticket answers TICKETS_DISABLED")
+        log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
         log.info("node %s listening on %s://%s:%d/ws", self.node_id,
                  "wss" if self._tls else "ws", s.host, self.port)
 

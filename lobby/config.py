@@ -57,6 +57,9 @@ class Settings:
     reuse_port: bool = False
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one object per line (lobby/logs.py)
+    # uvloop (libuv, transports in C) or Python's own asyncio loop: uvloop takes
+    # 18-25% less of the node's CPU per change (docs/benchmarks.md, session 7).
+    event_loop: str = "uvloop"
     startup_timeout_seconds: float = 10.0  # retrying an unreachable Redis/DynamoDB at start
     drain_seconds: float = 10.0  # SIGTERM: time clients get to move before the rest are closed
     admin_key: str | None = None  # bearer key of /admin/ (unset: admin API off)

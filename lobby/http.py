@@ -41,7 +41,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import h11
 
@@ -287,7 +287,8 @@ class FrontProtocol(asyncio.Protocol):
     # asyncio.Protocol ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (uvloop's transports are not asyncio.Transport subclasses)
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self.service.connections.add(self)
         loop = asyncio.get_running_loop()

@@ -158,6 +158,7 @@ class Listener:
         self.server: asyncio.Server | None = None
         self.serving = True
         self.sockets: set[WebSocket] = set()  # from hand-off until their owner is done
+        self.read_pauses = 0  # times a socket's reading paused (a flood, or early bytes)
         self._empty: asyncio.Event | None = None
         self.loop = asyncio.get_running_loop()
 
@@ -299,6 +300,7 @@ class WebSocket(asyncio.Protocol):
             self._early += data
             if len(self._early) > MAX_EARLY_BYTES and not self._paused:
                 self._paused = True
+                self.listener.read_pauses += 1
                 self.transport.pause_reading()
             return
         protocol = self.protocol
@@ -401,6 +403,7 @@ class WebSocket(asyncio.Protocol):
             self._task = self.listener.loop.create_task(self._drain())
         elif len(inbox) >= QUEUE_HIGH and not self._paused:
             self._paused = True
+            self.listener.read_pauses += 1
             self.transport.pause_reading()
 
     def _fail(self, code: int, reason: str) -> None:

@@ -125,6 +125,16 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    """The tests of a module that sets BOTH_EVENT_LOOPS run on asyncio's loop and on
+    uvloop's (what `lobby serve` runs: --event-loop); the others on asyncio's."""
+    if getattr(getattr(item, "module", None), "BOTH_EVENT_LOOPS", False):
+        import uvloop
+
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
 def test_settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "host": "127.0.0.1", "port": 0, "sweep_interval_seconds": 0.05,

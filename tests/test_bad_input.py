@@ -12,6 +12,8 @@ from websockets.exceptions import ConnectionClosed
 from lobby.app import LobbyNode
 from tests.conftest import http_request, ws_url
 
+BOTH_EVENT_LOOPS = True  # conftest: every test on asyncio's loop and on uvloop's
+
 BAD_FRAMES = [
     ("not json at all", "error"),
     ("{truncated", "error"),

@@ -15,6 +15,8 @@ import websockets
 
 from lobby.http import HttpRequest, HttpResponse, json_response
 
+BOTH_EVENT_LOOPS = True  # conftest: every test on asyncio's loop and on uvloop's
+
 KEY = "http-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 JSON = {"Content-Type": "application/json"}

@@ -15,6 +15,8 @@ from websockets.asyncio.client import connect
 
 from lobby.app import LobbyNode
 
+BOTH_EVENT_LOOPS = True  # conftest: every test on asyncio's loop and on uvloop's
+
 INTERVAL = 0.3
 
 

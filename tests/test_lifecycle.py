@@ -7,6 +7,8 @@ from typing import Any
 
 from lobby.app import LobbyNode
 
+BOTH_EVENT_LOOPS = True  # conftest: every test on asyncio's loop and on uvloop's
+
 
 async def test_full_lifecycle(node: LobbyNode, connect_player) -> None:
     host = await connect_player(node, "alice")

@@ -13,6 +13,8 @@ from websockets.protocol import State
 
 from lobby.hub import CLOSE_REPLACED
 
+BOTH_EVENT_LOOPS = True  # conftest: every test on asyncio's loop and on uvloop's
+
 
 async def test_same_node_resume_with_old_socket_open_gets_every_later_event(
     make_mode_node, connect_player

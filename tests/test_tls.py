@@ -20,6 +20,8 @@ from tests.conftest import Player
 from tests.faults import closed_by_server, half_open
 from tests.test_address_limits import _until
 
+# asyncio's loop only: a node with --tls-cert runs on it (lobby.cli.event_loop_for).
+
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
@@ -118,3 +120,13 @@ async def test_tls_flags_checked_at_start(make_node, tmp_path: Path) -> None:
         await make_node(tls_cert=str(cert))
     with pytest.raises(StartupError, match="--tls-cert/--tls-key"):
         await make_node(tls_cert=str(cert), tls_key=str(tmp_path / "missing.pem"))
+
+
+def test_a_tls_node_runs_on_asyncios_loop(tmp_path: Path) -> None:
+    from lobby.cli import event_loop_for
+    from tests.conftest import test_settings
+
+    cert, key = make_certificate(tmp_path)
+    assert event_loop_for(test_settings()) == "uvloop"
+    assert event_loop_for(test_settings(tls_cert=str(cert), tls_key=str(key))) == "asyncio"
+    assert event_loop_for(test_settings(event_loop="asyncio")) == "asyncio"

@@ -87,3 +87,11 @@ if "cprofile" in _patches:
         _profiler.dump_stats(f"{os.environ.get('BENCH_CPROFILE_OUT', '/tmp/node')}.{os.getpid()}")
 
     atexit.register(_dump)
+
+if "uvloop" in _patches:
+    # uvloop's event loop (libuv, transports in C) under the node instead of asyncio's.
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis._parsers.base import BaseParser
@@ -75,7 +75,8 @@ class _Connection(asyncio.Protocol):
         self._flushing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (uvloop's transports are not asyncio.Transport subclasses)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
 
     def send(self, packed: bytes, batch: int = 0) -> asyncio.Future[Any]:
