@@ -109,11 +109,18 @@ def _log_format(raw: str) -> str:
     return fmt
 
 
-def _event_loop(raw: str) -> str:
-    kind = raw.strip().lower()
-    if kind not in ("uvloop", "asyncio"):
-        raise argparse.ArgumentTypeError(f"must be uvloop or asyncio, not {raw!r}")
-    return kind
+def _choice(*options: str) -> Callable[[str], str]:
+    """A flag that takes one of `options` (any case)."""
+    def parse(raw: str) -> str:
+        kind = raw.strip().lower()
+        if kind not in options:
+            raise argparse.ArgumentTypeError(
+                f"must be {' or '.join(options)}, not {raw!r}")
+        return kind
+    return parse
+
+
+_event_loop = _choice("uvloop", "asyncio")
 
 
 def event_loop_for(settings: Settings) -> str:
@@ -139,11 +146,7 @@ def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return None
 
 
-def _fleetiq_client(raw: str) -> str:
-    kind = raw.strip().lower()
-    if kind not in ("async", "boto3"):
-        raise argparse.ArgumentTypeError(f"must be async or boto3, not {raw!r}")
-    return kind
+_fleetiq_client = _choice("async", "boto3")
 
 
 def _endpoint(raw: str) -> str:
