@@ -290,7 +290,10 @@ class Hub:
             return
         if kind == "session_closed":
             view = None  # the session is gone: no snapshot to mirror
-        out, exclude = _public_event(ev, view)
+        elif view is None and ev.get("s") is not None:
+            # An event of the release before the view: built here, from its record.
+            view = encode(public_session(ev["s"], member=True))  # events go to members only
+        out, exclude = _public_event(ev)
         version = ev["v"]
         gone = None
         if kind == "player_left":
@@ -301,7 +304,7 @@ class Hub:
                 gone = None
             if gone is not None and ev["reason"] == "kicked":
                 # With the room as it is without them.
-                kicked = _with_session({"type": "kicked", "session_id": sid}, out, view)
+                kicked = _with_session({"type": "kicked", "session_id": sid}, view)
                 if gone.pending is not None:
                     gone.pending.append((version, 0, kicked))
                 else:
@@ -311,7 +314,7 @@ class Hub:
                 # Whether it is this membership's leave is known at activate.
                 gone.left_at = max(gone.left_at, version)
                 gone = None
-        text = _with_session(out, out, view)
+        text = _with_session(out, view)
         ready = []
         for pid, member in members.items():
             if pid == exclude:
@@ -370,20 +373,17 @@ def split_event(raw: bytes | str) -> tuple[dict[str, Any], str | None]:
     return fastjson.loads(raw), None
 
 
-def _with_session(msg: dict[str, Any], out: dict[str, Any], view: str | None) -> str:
-    """`msg` as wire text, with the event's session: `view` (the store's text of
-    it) or the one _public_event built into `out`, if any."""
+def _with_session(msg: dict[str, Any], view: str | None) -> str:
+    """`msg` as wire text, with `view` (the members' view of the session, as
+    text) as its `session`, if there is one."""
     if view is None:
-        if "session" in out:
-            msg["session"] = out["session"]
         return encode(msg)
     return encode(msg)[:-1] + ',"session":' + view + "}"
 
 
-def _public_event(ev: dict[str, Any], view: str | None = None
-                  ) -> tuple[dict[str, Any], str | None]:
-    """The wire event for a bus event (without its session when the store sent
-    `view`, the members' view of it), and the player it must not be sent to."""
+def _public_event(ev: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The wire event for a bus event, without its session (_with_session adds it),
+    and the player it must not be sent to."""
     kind = ev["e"]
     sid = ev["sid"]
     out: dict[str, Any] = {"type": kind, "session_id": sid}
@@ -408,7 +408,4 @@ def _public_event(ev: dict[str, Any], view: str | None = None
         out["player_id"] = ev["player_id"]
     elif kind == "session_closed":
         out["reason"] = ev["reason"]
-        return out, None  # the session is gone: no snapshot to mirror
-    if view is None and ev.get("s") is not None:
-        out["session"] = public_session(ev["s"], member=True)  # events go to members only
     return out, exclude

@@ -262,8 +262,6 @@ class SocketServer:
         tracked = ws.tracked
         remote = (tracked.client_ip if tracked is not None else None) or (
             ws.remote_address[0] if ws.remote_address else "unknown")
-        # websockets' parse of the request is not read again: ~1 KiB a socket.
-        ws.request = None
         client = WsClient(ws, f"{self.node_id}.{next(self._ids)}", self.burst,
                           self.max_buffered, self.stats, address=remote)
         self.lobby.hub.add_client(client)

@@ -459,6 +459,7 @@ class WebSocket(asyncio.Protocol):
             protocol.send_response(response)
             self.send_data()
         self.plain = not protocol.extensions
+        self.request = None  # not read again: ~1 KiB a socket
         try:
             self.client = listener.owner.opened(self)
         except Exception:
