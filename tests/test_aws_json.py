@@ -160,6 +160,37 @@ async def test_errors_are_boto3s(
                        GameServerId="gs-x", InstanceId="i-short")
 
 
+async def test_validation_is_boto3s_for_every_call_after_one_passed(
+    aws: AwsJsonClient, gamelift: Any, group_name: str
+) -> None:
+    """A call shape that passed once is not checked again, but a call with the
+    same names and a value too short for the model, or of another type, is
+    still refused before anything is sent."""
+    register_servers(gamelift, group_name, 1)
+    claimed = await aws.call("claim_game_server", GameServerGroupName=group_name,
+                             GameServerData="first")
+    server = claimed["GameServer"]["GameServerId"]
+    ok = {"GameServerGroupName": group_name, "GameServerId": server}
+    for _ in range(2):
+        await aws.call("update_game_server", **ok, GameServerData="x" * 10)
+    bad: list[dict[str, Any]] = [
+        {**ok, "GameServerData": ""},  # min length 1
+        {**ok, "GameServerId": "gs", "GameServerData": "x"},  # min length 3
+        {**ok, "GameServerData": 7},  # a number where the model has a string
+        {**ok, "GameServerData": "x", "Nope": "x"},  # not in the model
+        {"GameServerGroupName": group_name, "GameServerData": "x"},  # id missing
+    ]
+    for params in bad:
+        with pytest.raises(ParamValidationError):
+            gamelift.update_game_server(**params)
+        with pytest.raises(ParamValidationError):
+            await aws.call("update_game_server", **params)
+    await aws.call("update_game_server", **ok, GameServerData="y")
+    described = gamelift.describe_game_server(GameServerGroupName=group_name,
+                                              GameServerId=server)
+    assert described["GameServer"]["GameServerData"] == "y"
+
+
 async def test_lost_answers_and_timeouts(
     fleetiq_local: FleetIQProcess, aws: AwsJsonClient, gamelift: Any, group_name: str
 ) -> None:

@@ -21,7 +21,11 @@ from typing import Any
 import pytest
 
 from lobby.allocators.base import Allocation, NoServerAvailable
-from lobby.allocators.fleetiq import MAX_GAME_SERVER_DATA, FleetIQAllocator
+from lobby.allocators.fleetiq import (
+    MAX_GAME_SERVER_DATA,
+    FleetIQAllocator,
+    encode_game_server_data,
+)
 from lobby.aws import make_client
 from lobby.fleetiq_local import FleetIQLocal
 from tests.fleetiq_fixtures import (
@@ -398,6 +402,27 @@ async def test_allocator_truncates_game_server_data(
     assert data["players_truncated"] is True
     assert 0 < len(data["players"]) < len(players)
     assert data["players"] == players[: len(data["players"])]
+
+
+def test_game_server_data_is_the_standard_librarys_ascii_json() -> None:
+    """The fast encoding gives the text `json.dumps(ensure_ascii=True)` gives, so
+    its length in characters is its length in bytes, whatever the ids hold."""
+    cases = [
+        ("sess-1", ["alice", "bob"]),
+        ("s\"q\\/", ["tab\tnew\nline\x00\x1f\x7f", "é", "名前", "emoji \U0001f600"]),
+        ("sess-2", ["x" * 30] * 40),
+        ("é" * 300, ["p"]),
+    ]
+    for sid, players in cases:
+        data = encode_game_server_data(sid, players)
+        assert data.isascii()
+        assert len(data) <= MAX_GAME_SERVER_DATA
+        expected = json.dumps({"session_id": sid, "players": players},
+                              separators=(",", ":"), ensure_ascii=True)
+        if len(expected) <= MAX_GAME_SERVER_DATA:
+            assert data == expected
+        else:
+            assert json.loads(data)["players"] == players[: len(json.loads(data)["players"])]
 
 
 async def test_allocator_retries_throttling_then_succeeds(

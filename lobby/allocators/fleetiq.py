@@ -46,6 +46,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from lobby import fastjson
 from lobby.allocators.base import (
     Allocation,
     AllocatorUnavailable,
@@ -114,7 +115,11 @@ def encode_game_server_data(
         # ensure_ascii keeps characters == bytes, so the limit holds either way.
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
 
-    full = dump({"session_id": session_id, "players": player_ids})
+    # The common case, ids in ASCII that fit: orjson writes the same text as
+    # `dump` for them, in a tenth of the time.
+    full = fastjson.dumps({"session_id": session_id, "players": player_ids})
+    if not full.isascii():
+        full = dump({"session_id": session_id, "players": player_ids})
     if len(full) <= limit:
         return full
 
