@@ -13,6 +13,7 @@ import struct
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.frames import Frame, Opcode
 
 from lobby import wsconn
 from lobby.app import LobbyNode
@@ -132,6 +133,78 @@ async def test_too_many_fragments_close_with_1009(make_node) -> None:
         async with asyncio.timeout(5):
             opcode, data = await _read_frame(reader)
         assert opcode == 0x8 and struct.unpack("!H", data[:2])[0] == 1009
+    finally:
+        writer.close()
+
+
+def test_text_frames_are_websockets_frames() -> None:
+    for n in (0, 1, 125, 126, 127, 1000, 65535, 65536, 70000):
+        payload = bytes(i % 251 for i in range(n))
+        assert wsconn.text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+async def test_frames_read_by_the_node_itself_mean_what_they_mean_to_websockets(
+        make_node) -> None:
+    """Whole text frames are read by the node; anything else (a ping, a fragment,
+    a frame cut across reads, a 16-bit length, one over max size, bad UTF-8)
+    from that frame on by websockets. Byte streams that mix them, written in
+    pieces, are answered in order, as one request per message, and the node did
+    read text frames itself."""
+    node: LobbyNode = await make_node(rate_limit_per_second=100_000,
+                                      rate_limit_burst=100_000, max_message_bytes=2048)
+    listener = node.sockets.listener
+    hello = json.dumps({"type": "hello", "id": 0, "name": "mixed"}).encode()
+    reader, writer = await _open(node.port, _frame(0x1, hello))
+
+    def ping(i: int, pad: int = 0) -> bytes:
+        return json.dumps({"type": "ping", "id": i, "x": " " * pad}).encode()
+
+    try:
+        async with asyncio.timeout(10):
+            await _replies(reader, 1)
+            before = listener.frames_read_here
+            text = ping(3)
+            stream = (_frame(0x1, ping(1)) + _frame(0x1, ping(2, pad=300))  # 16-bit length
+                      + _frame(0x9, b"p1")  # websockets answers the ping...
+                      + _frame(0x1, text[:4], fin=False) + _frame(0x0, text[4:])
+                      + _frame(0x1, ping(4)) + _frame(0x1, ping(5)))  # ...and reads on
+            # Cut at every few bytes: headers, masks and payloads split across reads.
+            for at in range(0, len(stream), 7):
+                writer.write(stream[at:at + 7])
+                await writer.drain()
+                await asyncio.sleep(0)
+            writer.write(_frame(0x1, ping(6)) + _frame(0x1, ping(7)))
+            got: list[tuple[int, bytes] | int] = []
+            while len(got) < 8:
+                opcode, data = await _read_frame(reader)
+                got.append((opcode, data) if opcode != 0x1 else json.loads(data)["id"])
+        # (A ping is answered as it is read; requests by the socket's task.)
+        assert [g for g in got if isinstance(g, int)] == [1, 2, 3, 4, 5, 6, 7]
+        assert (0xA, b"p1") in got
+        assert listener.frames_read_here >= before + 2
+        # Over max_message_bytes, in one read with a frame before it: 1009 (the
+        # failure closes at once: the request before it may go unanswered).
+        writer.write(_frame(0x1, ping(8)) + _frame(0x1, ping(9, pad=4000)))
+        async with asyncio.timeout(5):
+            opcode, data = await _read_frame(reader)
+            while opcode == 0x1:
+                assert json.loads(data)["id"] == 8
+                opcode, data = await _read_frame(reader)
+        assert opcode == 0x8 and struct.unpack("!H", data[:2])[0] == 1009
+    finally:
+        writer.close()
+    # Bad UTF-8 behind a good frame in one read: the first is answered, then 1007.
+    reader, writer = await _open(node.port, _frame(0x1, hello))
+    try:
+        async with asyncio.timeout(5):
+            await _replies(reader, 1)
+            writer.write(_frame(0x1, ping(1)) + _frame(0x1, b'{"type": "ping", "id": "\xff"}')
+                         + _frame(0x1, ping(2)))
+            opcode, data = await _read_frame(reader)
+            while opcode == 0x1:
+                assert json.loads(data)["id"] == 1
+                opcode, data = await _read_frame(reader)
+        assert opcode == 0x8 and struct.unpack("!H", data[:2])[0] == 1007
     finally:
         writer.close()
 
