@@ -30,13 +30,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 
-class _ErrorReply(Exception):
+class ErrorReply(Exception):
     """hiredis' stand-in for an error reply, mapped by redis-py's parser."""
 
 
+def parse_error(raw: ErrorReply) -> ResponseError:
+    """The redis-py exception an error reply maps to (MOVED, NOSCRIPT, ...)."""
+    return BaseParser.parse_error(str(raw))
+
+
 def _reply(raw: Any) -> Any:
-    if isinstance(raw, _ErrorReply):
-        return BaseParser.parse_error(str(raw))
+    if isinstance(raw, ErrorReply):
+        return parse_error(raw)
     return raw
 
 
@@ -67,7 +72,7 @@ class _Batch:
 
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
-        self.reader = hiredis.Reader(replyError=_ErrorReply)
+        self.reader = hiredis.Reader(replyError=ErrorReply)
         self.waiting: deque[asyncio.Future[Any] | _Batch] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
