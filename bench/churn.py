@@ -251,6 +251,7 @@ def run(run: Run, cross_node: bool) -> list[dict[str, Any]]:
             "p50 ms": lat.get("p50"), "p95 ms": lat.get("p95"), "p99 ms": lat.get("p99"),
             "max ms": lat.get("max"),
             "node1 cpu%": usage.get("node1_cpu_pct"),
+            "of it sys%": usage.get("node1_sys_pct"),
         }
         if cross_node:
             row["node2 cpu%"] = usage.get("node2_cpu_pct")

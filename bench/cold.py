@@ -249,7 +249,7 @@ def run(run: Run) -> list[dict[str, Any]]:
             "p50 ms": lat.get("p50"), "p95 ms": lat.get("p95"), "p99 ms": lat.get("p99"),
             "max ms": lat.get("max"),
             "hello p99": step["open_hello_ms"].get("p99"),
-            "node cpu%": cpu, "cpu ms/cycle": cpu_ms,
+            "node cpu%": cpu, "of it sys%": usage.get("node1_sys_pct"), "cpu ms/cycle": cpu_ms,
         }
         if run.redis is not None:
             row["redis cpu%"] = usage.get("redis_cpu_pct")

@@ -31,6 +31,7 @@ from bench.procs import (
     open_fds,
     sample,
     sample_tree,
+    sys_percent,
 )
 from bench.profiling import PySpy, stop_quietly
 from bench.report import run_name, write_results
@@ -239,6 +240,7 @@ class Run:
         for name, a in after.nodes.items():
             b = before.nodes.get(name)
             out[f"{name}_cpu_pct"] = _r(cpu_percent(b, a))
+            out[f"{name}_sys_pct"] = _r(sys_percent(b, a))
             out[f"{name}_rss_mib"] = round(a.rss_kib / 1024, 1) if a else None
             if b is not None and a is not None:
                 out["seconds"] = round(a.t - b.t, 2)

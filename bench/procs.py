@@ -63,6 +63,7 @@ class ProcSample:
     hwm_kib: int
     cpu_ticks: int  # utime + stime, in clock ticks
     threads: int
+    sys_ticks: int = 0  # stime: the kernel's work for the process (syscalls, loopback TCP)
 
 
 def sample(pid: int) -> ProcSample | None:
@@ -85,6 +86,7 @@ def sample(pid: int) -> ProcSample | None:
         hwm_kib=int(fields.get("VmHWM", "0 kB").split()[0]),
         cpu_ticks=utime + stime,
         threads=int(fields.get("Threads", "1")),
+        sys_ticks=stime,
     )
 
 
@@ -121,6 +123,7 @@ def sample_tree(pid: int) -> ProcSample | None:
             top.rss_kib += s.rss_kib
             top.hwm_kib += s.hwm_kib
             top.cpu_ticks += s.cpu_ticks
+            top.sys_ticks += s.sys_ticks
             top.threads += s.threads
     return top
 
@@ -130,6 +133,13 @@ def cpu_percent(before: ProcSample | None, after: ProcSample | None) -> float | 
     if before is None or after is None or after.t <= before.t:
         return None
     return 100.0 * (after.cpu_ticks - before.cpu_ticks) / CLK_TCK / (after.t - before.t)
+
+
+def sys_percent(before: ProcSample | None, after: ProcSample | None) -> float | None:
+    """The kernel's part of cpu_percent."""
+    if before is None or after is None or after.t <= before.t:
+        return None
+    return 100.0 * (after.sys_ticks - before.sys_ticks) / CLK_TCK / (after.t - before.t)
 
 
 def machine_ticks() -> tuple[float, int, int]:
@@ -493,7 +503,8 @@ def combined(samples: list[ProcSample | None]) -> ProcSample | None:
     return ProcSample(t=max(s.t for s in live), rss_kib=sum(s.rss_kib for s in live),
                       hwm_kib=sum(s.hwm_kib for s in live),
                       cpu_ticks=sum(s.cpu_ticks for s in live),
-                      threads=sum(s.threads for s in live))
+                      threads=sum(s.threads for s in live),
+                      sys_ticks=sum(s.sys_ticks for s in live))
 
 
 # Commands a lobby node sends itself; everything else in commandstats during a
