@@ -137,6 +137,16 @@ async def test_too_many_fragments_close_with_1009(make_node) -> None:
         writer.close()
 
 
+async def _close_code(reader: asyncio.StreamReader, answered: int) -> int:
+    """The close frame's code, past any reply (only to request `answered`) before it."""
+    opcode, data = await _read_frame(reader)
+    while opcode == 0x1:
+        assert json.loads(data)["id"] == answered
+        opcode, data = await _read_frame(reader)
+    assert opcode == 0x8
+    return int(struct.unpack("!H", data[:2])[0])
+
+
 def test_text_frames_are_websockets_frames() -> None:
     for n in (0, 1, 125, 126, 127, 1000, 65535, 65536, 70000):
         payload = bytes(i % 251 for i in range(n))
@@ -186,11 +196,7 @@ async def test_frames_read_by_the_node_itself_mean_what_they_mean_to_websockets(
         # failure closes at once: the request before it may go unanswered).
         writer.write(_frame(0x1, ping(8)) + _frame(0x1, ping(9, pad=4000)))
         async with asyncio.timeout(5):
-            opcode, data = await _read_frame(reader)
-            while opcode == 0x1:
-                assert json.loads(data)["id"] == 8
-                opcode, data = await _read_frame(reader)
-        assert opcode == 0x8 and struct.unpack("!H", data[:2])[0] == 1009
+            assert await _close_code(reader, answered=8) == 1009
     finally:
         writer.close()
     # Bad UTF-8 behind a good frame in one read: the first is answered, then 1007.
@@ -200,11 +206,7 @@ async def test_frames_read_by_the_node_itself_mean_what_they_mean_to_websockets(
             await _replies(reader, 1)
             writer.write(_frame(0x1, ping(1)) + _frame(0x1, b'{"type": "ping", "id": "\xff"}')
                          + _frame(0x1, ping(2)))
-            opcode, data = await _read_frame(reader)
-            while opcode == 0x1:
-                assert json.loads(data)["id"] == 1
-                opcode, data = await _read_frame(reader)
-        assert opcode == 0x8 and struct.unpack("!H", data[:2])[0] == 1007
+            assert await _close_code(reader, answered=1) == 1007
     finally:
         writer.close()
 
