@@ -182,7 +182,7 @@ async def test_frames_read_by_the_node_itself_mean_what_they_mean_to_websockets(
             for at in range(0, len(stream), 7):
                 writer.write(stream[at:at + 7])
                 await writer.drain()
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # not a wait: the node (same loop) reads each piece
             writer.write(_frame(0x1, ping(6)) + _frame(0x1, ping(7)))
             got: list[tuple[int, bytes] | int] = []
             while len(got) < 8:
