@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
+import random
 import struct
 
 import pytest
@@ -147,6 +149,28 @@ async def _close_code(reader: asyncio.StreamReader, answered: int) -> int:
     return int(struct.unpack("!H", data[:2])[0])
 
 
+def test_between_frames_follows_websockets_parser() -> None:
+    """wsconn._between_frames on websockets' own protocol, fed byte by byte: true
+    only where its parser waits for a new frame outside any message."""
+    protocol = wsconn.LobbyProtocol(extensions=[], max_size=1 << 16,
+                                    state=wsconn.OPEN, logger=logging.getLogger("test"))
+    assert wsconn._between_frames(protocol)
+    whole = _frame(0x1, b"x" * 300)  # 16-bit length: header 4 bytes, then the mask
+    for i in range(1, len(whole)):
+        protocol.receive_data(whole[i - 1:i])
+        assert not wsconn._between_frames(protocol), i
+    protocol.receive_data(whole[-1:])
+    assert wsconn._between_frames(protocol)
+    protocol.receive_data(_frame(0x1, b"start", fin=False))
+    assert not wsconn._between_frames(protocol)  # a message is open
+    protocol.receive_data(_frame(0x9, b"ping"))
+    assert not wsconn._between_frames(protocol)
+    protocol.receive_data(_frame(0x0, b" end"))
+    assert wsconn._between_frames(protocol)
+    protocol.receive_data(_frame(0x8, b"\x03\xe8"))  # a close: the parser discards from here
+    assert not wsconn._between_frames(protocol)
+
+
 def test_text_frames_are_websockets_frames() -> None:
     for n in (0, 1, 125, 126, 127, 1000, 65535, 65536, 70000):
         payload = bytes(i % 251 for i in range(n))
@@ -199,6 +223,19 @@ async def test_frames_read_by_the_node_itself_mean_what_they_mean_to_websockets(
             assert await _close_code(reader, answered=8) == 1009
     finally:
         writer.close()
+    # A whole text frame where a fragmented message's continuation is due: 1002,
+    # as websockets has it (the node reads no frame of an open message).
+    reader, writer = await _open(node.port, _frame(0x1, hello))
+    try:
+        async with asyncio.timeout(5):
+            await _replies(reader, 1)
+            # The pong says the node has read the fragment before it.
+            writer.write(_frame(0x1, b'{"type": "pi', fin=False) + _frame(0x9, b"read?"))
+            assert await _read_frame(reader) == (0xA, b"read?")
+            writer.write(_frame(0x1, ping(1)))
+            assert await _close_code(reader, answered=-1) == 1002
+    finally:
+        writer.close()
     # Bad UTF-8 behind a good frame in one read: the first is answered, then 1007.
     reader, writer = await _open(node.port, _frame(0x1, hello))
     try:
@@ -209,6 +246,60 @@ async def test_frames_read_by_the_node_itself_mean_what_they_mean_to_websockets(
             assert await _close_code(reader, answered=1) == 1007
     finally:
         writer.close()
+
+
+async def test_random_streams_cut_anywhere_are_read_as_websockets_reads_them(
+        make_node) -> None:
+    """Seeded random streams of requests (whole frames, 16-bit lengths, fragmented
+    messages with pings between their fragments, pings between messages), written
+    in random pieces: every request is answered once, in order, and every ping is
+    answered, whichever of the node and websockets read each frame."""
+    rng = random.Random(18)
+    node: LobbyNode = await make_node(rate_limit_per_second=100_000,
+                                      rate_limit_burst=100_000)
+    hello = json.dumps({"type": "hello", "id": 0, "name": "random"}).encode()
+    for _stream in range(12):
+        reader, writer = await _open(node.port, _frame(0x1, hello))
+        try:
+            async with asyncio.timeout(10):
+                await _replies(reader, 1)
+                stream = b""
+                pings: list[bytes] = []
+                for i in range(1, 31):
+                    text = json.dumps({"type": "ping", "id": i,
+                                       "x": " " * rng.choice((0, 10, 200))}).encode()
+                    if rng.random() < 0.3:
+                        cut = rng.randrange(1, len(text))
+                        ping = f"in-{i}".encode()
+                        pings.append(ping)
+                        stream += (_frame(0x1, text[:cut], fin=False) + _frame(0x9, ping)
+                                   + _frame(0x0, text[cut:]))
+                    else:
+                        stream += _frame(0x1, text)
+                    if rng.random() < 0.2:
+                        ping = f"after-{i}".encode()
+                        pings.append(ping)
+                        stream += _frame(0x9, ping)
+                at = 0
+                while at < len(stream):
+                    size = rng.randint(1, 64)
+                    writer.write(stream[at:at + size])
+                    at += size
+                    await writer.drain()
+                    await asyncio.sleep(0)  # not a wait: the node (same loop) reads each piece
+                ids: list[int] = []
+                pongs: list[bytes] = []
+                while len(ids) < 30 or len(pongs) < len(pings):
+                    opcode, data = await _read_frame(reader)
+                    if opcode == 0x1:
+                        ids.append(json.loads(data)["id"])
+                    else:
+                        assert opcode == 0xA, (opcode, data)
+                        pongs.append(data)
+            assert ids == list(range(1, 31))
+            assert pongs == pings
+        finally:
+            writer.close()
 
 
 def _node_tasks() -> list[asyncio.Task]:
