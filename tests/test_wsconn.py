@@ -224,28 +224,27 @@ async def test_frames_read_by_the_node_itself_mean_what_they_mean_to_websockets(
     finally:
         writer.close()
     # A whole text frame where a fragmented message's continuation is due: 1002,
-    # as websockets has it (the node reads no frame of an open message).
-    reader, writer = await _open(node.port, _frame(0x1, hello))
-    try:
-        async with asyncio.timeout(5):
-            await _replies(reader, 1)
-            # The pong says the node has read the fragment before it.
-            writer.write(_frame(0x1, b'{"type": "pi', fin=False) + _frame(0x9, b"read?"))
-            assert await _read_frame(reader) == (0xA, b"read?")
-            writer.write(_frame(0x1, ping(1)))
-            assert await _close_code(reader, answered=-1) == 1002
-    finally:
-        writer.close()
-    # Bad UTF-8 behind a good frame in one read: the first is answered, then 1007.
-    reader, writer = await _open(node.port, _frame(0x1, hello))
-    try:
-        async with asyncio.timeout(5):
-            await _replies(reader, 1)
-            writer.write(_frame(0x1, ping(1)) + _frame(0x1, b'{"type": "ping", "id": "\xff"}')
-                         + _frame(0x1, ping(2)))
-            assert await _close_code(reader, answered=1) == 1007
-    finally:
-        writer.close()
+    # as websockets has it (the node reads no frame of an open message); bad UTF-8
+    # behind a good frame in one read: the first is answered, then 1007. Every
+    # write but the last ends with a ping, whose pong says the node has read it.
+    cases = [
+        ([_frame(0x1, b'{"type": "pi', fin=False) + _frame(0x9, b"read?"),
+          _frame(0x1, ping(1))], -1, 1002),
+        ([_frame(0x1, ping(1)) + _frame(0x1, b'{"type": "ping", "id": "\xff"}')
+          + _frame(0x1, ping(2))], 1, 1007),
+    ]
+    for writes, answered, code in cases:
+        reader, writer = await _open(node.port, _frame(0x1, hello))
+        try:
+            async with asyncio.timeout(5):
+                await _replies(reader, 1)
+                for data in writes[:-1]:
+                    writer.write(data)
+                    assert await _read_frame(reader) == (0xA, b"read?")
+                writer.write(writes[-1])
+                assert await _close_code(reader, answered) == code
+        finally:
+            writer.close()
 
 
 async def test_random_streams_cut_anywhere_are_read_as_websockets_reads_them(
