@@ -7,11 +7,11 @@ calls with what they need and nothing more: the parameters validated by
 botocore's own model, one JSON dump, a SigV4 signature (signing key derived
 once a day), one write on a kept-alive HTTP/1.1 connection from a small pool,
 and one read parsed by hand, all on the loop: about 90 us of CPU a call with
-the kernel's send and receive (`python /tmp` A/B in docs/benchmarks.md, session 8).
-Validation runs once per shape of a call (which parameters, their types, and
-their lengths up to the longest minimum the model sets): botocore's validator
-is ~20 us a call, and for calls of flat scalars its verdict depends on nothing
-else.
+the kernel's send and receive (`python -m bench.aws_calls`; docs/benchmarks.md,
+session 8). Validation runs once per shape of a call (which parameters, their
+types, and their lengths up to the longest minimum the model sets): botocore's
+validator is ~5 us a call, and for calls of strings its verdict depends on
+nothing else.
 
 What stays botocore's: the service model (operation names, target prefix,
 signing name, parameter validation), the endpoint and credential resolution

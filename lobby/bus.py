@@ -37,7 +37,7 @@ SUBSCRIBE_TIMEOUT = 5.0
 RETRY_MIN, RETRY_MAX = 0.1, 1.0  # seconds before subscribing lost channels again
 MASTER_CHECK_SECONDS = 1.0  # Sentinel: how often the sentinels are asked for the master
 HEALTH_SECONDS = 5.0  # an idle connection is PINGed this often, and dropped if silent
-READ_BYTES = 1 << 16
+READ_BYTES = 1 << 16  # at most, per read of a pub/sub connection
 
 _MAIN = "main"  # the one master of a Redis or a Sentinel deployment
 _SUB, _UNSUB, _FIX, _PING, _STOP = "sub", "unsub", "fix", "ping", "stop"

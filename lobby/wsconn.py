@@ -81,6 +81,7 @@ def _between_frames(protocol: ServerProtocol) -> bool:
     return (outer is not None and inner is not None
             and (outer.gi_code, inner.gi_code) == _BETWEEN_FRAMES)
 
+
 # websockets' HTTP/1.1 rules (websockets.http11: MAX_NUM_HEADERS, MAX_LINE_LENGTH,
 # _token_re, _value_re), for the fast read of an upgrade request below.
 _MAX_HEADERS = 128
