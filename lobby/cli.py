@@ -102,13 +102,6 @@ def _log_level(raw: str) -> str:
     return level
 
 
-def _log_format(raw: str) -> str:
-    fmt = raw.strip().lower()
-    if fmt not in FORMATS:
-        raise argparse.ArgumentTypeError(f"must be text or json, not {raw!r}")
-    return fmt
-
-
 def _choice(*options: str) -> Callable[[str], str]:
     """A flag that takes one of `options` (any case)."""
     def parse(raw: str) -> str:
@@ -121,6 +114,7 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 
 _event_loop = _choice("uvloop", "asyncio")
+_log_format = _choice(*FORMATS)
 
 
 def event_loop_for(settings: Settings) -> str:
