@@ -18,6 +18,7 @@ from bench.client import BenchClient, OnEvent, RequestFailed
 from bench.driver import DriverPool, drivers_cpu
 from bench.procs import (
     CLK_TCK,
+    CPU_USEC,
     LobbyProc,
     Managed,
     ProcSample,
@@ -247,7 +248,11 @@ class Run:
         if after.redis is not None:
             out["redis_cpu_pct"] = _r(cpu_percent(before.redis, after.redis))
             out["redis_rss_mib"] = round(after.redis.rss_kib / 1024, 1)
-            if out["redis_cpu_pct"] is not None and out["seconds"] is not None:
+            if CPU_USEC in after.commands and CPU_USEC in before.commands:
+                # Redis' own count (µs), which a light step's few ms do not round to 0.
+                out["redis_cpu_seconds"] = round(
+                    (after.commands[CPU_USEC] - before.commands[CPU_USEC]) / 1e6, 6)
+            elif out["redis_cpu_pct"] is not None and out["seconds"] is not None:
                 out["redis_cpu_seconds"] = round(
                     (after.redis.cpu_ticks - before.redis.cpu_ticks) / CLK_TCK, 3)  # type: ignore[union-attr]
             if len(after.redis_parts) > 1:

@@ -100,6 +100,10 @@ def test_cross_node_on_redis(tmp_path: Path) -> None:
     # Every join and leave is one script call: a round-trip count must be there.
     assert step["redis_per_join_leave"]["round_trips_per_op"] > 0
     assert "node2_cpu_pct" in step["usage"]
+    # Redis' CPU is its own µs count: a second of light load is a few ms, which
+    # /proc's 10 ms ticks can round to nothing. It is CPU time, not a command.
+    assert step["redis_per_join_leave"]["cpu_usec_per_op"] > 0
+    assert "cpu#usec" not in step["usage"]["redis_commands"]
 
 
 @needs_redis
