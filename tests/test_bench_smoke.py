@@ -59,7 +59,8 @@ def test_churn(tmp_path: Path) -> None:
 
 
 def test_cold(tmp_path: Path) -> None:
-    doc = _run(tmp_path, "cold", "--rooms", "4", "--rate", "10", "--duration", "1",
+    # 40 cycles: tens of ms of node CPU, several of /proc's 10 ms ticks.
+    doc = _run(tmp_path, "cold", "--rooms", "4", "--rate", "40", "--duration", "1",
                "--warmup", "0.2")
     step = doc["steps"][0]
     assert step["errors"] == {}
