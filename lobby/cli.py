@@ -370,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "--jwt-jwks-min-refresh-seconds", float, d.jwt_jwks_min_refresh_seconds,
          "at most one JWKS fetch per this many seconds for tokens with an unknown kid")
     _add(serve, "--password-queue", _positive_int, d.password_queue,
-         "scrypt jobs (joins and creates with a password) queued or running on this node; "
-         "past it RATE_LIMITED at once")
+         "scrypt jobs (joins and creates with a password) queued or running on this node, "
+         "at most a quarter of them from one client address; past it RATE_LIMITED at once")
 
     init = sub.add_parser("init-table", help="create the DynamoDB sessions table (idempotent)")
     _add(init, "--dynamodb-table", str, d.dynamodb_table, "table name")

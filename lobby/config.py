@@ -84,7 +84,7 @@ class Settings:
     password_guesses_per_session: int = 10  # a minute, then the session locks
     password_guesses_per_address: int = 20  # a minute, on all sessions together (NAT)
     password_lockout_seconds: float = 60.0  # the first lock; doubles, up to 15 min
-    password_queue: int = 8  # scrypt jobs queued or running; past it RATE_LIMITED at once
+    password_queue: int = 8  # scrypt jobs in flight, a quarter per address; then RATE_LIMITED
     tls_cert: str | None = None  # PEM certificate chain: serve wss:// and https://
     tls_key: str | None = None  # its PEM private key
     # Player identity (lobby/auth.py): "none" (anyone is who they say) or "jwt"

@@ -150,8 +150,11 @@ class Lobby:
         self._pw_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lobby-scrypt")
         self._held: dict[str, tuple[str, int]] = {}  # conn id -> (session, version)
         # ...and a bounded queue: past it a password request is refused at once
-        # rather than waiting behind an attacker's guesses.
+        # rather than waiting behind an attacker's guesses. One address holds at
+        # most a quarter of it, so that guesses from a few addresses cannot keep
+        # everybody else's right password out.
         self._pw_pending = 0
+        self._pw_by_address: dict[str, int] = {}
         self.password_checks = 0  # scrypt verifications run (wrong and right)
         self.guess_limits = GuessLimits(
             per_session=settings.password_guesses_per_session,
@@ -438,7 +441,7 @@ class Lobby:
         self._not_in_session(client)
         pw = None
         if req.password:
-            pw = await self._scrypt(hash_password, req.password)
+            pw = await self._scrypt(client.address, hash_password, req.password)
         session_id = secrets.token_urlsafe(8)  # no '.': join tickets separate fields with it
         async with self._becoming_member(session_id, client):
             rec = await self.store.create_session(
@@ -549,14 +552,25 @@ class Lobby:
     def _guess_failed(client: Client) -> None:
         client.password_failures.append(time.monotonic())
 
-    async def _scrypt(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._pw_pending >= self.settings.password_queue:
+    def _scrypt_full(self, address: str) -> bool:
+        queue = self.settings.password_queue
+        return (self._pw_pending >= queue
+                or self._pw_by_address.get(address, 0) >= max(1, queue // 4))
+
+    async def _scrypt(self, address: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._scrypt_full(address):
             raise LobbyError(ErrorCode.RATE_LIMITED, _BUSY)
         self._pw_pending += 1
+        by_address = self._pw_by_address
+        by_address[address] = by_address.get(address, 0) + 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pw_pool, fn, *args)
         finally:
             self._pw_pending -= 1
+            if by_address[address] == 1:
+                del by_address[address]
+            else:
+                by_address[address] -= 1
 
     async def _check_password(
         self, client: Client, session_id: str, password: str | None, need: PasswordRequired
@@ -564,7 +578,7 @@ class Lobby:
         if not password:
             raise LobbyError(ErrorCode.WRONG_PASSWORD, "this session needs a password")
         self._guess_allowed(client)
-        if self._pw_pending >= self.settings.password_queue:
+        if self._scrypt_full(client.address):
             raise LobbyError(ErrorCode.RATE_LIMITED, _BUSY)  # before counting the guess
         # Counted in the store before scrypt runs: the limits hold across sockets
         # and nodes, and concurrent guesses cannot overrun them.
@@ -576,7 +590,7 @@ class Lobby:
                              f"too many wrong passwords for {whom}: try again in "
                              f"{-(-verdict.retry_ms // 1000)} s")
         try:
-            good = await self._scrypt(verify_password, password, need.pw)
+            good = await self._scrypt(client.address, verify_password, password, need.pw)
         except LobbyError:
             await self.store.password_refund(session_id, client.address, now_ms(), limits)
             raise
@@ -623,7 +637,7 @@ class Lobby:
         if req.password is not None:
             changes["pw"] = None
             if req.password:
-                changes["pw"] = await self._scrypt(hash_password, req.password)
+                changes["pw"] = await self._scrypt(client.address, hash_password, req.password)
         if req.attributes is not None:
             changes["attrs"] = req.attributes
         if req.visibility is not None:

@@ -119,6 +119,45 @@ async def test_scrypt_queue_is_bounded(make_node, connect_player) -> None:
     assert guest_took < 3.0, guest_took
 
 
+async def test_one_address_cannot_fill_the_scrypt_queue(make_node) -> None:
+    """An address holds at most a quarter of --password-queue: while 20 sockets of
+    one address keep it busy with password creates, a player from another address
+    gets in with the right password at the first try."""
+    node = await make_node(max_sockets_per_ip=100)
+    host = await _player(node, "127.0.0.2", "host")
+    sid = (await host.ok("create_session", password="correct horse"))["session"]["session_id"]
+    flooders = [await _player(node, "127.0.1.1", f"flood{i}") for i in range(20)]
+    friend = await _player(node, "127.0.0.3", "friend")
+    busy = 0
+    flooding = asyncio.Event()
+    done = False
+
+    async def flood(player: Player) -> None:
+        nonlocal busy
+        while not done:
+            reply = await player.request("create_session", password="secret")
+            if reply["ok"]:
+                await player.ok("leave_session")
+                continue
+            assert reply["error"]["code"] == "RATE_LIMITED", reply
+            assert "busy" in reply["error"]["message"]
+            busy += 1
+            if busy >= 50:
+                flooding.set()
+
+    flood_all = asyncio.gather(*(flood(p) for p in flooders))
+    try:
+        # The flooders' address has its share of the queue full, and keeps it full.
+        await asyncio.wait_for(flooding.wait(), 20)
+        joined = await friend.ok("join_session", session_id=sid, password="correct horse")
+        assert joined["session"]["player_count"] == 2
+    finally:
+        done = True
+        await flood_all
+    for player in [host, friend, *flooders]:
+        await player.close()
+
+
 async def test_who_is_in_a_password_room_is_for_its_members(node: LobbyNode,
                                                             connect_player) -> None:
     host = await connect_player(node, "host")
