@@ -695,6 +695,8 @@ def _make_allocator(settings: Settings) -> Allocator:
             settings.fleetiq_group, region=settings.aws_region,
             endpoint_url=settings.aws_endpoint_url, client=settings.fleetiq_client,
             max_workers=settings.fleetiq_concurrency,
+            claims_per_second=settings.fleetiq_claims_per_second,
+            claim_burst=settings.fleetiq_claim_burst,
         )
     log.info("static allocator: every session gets %s", settings.game_server)
     return StaticAllocator(settings.game_server)

@@ -174,14 +174,19 @@ def _redis_cluster_url(raw: str) -> str:
     return _url_scheme(raw, CLUSTER_URL_SCHEMES, "redis+cluster://HOST:PORT[,HOST:PORT...]")
 
 
-def _nonnegative_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {raw!r}")
-    return value
+def _nonnegative(what: str) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"must be {what} >= 0, not {raw!r}")
+        return value
+    return parse
+
+
+_nonnegative_float = _nonnegative("a number of seconds")
 
 
 def _attribute_keys(raw: str) -> tuple[str, ...] | None:
@@ -280,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
          "in a thread pool (about 1 ms of CPU a call, under the GIL)")
     _add(serve, "--fleetiq-concurrency", _positive_int, d.fleetiq_concurrency,
          "GameLift calls in flight at once (connections with async, threads with boto3)")
+    _add(serve, "--fleetiq-claims-per-second", _nonnegative("a number of claims a second"),
+         d.fleetiq_claims_per_second,
+         "pace ClaimGameServer calls to this many a second, first come first served: this "
+         "node's share of the account's limit (AWS's default: 20 a second, bursts of 40, per "
+         "account); 0: not paced (a throttled claim is retried for 30 s either way)")
+    _add(serve, "--fleetiq-claim-burst", _positive_int, d.fleetiq_claim_burst,
+         "with --fleetiq-claims-per-second: claims sent at once before the pacing starts")
     serve.add_argument(
         "--dynamodb", action="store_true", default=_flag(os.environ.get("LOBBY_DYNAMODB", "")),
         help="persist sessions to DynamoDB (env LOBBY_DYNAMODB=1; default off)",

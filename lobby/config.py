@@ -45,6 +45,10 @@ class Settings:
     # "boto3": the boto3 client in a thread pool (~1 ms of CPU a call under the GIL)
     fleetiq_client: str = "async"
     fleetiq_concurrency: int = 32  # GameLift calls in flight (connections or threads)
+    # ClaimGameServer pacing, this node's share of the account's limit (AWS: 20/s,
+    # bursts of 40); 0: not paced (throttled claims are still retried for 30 s).
+    fleetiq_claims_per_second: float = 0.0
+    fleetiq_claim_burst: int = 40
     # DynamoDB persistence (off unless dynamodb is set)
     dynamodb: bool = False
     dynamodb_table: str = "lobby_sessions"

@@ -27,7 +27,9 @@ reference): a claim lapses after ``--claim-ttl-seconds`` (60 on AWS, fixed)
 unless the server became UTILIZED; UTILIZED cannot go back to AVAILABLE
 (InvalidRequestException); a server with no health report (``UpdateGameServer
 HealthCheck=HEALTHY``, or its registration) for ``--health-ttl-seconds`` is
-deregistered. Differences kept: AWS first marks a silent server unhealthy and
+deregistered. With ``--claim-rate-per-second`` it throttles ClaimGameServer as
+AWS does by default (per account: 20 a second, bursts of 40; ThrottlingException
+past them, which takes no token). Differences kept: AWS first marks a silent server unhealthy and
 deregisters it some time later (and may also replace its instance); here it is
 simply gone after the TTL. Game server groups are created implicitly.
 """
@@ -159,6 +161,11 @@ class _State:
     # No server can have gone silent before this (time.monotonic()).
     next_silence_check: float = 0.0
     faults_in_flight: int = 0
+    # ClaimGameServer's token bucket (rate 0: no limit): tokens, at time.monotonic().
+    claim_rate: float = 0.0
+    claim_burst: float = 40.0
+    claim_tokens: float = 40.0
+    claim_tokens_at: float = 0.0
     seq: Iterator[int] = field(default_factory=itertools.count)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -217,9 +224,12 @@ class FleetIQService:
     """The API semantics, independent of HTTP; every method runs under the state lock."""
 
     def __init__(self, claim_ttl_seconds: float = 60.0, groups: Iterable[str] = (),
-                 health_ttl_seconds: float = 60.0) -> None:
+                 health_ttl_seconds: float = 60.0, claim_rate: float = 0.0,
+                 claim_burst: int = 40) -> None:
         self._state = _State(claim_ttl_seconds=claim_ttl_seconds,
-                             health_ttl_seconds=health_ttl_seconds)
+                             health_ttl_seconds=health_ttl_seconds, claim_rate=claim_rate,
+                             claim_burst=claim_burst, claim_tokens=claim_burst,
+                             claim_tokens_at=time.monotonic())
         for name in groups:
             self._state.groups.setdefault(name, {})
         self.operations: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -281,8 +291,23 @@ class FleetIQService:
         if handler is None:
             raise ApiError("UnknownOperationException", f"Unknown operation {op!r}")
         with self._state.lock:
+            if op == "ClaimGameServer" and not self._claim_token():
+                raise ApiError("ThrottlingException", "Rate exceeded")
             self._expire_silent()
             return handler(body)
+
+    def _claim_token(self) -> bool:
+        state = self._state
+        if state.claim_rate <= 0:
+            return True
+        now = time.monotonic()
+        state.claim_tokens = min(state.claim_burst, state.claim_tokens
+                                 + (now - state.claim_tokens_at) * state.claim_rate)
+        state.claim_tokens_at = now
+        if state.claim_tokens < 1:
+            return False
+        state.claim_tokens -= 1
+        return True
 
     def _expire_silent(self) -> None:
         """Deregister servers that have not reported health for the health TTL."""
@@ -662,10 +687,13 @@ class FleetIQLocal:
         claim_ttl_seconds: float = 60.0,
         groups: Iterable[str] = (),
         health_ttl_seconds: float = 60.0,
+        claim_rate: float = 0.0,
+        claim_burst: int = 40,
     ) -> None:
         self.host = host
         self.service = FleetIQService(claim_ttl_seconds=claim_ttl_seconds, groups=groups,
-                                      health_ttl_seconds=health_ttl_seconds)
+                                      health_ttl_seconds=health_ttl_seconds,
+                                      claim_rate=claim_rate, claim_burst=claim_burst)
         self._requested_port = port
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -744,6 +772,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(60 on AWS)")
     parser.add_argument("--health-ttl-seconds", type=float, default=60.0,
                         help="a server with no health report for this long is deregistered")
+    parser.add_argument("--claim-rate-per-second", type=float, default=0.0,
+                        help="throttle ClaimGameServer past this many a second, as AWS "
+                             "does (20 by default, per account); 0: no limit (default)")
+    parser.add_argument("--claim-burst", type=int, default=40,
+                        help="with --claim-rate-per-second: claims allowed at once (40 on AWS)")
     parser.add_argument(
         "--group",
         action="append",
@@ -759,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--claim-ttl-seconds must be positive")
     if args.health_ttl_seconds <= 0:
         parser.error("--health-ttl-seconds must be positive")
+    if args.claim_rate_per_second < 0 or args.claim_burst < 1:
+        parser.error("--claim-rate-per-second must be >= 0 and --claim-burst >= 1")
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -769,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
         claim_ttl_seconds=args.claim_ttl_seconds,
         groups=args.group,
         health_ttl_seconds=args.health_ttl_seconds,
+        claim_rate=args.claim_rate_per_second,
+        claim_burst=args.claim_burst,
     )
     local.bind()
 

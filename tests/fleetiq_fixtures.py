@@ -71,13 +71,14 @@ class FleetIQProcess:
 @contextmanager
 def run_fleetiq_local(
     *, claim_ttl_seconds: float = 60.0, groups: tuple[str, ...] = (),
-    health_ttl_seconds: float = 60.0,
+    health_ttl_seconds: float = 60.0, claim_rate: float = 0.0, claim_burst: int = 40,
 ) -> Iterator[FleetIQProcess]:
     cmd = [
         sys.executable, "-m", "lobby.fleetiq_local",
         "--port", "0",
         "--claim-ttl-seconds", str(claim_ttl_seconds),
         "--health-ttl-seconds", str(health_ttl_seconds),
+        "--claim-rate-per-second", str(claim_rate), "--claim-burst", str(claim_burst),
     ]
     for group in groups:
         cmd += ["--group", group]

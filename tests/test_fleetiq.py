@@ -40,6 +40,7 @@ from tests.fleetiq_fixtures import (
     group_name,
     instance_id,
     register_servers,
+    run_fleetiq_local,
 )
 
 __all__ = [  # fixtures, used by name
@@ -444,6 +445,58 @@ async def test_allocator_retries_throttling_then_succeeds(
         await alloc.close()
     assert allocation.server_id == "gs-0000"
     assert (alloc.claims, alloc.retries, alloc.failures) == (1, 2, 0)
+
+
+# GameLift's own ClaimGameServer limit is 20 a second, bursts of 40, per account;
+# a tenth of the burst keeps these tests short.
+THROTTLED = {"claim_rate": 10.0, "claim_burst": 2}
+
+
+async def _throttled_burst(kind: str, count: int, **kwargs: Any) -> tuple[
+        FleetIQAllocator, list[Any], float]:
+    """`count` sessions starting at once on a FleetIQ that allows 10 claims a second."""
+    with run_fleetiq_local(**THROTTLED) as server:
+        client = make_client("gamelift", endpoint_url=server.url)
+        try:
+            register_servers(client, "throttled", count)
+        finally:
+            client.close()
+        alloc = allocator(kind, server.url, "throttled", **kwargs)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(alloc.allocate(f"sess-{n}", [f"p{n}"]) for n in range(count)),
+                return_exceptions=True)
+            return alloc, results, time.monotonic() - started
+        finally:
+            await alloc.close()
+
+
+async def test_a_throttled_burst_of_claims_is_waited_out(kind: str) -> None:
+    """Throttling means "later": 12 claims at once against 10 a second all get a server
+    (after max_attempts, throttled calls go on for throttle_wait seconds)."""
+    alloc, results, elapsed = await _throttled_burst(kind, 12)
+    allocations = [r for r in results if isinstance(r, Allocation)]
+    assert len(allocations) == 12, [r for r in results if not isinstance(r, Allocation)]
+    assert len({a.server_id for a in allocations}) == 12
+    assert alloc.throttled > 0 and alloc.failures == 0
+    assert elapsed >= (12 - THROTTLED["claim_burst"]) / THROTTLED["claim_rate"] * 0.9
+
+
+async def test_paced_claims_are_not_throttled(kind: str) -> None:
+    """claims_per_second under the account's limit: the burst goes out in order, and
+    GameLift throttles none of it."""
+    alloc, results, elapsed = await _throttled_burst(kind, 12, claims_per_second=8.0,
+                                                     claim_burst=2)
+    allocations = [r for r in results if isinstance(r, Allocation)]
+    assert len(allocations) == 12, [r for r in results if not isinstance(r, Allocation)]
+    assert (alloc.throttled, alloc.retries, alloc.failures) == (0, 0, 0)
+    # First come, first served: past the burst (sent at once, on two connections),
+    # the sessions got the servers in the order they asked.
+    ids = [a.server_id for a in allocations]
+    assert set(ids[:2]) == {"gs-0000", "gs-0001"}
+    assert ids[2:] == [f"gs-{n:04d}" for n in range(2, 12)]
+    assert elapsed >= (12 - 2) / 8.0 * 0.9
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,35 @@ async def test_fleetiq_throttling_is_retried(make_node, redis_url, fleetiq: Flee
         gamelift.close()
 
 
+async def test_a_burst_of_starts_above_gamelifts_claim_limit(make_node, redis_url,
+                                                              connect_player) -> None:
+    """8 rooms start at once against a FleetIQ that allows 5 claims a second, bursts of
+    2 (AWS: 20 and 40 per account): on a node without pacing every start still gets a
+    server (throttled claims are retried); on a node paced under the limit
+    (--fleetiq-claims-per-second), GameLift throttles none of its claims."""
+    with run_fleetiq_local(claim_rate=5.0, claim_burst=2) as throttled:
+        gamelift = make_client("gamelift", endpoint_url=throttled.url)
+        try:
+            # Paced first, while the bucket is full; then the same burst unpaced.
+            for paced, group in ((4.0, "burst-paced"), (0.0, "burst-plain")):
+                register_servers(gamelift, group, 8)
+                node = await make_node(redis_url=redis_url, fleetiq_group=group,
+                                       aws_endpoint_url=throttled.url,
+                                       fleetiq_claims_per_second=paced, fleetiq_claim_burst=2)
+                hosts = [await connect_player(node, f"host{i}") for i in range(8)]
+                for host in hosts:
+                    await host.ok("create_session")
+                started = await asyncio.gather(*(h.ok("start_session") for h in hosts))
+                endpoints = {s["session"]["server_endpoint"] for s in started}
+                assert len(endpoints) == 8 and all(e.startswith("10.0.0.") for e in endpoints)
+                allocator = node.allocator
+                assert allocator.failures == 0  # type: ignore[attr-defined]
+                throttles = allocator.throttled  # type: ignore[attr-defined]
+                assert (throttles > 0) if not paced else (throttles == 0), (paced, throttles)
+        finally:
+            gamelift.close()
+
+
 async def test_callbacks_need_the_key(make_mode_node, connect_player) -> None:
     node = await make_mode_node(server_key=KEY)
     host = await connect_player(node, "host")

@@ -25,6 +25,14 @@ raise botocore's exceptions, so everything below is the same for either.
 botocore's retries are off (see lobby.aws); the retry policy lives here because
 only here can capacity errors (final: the group is full) be told apart from
 transient ones (retry).
+
+GameLift limits ClaimGameServer to 20 calls a second per account, in bursts of up
+to 40 (its "API limits" table). A burst of starts above that is throttled, and after
+`max_attempts` quick retries most of it would fail. So a throttled call keeps being
+retried, with backoff, for `throttle_wait` seconds: throttling says "later", not
+"no". Claims can also be paced here (`claims_per_second`, `claim_burst`: this node's
+share of the account's limit; off by default, since quotas can be raised), so that
+a burst goes out first come first served instead of being throttled.
 """
 
 from __future__ import annotations
@@ -171,11 +179,18 @@ class FleetIQAllocator(ServerLifecycle):
         max_workers: int = 16,
         read_timeout: float = 5.0,
         client: str = "async",
+        claims_per_second: float = 0.0,
+        claim_burst: int = 40,
+        throttle_wait: float = 30.0,
     ) -> None:
         """`max_workers`: calls in flight at once (connections of the async
-        client; threads and pooled connections of the boto3 one)."""
+        client; threads and pooled connections of the boto3 one).
+        `claims_per_second` 0: claims are not paced."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if claims_per_second < 0 or claim_burst < 1 or throttle_wait < 0:
+            raise ValueError("claims_per_second and throttle_wait must be >= 0, "
+                             "claim_burst >= 1")
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1")
         if client not in ("async", "boto3"):
@@ -184,6 +199,8 @@ class FleetIQAllocator(ServerLifecycle):
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self.throttle_wait = throttle_wait
+        self._claim_pace = _Pace(claims_per_second, claim_burst) if claims_per_second else None
         # Pool as many HTTP connections as threads so no worker waits on the pool.
         self._client = make_client(
             "gamelift",
@@ -208,6 +225,7 @@ class FleetIQAllocator(ServerLifecycle):
         # Metrics: successful claims, retried attempts, allocations that failed.
         self.claims = 0
         self.retries = 0
+        self.throttled = 0  # calls GameLift answered with throttling
         self.failures = 0
         self.out_of_capacity = 0
         self.unknown_outcomes = 0  # claims whose answer was lost
@@ -231,12 +249,16 @@ class FleetIQAllocator(ServerLifecycle):
         """A call that is safe to repeat: transient errors are retried with backoff.
         Raises the last ClientError (or AllocatorUnavailable after the attempts)."""
         attempt = 0
+        started = asyncio.get_running_loop().time()
         while True:
             attempt += 1
             try:
                 return await self._call(method, GameServerGroupName=self.group_name, **kwargs)
             except ClientError as exc:
-                if not _transient(exc) or attempt >= self.max_attempts:
+                if _throttling(exc):
+                    self.throttled += 1
+                if not _transient(exc) or (attempt >= self.max_attempts
+                                           and not self._wait_out(exc, started)):
                     raise
                 reason = _code(exc)
             except _CONNECTION_ERRORS as exc:
@@ -249,6 +271,13 @@ class FleetIQAllocator(ServerLifecycle):
             logger.info("%s for group %s: %s; retry %d/%d", method, self.group_name, reason,
                         attempt, self.max_attempts - 1)
             await asyncio.sleep(self._backoff(attempt))
+
+    def _wait_out(self, exc: ClientError, started: float) -> bool:
+        """Whether a call throttled after its attempts are used up is tried again:
+        for up to throttle_wait seconds since its first attempt."""
+        if not _throttling(exc):
+            return False
+        return asyncio.get_running_loop().time() - started < self.throttle_wait
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter: spreads out lobbies that were throttled together.
@@ -307,9 +336,14 @@ class FleetIQAllocator(ServerLifecycle):
 
     async def _claim(self, session_id: str, data: str) -> dict[str, Any]:
         attempt = 0
+        started = asyncio.get_running_loop().time()
+        throttled: ClientError | None = None
         while True:
             attempt += 1
+            throttled = None
             try:
+                if self._claim_pace is not None:
+                    await self._claim_pace.take()
                 response = await self._call(
                     "claim_game_server", GameServerGroupName=self.group_name, GameServerData=data
                 )
@@ -336,6 +370,9 @@ class FleetIQAllocator(ServerLifecycle):
                     raise self._fail(session_id, f"claim failed: {code}") from exc
                 reason = f"{code} (HTTP {status})"
                 last_exc: Exception = exc
+                if _throttling(exc):
+                    throttled = exc
+                    self.throttled += 1
             except _CONNECTION_ERRORS as exc:
                 reason = type(exc).__name__
                 last_exc = exc
@@ -362,7 +399,8 @@ class FleetIQAllocator(ServerLifecycle):
                 )
                 raise self._fail(session_id, f"claim failed: {type(exc).__name__}") from exc
 
-            if attempt >= self.max_attempts:
+            if attempt >= self.max_attempts and not (
+                    throttled is not None and self._wait_out(throttled, started)):
                 logger.warning(
                     "ClaimGameServer for group %s gave up after %d attempts: %s",
                     self.group_name, attempt, reason,
@@ -537,6 +575,35 @@ class FleetIQAllocator(ServerLifecycle):
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class _Pace:
+    """A token bucket that lets calls through in the order they asked: `rate` a
+    second, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._at: float | None = None
+        self._lock = asyncio.Lock()  # FIFO: the first to wait is the first let through
+
+    async def take(self) -> None:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if self._at is not None:
+                self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens < 1:
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+                self._tokens, self._at = 1.0, loop.time()
+            self._tokens -= 1
+
+
+def _throttling(exc: ClientError) -> bool:
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return _code(exc) in _THROTTLING_CODES or status == 429
 
 
 def _transient(exc: ClientError) -> bool:
