@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocator", choices=("auto", "static", "fleetiq"), default="auto",
                    help="auto: FleetIQ via fleetiq-local when `lobby serve` has "
                         "--fleetiq-group, else the static allocator")
+    p.add_argument("--claim-limit", default=None, metavar="RATE,BURST",
+                   help="fleetiq-local throttles ClaimGameServer past RATE a second in "
+                        "bursts of BURST, as GameLift does (its default: 20,40 per "
+                        "account); unset: no limit")
     p = sub.add_parser("chat", help="rooms of 8 chatting: send -> all 8 received latency")
     _common(p)
     p.add_argument("--rooms", type=int, default=250)

@@ -687,11 +687,14 @@ class FleetIQProc(Managed):
 
     READY = "FLEETIQ_LOCAL_LISTENING port="
 
-    def __init__(self, log_dir: Path, group: str, servers: int) -> None:
+    def __init__(self, log_dir: Path, group: str, servers: int,
+                 claim_limit: tuple[float, int] | None = None) -> None:
         self.group = group
+        limit = (["--claim-rate-per-second", str(claim_limit[0]),
+                  "--claim-burst", str(claim_limit[1])] if claim_limit else [])
         super().__init__("fleetiq", [
             sys.executable, "-m", "lobby.cli", "fleetiq-local", "--port", "0", "--group", group,
-            "--log-level", "WARNING",
+            "--log-level", "WARNING", *limit,
         ], log_dir, stdout=subprocess.PIPE, src=_REPO_ROOT)
         self.port = self._read_port()
         self.endpoint = f"http://{LOOPBACK}:{self.port}"

@@ -139,10 +139,16 @@ def run(run: Run) -> list[dict[str, Any]]:
     if use_fleetiq:
         if not has_fleetiq:
             raise SystemExit("storm: `lobby serve` has no --fleetiq-group option yet")
-        fleet = FleetIQProc(run.log_dir, GROUP, servers=args.rooms + 16)
+        limit = None
+        if args.claim_limit:
+            rate, _, burst = args.claim_limit.partition(",")
+            limit = (float(rate), int(burst or 40))
+        fleet = FleetIQProc(run.log_dir, GROUP, servers=args.rooms + 16, claim_limit=limit)
         run.others.append(fleet)
         extra = ["--fleetiq-group", GROUP, "--aws-endpoint-url", fleet.endpoint]
-        run.notes.append(f"allocator: FleetIQ via fleetiq-local, {args.rooms + 16} game servers")
+        run.notes.append(f"allocator: FleetIQ via fleetiq-local, {args.rooms + 16} game servers"
+                         + (f", ClaimGameServer limited to {limit[0]:g}/s in bursts of "
+                            f"{limit[1]}" if limit else ""))
     else:
         why = "" if has_fleetiq else " (`lobby serve` has no --fleetiq-group option yet)"
         run.notes.append(f"allocator: static{why}")
