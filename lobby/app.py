@@ -179,7 +179,8 @@ class LobbyNode:
 
     def metrics(self) -> dict[str, Any]:
         """Counters of this node, for operators (GET /metrics) and the benchmarks."""
-        allocator = {k: getattr(self.allocator, k) for k in ("claims", "retries", "failures")
+        allocator = {k: getattr(self.allocator, k)
+                     for k in ("claims", "retries", "failures", "throttled")
                      if hasattr(self.allocator, k)}
         return {
             "node_id": self.node_id,

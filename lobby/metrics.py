@@ -210,7 +210,7 @@ class _NodeCollector:
         if type(checks) is int:
             yield _counter("lobby_password_checks", "scrypt password verifications run", checks)
         allocator = node.allocator
-        for attr in ("retries", "failures"):
+        for attr in ("retries", "failures", "throttled"):
             if hasattr(allocator, attr):
                 yield _counter(f"lobby_allocator_{attr}", f"allocator {attr}",
                                getattr(allocator, attr))

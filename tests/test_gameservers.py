@@ -181,6 +181,10 @@ async def test_a_burst_of_starts_above_gamelifts_claim_limit(make_node, redis_ur
                 assert allocator.failures == 0  # type: ignore[attr-defined]
                 throttles = allocator.throttled  # type: ignore[attr-defined]
                 assert (throttles > 0) if not paced else (throttles == 0), (paced, throttles)
+                # Operators see it: GameLift's answers that were throttling.
+                status, body = await http_request(node.port, "GET", "/metrics")
+                assert status == 200
+                assert f"lobby_allocator_throttled_total {float(throttles)}" in body.decode()
         finally:
             gamelift.close()
 
