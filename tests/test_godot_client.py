@@ -63,6 +63,8 @@ async def test_endpoints_tickets_and_deferred_completion(make_node, tmp_path: Pa
     # ...and with the hello reply when it can.
     live = next(line for line in lines if line.startswith("CONNECT live "))
     assert live == "CONNECT live ok=True name=unit state=online", live
+    # start_session's reply may wait for a throttled claim: it gets 40 s, not 10.
+    assert "DEADLINE ping=10 start=40" in lines
 
 
 async def test_a_restarted_game_resumes_from_the_token_in_user_dir(

@@ -55,6 +55,10 @@ const CHAT_KEEP := 50
 
 ## Seconds a request waits for its reply before it completes with TIMEOUT.
 var request_timeout := 10.0
+## The same for start_session, whose reply comes after the game server's claim:
+## GameLift's claim limit (20 a second per account) can hold it back for up to 30 s
+## in a burst of starts.
+var start_timeout := 40.0
 ## Reconnect attempt n waits min(max, base * 2^(n-1)) * rand(0.5, 1.0) seconds.
 var reconnect_base_delay := 0.5
 var reconnect_max_delay := 15.0
@@ -400,7 +404,8 @@ func _send(type: String, fields: Dictionary) -> LobbyRequestScript:
 	var msg := fields.duplicate()
 	msg["type"] = type
 	msg["id"] = req.id
-	_pending[req.id] = [req, Time.get_ticks_msec() + int(request_timeout * 1000.0)]
+	var timeout := start_timeout if type == "start_session" else request_timeout
+	_pending[req.id] = [req, Time.get_ticks_msec() + int(timeout * 1000.0)]
 	var err := _socket.send_text(JSON.stringify(_ints_on_wire(msg)))
 	if err != OK:
 		_complete(req, _client_error(req, "NOT_CONNECTED", "send failed (error %d)" % err))
@@ -465,7 +470,8 @@ func _expire_requests() -> void:
 			continue
 		var req: LobbyRequestScript = entry[0]
 		_late[id] = req.type
-		_complete(req, _client_error(req, "TIMEOUT", "no reply within %.1f s" % request_timeout))
+		var waited := start_timeout if req.type == "start_session" else request_timeout
+		_complete(req, _client_error(req, "TIMEOUT", "no reply within %.1f s" % waited))
 
 
 func _fail_pending(code: String, message: String) -> void:

@@ -39,6 +39,9 @@ const TOKEN_KEY := "resume_token"
 const CHAT_KEEP := 50
 
 var request_timeout := 10.0
+# start_session's reply comes after the game server's claim, which GameLift's claim
+# limit (20 a second per account) can hold back for up to 30 s in a burst of starts.
+var start_timeout := 40.0
 var reconnect_base_delay := 0.5
 var reconnect_max_delay := 15.0
 var max_reconnect_attempts := 12
@@ -374,7 +377,8 @@ func send_request(type: String, fields := {}) -> Reference:
 	if _ws.get_peer(1).put_packet(JSON.print(message).to_utf8()) != OK:
 		_finish(req, _client_error(req, "DISCONNECTED", "could not send"))
 		return req
-	req.deadline_msec = OS.get_ticks_msec() + int(request_timeout * 1000)
+	var timeout := start_timeout if type == "start_session" else request_timeout
+	req.deadline_msec = OS.get_ticks_msec() + int(timeout * 1000)
 	return req
 
 
