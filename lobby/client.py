@@ -95,16 +95,20 @@ class _Connect:
 
 
 def connect(url: str, name: str | None = None, token: str | None = None, *,
-            resume_token: str | None = None, timeout: float = 10.0, reconnect: bool = True,
-            max_reconnect_attempts: int = 12, reconnect_base_delay: float = 0.5,
-            reconnect_max_delay: float = 15.0, on_frame: FrameHook | None = None) -> _Connect:
+            resume_token: str | None = None, timeout: float = 10.0, start_timeout: float = 40.0,
+            reconnect: bool = True, max_reconnect_attempts: int = 12,
+            reconnect_base_delay: float = 0.5, reconnect_max_delay: float = 15.0,
+            on_frame: FrameHook | None = None) -> _Connect:
     """Connect to `url` (ws://HOST:PORT/ws) and say hello; `await` it or `async with` it.
 
     `resume_token` makes it the same player as before (a restarted bot); `on_frame` sees
     every decoded frame the server sends (tests validate them against the schema).
+    `start_timeout` is how long start_session waits for its reply, which comes after
+    the game server's claim (GameLift's claim limit can hold that back for up to 30 s).
     """
     return _Connect(LobbyClient(
         url, name=name, token=token, resume_token=resume_token, timeout=timeout,
+        start_timeout=start_timeout,
         reconnect=reconnect, max_reconnect_attempts=max_reconnect_attempts,
         reconnect_base_delay=reconnect_base_delay, reconnect_max_delay=reconnect_max_delay,
         on_frame=on_frame))
@@ -113,6 +117,7 @@ def connect(url: str, name: str | None = None, token: str | None = None, *,
 class LobbyClient:
     def __init__(self, url: str, name: str | None = None, token: str | None = None, *,
                  resume_token: str | None = None, timeout: float = 10.0,
+                 start_timeout: float = 40.0,
                  reconnect: bool = True, max_reconnect_attempts: int = 12,
                  reconnect_base_delay: float = 0.5, reconnect_max_delay: float = 15.0,
                  on_frame: FrameHook | None = None) -> None:
@@ -121,6 +126,7 @@ class LobbyClient:
         self.token = token
         self.resume_token = resume_token
         self.timeout = timeout
+        self.start_timeout = start_timeout
         self.reconnect = reconnect
         self.max_reconnect_attempts = max_reconnect_attempts
         self.reconnect_base_delay = reconnect_base_delay
@@ -284,15 +290,16 @@ class LobbyClient:
         if ws is None:
             raise NotConnected(NOT_CONNECTED, "no open lobby connection")
         rid = next(self._ids)
+        wait = self.start_timeout if rtype == "start_session" else self.timeout
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (rtype, fut)
         try:
             await ws.send(json.dumps({"type": rtype, "id": rid, **fields}))
-            reply = await asyncio.wait_for(asyncio.shield(fut), self.timeout)
+            reply = await asyncio.wait_for(asyncio.shield(fut), wait)
         except TimeoutError:
             # A late reply still teaches the mirror what happened.
             self._late[rid] = rtype
-            raise RequestTimeout(TIMEOUT, f"no reply to {rtype} within {self.timeout} s") from None
+            raise RequestTimeout(TIMEOUT, f"no reply to {rtype} within {wait} s") from None
         except ConnectionClosed:
             raise NotConnected(DISCONNECTED, "the lobby connection dropped") from None
         finally:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
+from lobby.aws import make_client
 from lobby.client import connect
 from tests.browser import browser, watch_frames  # noqa: F401
 from tests.conftest import http_request, ws_url
+from tests.fleetiq_fixtures import register_servers, run_fleetiq_local
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,3 +151,39 @@ async def test_lobby_js_api_in_the_browser(node, browser) -> None:  # noqa: F811
         "notHost": "NOT_HOST", "endpoint": ["127.0.0.1:6060"] * 3,
         "ticket": "TICKETS_DISABLED", "hostAfterLeave": None,
     }
+
+
+SLOW_START = """async () => {
+  const { connect, LobbyError } = await import("/play/lobby.js");
+  const url = `ws://${location.host}/ws`;
+  const patient = await connect(url, { name: "patient", storage: null, timeout: 0.5 });
+  await patient.createSession("slow");
+  const started = await patient.startSession();
+  const hasty = await connect(url, { name: "hasty", storage: null, timeout: 0.5,
+                                     startTimeout: 0.5 });
+  await hasty.createSession("hasty");
+  let late = null;
+  try { await hasty.startSession(); } catch (err) {
+    late = err instanceof LobbyError ? err.code : String(err);
+  }
+  patient.close(); hasty.close();
+  return { endpoint: started.server_endpoint, late };
+}"""
+
+
+async def test_lobby_js_start_waits_for_its_claim(make_node, browser) -> None:  # noqa: F811
+    """startSession waits startTimeout (40 s) for its reply, which comes after the
+    claim GameLift may hold back; other requests keep their timeout (0.5 s here)."""
+    with run_fleetiq_local() as fleetiq:
+        gamelift = make_client("gamelift", endpoint_url=fleetiq.url)
+        try:
+            register_servers(gamelift, "js-slow-claims", 2)
+        finally:
+            gamelift.close()
+        node = await make_node(fleetiq_group="js-slow-claims", aws_endpoint_url=fleetiq.url)
+        fleetiq.inject_faults({"ClaimGameServer": [{"delay": 1.0}, {"delay": 1.0}]})
+        page = await browser.new_page()
+        watch_frames(page)
+        await page.goto(f"http://127.0.0.1:{node.port}/play/")
+        assert await page.evaluate(SLOW_START) == {"endpoint": "10.0.0.0:6060",
+                                                    "late": "TIMEOUT"}

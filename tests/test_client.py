@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from lobby import messages as m
+from lobby.aws import make_client
 from lobby.client import LobbyClient, NotConnected, RequestError, RequestTimeout, connect
 from tests.conftest import ws_url
 from tests.faults import tcp_proxy  # noqa: F401
+from tests.fleetiq_fixtures import register_servers, run_fleetiq_local
 from tests.frames import SENT_FRAMES
 
 
@@ -163,6 +165,29 @@ async def test_timeouts(node, tcp_proxy) -> None:  # noqa: F811
         assert dave.session is None
         page = await dave.list_sessions()
         assert room.session_id not in [s.session_id for s in page.sessions]
+
+
+async def test_start_session_waits_for_its_claim(make_node) -> None:
+    """start_session's reply comes after the claim, which GameLift may hold back (its
+    claim limit): it gets start_timeout (40 s), not the 0.5 s every other request
+    gets here. A claim slower than both times out as any request does."""
+    with run_fleetiq_local() as fleetiq:
+        gamelift = make_client("gamelift", endpoint_url=fleetiq.url)
+        try:
+            register_servers(gamelift, "slow-claims", 2)
+        finally:
+            gamelift.close()
+        node = await make_node(fleetiq_group="slow-claims", aws_endpoint_url=fleetiq.url)
+        fleetiq.inject_faults({"ClaimGameServer": [{"delay": 1.0}, {"delay": 1.0}]})
+        async with client(ws_url(node), "patient", timeout=0.5) as patient:
+            await patient.create_session()
+            started = await patient.start_session()
+            assert started.server_endpoint == "10.0.0.0:6060"
+        async with client(ws_url(node), "hasty", timeout=0.5, start_timeout=0.5) as hasty:
+            await hasty.create_session()
+            with pytest.raises(RequestTimeout) as late:
+                await hasty.start_session()
+            assert "start_session within 0.5 s" in str(late.value)
 
 
 async def test_gives_up_after_its_attempts(node, tcp_proxy) -> None:  # noqa: F811

@@ -26,7 +26,7 @@
  * @typedef {{sessions: Session[], next_cursor: string | null}} SessionPage
  * @typedef {{ticket: string, server_endpoint: string, expires_at: number}} JoinTicket
  * @typedef {{
- *   name?: string, token?: string, resumeToken?: string, timeout?: number,
+ *   name?: string, token?: string, resumeToken?: string, timeout?: number, startTimeout?: number,
  *   reconnect?: boolean, maxReconnectAttempts?: number, reconnectBaseDelay?: number,
  *   reconnectMaxDelay?: number, storage?: Storage | null, storageKey?: string
  * }} ConnectOptions
@@ -72,6 +72,9 @@ export class LobbyClient {
     this.name = options.name ?? null;
     this.token = options.token ?? null;
     this.timeout = (options.timeout ?? 10) * 1000;
+    // start_session's reply comes after the game server's claim, which GameLift's claim
+    // limit (20 a second per account) can hold back for up to 30 s in a burst of starts.
+    this.startTimeout = (options.startTimeout ?? 40) * 1000;
     this.reconnect = options.reconnect ?? true;
     this.maxReconnectAttempts = options.maxReconnectAttempts ?? 12;
     this.reconnectBaseDelay = (options.reconnectBaseDelay ?? 0.5) * 1000;
@@ -216,11 +219,12 @@ export class LobbyClient {
         return;
       }
       const id = this._nextId++;
+      const wait = type === "start_session" ? this.startTimeout : this.timeout;
       const timer = setTimeout(() => {
         this._pending.delete(id);
         this._late.set(id, type); // a late reply still updates the mirror
-        reject(new LobbyError(TIMEOUT, `no reply to ${type} within ${this.timeout / 1000} s`));
-      }, this.timeout);
+        reject(new LobbyError(TIMEOUT, `no reply to ${type} within ${wait / 1000} s`));
+      }, wait);
       this._pending.set(id, { type, timer, resolve, reject });
       ws.send(JSON.stringify({ ...fields, type, id }));
     });
