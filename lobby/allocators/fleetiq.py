@@ -337,10 +337,9 @@ class FleetIQAllocator(ServerLifecycle):
     async def _claim(self, session_id: str, data: str) -> dict[str, Any]:
         attempt = 0
         started = asyncio.get_running_loop().time()
-        throttled: ClientError | None = None
         while True:
             attempt += 1
-            throttled = None
+            throttled: ClientError | None = None
             try:
                 if self._claim_pace is not None:
                     await self._claim_pace.take()
