@@ -174,6 +174,10 @@ class RedisBus:
         self._wanted.discard(channel)
         self._queue.put_nowait((_UNSUB, channel))
 
+    def wants(self, session_id: str) -> bool:
+        """Whether this node is (or is getting) subscribed to the session's events."""
+        return self.keys.channel(session_id).encode() in self._wanted
+
     async def close(self) -> None:
         self._closing = True
         if self._fix is not None:

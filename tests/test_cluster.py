@@ -58,6 +58,41 @@ async def bus_restored(nodes: list[LobbyNode], before: list[int], timeout: float
                                for n, b in zip(nodes, before, strict=True)))
 
 
+def _subscribers_at_owners(cluster: RedisClusterProcs, channels: list[str]) -> list[int]:
+    """Per channel, how many connections its slot's master has subscribed to it."""
+    counts = []
+    for channel in channels:
+        with cluster.client(cluster.owner_of_key(channel).port) as c:
+            counts.append(int(c.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1]))
+    return counts
+
+
+async def subscribed_at_owners(cluster: RedisClusterProcs, nodes: list[LobbyNode],
+                               session_ids: list[str], timeout: float = 30) -> None:
+    """Every node that wants a session's events is subscribed to its channel at the
+    master that owns the channel's slot now (Redis counts them). After slots moved,
+    a bus may not have read the `sunsubscribe` yet, or be subscribing again: each
+    check that fails waits for the next restore of any bus (the counters are read
+    before the check, so none is missed), or at most a second: an unsubscribe still
+    on its way to Redis ends with no event to wait for."""
+    buses = [redis_bus(n) for n in nodes]
+    channels = [buses[0].keys.channel(sid) for sid in session_ids]
+    async with asyncio.timeout(timeout):
+        while True:
+            before = [bus.restores for bus in buses]
+            wanted = [sum(bus.wants(sid) for bus in buses) for sid in session_ids]
+            counts = await asyncio.to_thread(_subscribers_at_owners, cluster, channels)
+            if counts == wanted:
+                return
+            waits = [asyncio.ensure_future(redis_bus(n).restored(b))
+                     for n, b in zip(nodes, before, strict=True)]
+            try:
+                await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+
 async def any_run_ends(rebuilders: list[Rebuilder]) -> None:
     """Until the next rebuild run (after this call) ends on any of them."""
     before = [r.runs for r in rebuilders]
@@ -163,6 +198,9 @@ async def test_reshard_during_traffic_fails_no_request(
     failed = [r for r in replies if not r["ok"]]
     assert failed == [], failed[:5]
     assert replies.lost == 0
+    # Events published while a bus was subscribing again are gone (the node then
+    # reconciles); the next ones must arrive.
+    await subscribed_at_owners(redis_cluster, [n1, n2], [sid for *_, sid in pairs])
     await rooms_as_heard(n1, pairs, inside)
 
 
