@@ -114,6 +114,19 @@ def run_fleetiq_local(
             stop_process(proc)
 
 
+@contextmanager
+def fleetiq_with_servers(group: str, count: int, **options: Any) -> Iterator[FleetIQProcess]:
+    """A fleetiq-local of its own (run_fleetiq_local's options) with `count` game
+    servers registered in `group`."""
+    with run_fleetiq_local(**options) as server:
+        client = make_client("gamelift", endpoint_url=server.url)
+        try:
+            register_servers(client, group, count)
+        finally:
+            client.close()
+        yield server
+
+
 def _wait_ready(
     lines: queue.Queue[str | None], proc: subprocess.Popen[str], stderr: Any
 ) -> int:

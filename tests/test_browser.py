@@ -8,11 +8,10 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
-from lobby.aws import make_client
 from lobby.client import connect
 from tests.browser import browser, watch_frames  # noqa: F401
 from tests.conftest import http_request, ws_url
-from tests.fleetiq_fixtures import register_servers, run_fleetiq_local
+from tests.fleetiq_fixtures import fleetiq_with_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,12 +173,7 @@ SLOW_START = """async () => {
 async def test_lobby_js_start_waits_for_its_claim(make_node, browser) -> None:  # noqa: F811
     """startSession waits startTimeout (40 s) for its reply, which comes after the
     claim GameLift may hold back; other requests keep their timeout (0.5 s here)."""
-    with run_fleetiq_local() as fleetiq:
-        gamelift = make_client("gamelift", endpoint_url=fleetiq.url)
-        try:
-            register_servers(gamelift, "js-slow-claims", 2)
-        finally:
-            gamelift.close()
+    with fleetiq_with_servers("js-slow-claims", 2) as fleetiq:
         node = await make_node(fleetiq_group="js-slow-claims", aws_endpoint_url=fleetiq.url)
         fleetiq.inject_faults({"ClaimGameServer": [{"delay": 1.0}, {"delay": 1.0}]})
         page = await browser.new_page()

@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 
 from lobby import messages as m
-from lobby.aws import make_client
 from lobby.client import LobbyClient, NotConnected, RequestError, RequestTimeout, connect
 from tests.conftest import ws_url
 from tests.faults import tcp_proxy  # noqa: F401
-from tests.fleetiq_fixtures import register_servers, run_fleetiq_local
+from tests.fleetiq_fixtures import fleetiq_with_servers
 from tests.frames import SENT_FRAMES
 
 
@@ -171,12 +170,7 @@ async def test_start_session_waits_for_its_claim(make_node) -> None:
     """start_session's reply comes after the claim, which GameLift may hold back (its
     claim limit): it gets start_timeout (40 s), not the 0.5 s every other request
     gets here. A claim slower than both times out as any request does."""
-    with run_fleetiq_local() as fleetiq:
-        gamelift = make_client("gamelift", endpoint_url=fleetiq.url)
-        try:
-            register_servers(gamelift, "slow-claims", 2)
-        finally:
-            gamelift.close()
+    with fleetiq_with_servers("slow-claims", 2) as fleetiq:
         node = await make_node(fleetiq_group="slow-claims", aws_endpoint_url=fleetiq.url)
         fleetiq.inject_faults({"ClaimGameServer": [{"delay": 1.0}, {"delay": 1.0}]})
         async with client(ws_url(node), "patient", timeout=0.5) as patient:

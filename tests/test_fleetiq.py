@@ -36,11 +36,11 @@ from tests.fleetiq_fixtures import (
     fleetiq_local,
     fleetiq_local_short_ttl,
     fleetiq_url,
+    fleetiq_with_servers,
     gamelift,
     group_name,
     instance_id,
     register_servers,
-    run_fleetiq_local,
 )
 
 __all__ = [  # fixtures, used by name
@@ -455,12 +455,7 @@ THROTTLED = {"claim_rate": 10.0, "claim_burst": 2}
 async def _throttled_burst(kind: str, count: int, **kwargs: Any) -> tuple[
         FleetIQAllocator, list[Any], float]:
     """`count` sessions starting at once on a FleetIQ that allows 10 claims a second."""
-    with run_fleetiq_local(**THROTTLED) as server:
-        client = make_client("gamelift", endpoint_url=server.url)
-        try:
-            register_servers(client, "throttled", count)
-        finally:
-            client.close()
+    with fleetiq_with_servers("throttled", count, **THROTTLED) as server:
         alloc = allocator(kind, server.url, "throttled", **kwargs)
         try:
             started = time.monotonic()
