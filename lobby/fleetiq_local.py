@@ -59,6 +59,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+from lobby.tokenbucket import TokenBucket
+
 logger = logging.getLogger("lobby.fleetiq_local")
 
 READY_PREFIX = "FLEETIQ_LOCAL_LISTENING"
@@ -161,11 +163,7 @@ class _State:
     # No server can have gone silent before this (time.monotonic()).
     next_silence_check: float = 0.0
     faults_in_flight: int = 0
-    # ClaimGameServer's token bucket (rate 0: no limit): tokens, at time.monotonic().
-    claim_rate: float = 0.0
-    claim_burst: float = 40.0
-    claim_tokens: float = 40.0
-    claim_tokens_at: float = 0.0
+    claim_limit: TokenBucket | None = None  # ClaimGameServer's, on time.monotonic()
     seq: Iterator[int] = field(default_factory=itertools.count)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -226,10 +224,10 @@ class FleetIQService:
     def __init__(self, claim_ttl_seconds: float = 60.0, groups: Iterable[str] = (),
                  health_ttl_seconds: float = 60.0, claim_rate: float = 0.0,
                  claim_burst: int = 40) -> None:
-        self._state = _State(claim_ttl_seconds=claim_ttl_seconds,
-                             health_ttl_seconds=health_ttl_seconds, claim_rate=claim_rate,
-                             claim_burst=claim_burst, claim_tokens=claim_burst,
-                             claim_tokens_at=time.monotonic())
+        self._state = _State(
+            claim_ttl_seconds=claim_ttl_seconds, health_ttl_seconds=health_ttl_seconds,
+            claim_limit=(TokenBucket(claim_rate, claim_burst, time.monotonic())
+                         if claim_rate > 0 else None))
         for name in groups:
             self._state.groups.setdefault(name, {})
         self.operations: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -291,23 +289,12 @@ class FleetIQService:
         if handler is None:
             raise ApiError("UnknownOperationException", f"Unknown operation {op!r}")
         with self._state.lock:
-            if op == "ClaimGameServer" and not self._claim_token():
+            limit = self._state.claim_limit
+            if (op == "ClaimGameServer" and limit is not None
+                    and not limit.take(time.monotonic())):
                 raise ApiError("ThrottlingException", "Rate exceeded")
             self._expire_silent()
             return handler(body)
-
-    def _claim_token(self) -> bool:
-        state = self._state
-        if state.claim_rate <= 0:
-            return True
-        now = time.monotonic()
-        state.claim_tokens = min(state.claim_burst, state.claim_tokens
-                                 + (now - state.claim_tokens_at) * state.claim_rate)
-        state.claim_tokens_at = now
-        if state.claim_tokens < 1:
-            return False
-        state.claim_tokens -= 1
-        return True
 
     def _expire_silent(self) -> None:
         """Deregister servers that have not reported health for the health TTL."""

@@ -66,6 +66,7 @@ from lobby.allocators.base import (
 )
 from lobby.aws import credentials, make_client
 from lobby.aws_json import AwsJsonClient
+from lobby.tokenbucket import TokenBucket
 
 logger = logging.getLogger("lobby.fleetiq")
 
@@ -577,27 +578,19 @@ def _code(exc: ClientError) -> str:
 
 
 class _Pace:
-    """A token bucket that lets calls through in the order they asked: `rate` a
-    second, `burst` at once."""
+    """Calls let through `rate` a second (`burst` at once), in the order they asked."""
 
     def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self._tokens = float(burst)
-        self._at: float | None = None
-        self._lock = asyncio.Lock()  # FIFO: the first to wait is the first let through
+        self._rate, self._burst = rate, burst
+        self._bucket: TokenBucket | None = None  # made on the loop, on its clock
 
     async def take(self) -> None:
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            now = loop.time()
-            if self._at is not None:
-                self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-            self._at = now
-            if self._tokens < 1:
-                await asyncio.sleep((1 - self._tokens) / self.rate)
-                self._tokens, self._at = 1.0, loop.time()
-            self._tokens -= 1
+        loop = asyncio.get_running_loop()
+        if self._bucket is None:
+            self._bucket = TokenBucket(self._rate, self._burst, loop.time())
+        wait = self._bucket.reserve(loop.time())
+        if wait:
+            await asyncio.sleep(wait)
 
 
 def _throttling(exc: ClientError) -> bool:
