@@ -13,6 +13,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -153,8 +154,7 @@ class Lobby:
         # rather than waiting behind an attacker's guesses. One address holds at
         # most a quarter of it, so that guesses from a few addresses cannot keep
         # everybody else's right password out.
-        self._pw_pending = 0
-        self._pw_by_address: dict[str, int] = {}
+        self._pw_by_address: Counter[str] = Counter()  # jobs queued or running, per address
         self.password_checks = 0  # scrypt verifications run (wrong and right)
         self.guess_limits = GuessLimits(
             per_session=settings.password_guesses_per_session,
@@ -554,23 +554,20 @@ class Lobby:
 
     def _scrypt_full(self, address: str) -> bool:
         queue = self.settings.password_queue
-        return (self._pw_pending >= queue
-                or self._pw_by_address.get(address, 0) >= max(1, queue // 4))
+        by_address = self._pw_by_address
+        return by_address.total() >= queue or by_address[address] >= max(1, queue // 4)
 
     async def _scrypt(self, address: str, fn: Callable[..., Any], *args: Any) -> Any:
         if self._scrypt_full(address):
             raise LobbyError(ErrorCode.RATE_LIMITED, _BUSY)
-        self._pw_pending += 1
         by_address = self._pw_by_address
-        by_address[address] = by_address.get(address, 0) + 1
+        by_address[address] += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pw_pool, fn, *args)
         finally:
-            self._pw_pending -= 1
-            if by_address[address] == 1:
+            by_address[address] -= 1
+            if not by_address[address]:
                 del by_address[address]
-            else:
-                by_address[address] -= 1
 
     async def _check_password(
         self, client: Client, session_id: str, password: str | None, need: PasswordRequired
